@@ -1,0 +1,126 @@
+"""Function: one differentiable operation, forward on arrays and backward on Tensors.
+
+A subclass writes ``forward(self, *arrays)`` with the array module of its inputs (numpy or cupy, the same code for
+both) and ``backward(self, *grad_outputs)`` that receives and returns Tensors built from differentiable ops. The
+engine runs backward under ``no_grad`` unless ``create_graph=True``, so every op whose backward is written in ops is
+differentiable twice for free. ``Fn.apply(*inputs, **params)`` builds ``Fn(**params)``, runs forward and, when a
+graph is being recorded, links the outputs to it.
+
+What a Function keeps alive: its input Tensors (to walk the graph), what forward stored on ``self`` for backward,
+and its outputs' arrays only when the class sets ``save_outputs = True``. All of it is released after backward unless
+``retain_graph=True``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend
+from .grad_mode import _GradMode
+
+
+class Function:
+    """Base class of every op. See the module docstring for the contract."""
+
+    #: forward's outputs are needed in backward (exp, tanh, sigmoid ...): they are kept as arrays and given back by
+    #: ``self.output(i)`` as Tensors that stand for the output node, so double backward still flows through them.
+    save_outputs = False
+    #: ``False`` for fused ops whose backward is an array kernel: a double backward through them is a clear error.
+    differentiable_twice = True
+
+    # instance attributes set by apply(): inputs, _out_meta, _out_arrays, _released, _needs_input_grad
+    def __init__(self, **params):
+        for k, v in params.items():
+            setattr(self, k, v)
+
+    def forward(self, *arrays):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.forward is not written")
+
+    def backward(self, *grad_outputs):  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__}.backward is not written")
+
+    # ------------------------------------------------------------------ graph building
+    @classmethod
+    def apply(cls, *inputs, **params):
+        """Run the op on ``inputs`` (Tensors; Python scalars and arrays are wrapped) and return its output Tensor(s)."""
+        fn = cls(**params)
+        tensors = _as_tensors(inputs, cls.__name__)
+        arrays = [t.data for t in tensors]
+        _check_same_device(arrays, cls.__name__)
+        out = fn.forward(*arrays)
+        multi = isinstance(out, tuple)
+        outs = out if multi else (out,)
+
+        record = _GradMode.enabled and any(t.requires_grad for t in tensors)
+        if record:
+            fn.inputs = tensors
+            fn._needs_input_grad = tuple(t.requires_grad for t in tensors)
+            fn._out_meta = tuple((o.shape, o.dtype) for o in outs)
+            fn._out_arrays = outs if cls.save_outputs else None
+            fn._released = False
+            results = tuple(Tensor._from_op(o, fn, i) for i, o in enumerate(outs))
+        else:
+            results = tuple(Tensor(o) for o in outs)
+        return results if multi else results[0]
+
+    # ------------------------------------------------------------------ helpers for backward
+    @property
+    def needs_input_grad(self) -> tuple[bool, ...]:
+        """Which inputs want a gradient; backward may return None for the others and skip their work."""
+        return self._needs_input_grad
+
+    def output(self, i: int = 0) -> "Tensor":
+        """The i-th output as a Tensor attached to this node (needs ``save_outputs = True``)."""
+        return Tensor._from_op(self._out_arrays[i], self, i)
+
+    def release(self) -> None:
+        """Drop everything kept for backward; a later backward through this node raises a clear error."""
+        self.__dict__.clear()
+        self._released = True
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+def _as_tensors(inputs, op_name):
+    """Wrap non-Tensor inputs: Python scalars take the dtype and device of the first Tensor input."""
+    like = None
+    for x in inputs:
+        if isinstance(x, Tensor):
+            like = x
+            break
+    out = []
+    for x in inputs:
+        if isinstance(x, Tensor):
+            out.append(x)
+        elif isinstance(x, (int, float, bool)) and like is not None:
+            xp = backend.xp_of(like.data)
+            dtype = like.dtype if like.dtype.kind == "f" else backend.default_float_dtype()
+            out.append(Tensor(xp.asarray(x, dtype=dtype)))
+        elif x is None:
+            raise TypeError(f"{op_name}: got None where a Tensor was expected")
+        else:
+            out.append(Tensor(x))
+    return out
+
+
+def _check_same_device(arrays, op_name):
+    first = None
+    for a in arrays:
+        if type(a) is np.ndarray:
+            d = "cpu"
+        else:
+            d = backend.device_of(a)
+        if first is None:
+            first = d
+        elif d != first:
+            devices = ", ".join(backend.device_of(x) for x in arrays)
+            raise RuntimeError(
+                f"{op_name}: inputs are on different devices ({devices}); move them to one device with .to(device)"
+            )
+
+
+from .tensor import Tensor  # noqa: E402  (Tensor's methods call ops, which subclass Function)

@@ -1,0 +1,319 @@
+"""Elementwise ops with NumPy broadcasting. Each backward is written in Tensor ops, so it can be differentiated
+again; broadcast gradients are reduced to each input's shape with ``sum_to``."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ..function import Function
+from ..tensor import Tensor
+from .shape import sum_to
+
+
+def _binary_shapes_check(name, x, y):
+    try:
+        return np.broadcast_shapes(x.shape, y.shape)
+    except ValueError:
+        raise ValueError(f"{name}: shapes {x.shape} and {y.shape} cannot be broadcast together") from None
+
+
+class _Binary(Function):
+    def forward(self, x, y):
+        try:
+            return self.compute(x, y)
+        except ValueError:
+            _binary_shapes_check(self.name, x, y)
+            raise
+
+
+class Add(_Binary):
+    """z = x + y; dz/dx = 1, dz/dy = 1."""
+    def compute(self, x, y):
+        return x + y
+
+    def backward(self, gz):
+        x, y = self.inputs
+        return sum_to(gz, x.shape), sum_to(gz, y.shape)
+
+
+class Sub(_Binary):
+    """z = x - y; dz/dx = 1, dz/dy = -1."""
+    def compute(self, x, y):
+        return x - y
+
+    def backward(self, gz):
+        x, y = self.inputs
+        return sum_to(gz, x.shape), sum_to(-gz, y.shape)
+
+
+class Mul(_Binary):
+    """z = x * y; dz/dx = y, dz/dy = x."""
+    def compute(self, x, y):
+        return x * y
+
+    def backward(self, gz):
+        x, y = self.inputs
+        gx = sum_to(gz * y, x.shape) if self.needs_input_grad[0] else None
+        gy = sum_to(gz * x, y.shape) if self.needs_input_grad[1] else None
+        return gx, gy
+
+
+class Div(_Binary):
+    """z = x / y; dz/dx = 1/y, dz/dy = -x/y**2."""
+    def compute(self, x, y):
+        return x / y
+
+    def backward(self, gz):
+        x, y = self.inputs
+        gx = sum_to(gz / y, x.shape) if self.needs_input_grad[0] else None
+        gy = sum_to(-gz * x / (y * y), y.shape) if self.needs_input_grad[1] else None
+        return gx, gy
+
+
+class Neg(Function):
+    """y = -x; dy/dx = -1."""
+    def forward(self, x):
+        return -x
+
+    def backward(self, gy):
+        return -gy
+
+
+class Pow(_Binary):
+    """z = x ** y (tensor exponent); dz/dx = y x**(y-1), dz/dy = z log x (taken as 0 where x <= 0)."""
+    save_outputs = True
+
+    def compute(self, x, y):
+        return x ** y
+
+    def backward(self, gz):
+        x, y = self.inputs
+        gx = sum_to(gz * y * x ** (y - 1), x.shape) if self.needs_input_grad[0] else None
+        gy = None
+        if self.needs_input_grad[1]:
+            positive = x.data > 0
+            safe_log = Log.apply(where(positive, x, 1.0))
+            gy = sum_to(gz * self.output() * safe_log, y.shape)
+        return gx, gy
+
+
+class PowScalar(Function):
+    """y = x ** c for a Python number c; dy/dx = c x**(c-1)."""
+    def forward(self, x):
+        return x ** x.dtype.type(self.exponent) if x.dtype.kind == "f" else x ** self.exponent
+
+    def backward(self, gy):
+        (x,) = self.inputs
+        c = self.exponent
+        if c == 0:
+            return gy * 0.0
+        if c == 1:
+            return gy
+        if c == 2:
+            return gy * (x * 2.0)
+        return gy * (PowScalar.apply(x, exponent=c - 1) * float(c))
+
+
+class Exp(Function):
+    """y = exp(x); dy/dx = y."""
+    save_outputs = True
+
+    def forward(self, x):
+        return backend.xp_of(x).exp(x)
+
+    def backward(self, gy):
+        return gy * self.output()
+
+
+class Log(Function):
+    """y = log(x); dy/dx = 1/x."""
+    def forward(self, x):
+        return backend.xp_of(x).log(x)
+
+    def backward(self, gy):
+        return gy / self.inputs[0]
+
+
+class Sqrt(Function):
+    """y = sqrt(x); dy/dx = 1 / (2 y)."""
+    save_outputs = True
+
+    def forward(self, x):
+        return backend.xp_of(x).sqrt(x)
+
+    def backward(self, gy):
+        return gy / (self.output() * 2.0)
+
+
+class Tanh(Function):
+    """y = tanh(x); dy/dx = 1 - y**2."""
+    save_outputs = True
+
+    def forward(self, x):
+        return backend.xp_of(x).tanh(x)
+
+    def backward(self, gy):
+        y = self.output()
+        return gy * (1.0 - y * y)
+
+
+def _sigmoid_array(x):
+    xp = backend.xp_of(x)
+    # 0.5 * (1 + tanh(x / 2)) is sigmoid without overflow in exp for large |x|
+    return 0.5 * (xp.tanh(x * x.dtype.type(0.5)) + 1) if x.dtype.kind == "f" else 1 / (1 + xp.exp(-x))
+
+
+class Sigmoid(Function):
+    """y = 1 / (1 + exp(-x)); dy/dx = y (1 - y)."""
+    save_outputs = True
+
+    def forward(self, x):
+        return _sigmoid_array(x).astype(x.dtype, copy=False)
+
+    def backward(self, gy):
+        y = self.output()
+        return gy * y * (1.0 - y)
+
+
+class Relu(Function):
+    """y = max(x, 0); dy/dx = 1 where x > 0, else 0."""
+    def forward(self, x):
+        return backend.xp_of(x).maximum(x, 0)
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        return gy * Tensor((x.data > 0).astype(gy.dtype))
+
+
+def _erf_array(x):
+    xp = backend.xp_of(x)
+    if xp is not np:
+        import cupyx.scipy.special
+        return cupyx.scipy.special.erf(x)
+    try:
+        from scipy.special import erf  # exact when SciPy happens to be installed; not a dependency
+        return erf(x).astype(x.dtype, copy=False)
+    except ImportError:
+        return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+
+
+class Erf(Function):
+    """y = erf(x); dy/dx = 2/sqrt(pi) exp(-x**2)."""
+    def forward(self, x):
+        return _erf_array(x)
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        return gy * (Exp.apply(-(x * x)) * (2.0 / math.sqrt(math.pi)))
+
+
+_GELU_K = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+class Gelu(Function):
+    """GELU. approximate='tanh': y = x/2 (1 + tanh(k (x + c x**3))), GPT-2's form; approximate='none': y = x Phi(x).
+
+    Local rules: tanh form dy/dx = (1 + t)/2 + x/2 (1 - t**2) k (1 + 3 c x**2) with t = tanh(k (x + c x**3));
+    exact form dy/dx = Phi(x) + x phi(x).
+    """
+    def forward(self, x):
+        xp = backend.xp_of(x)
+        if self.approximate == "tanh":
+            inner = x.dtype.type(_GELU_K) * (x + x.dtype.type(_GELU_C) * x * x * x)
+            return x.dtype.type(0.5) * x * (1 + xp.tanh(inner))
+        return x.dtype.type(0.5) * x * (1 + _erf_array(x * x.dtype.type(1 / math.sqrt(2.0))))
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        if self.approximate == "tanh":
+            t = Tanh.apply((x + x * x * x * _GELU_C) * _GELU_K)
+            local = (t + 1.0) * 0.5 + x * 0.5 * (1.0 - t * t) * ((x * x * (3 * _GELU_C) + 1.0) * _GELU_K)
+        else:
+            cdf = (Erf.apply(x * (1 / math.sqrt(2.0))) + 1.0) * 0.5
+            pdf = Exp.apply(x * x * -0.5) * (1 / math.sqrt(2 * math.pi))
+            local = cdf + x * pdf
+        return gy * local
+
+
+class Silu(Function):
+    """y = x sigmoid(x); dy/dx = s (1 + x (1 - s)) with s = sigmoid(x)."""
+    def forward(self, x):
+        return x * _sigmoid_array(x).astype(x.dtype, copy=False)
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        s = Sigmoid.apply(x)
+        return gy * (s * (x * (1.0 - s) + 1.0))
+
+
+class Abs(Function):
+    """y = |x|; dy/dx = sign(x) (0 at 0)."""
+    def forward(self, x):
+        return backend.xp_of(x).abs(x)
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        return gy * Tensor(backend.xp_of(x.data).sign(x.data).astype(gy.dtype))
+
+
+class Maximum(_Binary):
+    """z = max(x, y) elementwise; the gradient goes to x where x >= y, else to y."""
+    def compute(self, x, y):
+        return backend.xp_of(x, y).maximum(x, y)
+
+    def backward(self, gz):
+        x, y = self.inputs
+        take_x = Tensor((x.data >= y.data).astype(gz.dtype))
+        return sum_to(gz * take_x, x.shape), sum_to(gz * (1.0 - take_x), y.shape)
+
+
+class Minimum(_Binary):
+    """z = min(x, y) elementwise; the gradient goes to x where x <= y, else to y."""
+    def compute(self, x, y):
+        return backend.xp_of(x, y).minimum(x, y)
+
+    def backward(self, gz):
+        x, y = self.inputs
+        take_x = Tensor((x.data <= y.data).astype(gz.dtype))
+        return sum_to(gz * take_x, x.shape), sum_to(gz * (1.0 - take_x), y.shape)
+
+
+class Clip(Function):
+    """y = clip(x, low, high); dy/dx = 1 inside [low, high], else 0."""
+    def forward(self, x):
+        return backend.xp_of(x).clip(x, self.low, self.high)
+
+    def backward(self, gy):
+        x = self.inputs[0].data
+        inside = np.ones((), dtype=bool)
+        if self.low is not None:
+            inside = inside & (x >= self.low)
+        if self.high is not None:
+            inside = inside & (x <= self.high)
+        return gy * Tensor(inside.astype(gy.dtype))
+
+
+class Where(_Binary):
+    """z = x where cond else y (cond is a boolean array, not differentiated)."""
+    def compute(self, x, y):
+        return backend.xp_of(x, y).where(self.cond, x, y)
+
+    def backward(self, gz):
+        x, y = self.inputs
+        gx = sum_to(Where.apply(gz, 0.0, cond=self.cond), x.shape) if self.needs_input_grad[0] else None
+        gy = sum_to(Where.apply(0.0, gz, cond=self.cond), y.shape) if self.needs_input_grad[1] else None
+        return gx, gy
+
+
+def where(cond, x, y) -> Tensor:
+    """Elementwise choice: x where ``cond`` (a boolean Tensor or array) is true, else y."""
+    if isinstance(cond, Tensor):
+        cond = cond.data
+    if getattr(cond, "dtype", None) is None or cond.dtype != bool:
+        raise TypeError(f"where: cond must be a boolean array or Tensor, got {getattr(cond, 'dtype', type(cond))}")
+    if not isinstance(x, Tensor) and not isinstance(y, Tensor):
+        x = Tensor(x)
+    return Where.apply(x, y, cond=cond)

@@ -1,0 +1,35 @@
+"""Matrix products with batch broadcasting."""
+from __future__ import annotations
+
+from .. import backend
+from ..function import Function
+from ..tensor import Tensor
+from .shape import sum_to, swapaxes, unsqueeze, squeeze
+
+
+class MatMul(Function):
+    """Z = X @ Y over the last two axes, leading axes broadcast; dZ/dX = G @ Y^T, dZ/dY = X^T @ G."""
+    def forward(self, x, y):
+        if x.ndim < 2 or y.ndim < 2 or x.shape[-1] != y.shape[-2]:
+            raise ValueError(f"matmul: shapes {x.shape} and {y.shape} do not fit "
+                             f"(need (..., n, k) @ (..., k, m))")
+        return backend.xp_of(x, y).matmul(x, y)
+
+    def backward(self, gz):
+        x, y = self.inputs
+        gx = sum_to(gz @ swapaxes(y, -1, -2), x.shape) if self.needs_input_grad[0] else None
+        gy = sum_to(swapaxes(x, -1, -2) @ gz, y.shape) if self.needs_input_grad[1] else None
+        return gx, gy
+
+
+def matmul(x: Tensor, y: Tensor) -> Tensor:
+    """``x @ y``; a 1-D operand is treated as a row (left) or column (right) vector, as NumPy does."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    y = y if isinstance(y, Tensor) else Tensor(y)
+    if x.ndim == 1 and y.ndim == 1:
+        return squeeze(MatMul.apply(unsqueeze(x, 0), unsqueeze(y, 1)), (0, 1))
+    if x.ndim == 1:
+        return squeeze(MatMul.apply(unsqueeze(x, 0), y), -2)
+    if y.ndim == 1:
+        return squeeze(MatMul.apply(x, unsqueeze(y, 1)), -1)
+    return MatMul.apply(x, y)

@@ -1,0 +1,281 @@
+"""Shape ops: reshape, transpose, broadcast, sum_to, getitem, concatenate, stack, split, astype, device copies."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..function import Function
+from ..tensor import Tensor
+
+
+def _normalize_shape(shape):
+    if isinstance(shape, int):
+        return (shape,)
+    return tuple(int(s) for s in shape)
+
+
+class Reshape(Function):
+    """y = x.reshape(shape); dy/dx reshapes the gradient back."""
+    def forward(self, x):
+        try:
+            return x.reshape(self.shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot reshape a tensor of shape {x.shape} ({x.size} elements) "
+                             f"into {self.shape}") from None
+
+    def backward(self, gy):
+        return reshape(gy, self.inputs[0].shape)
+
+
+def reshape(x: Tensor, shape) -> Tensor:
+    shape = _normalize_shape(shape)
+    if shape == x.shape:
+        return x
+    return Reshape.apply(x, shape=shape)
+
+
+class Transpose(Function):
+    """y = x.transpose(axes); the gradient is transposed by the inverse permutation."""
+    def forward(self, x):
+        try:
+            return x.transpose(self.axes)
+        except ValueError:
+            raise ValueError(f"transpose: axes {self.axes} do not fit a tensor of shape {x.shape}") from None
+
+    def backward(self, gy):
+        axes = self.axes if self.axes is not None else tuple(reversed(range(gy.ndim)))
+        inverse = tuple(int(i) for i in np.argsort(axes))
+        return Transpose.apply(gy, axes=inverse)
+
+
+def transpose(x: Tensor, axes=None) -> Tensor:
+    if axes is not None:
+        axes = tuple(int(a) % x.ndim for a in axes)
+        if len(axes) != x.ndim or sorted(axes) != list(range(x.ndim)):
+            raise ValueError(f"transpose: axes {axes} are not a permutation of the {x.ndim} axes of shape {x.shape}")
+    return Transpose.apply(x, axes=axes)
+
+
+def swapaxes(x: Tensor, a: int, b: int) -> Tensor:
+    axes = list(range(x.ndim))
+    axes[a], axes[b] = axes[b], axes[a]
+    return transpose(x, axes)
+
+
+class BroadcastTo(Function):
+    """y = broadcast_to(x, shape); the gradient sums over the broadcast axes."""
+    def forward(self, x):
+        xp = backend.xp_of(x)
+        try:
+            return xp.broadcast_to(x, self.shape)
+        except ValueError:
+            raise ValueError(f"broadcast_to: cannot broadcast shape {x.shape} to {self.shape}") from None
+
+    def backward(self, gy):
+        return sum_to(gy, self.inputs[0].shape)
+
+
+def broadcast_to(x: Tensor, shape) -> Tensor:
+    shape = _normalize_shape(shape)
+    if shape == x.shape:
+        return x
+    return BroadcastTo.apply(x, shape=shape)
+
+
+def _sum_to_array(a, shape):
+    """Sum array ``a`` down to ``shape`` (the reverse of NumPy broadcasting)."""
+    lead = a.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, s in enumerate(shape) if s == 1 and a.shape[i + lead] != 1)
+    if axes:
+        a = a.sum(axis=axes, keepdims=True)
+    if lead:
+        a = a.reshape(shape)
+    return a
+
+
+class SumTo(Function):
+    """y = the sum of x down to ``shape`` (undoes broadcasting); the gradient broadcasts back."""
+    def forward(self, x):
+        return _sum_to_array(x, self.shape)
+
+    def backward(self, gy):
+        return broadcast_to(gy, self.inputs[0].shape)
+
+
+def sum_to(x: Tensor, shape) -> Tensor:
+    """Reduce a broadcast gradient to an input's shape (identity when the shapes already match)."""
+    if x.shape == tuple(shape):
+        return x
+    return SumTo.apply(x, shape=tuple(shape))
+
+
+def squeeze(x: Tensor, axis=None) -> Tensor:
+    if axis is None:
+        return reshape(x, tuple(s for s in x.shape if s != 1))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    axes = {a % x.ndim for a in axes}
+    for a in axes:
+        if x.shape[a] != 1:
+            raise ValueError(f"squeeze: axis {a} of shape {x.shape} has size {x.shape[a]}, not 1")
+    return reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in axes))
+
+
+def unsqueeze(x: Tensor, axis: int) -> Tensor:
+    if axis < 0:
+        axis += x.ndim + 1
+    shape = list(x.shape)
+    shape.insert(axis, 1)
+    return reshape(x, tuple(shape))
+
+
+# ---------------------------------------------------------------------------------------------------- indexing
+def _is_basic_index(index) -> bool:
+    """True when ``index`` is only ints, slices, None and Ellipsis: no element is picked twice."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(p is None or p is Ellipsis or isinstance(p, (int, slice, np.integer)) for p in parts)
+
+
+def _normalize_index(index, shape):
+    """Turn Tensors inside an index into arrays and reject float index arrays with a clear message."""
+    parts = index if isinstance(index, tuple) else (index,)
+    out = []
+    for p in parts:
+        if isinstance(p, Tensor):
+            p = p.data
+        if isinstance(p, list):
+            p = np.asarray(p)
+        if hasattr(p, "dtype") and hasattr(p, "ndim"):
+            if p.dtype.kind not in "iub":
+                raise IndexError(f"getitem: index arrays must be integer or boolean, got dtype {p.dtype} "
+                                 f"(indexing a tensor of shape {shape})")
+        elif isinstance(p, float):
+            raise IndexError(f"getitem: index {p!r} is a float; use an int (tensor shape {shape})")
+        out.append(p)
+    return tuple(out) if isinstance(index, tuple) else out[0]
+
+
+class GetItem(Function):
+    """y = x[index] (slices, integer arrays, boolean masks); the gradient is scattered back, repeats added."""
+    def forward(self, x):
+        try:
+            return x[self.index]
+        except IndexError as e:
+            raise IndexError(f"getitem: index {self.index!r} does not fit a tensor of shape {x.shape}: {e}") from None
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        return ScatterAdd.apply(gy, index=self.index, shape=x.shape, basic=_is_basic_index(self.index))
+
+
+class ScatterAdd(Function):
+    """y = zeros(shape); y[index] += x (repeated indices add up). The backward of GetItem, and vice versa."""
+    def forward(self, g):
+        xp = backend.xp_of(g)
+        out = xp.zeros(self.shape, dtype=g.dtype)
+        if self.basic:
+            out[self.index] = g
+        elif xp is np:
+            np.add.at(out, self.index, g)
+        else:
+            import cupyx
+            cupyx.scatter_add(out, self.index, g)
+        return out
+
+    def backward(self, gy):
+        return GetItem.apply(gy, index=self.index)
+
+
+def getitem(x: Tensor, index) -> Tensor:
+    return GetItem.apply(x, index=_normalize_index(index, x.shape))
+
+
+# ---------------------------------------------------------------------------------------------------- joining
+class Concatenate(Function):
+    """y = concatenate(xs, axis); each input's gradient is its slice of gy."""
+    def forward(self, *xs):
+        xp = backend.xp_of(*xs)
+        try:
+            return xp.concatenate(xs, axis=self.axis)
+        except ValueError:
+            raise ValueError(f"concatenate: shapes {[x.shape for x in xs]} do not match outside axis "
+                             f"{self.axis}") from None
+
+    def backward(self, gy):
+        axis = self.axis % gy.ndim
+        grads, start = [], 0
+        for x in self.inputs:
+            stop = start + x.shape[axis]
+            index = (slice(None),) * axis + (slice(start, stop),)
+            grads.append(GetItem.apply(gy, index=index))
+            start = stop
+        return tuple(grads)
+
+
+def concatenate(xs, axis: int = 0) -> Tensor:
+    return Concatenate.apply(*xs, axis=axis)
+
+
+class Stack(Function):
+    """y = stack(xs, axis); each input's gradient is gy at its position along ``axis``."""
+    def forward(self, *xs):
+        xp = backend.xp_of(*xs)
+        try:
+            return xp.stack(xs, axis=self.axis)
+        except ValueError:
+            raise ValueError(f"stack: all inputs need one shape, got {[x.shape for x in xs]}") from None
+
+    def backward(self, gy):
+        axis = self.axis % gy.ndim
+        return tuple(GetItem.apply(gy, index=(slice(None),) * axis + (i,)) for i in range(len(self.inputs)))
+
+
+def stack(xs, axis: int = 0) -> Tensor:
+    return Stack.apply(*xs, axis=axis)
+
+
+class Split(Function):
+    """ys = split(x, sections, axis) with NumPy's meaning of ``sections`` (a count, or split points)."""
+    def forward(self, x):
+        xp = backend.xp_of(x)
+        try:
+            return tuple(xp.split(x, self.sections, axis=self.axis))
+        except ValueError:
+            raise ValueError(f"split: axis {self.axis} of shape {x.shape} cannot be split into {self.sections} "
+                             "equal parts") from None
+
+    def backward(self, *gys):
+        return concatenate(gys, axis=self.axis)
+
+
+def split(x: Tensor, sections, axis: int = 0) -> tuple[Tensor, ...]:
+    out = Split.apply(x, sections=sections, axis=axis)
+    return out if isinstance(out, tuple) else (out,)
+
+
+# ---------------------------------------------------------------------------------------------------- casts, moves
+class Astype(Function):
+    """y = x.astype(dtype); the gradient is cast back to x's dtype."""
+    def forward(self, x):
+        return x.astype(self.dtype)
+
+    def backward(self, gy):
+        return astype(gy, self.inputs[0].dtype)
+
+
+def astype(x: Tensor, dtype) -> Tensor:
+    if x.dtype == np.dtype(dtype):
+        return x
+    if np.dtype(dtype).kind != "f" and x.requires_grad:
+        from ..grad_mode import no_grad
+        with no_grad():
+            return Astype.apply(x, dtype=np.dtype(dtype))
+    return Astype.apply(x, dtype=np.dtype(dtype))
+
+
+class ToDevice(Function):
+    """y = x copied to ``device``; the gradient is copied back (pipeline stages use this between GPUs)."""
+    def forward(self, x):
+        return backend.to_device(x, self.device)
+
+    def backward(self, gy):
+        return gy.to(self.inputs[0].device)

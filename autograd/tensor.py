@@ -1,0 +1,265 @@
+"""Tensor: an ndarray (NumPy or CuPy) plus its gradient and the Function that made it."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from . import backend
+
+
+def _to_array(data, dtype=None):
+    """Turn user data into an ndarray. Python floats and float lists become float32; ints stay integer."""
+    if isinstance(data, np.ndarray) or backend.is_cupy_array(data):
+        return data if dtype is None or data.dtype == dtype else data.astype(dtype)
+    if isinstance(data, np.generic):
+        return np.asarray(data, dtype=dtype)
+    arr = np.asarray(data, dtype=dtype)
+    if dtype is None and arr.dtype == np.float64:
+        arr = arr.astype(backend.default_float_dtype())
+    if arr.dtype == object:
+        raise TypeError(f"cannot make a Tensor from {type(data).__name__}: expected numbers, nested lists or an ndarray")
+    return arr
+
+
+class Tensor:
+    """A node of the graph: ``data`` (ndarray), ``grad`` (Tensor or None) and ``creator`` (the Function, or None).
+
+    Leaves are Tensors made by the user (``creator is None``); with ``requires_grad=True`` their ``.grad`` collects
+    gradients across backward calls until zeroed.
+    """
+
+    __slots__ = ("data", "grad", "requires_grad", "creator", "out_index", "name", "_hooks", "__weakref__")
+    __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__
+
+    def __init__(self, data, requires_grad: bool = False, dtype=None, device: str | None = None, name: str | None = None):
+        if isinstance(data, Tensor):
+            data = data.data
+        arr = _to_array(data, dtype)
+        if device is not None:
+            arr = backend.to_device(arr, device)
+        if requires_grad and arr.dtype.kind != "f":
+            raise TypeError(f"only floating-point tensors can require grad, got dtype {arr.dtype}")
+        self.data = arr
+        self.grad: Tensor | None = None
+        self.requires_grad = requires_grad
+        self.creator = None
+        self.out_index = 0
+        self.name = name
+        self._hooks = None
+
+    @classmethod
+    def _from_op(cls, data, creator, index: int) -> "Tensor":
+        t = cls.__new__(cls)
+        t.data = data
+        t.grad = None
+        t.requires_grad = True
+        t.creator = creator
+        t.out_index = index
+        t.name = None
+        t._hooks = None
+        return t
+
+    # ------------------------------------------------------------------ array facts
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def size(self) -> int:
+        return self.data.size
+
+    @property
+    def device(self) -> str:
+        return backend.device_of(self.data)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.creator is None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def numpy(self) -> np.ndarray:
+        """The values as a NumPy array (copied from the GPU when needed; no graph)."""
+        return backend.to_numpy(self.data)
+
+    def item(self):
+        """The single value of a one-element tensor as a Python number."""
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def detach(self) -> "Tensor":
+        """The same data as a new leaf that does not require grad (shares memory)."""
+        return Tensor(self.data)
+
+    def to(self, device: str) -> "Tensor":
+        """A differentiable copy on ``device`` ('cpu', 'cuda', 'cuda:N'); returns self when already there."""
+        if backend.device_of(self.data) == backend.canonical_device(device):
+            return self
+        from .ops.shape import ToDevice
+        return ToDevice.apply(self, device=device)
+
+    def cpu(self) -> "Tensor":
+        return self.to("cpu")
+
+    def cuda(self, index: int | None = None) -> "Tensor":
+        return self.to("cuda" if index is None else f"cuda:{index}")
+
+    def requires_grad_(self, flag: bool = True) -> "Tensor":
+        if flag and self.dtype.kind != "f":
+            raise TypeError(f"only floating-point tensors can require grad, got dtype {self.dtype}")
+        if not self.is_leaf and not flag:
+            raise RuntimeError("requires_grad_(False) only applies to leaves; use .detach() for an op's output")
+        self.requires_grad = flag
+        return self
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # ------------------------------------------------------------------ autograd
+    def backward(self, grad=None, retain_graph: bool = False, create_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``. ``grad`` is needed unless self has one element."""
+        from .backward import run_backward
+        run_backward([self], [grad], retain_graph=retain_graph, create_graph=create_graph)
+
+    def register_post_accumulate_grad_hook(self, hook: Callable[["Tensor"], None]) -> Callable[[], None]:
+        """Call ``hook(tensor)`` once this leaf's ``.grad`` holds its final value for the running backward.
+
+        Returns a function that removes the hook. The data-parallel trainer uses this to all-reduce gradients
+        while the rest of backward is still running.
+        """
+        if not self.is_leaf:
+            raise RuntimeError("hooks can only be registered on leaf tensors")
+        if self._hooks is None:
+            self._hooks = []
+        self._hooks.append(hook)
+        return lambda: self._hooks.remove(hook) if self._hooks and hook in self._hooks else None
+
+    # ------------------------------------------------------------------ operators
+    def __add__(self, other): return _ew.Add.apply(self, other)
+    def __radd__(self, other): return _ew.Add.apply(other, self)
+    def __sub__(self, other): return _ew.Sub.apply(self, other)
+    def __rsub__(self, other): return _ew.Sub.apply(other, self)
+    def __mul__(self, other): return _ew.Mul.apply(self, other)
+    def __rmul__(self, other): return _ew.Mul.apply(other, self)
+    def __truediv__(self, other): return _ew.Div.apply(self, other)
+    def __rtruediv__(self, other): return _ew.Div.apply(other, self)
+    def __neg__(self): return _ew.Neg.apply(self)
+    def __matmul__(self, other): return _la.matmul(self, other)
+    def __rmatmul__(self, other): return _la.matmul(other, self)
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, (int, float)):
+            return _ew.PowScalar.apply(self, exponent=exponent)
+        return _ew.Pow.apply(self, exponent)
+
+    def __rpow__(self, base):
+        return _ew.Pow.apply(base, self)
+
+    # comparisons give boolean tensors and record no graph
+    def _compare(self, other, op):
+        other = other.data if isinstance(other, Tensor) else other
+        return Tensor(op(self.data, other))
+
+    def __lt__(self, other): return self._compare(other, lambda a, b: a < b)
+    def __le__(self, other): return self._compare(other, lambda a, b: a <= b)
+    def __gt__(self, other): return self._compare(other, lambda a, b: a > b)
+    def __ge__(self, other): return self._compare(other, lambda a, b: a >= b)
+    def eq(self, other) -> "Tensor": return self._compare(other, lambda a, b: a == b)
+    def ne(self, other) -> "Tensor": return self._compare(other, lambda a, b: a != b)
+    __hash__ = object.__hash__  # tensors are graph nodes: identity, not value, decides equality in sets and dicts
+
+    def __getitem__(self, index):
+        return _sh.getitem(self, index)
+
+    # ------------------------------------------------------------------ elementwise
+    def exp(self): return _ew.Exp.apply(self)
+    def log(self): return _ew.Log.apply(self)
+    def sqrt(self): return _ew.Sqrt.apply(self)
+    def tanh(self): return _ew.Tanh.apply(self)
+    def sigmoid(self): return _ew.Sigmoid.apply(self)
+    def relu(self): return _ew.Relu.apply(self)
+    def abs(self): return _ew.Abs.apply(self)
+    def clip(self, low=None, high=None): return _ew.Clip.apply(self, low=low, high=high)
+
+    # ------------------------------------------------------------------ reductions
+    def sum(self, axis=None, keepdims: bool = False): return _rd.Sum.apply(self, axis=axis, keepdims=keepdims)
+    def mean(self, axis=None, keepdims: bool = False): return _rd.Mean.apply(self, axis=axis, keepdims=keepdims)
+    def max(self, axis=None, keepdims: bool = False): return _rd.Max.apply(self, axis=axis, keepdims=keepdims)
+    def min(self, axis=None, keepdims: bool = False): return _rd.Min.apply(self, axis=axis, keepdims=keepdims)
+
+    def var(self, axis=None, keepdims: bool = False, ddof: int = 0):
+        return _rd.Var.apply(self, axis=axis, keepdims=keepdims, ddof=ddof)
+
+    def logsumexp(self, axis=None, keepdims: bool = False):
+        return _rd.LogSumExp.apply(self, axis=axis, keepdims=keepdims)
+
+    # ------------------------------------------------------------------ shape
+    def reshape(self, *shape): return _sh.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+    def view(self, *shape): return self.reshape(*shape)
+    def flatten(self): return _sh.reshape(self, (-1,))
+    def transpose(self, *axes): return _sh.transpose(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else (axes or None))
+    def permute(self, *axes): return self.transpose(*axes)
+    def swapaxes(self, a: int, b: int): return _sh.swapaxes(self, a, b)
+    def broadcast_to(self, shape): return _sh.broadcast_to(self, tuple(shape))
+    def expand(self, *shape): return _sh.broadcast_to(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+    def squeeze(self, axis=None): return _sh.squeeze(self, axis)
+    def unsqueeze(self, axis: int): return _sh.unsqueeze(self, axis)
+    def split(self, sections, axis: int = 0): return _sh.split(self, sections, axis)
+    def astype(self, dtype): return _sh.astype(self, dtype)
+
+    @property
+    def T(self): return _sh.transpose(self, None)
+
+    def matmul(self, other): return _la.matmul(self, other)
+
+    # ------------------------------------------------------------------ printing
+    def __repr__(self) -> str:
+        extra = ""
+        if self.creator is not None:
+            extra = f", creator={self.creator.name}"
+        elif self.requires_grad:
+            extra = ", requires_grad=True"
+        if self.device != "cpu":
+            extra += f", device='{self.device}'"
+        body = np.array2string(self.numpy(), precision=4, separator=", ", threshold=20, edgeitems=2,
+                               prefix="Tensor(")
+        return f"Tensor({body}, dtype={self.dtype}{extra})"
+
+
+def tensor(data, dtype=None, device: str | None = None, requires_grad: bool = False) -> Tensor:
+    """Make a leaf Tensor. Python floats and float lists become float32; an ndarray keeps its dtype."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
+
+
+def zeros(shape, dtype=np.float32, device: str = "cpu", requires_grad: bool = False) -> Tensor:
+    return Tensor(backend.get_xp(device).zeros(shape, dtype=dtype), requires_grad=requires_grad, device=device)
+
+
+def ones(shape, dtype=np.float32, device: str = "cpu", requires_grad: bool = False) -> Tensor:
+    return Tensor(backend.get_xp(device).ones(shape, dtype=dtype), requires_grad=requires_grad, device=device)
+
+
+def randn(*shape, dtype=np.float32, device: str = "cpu", requires_grad: bool = False, seed: int | None = None) -> Tensor:
+    """Standard-normal samples (from a seeded NumPy generator when ``seed`` is given)."""
+    rng = np.random.default_rng(seed)
+    return Tensor(rng.standard_normal(shape).astype(dtype), requires_grad=requires_grad, device=device)
+
+
+from .ops import elementwise as _ew  # noqa: E402  (ops subclass Function, which imports Tensor)
+from .ops import linalg as _la  # noqa: E402
+from .ops import reduce as _rd  # noqa: E402
+from .ops import shape as _sh  # noqa: E402
