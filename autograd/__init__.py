@@ -9,6 +9,7 @@ from .backend import cuda_available
 from .backward import BackwardError, grad
 from .function import Function
 from .grad_mode import enable_grad, is_grad_enabled, no_grad
+from .gradcheck import GradcheckError, gradcheck, gradgradcheck, numerical_grad
 from .tensor import Tensor, ones, randn, tensor, zeros
 from .ops.elementwise import where
 from .ops.linalg import matmul
@@ -17,5 +18,5 @@ from .ops.shape import broadcast_to, concatenate, stack, split, sum_to
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "randn", "Function", "no_grad", "enable_grad", "is_grad_enabled",
     "grad", "BackwardError", "backend", "cuda_available", "where", "matmul", "concatenate", "stack", "split",
-    "broadcast_to", "sum_to",
+    "broadcast_to", "sum_to", "gradcheck", "gradgradcheck", "GradcheckError", "numerical_grad",
 ]
