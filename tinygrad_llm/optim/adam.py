@@ -1,0 +1,109 @@
+"""Adam (L2 weight decay) and AdamW (decoupled weight decay), with PyTorch's semantics.
+
+The whole per-parameter update is one function, ``_adamw_update``, so a fused (multi-tensor) GPU kernel can replace
+it: set ``AdamW.update_fn`` (per parameter) or override ``AdamW.step`` (all parameters at once).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from autograd.backend import xp_of
+
+from .optimizer import Optimizer
+
+__all__ = ["Adam", "AdamW", "param_groups_for_weight_decay"]
+
+
+def _adamw_update(p, g, m, v, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                  step: int) -> None:
+    """One AdamW step on arrays, all in place (p, m, v; g is read only). ``step`` counts from 1::
+
+        p *= 1 - lr * weight_decay                     # decoupled decay (0 for Adam)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        p -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+    """
+    xp = xp_of(p)
+    if weight_decay != 0.0:
+        p *= 1.0 - lr * weight_decay
+    m *= beta1
+    m += (1.0 - beta1) * g
+    v *= beta2
+    v += (1.0 - beta2) * (g * g)
+    bias1 = 1.0 - beta1 ** step
+    bias2 = 1.0 - beta2 ** step
+    denom = xp.sqrt(v)
+    denom /= math.sqrt(bias2)
+    denom += eps
+    p -= (lr / bias1) * (m / denom)
+
+
+class Adam(Optimizer):
+    """Adam with bias correction and L2 weight decay added to the gradient (``g += weight_decay * p``), exactly as
+    torch.optim.Adam. State per parameter: ``step`` (int), ``exp_avg``, ``exp_avg_sq``."""
+
+    decoupled = False
+    update_fn = staticmethod(_adamw_update)
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
+        if eps <= 0:
+            raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def _update(self, p, g, state: dict[str, Any], group: dict[str, Any]) -> None:
+        if "exp_avg" not in state:
+            xp, dt = xp_of(p), self._state_dtype(p)
+            state["step"] = 0
+            state["exp_avg"] = xp.zeros(p.shape, dtype=dt)
+            state["exp_avg_sq"] = xp.zeros(p.shape, dtype=dt)
+        state["step"] += 1
+        wd = group["weight_decay"]
+        if wd != 0.0 and not self.decoupled:
+            g = g + wd * p                      # L2: new array, the gradient itself is left alone
+            wd = 0.0
+        beta1, beta2 = group["betas"]
+        self.update_fn(p, g, state["exp_avg"], state["exp_avg_sq"], lr=group["lr"], beta1=beta1,
+                        beta2=beta2, eps=group["eps"], weight_decay=wd, step=state["step"])
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): ``p -= lr * weight_decay * p`` before the Adam step.
+
+    params: a list of parameters or of group dicts as for any optimizer; or a module (``named_parameters()``) or
+    (name, param) pairs, which are split by ``param_groups_for_weight_decay``: >= 2-D weights decay, biases, norm
+    gains and other < 2-D parameters do not (nanoGPT's rule).
+    """
+
+    decoupled = True
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.01):
+        if hasattr(params, "named_parameters") and callable(params.named_parameters):
+            params = param_groups_for_weight_decay(params.named_parameters(), weight_decay)
+        else:
+            items = list(params)
+            if items and isinstance(items[0], tuple) and len(items[0]) == 2 and isinstance(items[0][0], str):
+                items = param_groups_for_weight_decay(items, weight_decay)
+            params = items
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def param_groups_for_weight_decay(named_params: Iterable[tuple[str, Any]], weight_decay: float) -> list[dict]:
+    """Two groups: ``{"params": >=2-D, "weight_decay": wd}`` and ``{"params": <2-D, "weight_decay": 0.0}``.
+
+    Matrices (Linear weights, embeddings) decay; biases and LayerNorm/RMSNorm gains (1-D) do not. Parameters with
+    ``requires_grad=False`` (frozen, e.g. under LoRA) are left out; empty groups are dropped. Each group also gets
+    ``"name"`` ("decay" / "no_decay") for logs.
+    """
+    decay, no_decay = [], []
+    for _, p in named_params:
+        if not getattr(p, "requires_grad", True):
+            continue
+        (decay if p.data.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+    return [g for g in groups if g["params"]]

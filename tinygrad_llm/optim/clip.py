@@ -1,0 +1,58 @@
+"""Global-norm gradient clipping, and the rule for gradient accumulation.
+
+Gradient accumulation (done by the trainer, no helper needed): to train with an effective batch of k micro-batches,
+run ``(loss_i / k).backward()`` for each micro-batch i without zeroing gradients in between; leaves accumulate
+(sum) into ``.grad``, so the result equals the gradient of the mean loss over the big batch (when the loss is a
+mean over equally sized micro-batches). Then clip, step and ``zero_grad()`` once. tests/test_optim.py checks it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+from autograd import backend
+
+from .optimizer import grad_array
+
+__all__ = ["clip_grad_norm", "grad_norm"]
+
+
+def grad_norm(params: Iterable) -> float:
+    """The global L2 norm of all gradients (parameters with ``grad is None`` are skipped), accumulated in float64.
+
+    On CuPy the per-parameter sums stay on the GPU and are summed there: one host sync per device, not per tensor.
+    """
+    per_device: dict[str, list] = {}
+    for p in params:
+        g = grad_array(p)
+        if g is None:
+            continue
+        xp = backend.xp_of(g)
+        flat = g.reshape(-1).astype(xp.float64, copy=False)
+        per_device.setdefault(backend.device_of(g), []).append(xp.dot(flat, flat))
+    total = 0.0
+    for sums in per_device.values():
+        xp = backend.xp_of(sums[0])
+        total += float(xp.sum(xp.stack(sums)))
+    return math.sqrt(total)
+
+
+def clip_grad_norm(params: Iterable, max_norm: float) -> float:
+    """Scale all gradients in place so their global L2 norm is at most ``max_norm``; returns the norm BEFORE clipping.
+
+    Scaling factor ``max_norm / (norm + 1e-6)`` is applied only when it is < 1 (PyTorch's clip_grad_norm_). A
+    non-finite norm (inf/nan gradients) is returned unchanged and nothing is scaled: the caller should skip the step.
+    """
+    params = list(params)
+    if max_norm <= 0:
+        raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
+    total = grad_norm(params)
+    if not math.isfinite(total):
+        return total
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for p in params:
+            g = grad_array(p)
+            if g is not None:
+                g *= coef                   # in place: the Tensor in p.grad keeps the same array
+    return total
