@@ -30,6 +30,7 @@ class _Binary(Function):
 
 class Add(_Binary):
     """z = x + y; dz/dx = 1, dz/dy = 1."""
+    rule = 'd(x+y)/dx = 1, d(x+y)/dy = 1  (gradient passes through; broadcast axes summed)'
     def compute(self, x, y):
         return x + y
 
@@ -40,6 +41,7 @@ class Add(_Binary):
 
 class Sub(_Binary):
     """z = x - y; dz/dx = 1, dz/dy = -1."""
+    rule = 'd(x-y)/dx = 1, d(x-y)/dy = -1'
     def compute(self, x, y):
         return x - y
 
@@ -50,6 +52,7 @@ class Sub(_Binary):
 
 class Mul(_Binary):
     """z = x * y; dz/dx = y, dz/dy = x."""
+    rule = 'd(x*y)/dx = y, d(x*y)/dy = x'
     def compute(self, x, y):
         return x * y
 
@@ -62,6 +65,7 @@ class Mul(_Binary):
 
 class Div(_Binary):
     """z = x / y; dz/dx = 1/y, dz/dy = -x/y**2."""
+    rule = 'd(x/y)/dx = 1/y, d(x/y)/dy = -x/y^2'
     def compute(self, x, y):
         return x / y
 
@@ -74,6 +78,7 @@ class Div(_Binary):
 
 class Neg(Function):
     """y = -x; dy/dx = -1."""
+    rule = 'd(-x)/dx = -1'
     def forward(self, x):
         return -x
 
@@ -83,6 +88,7 @@ class Neg(Function):
 
 class Pow(_Binary):
     """z = x ** y (tensor exponent); dz/dx = y x**(y-1), dz/dy = z log x (taken as 0 where x <= 0)."""
+    rule = 'd(x^y)/dx = y x^(y-1), d(x^y)/dy = x^y log(x)'
     save_outputs = True
 
     def compute(self, x, y):
@@ -101,6 +107,7 @@ class Pow(_Binary):
 
 class PowScalar(Function):
     """y = x ** c for a Python number c; dy/dx = c x**(c-1)."""
+    rule = 'd(x^c)/dx = c x^(c-1)'
     def forward(self, x):
         return x ** x.dtype.type(self.exponent) if x.dtype.kind == "f" else x ** self.exponent
 
@@ -118,6 +125,7 @@ class PowScalar(Function):
 
 class Exp(Function):
     """y = exp(x); dy/dx = y."""
+    rule = 'd exp(x)/dx = exp(x)'
     save_outputs = True
 
     def forward(self, x):
@@ -129,6 +137,7 @@ class Exp(Function):
 
 class Log(Function):
     """y = log(x); dy/dx = 1/x."""
+    rule = 'd log(x)/dx = 1/x'
     def forward(self, x):
         return backend.xp_of(x).log(x)
 
@@ -138,6 +147,7 @@ class Log(Function):
 
 class Sqrt(Function):
     """y = sqrt(x); dy/dx = 1 / (2 y)."""
+    rule = 'd sqrt(x)/dx = 1 / (2 sqrt(x))'
     save_outputs = True
 
     def forward(self, x):
@@ -149,6 +159,7 @@ class Sqrt(Function):
 
 class Tanh(Function):
     """y = tanh(x); dy/dx = 1 - y**2."""
+    rule = 'd tanh(x)/dx = 1 - tanh(x)^2'
     save_outputs = True
 
     def forward(self, x):
@@ -167,6 +178,7 @@ def _sigmoid_array(x):
 
 class Sigmoid(Function):
     """y = 1 / (1 + exp(-x)); dy/dx = y (1 - y)."""
+    rule = 'd sigmoid(x)/dx = sigmoid(x) (1 - sigmoid(x))'
     save_outputs = True
 
     def forward(self, x):
@@ -179,6 +191,7 @@ class Sigmoid(Function):
 
 class Relu(Function):
     """y = max(x, 0); dy/dx = 1 where x > 0, else 0."""
+    rule = 'd relu(x)/dx = 1 if x > 0 else 0'
     def forward(self, x):
         return backend.xp_of(x).maximum(x, 0)
 
@@ -201,6 +214,7 @@ def _erf_array(x):
 
 class Erf(Function):
     """y = erf(x); dy/dx = 2/sqrt(pi) exp(-x**2)."""
+    rule = 'd erf(x)/dx = 2/sqrt(pi) exp(-x^2)'
     def forward(self, x):
         return _erf_array(x)
 
@@ -219,6 +233,7 @@ class Gelu(Function):
     Local rules: tanh form dy/dx = (1 + t)/2 + x/2 (1 - t**2) k (1 + 3 c x**2) with t = tanh(k (x + c x**3));
     exact form dy/dx = Phi(x) + x phi(x).
     """
+    rule = 'd gelu(x)/dx = Phi(x) + x phi(x)  (tanh form: (1+t)/2 + x/2 (1-t^2) k (1+3c x^2))'
     def forward(self, x):
         xp = backend.xp_of(x)
         if self.approximate == "tanh":
@@ -240,6 +255,7 @@ class Gelu(Function):
 
 class Silu(Function):
     """y = x sigmoid(x); dy/dx = s (1 + x (1 - s)) with s = sigmoid(x)."""
+    rule = 'd silu(x)/dx = s (1 + x (1 - s)),  s = sigmoid(x)'
     def forward(self, x):
         return x * _sigmoid_array(x).astype(x.dtype, copy=False)
 
@@ -251,6 +267,7 @@ class Silu(Function):
 
 class Abs(Function):
     """y = |x|; dy/dx = sign(x) (0 at 0)."""
+    rule = 'd|x|/dx = sign(x)'
     def forward(self, x):
         return backend.xp_of(x).abs(x)
 
@@ -261,6 +278,7 @@ class Abs(Function):
 
 class Maximum(_Binary):
     """z = max(x, y) elementwise; the gradient goes to x where x >= y, else to y."""
+    rule = 'd max(x,y)/dx = 1 where x >= y, d max(x,y)/dy = 1 elsewhere'
     def compute(self, x, y):
         return backend.xp_of(x, y).maximum(x, y)
 
@@ -272,6 +290,7 @@ class Maximum(_Binary):
 
 class Minimum(_Binary):
     """z = min(x, y) elementwise; the gradient goes to x where x <= y, else to y."""
+    rule = 'd min(x,y)/dx = 1 where x <= y, d min(x,y)/dy = 1 elsewhere'
     def compute(self, x, y):
         return backend.xp_of(x, y).minimum(x, y)
 
@@ -283,6 +302,7 @@ class Minimum(_Binary):
 
 class Clip(Function):
     """y = clip(x, low, high); dy/dx = 1 inside [low, high], else 0."""
+    rule = 'd clip(x)/dx = 1 inside [low, high], else 0'
     def forward(self, x):
         return backend.xp_of(x).clip(x, self.low, self.high)
 
@@ -298,6 +318,7 @@ class Clip(Function):
 
 class Where(_Binary):
     """z = x where cond else y (cond is a boolean array, not differentiated)."""
+    rule = 'd where(c,x,y)/dx = 1 where c, d where(c,x,y)/dy = 1 where not c'
     def compute(self, x, y):
         return backend.xp_of(x, y).where(self.cond, x, y)
 

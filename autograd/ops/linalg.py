@@ -9,6 +9,7 @@ from .shape import sum_to, swapaxes, unsqueeze, squeeze
 
 class MatMul(Function):
     """Z = X @ Y over the last two axes, leading axes broadcast; dZ/dX = G @ Y^T, dZ/dY = X^T @ G."""
+    rule = 'd(x@W)/dx = g @ W^T, d(x@W)/dW = x^T @ g'
     def forward(self, x, y):
         if x.ndim < 2 or y.ndim < 2 or x.shape[-1] != y.shape[-2]:
             raise ValueError(f"matmul: shapes {x.shape} and {y.shape} do not fit "

@@ -38,6 +38,7 @@ class _Reduction(Function):
 
 class Sum(_Reduction):
     """y = sum of x over ``axis``; dy/dx = 1, so the gradient broadcasts back."""
+    rule = 'd sum(x)/dx = 1  (gradient broadcast back over the summed axes)'
     def compute(self, x):
         return x.sum(axis=self.axes, keepdims=self.keepdims)
 
@@ -47,6 +48,7 @@ class Sum(_Reduction):
 
 class Mean(_Reduction):
     """y = mean of x over ``axis``; dy/dx = 1/n."""
+    rule = 'd mean(x)/dx = 1/n  (gradient broadcast back, divided by n)'
     def compute(self, x):
         self.count = 1
         for a in self.axes:
@@ -70,17 +72,20 @@ class _Extreme(_Reduction):
 
 
 class Max(_Extreme):
+    rule = 'd max(x)/dx = 1 at the argmax (ties share), else 0'
     def compute(self, x):
         return x.max(axis=self.axes, keepdims=self.keepdims)
 
 
 class Min(_Extreme):
+    rule = 'd min(x)/dx = 1 at the argmin (ties share), else 0'
     def compute(self, x):
         return x.min(axis=self.axes, keepdims=self.keepdims)
 
 
 class Var(_Reduction):
     """y = mean((x - mean(x))**2) * n / (n - ddof); dy/dx = 2 (x - mean(x)) / (n - ddof)."""
+    rule = 'd var(x)/dx = 2 (x - mean(x)) / (n - ddof)'
     def compute(self, x):
         n = 1
         for a in self.axes:
@@ -96,6 +101,7 @@ class Var(_Reduction):
 
 class LogSumExp(_Reduction):
     """y = log(sum(exp(x))) computed stably; dy/dx = exp(x - y) (the softmax of x)."""
+    rule = 'd logsumexp(x)/dx = exp(x - logsumexp(x)) = softmax(x)'
     save_outputs = True
 
     def compute(self, x):

@@ -16,6 +16,7 @@ def _normalize_shape(shape):
 
 class Reshape(Function):
     """y = x.reshape(shape); dy/dx reshapes the gradient back."""
+    rule = "d reshape(x)/dx: reshape the gradient back to x's shape"
     def forward(self, x):
         try:
             return x.reshape(self.shape)
@@ -36,6 +37,7 @@ def reshape(x: Tensor, shape) -> Tensor:
 
 class Transpose(Function):
     """y = x.transpose(axes); the gradient is transposed by the inverse permutation."""
+    rule = 'd transpose(x)/dx: transpose the gradient by the inverse permutation'
     def forward(self, x):
         try:
             return x.transpose(self.axes)
@@ -64,6 +66,7 @@ def swapaxes(x: Tensor, a: int, b: int) -> Tensor:
 
 class BroadcastTo(Function):
     """y = broadcast_to(x, shape); the gradient sums over the broadcast axes."""
+    rule = 'd broadcast(x)/dx: sum the gradient over the broadcast axes'
     def forward(self, x):
         xp = backend.xp_of(x)
         try:
@@ -95,6 +98,7 @@ def _sum_to_array(a, shape):
 
 class SumTo(Function):
     """y = the sum of x down to ``shape`` (undoes broadcasting); the gradient broadcasts back."""
+    rule = "d sum_to(x)/dx: broadcast the gradient back to x's shape"
     def forward(self, x):
         return _sum_to_array(x, self.shape)
 
@@ -156,6 +160,7 @@ def _normalize_index(index, shape):
 
 class GetItem(Function):
     """y = x[index] (slices, integer arrays, boolean masks); the gradient is scattered back, repeats added."""
+    rule = 'd x[i]/dx: scatter the gradient into zeros at i (repeated indices add)'
     def forward(self, x):
         try:
             return x[self.index]
@@ -169,6 +174,7 @@ class GetItem(Function):
 
 class ScatterAdd(Function):
     """y = zeros(shape); y[index] += x (repeated indices add up). The backward of GetItem, and vice versa."""
+    rule = 'd scatter_add(g)/dg: gather the gradient at the index'
     def forward(self, g):
         xp = backend.xp_of(g)
         out = xp.zeros(self.shape, dtype=g.dtype)
@@ -192,6 +198,7 @@ def getitem(x: Tensor, index) -> Tensor:
 # ---------------------------------------------------------------------------------------------------- joining
 class Concatenate(Function):
     """y = concatenate(xs, axis); each input's gradient is its slice of gy."""
+    rule = 'd concat(xs)/dx_k = the slice of the gradient where x_k sits'
     def forward(self, *xs):
         xp = backend.xp_of(*xs)
         try:
@@ -217,6 +224,7 @@ def concatenate(xs, axis: int = 0) -> Tensor:
 
 class Stack(Function):
     """y = stack(xs, axis); each input's gradient is gy at its position along ``axis``."""
+    rule = 'd stack(xs)/dx_k = the gradient at position k along the axis'
     def forward(self, *xs):
         xp = backend.xp_of(*xs)
         try:
@@ -235,6 +243,7 @@ def stack(xs, axis: int = 0) -> Tensor:
 
 class Split(Function):
     """ys = split(x, sections, axis) with NumPy's meaning of ``sections`` (a count, or split points)."""
+    rule = "d split(x)/dx = concatenate the parts' gradients"
     def forward(self, x):
         xp = backend.xp_of(x)
         try:
@@ -255,6 +264,7 @@ def split(x: Tensor, sections, axis: int = 0) -> tuple[Tensor, ...]:
 # ---------------------------------------------------------------------------------------------------- casts, moves
 class Astype(Function):
     """y = x.astype(dtype); the gradient is cast back to x's dtype."""
+    rule = "d astype(x)/dx = 1  (gradient cast back to x's dtype)"
     def forward(self, x):
         return x.astype(self.dtype)
 
@@ -274,6 +284,7 @@ def astype(x: Tensor, dtype) -> Tensor:
 
 class ToDevice(Function):
     """y = x copied to ``device``; the gradient is copied back (pipeline stages use this between GPUs)."""
+    rule = "d to(x)/dx = 1  (gradient copied back to x's device)"
     def forward(self, x):
         return backend.to_device(x, self.device)
 
