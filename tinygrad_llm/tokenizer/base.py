@@ -1,0 +1,190 @@
+"""The common tokenizer protocol, JSON file helpers and `load_tokenizer`.
+
+Every tokenizer turns text into a list of integer token ids in ``[0, vocab_size)`` and back:
+
+    ids = tok.encode("Hello")        # list[int]
+    text = tok.decode(ids)           # str
+    d = tok.to_dict()                # JSON-serialisable dict with a "type" field
+    tok2 = load_tokenizer(d)         # or load_tokenizer("tokenizer.json")
+
+The trainer stores ``to_dict()`` inside its checkpoint JSON, so a tokenizer must be fully described by plain JSON
+values (never pickle). Every dict carries ``"format": "tinygrad-llm-tokenizer"``, ``"version"`` and ``"type"``
+(``"bpe"`` or ``"char"``); `load_tokenizer` dispatches on ``"type"``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Union
+
+FORMAT_NAME = "tinygrad-llm-tokenizer"
+
+PathLike = Union[str, os.PathLike]
+
+
+class TokenizerFormatError(ValueError):
+    """A tokenizer file or dict is malformed (bad JSON, wrong type, inconsistent contents)."""
+
+
+class Tokenizer(ABC):
+    """Base class of all tokenizers: a bijection-ish map between text and ids in ``[0, vocab_size)``."""
+
+    #: the value of the "type" field in this tokenizer's dict; subclasses set it
+    type_name: str = ""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Number of token ids; valid ids are ``0 .. vocab_size - 1``."""
+
+    @property
+    def eos_id(self) -> int | None:
+        """Id of the end-of-text token, or None when the tokenizer has none."""
+        return None
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Text -> list of token ids."""
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """Token ids -> text."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable description with "format", "version" and "type" fields."""
+
+    @classmethod
+    @abstractmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Tokenizer":
+        """Rebuild a tokenizer from `to_dict()` output; raises TokenizerFormatError when malformed."""
+
+    def save(self, path: PathLike) -> None:
+        """Write `to_dict()` as JSON to `path` atomically (temp file + rename)."""
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: PathLike) -> "Tokenizer":
+        """Read a tokenizer JSON file written by `save`; the file's "type" must match this class."""
+        d = read_json(path)
+        if d.get("type") != cls.type_name:
+            raise TokenizerFormatError(
+                f"{path}: tokenizer file has type {d.get('type')!r}, expected {cls.type_name!r} "
+                f"(use load_tokenizer() to load any type)")
+        try:
+            return cls.from_dict(d)
+        except TokenizerFormatError as e:
+            raise TokenizerFormatError(f"{path}: {e}") from None
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+
+# ---------------------------------------------------------------------------------------------------------- files
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    """JSON-encode `obj` (ASCII-escaped, so any string survives) and write it atomically to `path`."""
+    atomic_write_text(path, json.dumps(obj, ensure_ascii=True, separators=(",", ":")) + "\n")
+
+
+def read_json(path: PathLike) -> dict[str, Any]:
+    """Read a JSON object from `path`, with errors that name the file."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"tokenizer file not found: {path}") from None
+    except IsADirectoryError:
+        raise IsADirectoryError(f"expected a tokenizer JSON file but got a directory: {path}") from None
+    except UnicodeDecodeError as e:
+        raise TokenizerFormatError(f"{path}: not a UTF-8 text file ({e})") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TokenizerFormatError(f"{path}: not valid JSON (truncated or corrupt?): {e}") from None
+    if not isinstance(d, dict):
+        raise TokenizerFormatError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
+# ------------------------------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[Tokenizer]] = {}
+
+
+def register_tokenizer(cls: type[Tokenizer]) -> type[Tokenizer]:
+    """Class decorator: make `load_tokenizer` dispatch `cls.type_name` to `cls`."""
+    _REGISTRY[cls.type_name] = cls
+    return cls
+
+
+def load_tokenizer(source: Union[PathLike, Mapping[str, Any]]) -> Tokenizer:
+    """Load a tokenizer from a JSON file path or from a dict made by `to_dict()`, dispatching on its "type"."""
+    if isinstance(source, Mapping):
+        d, where = source, "tokenizer dict"
+    else:
+        d, where = read_json(source), str(source)
+    kind = d.get("type")
+    if kind not in _REGISTRY:
+        raise TokenizerFormatError(
+            f"{where}: unknown tokenizer type {kind!r}; known types: {sorted(_REGISTRY)}")
+    try:
+        return _REGISTRY[kind].from_dict(d)
+    except TokenizerFormatError as e:
+        raise TokenizerFormatError(f"{where}: {e}") from None
+
+
+def check_header(d: Mapping[str, Any], type_name: str, version: int) -> None:
+    """Validate the common "format"/"type"/"version" fields of a tokenizer dict."""
+    if not isinstance(d, Mapping):
+        raise TokenizerFormatError(f"expected a dict, got {type(d).__name__}")
+    if d.get("format", FORMAT_NAME) != FORMAT_NAME:
+        raise TokenizerFormatError(f"'format' is {d.get('format')!r}, expected {FORMAT_NAME!r}")
+    if d.get("type") != type_name:
+        raise TokenizerFormatError(f"'type' is {d.get('type')!r}, expected {type_name!r}")
+    if d.get("version") != version:
+        raise TokenizerFormatError(
+            f"unsupported {type_name} tokenizer version {d.get('version')!r} (this code reads version {version})")
+
+
+def ids_to_list(ids: Iterable[int]) -> list[int]:
+    """Accept a list/tuple/range/NumPy or CuPy array of ids; return a list of Python ints."""
+    if hasattr(ids, "tolist"):          # numpy / cupy arrays (ndim 0 or 1)
+        ids = ids.tolist()
+        if isinstance(ids, int):
+            return [ids]
+    return [int(i) for i in ids] if not isinstance(ids, list) else ids
+
+
+def check_ids(ids: list[int], vocab_size: int, where: str) -> None:
+    """Raise a clear ValueError when any id is outside ``[0, vocab_size)`` (negative ids must not wrap)."""
+    if not ids:
+        return
+    lo, hi = min(ids), max(ids)
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"{where}: token id {bad} is out of range for vocab_size {vocab_size} "
+                         f"(valid ids are 0..{vocab_size - 1})")
