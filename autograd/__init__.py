@@ -14,6 +14,7 @@ from .tensor import Tensor, ones, randn, tensor, zeros
 from .ops.elementwise import where
 from .ops.linalg import matmul
 from .ops.shape import broadcast_to, concatenate, stack, split, sum_to
+from . import trace, viz
 
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "randn", "Function", "no_grad", "enable_grad", "is_grad_enabled",
