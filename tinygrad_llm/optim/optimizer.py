@@ -204,7 +204,7 @@ def split_state_dict(sd: dict[str, Any]) -> tuple[dict[str, np.ndarray], dict[st
     for i, s in sd["state"].items():
         for k, v in s.items():
             if isinstance(v, np.ndarray):
-                arrays[f"state.{int(i)}.{k}"] = np.ascontiguousarray(v)
+                arrays[f"state.{int(i)}.{k}"] = v if v.flags.c_contiguous else v.copy()  # keeps 0-d shapes
             else:
                 scalars.setdefault(str(int(i)), {})[k] = v
         scalars.setdefault(str(int(i)), {})

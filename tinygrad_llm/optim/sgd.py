@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from autograd.backend import xp_of
+
 from .optimizer import Optimizer
 
 __all__ = ["SGD"]
@@ -36,7 +38,8 @@ class SGD(Optimizer):
         if mom != 0.0:
             buf = state.get("momentum_buffer")
             if buf is None:
-                buf = state["momentum_buffer"] = g.astype(self._state_dtype(p), copy=True)
+                # xp.array, not astype: a 0-d parameter's arithmetic yields NumPy scalars, and state must be an array
+                buf = state["momentum_buffer"] = xp_of(p).array(g, dtype=self._state_dtype(p), copy=True)
             else:
                 buf *= mom
                 buf += (1.0 - damp) * g
