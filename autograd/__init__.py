@@ -5,6 +5,7 @@
     y = (x * x).sum(); y.backward(); x.grad        # Tensor([[2., 4.]])
 """
 from . import backend
+from . import functional
 from .backend import cuda_available
 from .backward import BackwardError, grad
 from .function import Function

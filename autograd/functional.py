@@ -1,0 +1,291 @@
+"""User-facing neural-network functions: ``from autograd import functional as F``.
+
+Activations, softmax family, cross-entropy, normalisations, embedding, dropout, masking, linear and attention.
+The heavy ones are single fused Functions (``autograd/ops/nn.py``) with hand-derived backward passes whose array
+code lives in ``autograd/ops/nn_kernels.py`` (NumPy/CuPy generic, CUDA kernels when registered).
+
+Double backward (``create_graph=True``): softmax, log_softmax, cross_entropy, gelu, bias_gelu, embedding, dropout,
+masked_fill and linear support it; layer_norm, rms_norm and scaled_dot_product_attention are first-order fused ops
+and raise a clear error (compose them from primitive ops for higher-order gradients).
+
+Shapes: B batch, T positions, C features, V vocabulary, H heads, D head size.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import backend
+from .ops import nn as _nn
+from .ops import elementwise as _ew
+from .tensor import Tensor
+
+__all__ = [
+    "relu", "gelu", "silu", "sigmoid", "tanh", "bias_gelu", "softmax", "log_softmax", "cross_entropy", "layer_norm",
+    "rms_norm", "embedding", "dropout", "masked_fill", "scaled_dot_product_attention", "linear",
+]
+
+
+def _t(x) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+def _int_array(a, op: str, what: str, like: Tensor):
+    """An integer index array on ``like``'s device, from a Tensor, ndarray or list; clear error for floats."""
+    if isinstance(a, Tensor):
+        a = a.data
+    elif not (isinstance(a, np.ndarray) or backend.is_cupy_array(a)):
+        a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{op}: {what} must be an integer array, got dtype {a.dtype}")
+    if backend.device_of(a) != like.device:
+        a = backend.to_device(a, like.device)
+    return a
+
+
+def _check_axis(op: str, axis: int, ndim: int) -> int:
+    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < max(ndim, 1):
+        raise ValueError(f"{op}: axis {axis!r} is out of range for a tensor with {ndim} dimensions")
+    return int(axis) % max(ndim, 1)
+
+
+# ------------------------------------------------------------------------------------------------------ activations
+def relu(x: Tensor) -> Tensor:
+    """max(x, 0), elementwise."""
+    return _ew.Relu.apply(_t(x))
+
+
+def gelu(x: Tensor, approximate: str = "tanh") -> Tensor:
+    """GELU. ``approximate='tanh'`` (GPT-2): one fused kernel forward and backward, still twice differentiable
+    (its backward switches to Tensor ops under create_graph); ``'none'``: the exact x * Phi(x) (erf)."""
+    if approximate == "tanh":
+        return _nn.GeluTanh.apply(_t(x))
+    if approximate == "none":
+        return _ew.Gelu.apply(_t(x), approximate="none")
+    raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
+
+
+def silu(x: Tensor) -> Tensor:
+    """x * sigmoid(x) (SwiGLU's gate)."""
+    return _ew.Silu.apply(_t(x))
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    return _ew.Sigmoid.apply(_t(x))
+
+
+def tanh(x: Tensor) -> Tensor:
+    return _ew.Tanh.apply(_t(x))
+
+
+def bias_gelu(x: Tensor, b: Tensor) -> Tensor:
+    """gelu(x + b) (tanh form) in one op; x (..., C), b (C,). Used by FeedForward after a bias-free matmul."""
+    x, b = _t(x), _t(b)
+    if b.ndim != 1 or x.ndim < 1 or b.shape[0] != x.shape[-1]:
+        raise ValueError(f"bias_gelu: bias must have shape ({x.shape[-1] if x.ndim else '?'},) to match x of shape "
+                         f"{x.shape}, got {b.shape}")
+    return _nn.BiasGelu.apply(x, b)
+
+
+# ------------------------------------------------------------------------------------------------------ softmax family
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """exp(x) / sum(exp(x)) over ``axis``, stable (max subtracted), float32 statistics for float16 inputs."""
+    x = _t(x)
+    return _nn.Softmax.apply(x, axis=_check_axis("softmax", axis, x.ndim))
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """x - logsumexp(x) over ``axis``, stable."""
+    x = _t(x)
+    return _nn.LogSoftmax.apply(x, axis=_check_axis("log_softmax", axis, x.ndim))
+
+
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Softmax cross-entropy of ``logits`` (N, V) or (B, T, V) against integer ``targets`` (N,) or (B, T).
+
+    ``reduction='mean'`` averages over targets that are not ``ignore_index``; if every target is ignored the loss
+    is 0 with a zero gradient (PyTorch gives NaN; 0 keeps an all-padding micro-batch harmless). ``'sum'`` sums them,
+    ``'none'`` returns the per-target losses (0 at ignored ones) with ``targets``' shape. One fused op: logsumexp
+    based, the backward writes softmax - onehot into a single (N, V) array.
+    """
+    logits = _t(logits)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    t = _int_array(targets, "cross_entropy", "targets (class indices)", logits)
+    if logits.ndim < 2:
+        raise ValueError(f"cross_entropy: logits must be (N, V) or (B, T, V), got shape {logits.shape}")
+    lead = logits.shape[:-1]
+    if t.shape != lead:
+        if t.ndim == 1 and t.size == math.prod(lead) and reduction != "none":
+            t = t.reshape(lead)
+        else:
+            raise ValueError(f"cross_entropy: targets of shape {t.shape} do not match logits of shape "
+                             f"{logits.shape} (expected targets of shape {lead})")
+    V = logits.shape[-1]
+    if type(t) is np.ndarray and t.size:  # on the GPU this check would cost a host sync per step: skipped there
+        bad = (t != ignore_index) & ((t < 0) | (t >= V))
+        if bad.any():
+            raise ValueError(f"cross_entropy: target {int(t[bad][0])} is out of range [0, {V}) "
+                             f"(ignore_index={ignore_index})")
+    return _nn.CrossEntropy.apply(logits, targets=t, ignore_index=ignore_index, reduction=reduction)
+
+
+# ------------------------------------------------------------------------------------------------------ norms
+def _check_param(op: str, name: str, p: Tensor, x: Tensor) -> None:
+    if p.shape != (x.shape[-1],):
+        raise ValueError(f"{op}: {name} must have shape ({x.shape[-1]},) to match x of shape {x.shape}, got {p.shape}")
+
+
+def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last axis; x (..., C), weight and bias (C,) or None.
+    Statistics in float32 at least. First-order fused op."""
+    x = _t(x)
+    ins = [x]
+    if weight is not None:
+        weight = _t(weight)
+        _check_param("layer_norm", "weight", weight, x)
+        ins.append(weight)
+    if bias is not None:
+        bias = _t(bias)
+        _check_param("layer_norm", "bias", bias, x)
+        ins.append(bias)
+    return _nn.LayerNorm.apply(*ins, has_w=weight is not None, has_b=bias is not None, eps=float(eps))
+
+
+def rms_norm(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    """x / sqrt(mean(x**2) + eps) * weight over the last axis; x (..., C), weight (C,) or None. First-order fused."""
+    x = _t(x)
+    if weight is None:
+        return _nn.RMSNorm.apply(x, eps=float(eps))
+    weight = _t(weight)
+    _check_param("rms_norm", "weight", weight, x)
+    return _nn.RMSNorm.apply(x, weight, eps=float(eps))
+
+
+# ------------------------------------------------------------------------------------------------------ embedding
+def embedding(ids, weight: Tensor) -> Tensor:
+    """Rows of ``weight`` (V, C) picked by integer ``ids`` (B, T) -> (B, T, C). Backward scatter-adds rows, so a
+    repeated id collects the sum of its gradients. Out-of-range ids raise on the CPU (on the GPU the check would
+    cost a host sync per call, so it is skipped)."""
+    weight = _t(weight)
+    if weight.ndim != 2:
+        raise ValueError(f"embedding: weight must be 2-D (num_embeddings, dim), got shape {weight.shape}")
+    ids = _int_array(ids, "embedding", "ids (token indices)", weight)
+    if type(ids) is np.ndarray and ids.size:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= weight.shape[0]:
+            raise IndexError(f"embedding: id {lo if lo < 0 else hi} is out of range [0, {weight.shape[0]}) for "
+                             f"weight of shape {weight.shape}")
+    return _nn.Embedding.apply(weight, ids=ids)
+
+
+# ------------------------------------------------------------------------------------------------------ dropout
+_default_rng = np.random.default_rng()
+_cupy_rngs: dict = {}  # id(numpy Generator) -> (the Generator, the CuPy generator seeded from it)
+
+
+def _keep_mask(shape, p: float, rng, like):
+    """Boolean keep-mask (True with probability 1 - p) on ``like``'s device.
+
+    NumPy: drawn from ``rng`` (a ``numpy.random.Generator``; a module default when None). CuPy: a CuPy generator
+    seeded once from ``rng`` (one draw) is kept for that Generator, so a freshly seeded rng reproduces the masks.
+    """
+    if type(like) is np.ndarray:
+        r = rng if rng is not None else _default_rng
+        return r.random(shape, dtype=np.float32) >= p
+    import cupy as cp
+    if rng is None:
+        gen = cp.random
+    else:
+        entry = _cupy_rngs.get(id(rng))
+        if entry is None or entry[0] is not rng:
+            entry = (rng, cp.random.default_rng(int(rng.integers(0, 2**63 - 1))))
+            _cupy_rngs[id(rng)] = entry
+        gen = entry[1]
+    return gen.random(shape, dtype=cp.float32) >= p
+
+
+def dropout(x: Tensor, p: float, training: bool = True, rng: np.random.Generator | None = None) -> Tensor:
+    """Inverted dropout: zero each element with probability ``p`` and scale the rest by 1/(1-p); identity when
+    ``p == 0`` or not ``training``. The mask is saved for backward; pass a seeded ``numpy.random.Generator`` for
+    reproducible masks (see ``_keep_mask`` for CuPy)."""
+    x = _t(x)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if p == 0.0 or not training:
+        return x
+    keep = _keep_mask(x.shape, p, rng, x.data)
+    scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
+    mask = keep.astype(x.dtype)
+    mask *= x.dtype.type(scale)
+    return _nn.Dropout.apply(x, mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------------ masking
+def masked_fill(x: Tensor, mask, value: float) -> Tensor:
+    """``value`` where the boolean ``mask`` (broadcastable to x) is True, else x; no gradient flows where masked."""
+    x = _t(x)
+    m = mask.data if isinstance(mask, Tensor) else mask
+    if not hasattr(m, "dtype"):
+        m = np.asarray(m)
+    if m.dtype != bool:
+        raise TypeError(f"masked_fill: mask must be boolean, got dtype {m.dtype}")
+    try:
+        shape = np.broadcast_shapes(m.shape, x.shape)
+    except ValueError:
+        raise ValueError(f"masked_fill: mask of shape {m.shape} does not broadcast with x of shape {x.shape}") from None
+    if shape != x.shape:
+        raise ValueError(f"masked_fill: mask of shape {m.shape} would grow x of shape {x.shape} to {shape}")
+    if backend.device_of(m) != x.device:
+        m = backend.to_device(m, x.device)
+    return _ew.Where.apply(float(value), x, cond=m)
+
+
+# ------------------------------------------------------------------------------------------------------ linear
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight.T + bias; x (..., in), weight (out, in) as PyTorch and GPT-2 checkpoints store it (HF's Conv1D
+    weights are (in, out): transpose them when loading), bias (out,) or None -> (..., out)."""
+    x, weight = _t(x), _t(weight)
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear: x of shape {x.shape} does not fit weight of shape {weight.shape} "
+                         "(expected x (..., in) and weight (out, in))")
+    if bias is None:
+        return _nn.Linear.apply(x, weight)
+    bias = _t(bias)
+    if bias.shape != (weight.shape[0],):
+        raise ValueError(f"linear: bias must have shape ({weight.shape[0]},) for weight {weight.shape}, got {bias.shape}")
+    return _nn.Linear.apply(x, weight, bias)
+
+
+# ------------------------------------------------------------------------------------------------------ attention
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0,
+                                 rng: np.random.Generator | None = None, scale: float | None = None) -> Tensor:
+    """softmax(q k^T * scale [+ causal mask]) v. q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D).
+
+    ``causal``: query i may attend to keys j <= i + (Tk - Tq), so with a KV cache (Tq < Tk) the last query sees all
+    keys; needs Tq <= Tk. ``scale`` defaults to 1/sqrt(D). Without dropout this is one fused first-order op that
+    never keeps the (Tq, Tk) probabilities for backward; with ``dropout_p > 0`` (attention dropout, pass 0 in eval)
+    it is composed from matmul, masked_fill, softmax and dropout. Grouped-query attention: repeat k and v heads first.
+    """
+    q, k, v = _t(q), _t(k), _t(v)
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"scaled_dot_product_attention: q, k, v must be (B, H, T, D), got shapes {q.shape}, "
+                         f"{k.shape}, {v.shape}")
+    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(f"scaled_dot_product_attention: shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape} "
+                         "(need q (B, H, Tq, D) and k, v (B, H, Tk, D))")
+    tq, tk = q.shape[2], k.shape[2]
+    if causal and tq > tk:
+        raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got Tq={tq}, Tk={tk}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[3])
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_p == 0.0:
+        return _nn.Attention.apply(q, k, v, causal=bool(causal), scale=float(scale))
+    s = (q @ k.swapaxes(-1, -2)) * float(scale)
+    if causal:
+        xp = backend.xp_of(q.data)
+        s = masked_fill(s, xp.triu(xp.ones((tq, tk), dtype=bool), k=1 + tk - tq), -math.inf)
+    return dropout(softmax(s, axis=-1), dropout_p, training=True, rng=rng) @ v

@@ -1,0 +1,299 @@
+"""Fused ops: one Function per layer-sized computation, with a hand-derived backward on arrays.
+
+Each forward/backward calls the array kernels of ``nn_kernels`` (xp-generic, or a CUDA kernel when one is registered).
+
+Twice differentiable where it is cheap: when backward runs with ``create_graph=True`` the engine enables grad mode,
+and the ops below that set ``differentiable_twice = True`` then compute the same local rule in Tensor ops (so a
+higher-order gradient flows); in a plain backward (grad mode off) they take the single array-kernel path.
+LayerNorm, RMSNorm and Attention are first-order only (``differentiable_twice = False``): a double backward through
+them raises a clear error naming the op; compose them from primitive ops if you need higher-order gradients.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from ..function import Function
+from ..grad_mode import _GradMode
+from ..tensor import Tensor
+from . import nn_kernels as K
+from .elementwise import Tanh
+from .shape import ScatterAdd, reshape, sum_to
+
+
+def _last_axis(axis: int, ndim: int) -> bool:
+    return axis == -1 or axis == ndim - 1
+
+
+# ------------------------------------------------------------------------------------------------------ GELU
+def gelu_tanh_local(h: Tensor) -> Tensor:
+    """d gelu(h) / dh in Tensor ops (used for double backward): (1 + t)/2 + h/2 (1 - t**2) k (1 + 3c h**2)."""
+    t = Tanh.apply((h + h * h * h * K._GELU_C) * K._GELU_K)
+    return (t + 1.0) * 0.5 + h * 0.5 * (1.0 - t * t) * ((h * h * (3 * K._GELU_C) + 1.0) * K._GELU_K)
+
+
+class GeluTanh(Function):
+    """y = gelu(x), tanh approximation, in one kernel; backward one kernel (Tensor ops under create_graph)."""
+
+    def forward(self, x):
+        return K.gelu_forward(x)
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        if not _GradMode.enabled:
+            return Tensor(K.gelu_backward(x.data, gy.data))
+        return gy * gelu_tanh_local(x)
+
+
+class BiasGelu(Function):
+    """y = gelu(x + b) (tanh form); x (..., C), b (C,). The FeedForward's first layer: saves one (..., C) array."""
+
+    def forward(self, x, b):
+        return K.bias_gelu_forward(x, b)
+
+    def backward(self, gy):
+        x, b = self.inputs
+        if not _GradMode.enabled:
+            gx, gb = K.bias_gelu_backward(x.data, b.data, gy.data)
+            return (Tensor(gx) if self.needs_input_grad[0] else None,
+                    Tensor(gb) if self.needs_input_grad[1] else None)
+        gh = gy * gelu_tanh_local(x + b)
+        return sum_to(gh, x.shape), sum_to(gh, b.shape)
+
+
+# ------------------------------------------------------------------------------------------------------ softmax
+class Softmax(Function):
+    """y = exp(x - max) / sum(exp(x - max)) over ``axis``; dx = y (gy - sum(gy y))."""
+    save_outputs = True
+
+    def forward(self, x):
+        if _last_axis(self.axis, x.ndim):
+            return K.softmax_forward(x)
+        xp = backend.xp_of(x)
+        return xp.moveaxis(K.softmax_forward(xp.moveaxis(x, self.axis, -1)), -1, self.axis)
+
+    def backward(self, gy):
+        y = self.output()
+        if not _GradMode.enabled:
+            if _last_axis(self.axis, y.ndim):
+                return Tensor(K.softmax_backward(y.data, gy.data))
+            xp = backend.xp_of(y.data)
+            mv = lambda a: xp.moveaxis(a, self.axis, -1)  # noqa: E731
+            return Tensor(xp.moveaxis(K.softmax_backward(mv(y.data), mv(gy.data)), -1, self.axis))
+        return y * (gy - (gy * y).sum(axis=self.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    """y = x - logsumexp(x) over ``axis``; dx = gy - exp(y) sum(gy)."""
+    save_outputs = True
+
+    def forward(self, x):
+        if _last_axis(self.axis, x.ndim):
+            return K.log_softmax_forward(x)
+        xp = backend.xp_of(x)
+        return xp.moveaxis(K.log_softmax_forward(xp.moveaxis(x, self.axis, -1)), -1, self.axis)
+
+    def backward(self, gy):
+        y = self.output()
+        if not _GradMode.enabled:
+            if _last_axis(self.axis, y.ndim):
+                return Tensor(K.log_softmax_backward(y.data, gy.data))
+            xp = backend.xp_of(y.data)
+            mv = lambda a: xp.moveaxis(a, self.axis, -1)  # noqa: E731
+            return Tensor(xp.moveaxis(K.log_softmax_backward(mv(y.data), mv(gy.data)), -1, self.axis))
+        return gy - y.exp() * gy.sum(axis=self.axis, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------------------------ cross-entropy
+class CrossEntropy(Function):
+    """loss = mean (or sum) over non-ignored rows of lse(logits) - logits[target]; logits (..., V), targets (...,).
+
+    Backward: dlogits = g/count * (softmax - onehot), one (N, V) array, ignored rows zero. With no non-ignored target
+    the mean is defined as 0 (and the gradient is 0), so an all-padding micro-batch cannot poison training with NaN.
+    Params: targets (int array, same device), ignore_index, reduction ('mean' | 'sum' | 'none').
+    """
+
+    def forward(self, logits):
+        V = logits.shape[-1]
+        l2 = logits.reshape(-1, V)
+        t = self.targets.reshape(-1)
+        xp = backend.xp_of(logits)
+        if self.reduction == "none":
+            lse = K._logsumexp_last(xp, l2)
+            valid = t != self.ignore_index
+            picked = l2[xp.arange(l2.shape[0]), xp.where(valid, t, 0)].astype(lse.dtype)
+            self.lse, self.count = lse, None
+            return ((lse - picked) * valid).astype(logits.dtype).reshape(self.targets.shape)
+        loss_sum, lse, count = K.cross_entropy_forward(l2, t, self.ignore_index)
+        self.lse, self.count = lse, count
+        if self.reduction == "mean":
+            loss_sum = loss_sum / count if count else loss_sum * 0
+        return xp.asarray(loss_sum, dtype=logits.dtype)
+
+    def backward(self, g):
+        logits = self.inputs[0]
+        V = logits.shape[-1]
+        if not _GradMode.enabled:
+            if self.reduction == "none":
+                scale = g.data.reshape(-1)
+            elif self.reduction == "mean":
+                scale = g.data / self.count if self.count else g.data * 0
+            else:
+                scale = g.data
+            if self.reduction == "none":
+                d = K.cross_entropy_backward.generic(logits.data.reshape(-1, V), self.targets.reshape(-1), self.lse,
+                                                     1.0, self.ignore_index)
+                d *= scale.astype(d.dtype)[:, None]
+            else:
+                d = K.cross_entropy_backward(logits.data.reshape(-1, V), self.targets.reshape(-1), self.lse, scale,
+                                             self.ignore_index)
+            return Tensor(d.reshape(logits.shape))
+        # create_graph: the same rule in Tensor ops, so the gradient is differentiable again
+        xp = backend.xp_of(logits.data)
+        t = self.targets
+        valid = t != self.ignore_index
+        onehot = (xp.arange(V) == t[..., None]).astype(logits.dtype)  # ignored rows are masked by weight below
+        weight = valid.astype(logits.dtype)
+        if self.reduction == "mean":
+            weight = weight / self.count if self.count else weight * 0
+        p = Softmax.apply(logits, axis=-1)
+        d = (p - Tensor(onehot)) * Tensor(weight[..., None])
+        gb = reshape(g, tuple(g.shape) + (1,)) if self.reduction == "none" else g
+        return d * gb
+
+
+# ------------------------------------------------------------------------------------------------------ norms
+class LayerNorm(Function):
+    """y = (x - mean) / sqrt(var + eps) * w + b over the last axis; w, b optional (inputs only when given).
+
+    First-order fused op: the backward is one array kernel (float32 statistics at least)."""
+    differentiable_twice = False
+
+    def forward(self, x, *wb):
+        w = wb[0] if self.has_w else None
+        b = wb[-1] if self.has_b else None
+        y, self.mean, self.rstd = K.layer_norm_forward(x, w, b, self.eps)
+        return y
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        w = self.inputs[1].data if self.has_w else None
+        gx, gw, gb = K.layer_norm_backward(gy.data, x.data, w, self.mean, self.rstd)
+        out = [Tensor(gx)]
+        if self.has_w:
+            out.append(Tensor(gw))
+        if self.has_b:
+            out.append(Tensor(gb))
+        return tuple(out)
+
+
+class RMSNorm(Function):
+    """y = x / sqrt(mean(x**2) + eps) * w over the last axis (w optional). First-order fused op."""
+    differentiable_twice = False
+
+    def forward(self, x, *w):
+        y, self.rstd = K.rms_norm_forward(x, w[0] if w else None, self.eps)
+        return y
+
+    def backward(self, gy):
+        x = self.inputs[0]
+        w = self.inputs[1].data if len(self.inputs) > 1 else None
+        gx, gw = K.rms_norm_backward(gy.data, x.data, w, self.rstd)
+        return (Tensor(gx), Tensor(gw)) if w is not None else Tensor(gx)
+
+
+# ------------------------------------------------------------------------------------------------------ lookup, masks
+class Embedding(Function):
+    """y = weight[ids]; weight (V, C), ids (...) int -> (..., C). Backward scatter-adds rows (repeats add up)."""
+
+    def forward(self, weight):
+        return weight[self.ids]
+
+    def backward(self, gy):
+        w = self.inputs[0]
+        if _GradMode.enabled:
+            return ScatterAdd.apply(gy, index=self.ids, shape=w.shape, basic=False)
+        xp = backend.xp_of(gy.data)
+        C = w.shape[-1]
+        gw = xp.zeros(w.shape, dtype=gy.dtype)
+        rows = gy.data.reshape(-1, C)
+        ids = self.ids.reshape(-1)
+        if xp is np:
+            np.add.at(gw, ids, rows)
+        else:
+            import cupyx
+            cupyx.scatter_add(gw, ids, rows)
+        return Tensor(gw)
+
+
+class Dropout(Function):
+    """y = x * mask with mask = keep / (1 - p) (inverted dropout); the mask (param) is kept for backward."""
+
+    def forward(self, x):
+        return x * self.mask
+
+    def backward(self, gy):
+        if not _GradMode.enabled:
+            return Tensor(gy.data * self.mask)
+        return gy * Tensor(self.mask)
+
+
+# ------------------------------------------------------------------------------------------------------ linear
+class Linear(Function):
+    """y = x @ w.T + b; x (..., in), w (out, in) (PyTorch / GPT-2 layout), b (out,) optional -> (..., out).
+
+    The leading axes are folded into one so each product is a single 2-D GEMM (no batched weight gradient to sum)."""
+
+    def forward(self, x, w, *b):
+        x2 = x.reshape(-1, x.shape[-1])
+        y = K.matmul(x2, w.T)
+        if b:
+            y += b[0]
+        return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+    def backward(self, gy):
+        x, w = self.inputs[0], self.inputs[1]
+        has_b = len(self.inputs) > 2
+        need = self.needs_input_grad
+        if not _GradMode.enabled:
+            g2 = gy.data.reshape(-1, w.shape[0])
+            gx = Tensor(K.matmul(g2, w.data).reshape(x.shape)) if need[0] else None
+            gw = Tensor(K.matmul(g2.T, x.data.reshape(-1, x.shape[-1]))) if need[1] else None
+            out = (gx, gw)
+            if has_b:
+                out += (Tensor(g2.sum(axis=0)) if need[2] else None,)
+            return out
+        g2 = reshape(gy, (-1, w.shape[0]))
+        gx = reshape(g2 @ w, x.shape) if need[0] else None
+        gw = g2.T @ reshape(x, (-1, x.shape[-1])) if need[1] else None
+        out = (gx, gw)
+        if has_b:
+            out += (g2.sum(axis=0) if need[2] else None,)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------------ attention
+class Attention(Function):
+    """o = softmax(q k^T * scale + causal mask) v in one op; q (B, H, Tq, D), k, v (B, H, Tk, D) -> (B, H, Tq, D).
+
+    Saves only q, k, v, o and the per-row log-sum-exp; backward recomputes the probabilities (flash-attention's
+    recipe). First-order fused op."""
+    differentiable_twice = False
+    save_outputs = True
+
+    def forward(self, q, k, v):
+        o, self.lse = K.attention_forward(q, k, v, self.causal, self.scale)
+        return o
+
+    def backward(self, do):
+        q, k, v = self.inputs
+        o = self._out_arrays[0]
+        dq, dk, dv = K.attention_backward(q.data, k.data, v.data, o, self.lse, do.data, self.causal, self.scale)
+        need = self.needs_input_grad
+        return (Tensor(dq) if need[0] else None, Tensor(dk) if need[1] else None, Tensor(dv) if need[2] else None)
+
+
+def default_attention_scale(d: int) -> float:
+    return 1.0 / math.sqrt(d)

@@ -1,0 +1,396 @@
+"""Array kernels of the fused ops: xp-generic code (NumPy and CuPy) behind a CUDA-kernel dispatch.
+
+The fused Functions in ``autograd/ops/nn.py`` call only these functions (the contract is
+``.notes/KERNEL_API.md``). Each one, when its main input is a CuPy array, first asks
+``autograd.cuda.get_kernel(name)`` for a hand-written CUDA kernel of the same name and signature; when there is none
+(or ``autograd.cuda`` is missing) the generic code below runs. For NumPy arrays the dispatch costs one type check.
+
+Conventions: the last axis is the feature axis; statistics (mean, rstd, lse) are computed in float32 at least, also
+for float16 inputs (``_acc`` gives the accumulation dtype: float32 for float16/float32, float64 for float64), and the
+main outputs come back in the input's dtype.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+_UNSET = object()
+_get_kernel = _UNSET   # autograd.cuda.get_kernel once looked up, or None when autograd.cuda is unusable
+
+
+def _lookup_get_kernel():
+    global _get_kernel
+    try:
+        from autograd.cuda import get_kernel  # written by the GPU helper; optional
+    except Exception:  # missing package, missing name, or CuPy import trouble: fall back to generic code
+        get_kernel = None
+    _get_kernel = get_kernel
+    return get_kernel
+
+
+def cuda_kernel(name: str, main):
+    """The CUDA kernel registered as ``name`` when ``main`` is a CuPy array, else None (generic code runs)."""
+    if type(main) is np.ndarray:
+        return None
+    gk = _get_kernel if _get_kernel is not _UNSET else _lookup_get_kernel()
+    if gk is None:
+        return None
+    try:
+        return gk(name)
+    except Exception:
+        return None
+
+
+def _dispatch(fn):
+    """Decorate a generic kernel: CuPy inputs go to ``autograd.cuda.get_kernel(fn.__name__)`` when registered."""
+    name = fn.__name__
+
+    def wrapper(*args, **kwargs):
+        main = args[0]
+        if isinstance(main, (list, tuple)):
+            main = main[0] if main else None
+        if type(main) is not np.ndarray:
+            k = cuda_kernel(name, main)
+            if k is not None:
+                return k(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    wrapper.__name__ = name
+    wrapper.__qualname__ = fn.__qualname__
+    wrapper.__doc__ = fn.__doc__
+    wrapper.generic = fn  # the xp-generic version, for tests and for comparing with a CUDA kernel
+    return wrapper
+
+
+def _xp(a):
+    if type(a) is np.ndarray:
+        return np
+    from ..backend import xp_of
+    return xp_of(a)
+
+
+def _acc(dtype):
+    """Accumulation dtype: float32 at least (float16 statistics overflow and lose precision)."""
+    return np.float64 if dtype == np.float64 else np.float32
+
+
+def _lead_axes(a, n_trailing):
+    return tuple(range(a.ndim - n_trailing))
+
+
+_GELU_K = math.sqrt(2.0 / math.pi)
+_GELU_C = 0.044715
+
+
+# ------------------------------------------------------------------------------------------------------ GELU
+def _gelu_tanh(xp, h):
+    """t = tanh(k (h + c h**3)), the shared piece of the forward and backward."""
+    inner = h * h
+    inner *= _GELU_C
+    inner += 1
+    inner *= h
+    inner *= _GELU_K
+    return xp.tanh(inner, out=inner)
+
+
+@_dispatch
+def gelu_forward(x):
+    """y = x/2 (1 + tanh(k (x + c x**3))), the tanh approximation of GPT-2; same shape and dtype as x."""
+    xp = _xp(x)
+    t = _gelu_tanh(xp, x)
+    t += 1
+    t *= x
+    t *= 0.5
+    return t
+
+
+def _gelu_grad_local(xp, h):
+    """dgelu/dh = (1 + t)/2 + h/2 (1 - t**2) k (1 + 3c h**2)."""
+    t = _gelu_tanh(xp, h)
+    d = h * h
+    d *= 3 * _GELU_C * _GELU_K
+    d += _GELU_K
+    d *= h
+    d *= 0.5
+    d *= 1 - t * t
+    t += 1
+    t *= 0.5
+    d += t
+    return d
+
+
+@_dispatch
+def gelu_backward(x, gy):
+    """gx = gy * gelu'(x)."""
+    d = _gelu_grad_local(_xp(x), x)
+    d *= gy
+    return d
+
+
+@_dispatch
+def bias_gelu_forward(x, b):
+    """y = gelu(x + b); x (..., C), b (C,)."""
+    return gelu_forward(x + b)
+
+
+@_dispatch
+def bias_gelu_backward(x, b, gy):
+    """(gx, gb): gx = gy * gelu'(x + b) (..., C); gb = gx summed over the leading axes (C,)."""
+    gx = gelu_backward(x + b, gy)
+    gb = gx.reshape(-1, gx.shape[-1]).sum(axis=0, dtype=_acc(gx.dtype)).astype(b.dtype, copy=False)
+    return gx, gb
+
+
+# ------------------------------------------------------------------------------------------------------ norms
+@_dispatch
+def layer_norm_forward(x, w, b, eps):
+    """(y, mean, rstd): y = (x - mean) * rstd * w + b over the last axis; mean, rstd (...,) in float32 at least."""
+    xp = _xp(x)
+    acc = _acc(x.dtype)
+    xf = x if x.dtype == acc else x.astype(acc)
+    mean = xf.mean(axis=-1)
+    xc = xf - mean[..., None]
+    var = (xc * xc).mean(axis=-1)
+    rstd = 1.0 / xp.sqrt(var + eps)
+    xc *= rstd[..., None]
+    if w is not None:
+        xc *= w
+    if b is not None:
+        xc += b
+    return xc.astype(x.dtype, copy=False), mean, rstd
+
+
+@_dispatch
+def layer_norm_backward(gy, x, w, mean, rstd):
+    """(gx, gw, gb) for layer_norm_forward; gw is None when w is None (gb is always returned, the caller drops it)."""
+    acc = _acc(x.dtype)
+    C = x.shape[-1]
+    xhat = (x.astype(acc, copy=False) - mean[..., None])
+    xhat *= rstd[..., None]
+    g = gy.astype(acc, copy=False)
+    g2 = g.reshape(-1, C)
+    gb = g2.sum(axis=0)
+    gw = (g2 * xhat.reshape(-1, C)).sum(axis=0) if w is not None else None
+    if w is not None:
+        g = g * w
+    # gx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+    proj = (g * xhat).mean(axis=-1, keepdims=True)
+    gx = g - g.mean(axis=-1, keepdims=True)
+    xhat *= proj
+    gx -= xhat
+    gx *= rstd[..., None]
+    gx = gx.astype(x.dtype, copy=False)
+    if w is not None:
+        gw = gw.astype(w.dtype, copy=False)
+    return gx, gw, gb.astype(x.dtype if w is None else w.dtype, copy=False)
+
+
+@_dispatch
+def rms_norm_forward(x, w, eps):
+    """(y, rstd): y = x * rstd * w with rstd = 1/sqrt(mean(x**2) + eps) over the last axis (float32 at least)."""
+    xp = _xp(x)
+    acc = _acc(x.dtype)
+    xf = x if x.dtype == acc else x.astype(acc)
+    rstd = 1.0 / xp.sqrt((xf * xf).mean(axis=-1) + eps)
+    y = xf * rstd[..., None]
+    if w is not None:
+        y *= w
+    return y.astype(x.dtype, copy=False), rstd
+
+
+@_dispatch
+def rms_norm_backward(gy, x, w, rstd):
+    """(gx, gw): gx = rstd (g - xhat mean(g xhat)) with g = gy w, xhat = x rstd; gw = sum(gy xhat)."""
+    acc = _acc(x.dtype)
+    C = x.shape[-1]
+    xhat = x.astype(acc, copy=False) * rstd[..., None]
+    g = gy.astype(acc, copy=False)
+    gw = None
+    if w is not None:
+        gw = (g.reshape(-1, C) * xhat.reshape(-1, C)).sum(axis=0).astype(w.dtype, copy=False)
+        g = g * w
+    proj = (g * xhat).mean(axis=-1, keepdims=True)
+    xhat *= proj
+    gx = g - xhat
+    gx *= rstd[..., None]
+    return gx.astype(x.dtype, copy=False), gw
+
+
+# ------------------------------------------------------------------------------------------------------ softmax
+@_dispatch
+def softmax_forward(x):
+    """Softmax over the last axis, stable (max subtracted), computed in float32 at least; x's dtype back."""
+    xp = _xp(x)
+    acc = _acc(x.dtype)
+    e = x.astype(acc) if x.dtype != acc else x.copy()
+    m = e.max(axis=-1, keepdims=True)
+    m = xp.where(xp.isfinite(m), m, 0)  # a row of all -inf (fully masked) gives NaN, not an error; no host sync
+    e -= m
+    xp.exp(e, out=e)
+    e /= e.sum(axis=-1, keepdims=True)
+    return e.astype(x.dtype, copy=False)
+
+
+@_dispatch
+def softmax_backward(y, gy):
+    """gx = y * (gy - sum(gy * y)) over the last axis."""
+    acc = _acc(y.dtype)
+    yf = y.astype(acc, copy=False)
+    gx = gy.astype(acc) if gy.dtype != acc else gy.copy()
+    gx -= (gx * yf).sum(axis=-1, keepdims=True)
+    gx *= yf
+    return gx.astype(y.dtype, copy=False)
+
+
+def _logsumexp_last(xp, x):
+    """log(sum(exp(x))) over the last axis, (...,) in float32 at least; -inf rows give -inf."""
+    acc = _acc(x.dtype)
+    xf = x.astype(acc, copy=False)
+    m = xf.max(axis=-1)
+    m = xp.where(xp.isfinite(m), m, 0)
+    e = xf - m[..., None]
+    xp.exp(e, out=e)
+    s = e.sum(axis=-1)
+    return xp.log(s) + m
+
+
+def log_softmax_forward(x):
+    """x - logsumexp(x) over the last axis (generic only; no CUDA kernel is asked for)."""
+    xp = _xp(x)
+    lse = _logsumexp_last(xp, x)
+    out = x.astype(lse.dtype) - lse[..., None]
+    return out.astype(x.dtype, copy=False)
+
+
+def log_softmax_backward(y, gy):
+    """gx = gy - exp(y) * sum(gy) over the last axis."""
+    xp = _xp(y)
+    acc = _acc(y.dtype)
+    g = gy.astype(acc, copy=False)
+    p = xp.exp(y.astype(acc, copy=False))
+    p *= g.sum(axis=-1, keepdims=True)
+    return (g - p).astype(y.dtype, copy=False)
+
+
+# ------------------------------------------------------------------------------------------------------ cross-entropy
+@_dispatch
+def cross_entropy_forward(logits, targets, ignore_index):
+    """(loss_sum, lse, count): logits (N, V), targets (N,) int. loss_sum is a 0-d array (float32 at least) summed
+    over rows whose target is not ``ignore_index``; lse (N,); count = number of such rows (Python int)."""
+    xp = _xp(logits)
+    n = logits.shape[0]
+    lse = _logsumexp_last(xp, logits)
+    valid = targets != ignore_index
+    safe = xp.where(valid, targets, 0)
+    picked = logits[xp.arange(n), safe].astype(lse.dtype, copy=False)
+    per_row = lse - picked
+    per_row *= valid
+    count = int(valid.sum())
+    return per_row.sum(), lse, count
+
+
+@_dispatch
+def cross_entropy_backward(logits, targets, lse, scale, ignore_index):
+    """dlogits (N, V) = scale * (softmax(logits) - onehot(targets)), zero rows where the target is ignored.
+
+    ``scale`` is a number or a 0-d array (grad of the loss / count for the mean). The softmax is built in one array
+    and the one-hot is subtracted in place, so only one (N, V) array is ever made."""
+    xp = _xp(logits)
+    n = logits.shape[0]
+    acc = lse.dtype
+    d = logits.astype(acc) if logits.dtype != acc else logits.copy()
+    d -= lse[:, None]
+    xp.exp(d, out=d)
+    valid = targets != ignore_index
+    safe = xp.where(valid, targets, 0)
+    d[xp.arange(n), safe] -= 1
+    row_scale = valid.astype(acc)
+    row_scale *= xp.asarray(scale, dtype=acc)
+    d *= row_scale[:, None]
+    return d.astype(logits.dtype, copy=False)
+
+
+# ------------------------------------------------------------------------------------------------------ attention
+def _causal_mask(xp, tq, tk):
+    """True where query i (of tq) may NOT see key j: j > i + (tk - tq), so the last query sees every key."""
+    return xp.triu(xp.ones((tq, tk), dtype=bool), k=1 + tk - tq)
+
+
+def _scores(q, k, causal, scale):
+    xp = _xp(q)
+    acc = _acc(q.dtype)
+    s = matmul(q, k.swapaxes(-1, -2))
+    s = s.astype(acc, copy=False)
+    s *= scale
+    if causal:
+        tq, tk = q.shape[-2], k.shape[-2]
+        s[..., _causal_mask(xp, tq, tk)] = -np.inf
+    return s
+
+
+@_dispatch
+def attention_forward(q, k, v, causal, scale):
+    """(o, lse): o = softmax(q k^T * scale, causal-masked) v; q (B, H, Tq, D), k, v (B, H, Tk, D); o (B, H, Tq, D);
+    lse (B, H, Tq) in float32 at least. This generic version builds the (Tq, Tk) score matrix; the CUDA kernel
+    (flash-attention style) does not."""
+    xp = _xp(q)
+    s = _scores(q, k, causal, scale)
+    m = s.max(axis=-1, keepdims=True)
+    s -= m
+    xp.exp(s, out=s)
+    denom = s.sum(axis=-1, keepdims=True)
+    s /= denom
+    lse = (xp.log(denom) + m)[..., 0]
+    p = s.astype(v.dtype, copy=False)
+    o = matmul(p, v)
+    return o, lse
+
+
+@_dispatch
+def attention_backward(q, k, v, o, lse, do, causal, scale):
+    """(dq, dk, dv): with p = exp(s - lse) recomputed, dv = p^T do, dp = do v^T, ds = p (dp - rowsum(do o)),
+    dq = ds k * scale, dk = ds^T q * scale."""
+    xp = _xp(q)
+    mm = matmul
+    p = _scores(q, k, causal, scale)
+    p -= lse[..., None]
+    xp.exp(p, out=p)
+    acc = p.dtype
+    pc = p.astype(q.dtype, copy=False)
+    dv = mm(pc.swapaxes(-1, -2), do)
+    dp = mm(do, v.swapaxes(-1, -2)).astype(acc, copy=False)
+    delta = (do.astype(acc, copy=False) * o.astype(acc, copy=False)).sum(axis=-1, keepdims=True)
+    dp -= delta
+    dp *= p
+    dp *= scale
+    ds = dp.astype(q.dtype, copy=False)
+    dq = mm(ds, k)
+    dk = mm(ds.swapaxes(-1, -2), q)
+    return dq, dk, dv.astype(v.dtype, copy=False)
+
+
+# ------------------------------------------------------------------------------------------------------ misc
+@_dispatch
+def matmul(a, b):
+    """a @ b with batch broadcasting (CuPy: cuBLAS with TF32 / float16 tensor cores when the GPU kernel exists)."""
+    return _xp(a).matmul(a, b)
+
+
+@_dispatch
+def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step) -> None:
+    """One AdamW update of every (param, grad, m, v) quadruple, in place (decoupled weight decay)."""
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    step_size = lr / bc1
+    for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
+        xp = _xp(p)
+        if weight_decay:
+            p *= 1.0 - lr * weight_decay
+        m *= beta1
+        m += (1.0 - beta1) * g
+        v *= beta2
+        v += (1.0 - beta2) * (g * g)
+        denom = xp.sqrt(v / bc2)
+        denom += eps
+        p -= step_size * (m / denom)
