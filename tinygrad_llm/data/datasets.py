@@ -74,7 +74,10 @@ class SlidingWindowDataset:
 
     def get_batch(self, indices) -> tuple[np.ndarray, np.ndarray]:
         """Windows ``indices`` (B,) stacked into (B, T) inputs and targets, int64."""
-        starts = np.asarray(indices, dtype=np.int64) * self.stride
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self._n):
+            raise IndexError(f"window indices must be in [0, {self._n}), got min {idx.min()} max {idx.max()}")
+        starts = idx * self.stride
         pos = starts[:, None] + np.arange(self.max_length + 1)  # (B, T + 1)
         chunk = self.ids[pos]
         return chunk[:, :-1], chunk[:, 1:]

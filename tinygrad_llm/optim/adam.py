@@ -25,18 +25,27 @@ def _adamw_update(p, g, m, v, *, lr: float, beta1: float, beta2: float, eps: flo
         p -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
     """
     xp = xp_of(p)
+    if g.dtype != m.dtype:                       # e.g. fp16 gradients with fp32 moments: square in fp32
+        g = g.astype(m.dtype)
     if weight_decay != 0.0:
         p *= 1.0 - lr * weight_decay
+    # one scratch array instead of a temporary per operation (the token embedding alone is 38M floats in GPT-2)
+    tmp = xp.empty_like(m)                       # (also keeps 0-d parameters as arrays, not NumPy scalars)
+    xp.multiply(g, 1.0 - beta1, out=tmp)
     m *= beta1
-    m += (1.0 - beta1) * g
+    m += tmp
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1.0 - beta2
     v *= beta2
-    v += (1.0 - beta2) * (g * g)
+    v += tmp
     bias1 = 1.0 - beta1 ** step
     bias2 = 1.0 - beta2 ** step
-    denom = xp.sqrt(v)
-    denom /= math.sqrt(bias2)
-    denom += eps
-    p -= (lr / bias1) * (m / denom)
+    xp.sqrt(v, out=tmp)                          # denom = sqrt(v) / sqrt(bias2) + eps
+    tmp /= math.sqrt(bias2)
+    tmp += eps
+    xp.divide(m, tmp, out=tmp)
+    tmp *= lr / bias1
+    p -= tmp
 
 
 class Adam(Optimizer):

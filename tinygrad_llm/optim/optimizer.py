@@ -7,7 +7,7 @@ and ``.requires_grad``; ``.name`` is used in error messages when present. Update
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
