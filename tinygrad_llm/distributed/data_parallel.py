@@ -1,0 +1,239 @@
+"""``DataParallel``: replicate a model on every rank and average its gradients with bucketed all-reduces.
+
+How a step goes (world size N, every rank runs the same code on its own shard of the batch)::
+
+    dp = DataParallel(model, comm)        # rank 0's parameters are broadcast to every rank
+    loss = F.cross_entropy(dp(x), y)      # forward: just the model
+    loss.backward()                       # hooks pack finished grads into buckets and start all-reduces
+    dp.finish()                           # wait for them, unpack: every p.grad is the average over ranks
+    opt.step(); opt.zero_grad()
+
+Buckets: parameters are grouped in *reverse* registration order (roughly the order backward finishes them) into
+flat buffers of about ``bucket_mb`` MB, one dtype and device each. A leaf hook
+(``Tensor.register_post_accumulate_grad_hook``) fires when a parameter's gradient is final; when every parameter
+of a bucket is in, the bucket is packed and its all-reduce (average) starts asynchronously: NCCL on its own CUDA
+stream (which waits on an event of the compute stream), MPI as ``Iallreduce``. So communication overlaps the rest
+of backward. Buckets are launched strictly in index order, the same on every rank, because collectives must be
+issued in the same order everywhere.
+
+Parameters that got no gradient this step (unused on this rank) are packed as zeros at ``finish()``, so every rank
+issues the same collectives; after ``finish()`` they hold the average of the other ranks' gradients (zeros when
+no rank used them).
+
+Gradient accumulation: ``with dp.no_sync(): loss.backward()`` for every micro-step but the last, whose backward
+communicates once for the accumulated gradients.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterable
+
+import numpy as np
+
+from autograd import Tensor, backend
+from autograd.grad_mode import no_grad
+
+from .comm import Communicator, Work
+from .runtime import get_communicator
+
+
+def unique_parameters(model_or_params) -> list[Tensor]:
+    """The model's parameters (``model.parameters()`` or an iterable of Tensors), each once (tied weights)."""
+    params = model_or_params.parameters() if hasattr(model_or_params, "parameters") else model_or_params
+    out, seen = [], set()
+    for p in params:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"DataParallel: expected Tensors as parameters, got {type(p).__name__}")
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+class _Bucket:
+    """Parameters that share one flat buffer for communication."""
+
+    def __init__(self, dtype, device: str):
+        self.dtype, self.device = dtype, device
+        self.params: list[Tensor] = []
+        self.offsets: list[int] = []
+        self.numel = 0
+        self.ready: set[int] = set()     # ids of params whose grad is final in this step
+        self.buffer = None
+        self.work: Work | None = None
+
+    def add(self, p: Tensor) -> None:
+        self.params.append(p)
+        self.offsets.append(self.numel)
+        self.numel += p.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * np.dtype(self.dtype).itemsize
+
+    def pack(self, use_grad: bool):
+        """A new flat buffer holding every param's grad (zeros for None) or data, in bucket order."""
+        xp = backend.get_xp(self.device)
+        with _on_device(self.device):
+            buf = xp.empty(self.numel, dtype=self.dtype)
+            for p, off in zip(self.params, self.offsets):
+                src = p.grad.data if use_grad and p.grad is not None else (None if use_grad else p.data)
+                if src is None:
+                    buf[off:off + p.size] = 0
+                else:
+                    buf[off:off + p.size] = src.reshape(-1)
+        return buf
+
+    def unpack_grads(self, buf) -> None:
+        """Every param's ``.grad`` becomes a view into the reduced buffer (no copy)."""
+        for p, off in zip(self.params, self.offsets):
+            p.grad = Tensor(buf[off:off + p.size].reshape(p.shape))
+
+    def unpack_data(self, buf) -> None:
+        """Write broadcast values into the params' arrays in place (optimizers keep their references)."""
+        for p, off in zip(self.params, self.offsets):
+            p.data[...] = buf[off:off + p.size].reshape(p.shape)
+
+
+@contextmanager
+def _on_device(device: str):
+    if device.startswith("cuda"):
+        cp = backend.cupy_module()
+        with cp.cuda.Device(int(device.split(":")[1])):
+            yield
+    else:
+        yield
+
+
+class DataParallel:
+    """Wrap ``model`` for data-parallel training over ``comm`` (default: the process's communicator)."""
+
+    def __init__(self, model, comm: Communicator | None = None, bucket_mb: float = 25.0,
+                 broadcast_parameters: bool = True, overlap: bool = True):
+        self.module = model
+        self.comm = comm if comm is not None else get_communicator()
+        self.bucket_bytes = max(1, int(bucket_mb * 2 ** 20))
+        self.overlap = overlap
+        self.params = unique_parameters(model)
+        self._sync = True
+        self._next_launch = 0          # index of the next bucket to start (buckets start in order)
+        self._launched_any = False
+        self.buckets = self._build_buckets([p for p in self.params if p.requires_grad])
+        self._where = {id(p): b for b in self.buckets for p in b.params}
+        self._removers = []
+        if self.comm.world_size > 1:
+            for p in self.params:
+                if p.requires_grad:
+                    self._removers.append(p.register_post_accumulate_grad_hook(self._on_grad_ready))
+            if broadcast_parameters:
+                self.broadcast_parameters()
+
+    # ------------------------------------------------------------------ the module's face
+    def __call__(self, *args, **kwargs):
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name):
+        # only called for names DataParallel itself lacks: parameters(), state_dict(), train(), eval(), config ...
+        if name == "module":
+            raise AttributeError(name)
+        return getattr(self.module, name)
+
+    def parameters(self) -> list[Tensor]:
+        return list(self.params)
+
+    # ------------------------------------------------------------------ set-up
+    def _build_buckets(self, params: list[Tensor]) -> list[_Bucket]:
+        buckets: list[_Bucket] = []
+        for p in reversed(params):           # backward finishes the last layers first
+            b = buckets[-1] if buckets else None
+            if (b is None or b.dtype != p.dtype or b.device != p.device
+                    or (b.numel and b.nbytes + p.size * p.dtype.itemsize > self.bucket_bytes)):
+                b = _Bucket(p.dtype, p.device)
+                buckets.append(b)
+            b.add(p)
+        return buckets
+
+    def broadcast_parameters(self, root: int = 0) -> None:
+        """Copy rank ``root``'s parameter values to every rank (one flat broadcast per bucket)."""
+        if self.comm.world_size == 1:
+            return
+        others = [p for p in self.params if not p.requires_grad]
+        for b in self.buckets + self._build_buckets(others):
+            buf = b.pack(use_grad=False)
+            self.comm.broadcast(buf, root)
+            b.unpack_data(buf)
+
+    def remove_hooks(self) -> None:
+        for r in self._removers:
+            r()
+        self._removers = []
+
+    # ------------------------------------------------------------------ during backward
+    @contextmanager
+    def no_sync(self):
+        """Backward passes inside do not communicate (gradient accumulation); the next one outside does."""
+        prev, self._sync = self._sync, False
+        try:
+            yield
+        finally:
+            self._sync = prev
+
+    def _on_grad_ready(self, p: Tensor) -> None:
+        if not self._sync:
+            return
+        b = self._where.get(id(p))
+        if b is None:
+            return
+        if b.work is not None or id(p) in b.ready:
+            raise RuntimeError(
+                "DataParallel: a second backward reached a parameter whose gradient is already being all-reduced; "
+                "call dp.finish() after each backward that should communicate, and wrap the earlier micro-steps "
+                "of gradient accumulation in `with dp.no_sync():`")
+        b.ready.add(id(p))
+        self._launched_any = True
+        if self.overlap:
+            self._launch_in_order(force=False)
+            self._progress()
+
+    def _launch(self, b: _Bucket) -> None:
+        b.buffer = b.pack(use_grad=True)
+        b.work = self.comm.all_reduce_async(b.buffer, "avg")
+
+    def _launch_in_order(self, force: bool) -> None:
+        while self._next_launch < len(self.buckets):
+            b = self.buckets[self._next_launch]
+            if not force and len(b.ready) < len(b.params):
+                return
+            self._launch(b)
+            self._next_launch += 1
+
+    def _progress(self) -> None:
+        """Let MPI advance pending requests (MPICH progresses non-blocking collectives only inside MPI calls)."""
+        for b in self.buckets[:self._next_launch]:
+            if b.work is not None:
+                b.work.is_completed()
+
+    # ------------------------------------------------------------------ after backward
+    def finish(self) -> None:
+        """Wait for every bucket's all-reduce and unpack: each ``p.grad`` is then the average over ranks.
+
+        Call it after the backward of the last micro-step and before clipping / the optimizer step. Buckets that
+        no hook completed (unused parameters) are packed and reduced now, so all ranks issue the same collectives.
+        """
+        if self.comm.world_size == 1 or not self._sync:
+            return
+        try:
+            self._launch_in_order(force=True)
+            with no_grad():
+                for b in self.buckets:
+                    b.work.wait()
+                    b.unpack_grads(b.buffer)
+        finally:
+            for b in self.buckets:
+                b.ready.clear()
+                b.work = None
+                b.buffer = None
+            self._next_launch = 0
+            self._launched_any = False
+
+    sync_gradients = finish
