@@ -302,6 +302,17 @@ def test_clip_grad_norm_scales_above_and_leaves_below():
     np.testing.assert_array_equal(params[1].grad.data, before)
 
 
+def test_grad_norm_large_and_empty_grads():
+    rng = np.random.default_rng(0)
+    big = ag.Tensor(np.zeros(700_001, dtype=np.float32), requires_grad=True)     # spans several float64 chunks
+    big.grad = ag.Tensor(rng.standard_normal(700_001).astype(np.float32))
+    empty = ag.Tensor(np.zeros((0, 3)), requires_grad=True)
+    empty.grad = ag.Tensor(np.zeros((0, 3)))
+    ref = math.sqrt(float(np.sum(big.grad.data.astype(np.float64) ** 2)))
+    assert optim.grad_norm([big, empty]) == pytest.approx(ref, rel=1e-12)
+    assert optim.grad_norm([empty]) == 0.0
+
+
 def test_clip_grad_norm_float32_and_nonfinite():
     p = ag.Tensor(np.zeros(1000, dtype=np.float32), requires_grad=True)
     p.grad = ag.Tensor(np.full(1000, 1e-3, dtype=np.float32))
