@@ -358,3 +358,49 @@ def test_adamw_and_clip_on_cupy_match_numpy():
         np.testing.assert_allclose(cp.asnumpy(g.data), c.data, rtol=1e-5, atol=1e-6)
     sd = o2.state_dict()
     assert isinstance(sd["state"][0]["exp_avg"], np.ndarray)
+
+
+@settings(deadline=None)
+@given(scale=st.floats(1e-3, 1e3), max_norm=st.floats(0.1, 10.0), seed=st.integers(0, 100))
+def test_clip_keeps_direction_and_bounds_norm(scale, max_norm, seed):
+    params = make_params(SHAPES, seed)
+    set_grads(params, np.random.default_rng(seed))
+    before = [p.grad.data.copy() * scale for p in params]
+    for p, b in zip(params, before):
+        p.grad.data[...] = b
+    total = optim.clip_grad_norm(params, max_norm)
+    after = optim.grad_norm(params)
+    assert after <= max_norm * (1 + 1e-9)
+    k = min(1.0, max_norm / (total + 1e-6))
+    for p, b in zip(params, before):
+        np.testing.assert_allclose(p.grad.data, b * k, rtol=1e-12, atol=0)
+
+
+def test_adamw_trains_an_nn_module():
+    nn = pytest.importorskip("tinygrad_llm.nn")
+
+    class Reg(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 4)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5], [3.0]]) + 0.7).astype(np.float32)
+    model = Reg()
+    opt = optim.AdamW(model, lr=0.05, weight_decay=0.01)
+    assert [g["name"] for g in opt.param_groups] == ["decay", "no_decay"]
+    weight = model.lin.weight.data
+    losses = []
+    for _ in range(150):
+        d = model(ag.Tensor(x)) - ag.Tensor(y)
+        loss = (d * d).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert model.lin.weight.data is weight                 # updated in place
+    assert losses[-1] < 0.05 * losses[0]

@@ -14,7 +14,7 @@ import numpy as np
 
 from autograd import backend
 
-from .optimizer import grad_array
+from .optimizer import device_scope, grad_array
 
 __all__ = ["clip_grad_norm", "grad_norm"]
 
@@ -36,15 +36,17 @@ def grad_norm(params: Iterable) -> float:
         # float64 in cache-sized chunks: exact enough, without a float64 copy of the largest gradient
         step = _CHUNK if xp is np else _CHUNK * 16
         sums = per_device.setdefault(backend.device_of(g), [])
-        for i in range(0, flat.size, step):
-            c = flat[i:i + step].astype(xp.float64)
-            sums.append(xp.dot(c, c))
+        with device_scope(g):
+            for i in range(0, flat.size, step):
+                c = flat[i:i + step].astype(xp.float64)
+                sums.append(xp.dot(c, c))
     total = 0.0
     for sums in per_device.values():
         if not sums:                             # only zero-size gradients on this device
             continue
         xp = backend.xp_of(sums[0])
-        total += float(xp.sum(xp.stack(sums)))
+        with device_scope(sums[0]):
+            total += float(xp.sum(xp.stack(sums)))
     return math.sqrt(total)
 
 
@@ -65,5 +67,6 @@ def clip_grad_norm(params: Iterable, max_norm: float) -> float:
         for p in params:
             g = grad_array(p)
             if g is not None:
-                g *= coef                   # in place: the Tensor in p.grad keeps the same array
+                with device_scope(g):
+                    g *= coef                   # in place: the Tensor in p.grad keeps the same array
     return total

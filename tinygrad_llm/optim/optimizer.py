@@ -7,13 +7,14 @@ and ``.requires_grad``; ``.name`` is used in error messages when present. Update
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
 
 from autograd import backend
 
-__all__ = ["Optimizer", "grad_array", "split_state_dict", "merge_state_dict"]
+__all__ = ["Optimizer", "grad_array", "device_scope", "split_state_dict", "merge_state_dict"]
 
 
 def grad_array(p):
@@ -24,6 +25,14 @@ def grad_array(p):
     if isinstance(g, np.ndarray) or backend.is_cupy_array(g):
         return g
     return g.data
+
+
+def device_scope(a):
+    """A context that makes ``a``'s GPU the current one (CuPy kernels and allocations run on the current device;
+    parameters of a pipeline-parallel model live on several GPUs). A no-op for NumPy arrays."""
+    if backend.is_cupy_array(a):
+        return a.device
+    return contextlib.nullcontext()
 
 
 def _param_label(p, index: int) -> str:
@@ -131,7 +140,8 @@ class Optimizer:
                     if g.shape != p.data.shape:
                         raise ValueError(f"{type(self).__name__}: gradient of shape {tuple(g.shape)} for "
                                          f"{_param_label(p, i)}")
-                    self._update(p.data, g, self.state.setdefault(i, {}), group)
+                    with device_scope(p.data):
+                        self._update(p.data, g, self.state.setdefault(i, {}), group)
                 i += 1
         self.step_count += 1
 
