@@ -1,7 +1,8 @@
 """Adam (L2 weight decay) and AdamW (decoupled weight decay), with PyTorch's semantics.
 
 The whole per-parameter update is one function, ``_adamw_update``, so a fused (multi-tensor) GPU kernel can replace
-it: set ``AdamW.update_fn`` (per parameter) or override ``AdamW.step`` (all parameters at once).
+it: ``AdamW.update_fn = staticmethod(fused_fn)`` (same signature, per parameter) or a subclass overriding
+``step`` (all parameters at once; per-parameter state is ``self.state[i]``, i in ``self.params`` order).
 """
 from __future__ import annotations
 
