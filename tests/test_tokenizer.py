@@ -185,6 +185,8 @@ def test_allowed_special_modes(tok):
     assert tok.encode(text, allowed_special=set()) == plain
     with pytest.raises(ValueError, match="unknown special"):
         tok.encode(text, allowed_special={"<|nope|>"})
+    with pytest.raises(ValueError, match="allowed_special must be"):
+        tok.encode(text, allowed_special=EOT)
 
 
 def test_several_special_tokens_and_training_ignores_them():

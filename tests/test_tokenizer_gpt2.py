@@ -111,6 +111,13 @@ def test_matches_reference_gpt2_algorithm(tmp_path_factory, text):
     assert tok.decode(tok.encode(text)) == text
 
 
+def test_long_words_match_reference(tiny):
+    tok, enc, _, _ = tiny
+    for text in ["thein" * 1500, "a" * 5001, " " * 3000 + "x", "ééthe" * 700]:   # each mostly one long pre-token
+        assert tok.encode(text) == gpt2_reference_encode(text, enc, MERGES)
+        assert tok.decode(tok.encode(text)) == text
+
+
 def test_trained_tokenizer_export_import_round_trip(tmp_path):
     rng = random.Random(0)
     words = ["the", "then", "there", "in", "inn", "é", "naïve", "42", "日本語", "'s"]

@@ -10,6 +10,7 @@ unique pre-token "words" with their frequencies, and three structures are kept u
 
 After merging the best pair only the words listed in ``where[pair]`` are rewritten, and only the pairs whose counts
 changed are pushed again. Ties in count go to the smallest ``(a, b)`` id pair, so training is deterministic.
+A pair whose bytes would spell an existing token is skipped (a safety net: every id keeps distinct bytes).
 
 Merges are applied left to right without overlap (``a a a`` with merge ``(a, a)`` -> ``aa a``), exactly as encoding
 applies them, so encoding a training word reproduces its training segmentation.
@@ -81,7 +82,7 @@ def train_merges(word_counts: Counter, n_merges: int, verbose: bool = False) -> 
     heapq.heapify(heap)
 
     merges: list[tuple[int, int]] = []
-    # Two different pairs can spell the same bytes ("ab"+"c" and "a"+"bc"); such a pair is skipped, so every token
+    # If two different pairs ever spelled the same bytes ("ab"+"c" and "a"+"bc") the later one is skipped, so every
     # id has distinct bytes (token_to_id is unambiguous and the vocabulary can be written as GPT-2's encoder.json).
     token_bytes: list[bytes] = [bytes([i]) for i in range(256)]
     known: set[bytes] = set(token_bytes)
