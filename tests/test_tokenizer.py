@@ -300,6 +300,9 @@ def test_bpe_bad_input_errors(tok):
         BPETokenizer.train("", vocab_size=300)
     with pytest.raises(ValueError, match="257"):
         BPETokenizer.train("abc", vocab_size=256)            # 256 bytes + <|endoftext|> needs 257
+    with pytest.raises(TypeError, match="vocab_size must be an int"):
+        BPETokenizer.train("abc", vocab_size=300.0)
+    assert BPETokenizer.train("abc", vocab_size=np.int64(258), special_tokens=EOT).special_tokens == {EOT: 257}
     with pytest.raises(ValueError, match="no content"):
         BPETokenizer.train(EOT * 3, vocab_size=300)
     with pytest.raises(ValueError, match="duplicate special"):

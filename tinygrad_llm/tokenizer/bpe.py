@@ -28,6 +28,7 @@ The bytes of any id follow from ``byte_ids`` and ``merges``; ``id_to_token(i)`` 
 from __future__ import annotations
 
 import heapq
+import operator
 from typing import Any, Collection, Iterable, Literal, Mapping, Union
 
 import regex
@@ -72,11 +73,15 @@ class BPETokenizer(Tokenizer):
             id_bytes.append(id_bytes[a] + id_bytes[b])
         n_regular = len(id_bytes)
 
+        if isinstance(special_tokens, str):
+            special_tokens = [special_tokens]            # one name, not its characters
         if isinstance(special_tokens, Mapping):
             specials = {str(k): int(v) for k, v in special_tokens.items()}
         else:
             specials = {}
             for name in special_tokens:
+                if not isinstance(name, str):
+                    raise TypeError(f"special token names must be str, got {name!r}")
                 if name in specials:
                     raise ValueError(f"special token {name!r} is listed twice")
                 specials[name] = n_regular + len(specials)
@@ -116,7 +121,7 @@ class BPETokenizer(Tokenizer):
         Occurrences of the special tokens in `text` are removed before counting. Deterministic: the same text and
         arguments give the same merges (count ties go to the smallest pair of ids).
         """
-        special_tokens = list(special_tokens)
+        special_tokens = [special_tokens] if isinstance(special_tokens, str) else list(special_tokens)
         if not isinstance(text, str):
             raise TypeError(f"BPETokenizer.train expects text as str, got {type(text).__name__}")
         if not text:
@@ -124,8 +129,12 @@ class BPETokenizer(Tokenizer):
         if len(set(special_tokens)) != len(special_tokens):
             raise ValueError(f"BPETokenizer.train: duplicate special tokens in {special_tokens}")
         minimum = 256 + len(special_tokens)
-        if not isinstance(vocab_size, int) or vocab_size < minimum:
-            raise ValueError(f"BPETokenizer.train: vocab_size must be an int >= 256 byte tokens + "
+        try:
+            vocab_size = operator.index(vocab_size)
+        except TypeError:
+            raise TypeError(f"BPETokenizer.train: vocab_size must be an int, got {vocab_size!r}") from None
+        if vocab_size < minimum:
+            raise ValueError(f"BPETokenizer.train: vocab_size must be >= 256 byte tokens + "
                              f"{len(special_tokens)} special tokens = {minimum}, got {vocab_size!r}")
         words = count_words(text, pattern, special_tokens)
         if not words:
