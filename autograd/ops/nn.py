@@ -278,19 +278,28 @@ class Linear(Function):
 class Attention(Function):
     """o = softmax(q k^T * scale + causal mask) v in one op; q (B, H, Tq, D), k, v (B, H, Tk, D) -> (B, H, Tq, D).
 
-    Saves only q, k, v, o and the per-row log-sum-exp; backward recomputes the probabilities (flash-attention's
-    recipe). First-order fused op."""
+    With a CUDA attention kernel registered, only q, k, v, o and the per-row log-sum-exp are saved and backward
+    recomputes the probabilities (flash-attention's recipe). On the generic path (NumPy, or CuPy without the kernel)
+    the (B, H, Tq, Tk) probabilities are saved instead, as eager PyTorch's math path does: on a CPU that memory is
+    cheap and recomputing q k^T would cost a third more time. First-order fused op."""
     differentiable_twice = False
     save_outputs = True
 
     def forward(self, q, k, v):
-        o, self.lse = K.attention_forward(q, k, v, self.causal, self.scale)
+        if K.cuda_kernel("attention_forward", q) is None:
+            o, self.lse, self.p = K.attention_probs_forward(q, k, v, self.causal, self.scale)
+        else:
+            o, self.lse = K.attention_forward(q, k, v, self.causal, self.scale)
+            self.p = None
         return o
 
     def backward(self, do):
         q, k, v = self.inputs
         o = self._out_arrays[0]
-        dq, dk, dv = K.attention_backward(q.data, k.data, v.data, o, self.lse, do.data, self.causal, self.scale)
+        if self.p is not None:
+            dq, dk, dv = K.attention_probs_backward(q.data, k.data, v.data, o, self.p, do.data, self.scale)
+        else:
+            dq, dk, dv = K.attention_backward(q.data, k.data, v.data, o, self.lse, do.data, self.causal, self.scale)
         need = self.needs_input_grad
         return (Tensor(dq) if need[0] else None, Tensor(dk) if need[1] else None, Tensor(dv) if need[2] else None)
 

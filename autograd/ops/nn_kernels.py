@@ -84,21 +84,22 @@ _GELU_C = 0.044715
 
 
 # ------------------------------------------------------------------------------------------------------ GELU
-def _gelu_tanh(xp, h):
-    """t = tanh(k (h + c h**3)), the shared piece of the forward and backward."""
-    inner = h * h
-    inner *= _GELU_C
-    inner += 1
-    inner *= h
-    inner *= _GELU_K
-    return xp.tanh(inner, out=inner)
+# Written with in-place ufuncs (out=...): on NumPy every fresh (..., C) temporary costs page faults, and an
+# expression like ``d *= 1 - t * t`` is several times slower than the same work done in place.
+def _gelu_tanh(xp, h, h2):
+    """t = tanh(k (h + c h**3)) given h2 = h*h: the shared piece of the forward and backward."""
+    t = h2 * _GELU_C
+    t += 1
+    t *= h
+    t *= _GELU_K
+    return xp.tanh(t, out=t)
 
 
 @_dispatch
 def gelu_forward(x):
     """y = x/2 (1 + tanh(k (x + c x**3))), the tanh approximation of GPT-2; same shape and dtype as x."""
     xp = _xp(x)
-    t = _gelu_tanh(xp, x)
+    t = _gelu_tanh(xp, x, x * x)
     t += 1
     t *= x
     t *= 0.5
@@ -106,14 +107,16 @@ def gelu_forward(x):
 
 
 def _gelu_grad_local(xp, h):
-    """dgelu/dh = (1 + t)/2 + h/2 (1 - t**2) k (1 + 3c h**2)."""
-    t = _gelu_tanh(xp, h)
+    """dgelu/dh = (1 + t)/2 + h/2 (1 - t**2) k (1 + 3c h**2), in three arrays."""
     d = h * h
+    t = _gelu_tanh(xp, h, d)
     d *= 3 * _GELU_C * _GELU_K
     d += _GELU_K
     d *= h
     d *= 0.5
-    d *= 1 - t * t
+    s = xp.multiply(t, t)
+    xp.subtract(1, s, out=s)
+    d *= s
     t += 1
     t *= 0.5
     d += t
@@ -312,28 +315,40 @@ def cross_entropy_backward(logits, targets, lse, scale, ignore_index):
 
 
 # ------------------------------------------------------------------------------------------------------ attention
-def _causal_mask(xp, tq, tk):
-    """True where query i (of tq) may NOT see key j: j > i + (tk - tq), so the last query sees every key."""
-    return xp.triu(xp.ones((tq, tk), dtype=bool), k=1 + tk - tq)
+_mask_cache: dict = {}
+
+
+def causal_bias(xp, tq: int, tk: int, dtype):
+    """(tq, tk) additive mask: 0 where query i may see key j (j <= i + tk - tq), -inf above that diagonal, so the
+    last query sees every key (the KV-cache case). Cached: adding it is far cheaper than boolean-mask assignment."""
+    key = (xp.__name__, _device_key(xp), tq, tk, np.dtype(dtype).str)
+    m = _mask_cache.get(key)
+    if m is None:
+        if len(_mask_cache) > 64:
+            _mask_cache.clear()
+        m = xp.triu(xp.full((tq, tk), -np.inf, dtype=dtype), k=1 + tk - tq)
+        _mask_cache[key] = m
+    return m
+
+
+def _device_key(xp):
+    return None if xp is np else xp.cuda.Device().id
 
 
 def _scores(q, k, causal, scale):
+    """s = q k^T * scale (+ causal bias), in float32 at least. q is scaled first: (Tq, D) is smaller than (Tq, Tk)."""
     xp = _xp(q)
     acc = _acc(q.dtype)
-    s = matmul(q, k.swapaxes(-1, -2))
-    s = s.astype(acc, copy=False)
-    s *= scale
+    s = matmul(q * q.dtype.type(scale), k.swapaxes(-1, -2))
+    if s.dtype != acc:
+        s = s.astype(acc)
     if causal:
-        tq, tk = q.shape[-2], k.shape[-2]
-        s[..., _causal_mask(xp, tq, tk)] = -np.inf
+        s += causal_bias(xp, q.shape[-2], k.shape[-2], acc)
     return s
 
 
-@_dispatch
-def attention_forward(q, k, v, causal, scale):
-    """(o, lse): o = softmax(q k^T * scale, causal-masked) v; q (B, H, Tq, D), k, v (B, H, Tk, D); o (B, H, Tq, D);
-    lse (B, H, Tq) in float32 at least. This generic version builds the (Tq, Tk) score matrix; the CUDA kernel
-    (flash-attention style) does not."""
+def attention_probs_forward(q, k, v, causal, scale):
+    """(o, lse, p): the generic forward that also returns the probabilities p (B, H, Tq, Tk) (float32 at least)."""
     xp = _xp(q)
     s = _scores(q, k, causal, scale)
     m = s.max(axis=-1, keepdims=True)
@@ -341,33 +356,45 @@ def attention_forward(q, k, v, causal, scale):
     xp.exp(s, out=s)
     denom = s.sum(axis=-1, keepdims=True)
     s /= denom
-    lse = (xp.log(denom) + m)[..., 0]
-    p = s.astype(v.dtype, copy=False)
-    o = matmul(p, v)
+    xp.log(denom, out=denom)
+    denom += m
+    o = matmul(s.astype(v.dtype, copy=False), v)
+    return o, denom[..., 0], s
+
+
+def attention_probs_backward(q, k, v, o, p, do, scale):
+    """(dq, dk, dv) from saved probabilities p: dv = p^T do, dp = do v^T, ds = p (dp - rowsum(do o)) * scale,
+    dq = ds k, dk = ds^T q."""
+    acc = p.dtype
+    dv = matmul(p.astype(q.dtype, copy=False).swapaxes(-1, -2), do)
+    ds = matmul(do, v.swapaxes(-1, -2))
+    if ds.dtype != acc:
+        ds = ds.astype(acc)
+    delta = (do.astype(acc, copy=False) * o.astype(acc, copy=False)).sum(axis=-1, keepdims=True)
+    ds -= delta
+    ds *= p
+    ds *= scale
+    ds = ds.astype(q.dtype, copy=False)
+    return matmul(ds, k), matmul(ds.swapaxes(-1, -2), q), dv.astype(v.dtype, copy=False)
+
+
+@_dispatch
+def attention_forward(q, k, v, causal, scale):
+    """(o, lse): o = softmax(q k^T * scale, causal-masked) v; q (B, H, Tq, D), k, v (B, H, Tk, D); o (B, H, Tq, D);
+    lse (B, H, Tq) in float32 at least. This generic version builds the (Tq, Tk) score matrix; the CUDA kernel
+    (flash-attention style) does not."""
+    o, lse, _ = attention_probs_forward(q, k, v, causal, scale)
     return o, lse
 
 
 @_dispatch
 def attention_backward(q, k, v, o, lse, do, causal, scale):
-    """(dq, dk, dv): with p = exp(s - lse) recomputed, dv = p^T do, dp = do v^T, ds = p (dp - rowsum(do o)),
-    dq = ds k * scale, dk = ds^T q * scale."""
+    """(dq, dk, dv), recomputing p = exp(s - lse) from the saved log-sum-exp (nothing (Tq, Tk) is kept)."""
     xp = _xp(q)
-    mm = matmul
     p = _scores(q, k, causal, scale)
     p -= lse[..., None]
     xp.exp(p, out=p)
-    acc = p.dtype
-    pc = p.astype(q.dtype, copy=False)
-    dv = mm(pc.swapaxes(-1, -2), do)
-    dp = mm(do, v.swapaxes(-1, -2)).astype(acc, copy=False)
-    delta = (do.astype(acc, copy=False) * o.astype(acc, copy=False)).sum(axis=-1, keepdims=True)
-    dp -= delta
-    dp *= p
-    dp *= scale
-    ds = dp.astype(q.dtype, copy=False)
-    dq = mm(ds, k)
-    dk = mm(ds.swapaxes(-1, -2), q)
-    return dq, dk, dv.astype(v.dtype, copy=False)
+    return attention_probs_backward(q, k, v, o, p, do, scale)
 
 
 # ------------------------------------------------------------------------------------------------------ misc
