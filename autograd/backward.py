@@ -108,8 +108,11 @@ def backward_iter(roots: Sequence[Tensor], grads: Sequence, retain_graph: bool =
         else:
             data = g.data
             if leaf.grad is None:
-                # own, writable memory: optimizers and clipping update .grad in place
-                if data.base is not None or not data.flags.writeable or data is seen_arrays.get(id(data)):
+                # own, writable memory: optimizers and clipping update .grad in place. A hook runs mid-backward
+                # and may do so too (an in-place all-reduce), while the same array may still be on its way to
+                # other nodes (Add passes its gradient on unchanged): copy then as well.
+                if (data.base is not None or not data.flags.writeable or data is seen_arrays.get(id(data))
+                        or leaf._hooks):
                     data = data.copy()
                 seen_arrays[id(data)] = data
                 leaf.grad = Tensor(data)

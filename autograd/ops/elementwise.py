@@ -308,7 +308,7 @@ class Clip(Function):
 
     def backward(self, gy):
         x = self.inputs[0].data
-        inside = np.ones((), dtype=bool)
+        inside = backend.xp_of(x).ones((), dtype=bool)  # the inputs' array module: a NumPy bool & CuPy fails
         if self.low is not None:
             inside = inside & (x >= self.low)
         if self.high is not None:

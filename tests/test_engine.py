@@ -1,0 +1,310 @@
+"""The backward engine itself: depth, accumulation, graph release, errors, no_grad, hooks, ag.grad, devices."""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+
+import autograd as ag
+from autograd import backend
+from autograd.backward import BackwardError
+
+
+def leaf(values, **kw) -> ag.Tensor:
+    return ag.Tensor(np.asarray(values, dtype=np.float64), requires_grad=True, **kw)
+
+
+# ------------------------------------------------------------------------------------------------ depth
+def test_50000_deep_chain_under_default_recursion_limit():
+    limit = sys.getrecursionlimit()
+    x = leaf(1.0)
+    y = x
+    for _ in range(50_000):
+        y = y * 1.00001
+    y.backward()
+    assert sys.getrecursionlimit() == limit
+    assert math.isclose(x.grad.item(), 1.00001 ** 50_000, rel_tol=1e-9)
+
+
+def test_deep_chain_dropped_without_backward_and_second_order():
+    x = leaf(0.5)
+    y = x
+    for _ in range(20_000):
+        y = y + 0.0
+    del y  # freeing a deep graph must not recurse either
+    y = x
+    for _ in range(20_000):
+        y = y * 1.0
+    (g,) = ag.grad(y * y, x, create_graph=True)   # a deep second-order graph too
+    (gg,) = ag.grad(g, x)
+    assert math.isclose(g.item(), 1.0) and math.isclose(gg.item(), 2.0)
+
+
+# ------------------------------------------------------------------------------------------------ accumulation
+def test_several_paths_are_summed():
+    x = leaf([1.0, 2.0])
+    y = x * x + x * 3.0 + x.exp()
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy() + 3 + np.exp(x.numpy()))
+
+
+def test_grads_accumulate_across_backward_calls_and_zero_grad():
+    x = leaf([1.0, -2.0])
+    (x * x).sum().backward()
+    (x * 3.0).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * x.numpy() + 3)
+    x.zero_grad()
+    assert x.grad is None
+    (x * 3.0).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [3.0, 3.0])
+
+
+def test_leaf_grad_owns_writable_memory():
+    x = leaf([1.0, 2.0])
+    y = leaf([3.0, 4.0])
+    (x + y).sum().backward()
+    x.grad.data *= 10  # optimizers update .grad in place: it must not alias another leaf's grad
+    np.testing.assert_array_equal(y.grad.numpy(), [1.0, 1.0])
+
+
+def test_broadcast_gradient_is_reduced_to_input_shape():
+    x, b = leaf(np.ones((3, 4))), leaf(np.zeros(4))
+    (x + b).sum().backward()
+    assert b.grad.shape == (4,)
+    np.testing.assert_array_equal(b.grad.numpy(), [3, 3, 3, 3])
+
+
+def test_float32_leaf_gets_float32_grad_even_when_mixed_with_float64():
+    x = ag.Tensor(np.array([1.0, 2.0], dtype=np.float32), requires_grad=True)
+    (x.astype(np.float64) * 2.0).sum().backward()
+    assert x.grad.dtype == np.float32
+
+
+# ------------------------------------------------------------------------------------------------ release
+def test_second_backward_through_freed_graph_raises_clearly():
+    x = leaf([1.0, 2.0])
+    y = (x.tanh() * 2.0).sum()
+    y.backward()
+    with pytest.raises(BackwardError, match="second time.*retain_graph=True"):
+        y.backward()
+
+
+def test_retain_graph_allows_a_second_backward():
+    x = leaf([1.0, 2.0])
+    y = (x.exp() * x).sum()
+    y.backward(retain_graph=True)
+    first = x.grad.numpy().copy()
+    y.backward()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * first)
+
+
+def test_saved_arrays_are_released_after_backward():
+    x = leaf([1.0, 2.0])
+    t = x.exp()
+    fn = t.creator
+    t.sum().backward()
+    assert fn._released and not hasattr(fn, "inputs") and not hasattr(fn, "_out_arrays")
+
+
+# ------------------------------------------------------------------------------------------------ errors
+def test_non_scalar_backward_needs_grad():
+    x = leaf([1.0, 2.0])
+    y = x * 2.0
+    with pytest.raises(BackwardError, match=r"non-scalar tensor \(shape \(2,\)\) needs `grad`"):
+        y.backward()
+    y.backward(grad=np.array([1.0, 10.0]))
+    np.testing.assert_allclose(x.grad.numpy(), [2.0, 20.0])
+
+
+def test_backward_grad_of_wrong_shape():
+    x = leaf([1.0, 2.0])
+    with pytest.raises(BackwardError, match=r"shape \(3,\) but the tensor has shape \(2,\)"):
+        (x * 2.0).backward(grad=np.ones(3))
+
+
+def test_shape_mismatch_names_op_and_both_shapes():
+    with pytest.raises(ValueError, match=r"Add: shapes \(2, 3\) and \(4,\) cannot be broadcast"):
+        leaf(np.ones((2, 3))) + leaf(np.ones(4))
+    with pytest.raises(ValueError, match=r"Mul: shapes \(3,\) and \(2,\)"):
+        leaf(np.ones(3)) * np.ones(2)
+
+
+def test_non_float_tensor_cannot_require_grad():
+    with pytest.raises(TypeError, match="only floating-point tensors can require grad, got dtype int64"):
+        ag.Tensor(np.array([1, 2]), requires_grad=True)
+    with pytest.raises(TypeError, match="floating-point"):
+        ag.Tensor(np.array([1, 2])).requires_grad_()
+
+
+def test_backward_returning_wrong_shape_is_named():
+    class Bad(ag.Function):
+        def forward(self, x):
+            return x * 2
+
+        def backward(self, gy):
+            return ag.Tensor(np.ones(7))
+
+    with pytest.raises(BackwardError, match=r"Bad.backward returned a gradient of shape \(7,\)"):
+        Bad.apply(leaf([1.0, 2.0])).sum().backward()
+
+
+# ------------------------------------------------------------------------------------------------ no_grad
+def test_no_grad_records_nothing():
+    x = leaf([1.0, 2.0])
+    with ag.no_grad():
+        y = x * 2.0 + 1.0
+    assert not y.requires_grad and y.creator is None
+    assert ag.is_grad_enabled()
+
+
+def test_no_grad_nests_and_enable_grad_inside():
+    x = leaf([1.0])
+    with ag.no_grad():
+        with ag.no_grad():
+            assert not ag.is_grad_enabled()
+        assert not ag.is_grad_enabled()
+        with ag.enable_grad():
+            y = x * 2.0
+            assert ag.is_grad_enabled()
+        assert not ag.is_grad_enabled()
+        z = x * 2.0
+    assert ag.is_grad_enabled()
+    assert y.requires_grad and y.creator is not None
+    assert not z.requires_grad
+
+
+def test_no_grad_as_decorator_and_restores_after_exception():
+    @ag.no_grad()
+    def infer(t):
+        return t * 3.0
+
+    x = leaf([1.0])
+    assert not infer(x).requires_grad
+    assert ag.is_grad_enabled()
+    with pytest.raises(RuntimeError):
+        with ag.no_grad():
+            raise RuntimeError("boom")
+    assert ag.is_grad_enabled()
+
+
+def test_ops_on_constants_record_nothing():
+    y = ag.Tensor(np.ones(2)) * 2.0
+    assert not y.requires_grad and y.creator is None
+
+
+# ------------------------------------------------------------------------------------------------ hooks
+def test_leaf_hook_runs_once_with_the_summed_grad():
+    x = leaf([1.0, 2.0])
+    seen = []
+    x.register_post_accumulate_grad_hook(lambda t: seen.append(t.grad.numpy().copy()))
+    y = (x * 2.0).sum() + (x * x).sum() + x.exp().sum()   # x used in 3 places
+    y.backward()
+    assert len(seen) == 1
+    np.testing.assert_allclose(seen[0], 2 + 2 * x.numpy() + np.exp(x.numpy()))
+
+
+def test_leaf_hook_runs_as_soon_as_its_grad_is_final():
+    deep, shallow = leaf([1.0]), leaf([2.0])
+    h = (deep * 3.0).tanh().exp()
+    out = (h * shallow).sum()
+    deep_grad_when_called = []
+    shallow.register_post_accumulate_grad_hook(lambda t: deep_grad_when_called.append(deep.grad))
+    out.backward()
+    assert deep_grad_when_called == [None]  # shallow's hook ran before the deep leaf was reached
+    assert deep.grad is not None
+
+
+def test_leaf_hook_sees_accumulated_grad_and_can_be_removed():
+    x = leaf([1.0])
+    calls = []
+    remove = x.register_post_accumulate_grad_hook(lambda t: calls.append(t.grad.item()))
+    (x * 2.0).sum().backward()
+    (x * 2.0).sum().backward()
+    remove()
+    (x * 2.0).sum().backward()
+    assert calls == [2.0, 4.0]
+
+
+def test_hook_modifying_grad_in_place_does_not_corrupt_other_gradients():
+    # regression: Add hands the same gradient array to both inputs; a hook that scales its leaf's .grad in place
+    # (as an in-place all-reduce does) used to change the gradient still on its way to y
+    x, y = leaf([1.0, 2.0]), leaf([1.0, 2.0])
+    x.register_post_accumulate_grad_hook(lambda t: t.grad.data.__imul__(100.0))
+    ((x + y * 3.0) * 2.0).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [200.0, 200.0])
+    np.testing.assert_allclose(y.grad.numpy(), [6.0, 6.0])
+
+
+def test_hooks_only_on_leaves():
+    with pytest.raises(RuntimeError, match="leaf"):
+        (leaf([1.0]) * 2.0).register_post_accumulate_grad_hook(lambda t: None)
+
+
+# ------------------------------------------------------------------------------------------------ ag.grad
+def test_grad_returns_without_touching_dot_grad():
+    x = leaf([1.0, 2.0])
+    (g,) = ag.grad((x ** 3).sum(), x)
+    np.testing.assert_allclose(g.numpy(), 3 * x.numpy() ** 2)
+    assert x.grad is None and not g.requires_grad
+
+
+def test_grad_create_graph_differentiates_again():
+    x, w = leaf([0.5, -1.0]), leaf([2.0, 3.0])
+    loss = ((x * w).tanh()).sum()
+    gx, gw = ag.grad(loss, [x, w], create_graph=True)
+    assert gx.requires_grad and gw.requires_grad
+    # d/dw of sum(gx) where gx = w (1 - tanh(xw)^2): (1 - t^2) + w * (-2 t (1 - t^2) x)
+    (dgw,) = ag.grad(gx.sum(), w)
+    t = np.tanh(x.numpy() * w.numpy())
+    np.testing.assert_allclose(dgw.numpy(), (1 - t ** 2) - 2 * w.numpy() * x.numpy() * t * (1 - t ** 2))
+
+
+def test_grad_with_grad_outputs_and_unused_inputs():
+    x, unused = leaf([1.0, 2.0]), leaf([5.0])
+    (g,) = ag.grad(x * x, x, grad_outputs=ag.Tensor(np.array([1.0, 0.5])))
+    np.testing.assert_allclose(g.numpy(), [2.0, 2.0])
+    with pytest.raises(BackwardError, match="not used"):
+        ag.grad((x * x).sum(), [x, unused])
+    gx, gu = ag.grad((x * x).sum(), [x, unused], allow_unused=True)
+    assert gu is None
+    with pytest.raises(BackwardError, match="does not require grad"):
+        ag.grad((x * x).sum(), ag.Tensor(np.ones(2)))
+
+
+def test_grad_of_intermediate_tensor():
+    x = leaf([1.0, 2.0])
+    h = x * 3.0
+    (gh,) = ag.grad((h * h).sum(), h)
+    np.testing.assert_allclose(gh.numpy(), 2 * h.numpy())
+
+
+# ------------------------------------------------------------------------------------------------ devices
+class _FakeGpuArray(np.ndarray):
+    """A NumPy array that claims to live on 'cuda:1' (through the monkeypatched backend.device_of)."""
+
+
+def test_mixing_devices_in_one_op_is_a_clear_error(monkeypatch):
+    real = backend.device_of
+    monkeypatch.setattr(backend, "device_of", lambda a: "cuda:1" if isinstance(a, _FakeGpuArray) else real(a))
+    cpu = ag.Tensor(np.ones(3))
+    gpu = ag.Tensor(np.ones(3).view(_FakeGpuArray))
+    with pytest.raises(RuntimeError, match=r"Add: inputs are on different devices \(cpu, cuda:1\).*\.to\(device\)"):
+        cpu + gpu
+    with pytest.raises(RuntimeError, match="MatMul: inputs are on different devices"):
+        ag.Tensor(np.ones((2, 3))) @ ag.Tensor(np.ones((3, 2)).view(_FakeGpuArray))
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    if backend.cuda_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="needs CuPy and an NVIDIA GPU"):
+        ag.Tensor(np.ones(2)).to("cuda")
+
+
+@pytest.mark.gpu
+def test_mixing_real_devices_is_a_clear_error():
+    x = ag.Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match="different devices"):
+        x + x.to("cuda")
