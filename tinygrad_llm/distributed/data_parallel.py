@@ -17,8 +17,8 @@ of backward. Buckets are launched strictly in index order, the same on every ran
 issued in the same order everywhere.
 
 Parameters that got no gradient this step (unused on this rank) are packed as zeros at ``finish()``, so every rank
-issues the same collectives; after ``finish()`` they hold the average of the other ranks' gradients (zeros when
-no rank used them).
+issues the same collectives; after ``finish()`` they hold the average over ranks (in which this rank counts as
+zero), and ``None`` when no rank used them (a flag per parameter travels in the bucket), as in one process.
 
 Gradient accumulation: ``with dp.no_sync(): loss.backward()`` for every micro-step but the last, whose backward
 communicates once for the accumulated gradients.
@@ -72,22 +72,30 @@ class _Bucket:
         return self.numel * np.dtype(self.dtype).itemsize
 
     def pack(self, use_grad: bool):
-        """A new flat buffer holding every param's grad (zeros for None) or data, in bucket order."""
+        """A new flat buffer holding every param's data, or its grad (zeros for None) plus one flag per param.
+
+        The flags (1 = this rank has a gradient) are reduced with the gradients, so after the all-reduce a
+        parameter that no rank used keeps ``grad = None``, as in a single process (optimizers skip it).
+        """
         xp = backend.get_xp(self.device)
+        n_flags = len(self.params) if use_grad else 0
         with _on_device(self.device):
-            buf = xp.empty(self.numel, dtype=self.dtype)
-            for p, off in zip(self.params, self.offsets):
-                src = p.grad.data if use_grad and p.grad is not None else (None if use_grad else p.data)
+            buf = xp.empty(self.numel + n_flags, dtype=self.dtype)
+            for i, (p, off) in enumerate(zip(self.params, self.offsets)):
+                src = p.data if not use_grad else (p.grad.data if p.grad is not None else None)
                 if src is None:
                     buf[off:off + p.size] = 0
                 else:
                     buf[off:off + p.size] = src.reshape(-1)
+                if use_grad:
+                    buf[self.numel + i] = 0 if src is None else 1
         return buf
 
     def unpack_grads(self, buf) -> None:
-        """Every param's ``.grad`` becomes a view into the reduced buffer (no copy)."""
-        for p, off in zip(self.params, self.offsets):
-            p.grad = Tensor(buf[off:off + p.size].reshape(p.shape))
+        """Every param's ``.grad`` becomes a view into the reduced buffer (no copy); None where no rank had one."""
+        flags = backend.to_numpy(buf[self.numel:])
+        for p, off, used in zip(self.params, self.offsets, flags):
+            p.grad = Tensor(buf[off:off + p.size].reshape(p.shape)) if used != 0 else None
 
     def unpack_data(self, buf) -> None:
         """Write broadcast values into the params' arrays in place (optimizers keep their references)."""
