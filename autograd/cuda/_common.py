@@ -1,0 +1,142 @@
+"""Shared pieces of the CUDA kernels: the CUDA C prelude, lazy module compilation, dtype dispatch.
+
+Every kernel here is C++ compiled at run time by NVRTC through ``cupy.RawModule``. Kernels are templates over the
+storage type ``T`` (``float``, ``double``, or ``half_t`` = the raw 16 bits of an IEEE float16) and the accumulation
+type ``A`` (float for float16/float32, double for float64). Half values are converted with one PTX instruction, so
+no CUDA header is needed (NVRTC finds none by default on some installs).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import cupy_module
+
+# CUDA C shared by all modules: loads/stores that convert to the accumulation type, and block reductions.
+PRELUDE = r"""
+typedef unsigned short half_t;
+typedef long long i64;
+
+__device__ __forceinline__ float ld(const float* p, i64 i) { return p[i]; }
+__device__ __forceinline__ double ld(const double* p, i64 i) { return p[i]; }
+__device__ __forceinline__ float ld(const half_t* p, i64 i) {
+    unsigned short h = p[i]; float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ void st(float* p, i64 i, float v) { p[i] = v; }
+__device__ __forceinline__ void st(double* p, i64 i, double v) { p[i] = v; }
+__device__ __forceinline__ void st(half_t* p, i64 i, float v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    p[i] = h;
+}
+
+__device__ __forceinline__ float neg_inf_f() { return __int_as_float(0xff800000); }
+
+template <typename A> __device__ __forceinline__ A warp_sum(A v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+template <typename A> __device__ __forceinline__ A warp_max(A v) {
+    for (int o = 16; o > 0; o >>= 1) { A w = __shfl_xor_sync(0xffffffffu, v, o); v = w > v ? w : v; }
+    return v;
+}
+// Sum over the block (blockDim.x a multiple of 32); every thread gets the result. red: 32 shared slots.
+// The leading barrier lets consecutive calls reuse red.
+template <typename A> __device__ A block_sum(A v, A* red) {
+    v = warp_sum(v);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        A t = lane < nw ? red[lane] : (A)0;
+        t = warp_sum(t);
+        if (lane == 0) red[0] = t;
+    }
+    __syncthreads();
+    return red[0];
+}
+template <typename A> __device__ A block_max(A v, A* red) {
+    v = warp_max(v);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) red[wid] = v;
+    __syncthreads();
+    if (wid == 0) {
+        A t = lane < nw ? red[lane] : (A)neg_inf_f();
+        t = warp_max(t);
+        if (lane == 0) red[0] = t;
+    }
+    __syncthreads();
+    return red[0];
+}
+"""
+
+# storage dtype -> (C++ storage type, C++ accumulation type, numpy accumulation dtype)
+_TYPES = {
+    np.dtype(np.float16): ("half_t", "float", np.float32),
+    np.dtype(np.float32): ("float", "float", np.float32),
+    np.dtype(np.float64): ("double", "double", np.float64),
+}
+
+FLOAT_DTYPES = tuple(_TYPES)
+
+
+def ctypes_of(dtype) -> tuple[str, str]:
+    """('half_t' | 'float' | 'double', accumulation type) for a floating dtype; TypeError for others."""
+    try:
+        t = _TYPES[np.dtype(dtype)]
+    except KeyError:
+        raise TypeError(f"CUDA kernels take float16, float32 or float64 arrays, got {np.dtype(dtype)}") from None
+    return t[0], t[1]
+
+
+def acc_dtype(dtype):
+    """numpy accumulation dtype: float32 for float16/float32, float64 for float64."""
+    return _TYPES[np.dtype(dtype)][2] if np.dtype(dtype) in _TYPES else np.float32
+
+
+def require_cupy():
+    cp = cupy_module()
+    if cp is None:
+        raise RuntimeError("autograd.cuda kernels need CuPy and an NVIDIA GPU")
+    return cp
+
+
+class LazyModule:
+    """A RawModule compiled on first use, with ``kernel(template_name)`` -> cached RawKernel.
+
+    ``templates`` maps a kernel template name to the list of C++ argument strings to instantiate, e.g.
+    ``{'ln_fwd': ['float,float', 'half_t,float', 'double,double']}``.
+    """
+
+    def __init__(self, source: str, templates: dict[str, list[str]], options: tuple[str, ...] = ()):
+        self.source = PRELUDE + source
+        self.names = [f"{k}<{a}>" for k, args in templates.items() for a in args]
+        self.options = ("--std=c++17",) + tuple(options)
+        self._module = None
+        self._kernels: dict[str, object] = {}
+
+    def kernel(self, name: str, targs: str):
+        full = f"{name}<{targs}>"
+        k = self._kernels.get(full)
+        if k is None:
+            if self._module is None:
+                cp = require_cupy()
+                self._module = cp.RawModule(code=self.source, options=self.options, name_expressions=self.names)
+            k = self._module.get_function(full)
+            self._kernels[full] = k
+        return k
+
+
+def row_threads(n: int, per_thread: int = 4, max_threads: int = 1024) -> int:
+    """Threads for one block per row of n elements: a multiple of 32, about per_thread elements each."""
+    t = (n + per_thread - 1) // per_thread
+    t = ((t + 31) // 32) * 32
+    return max(32, min(max_threads, t))
+
+
+def contiguous(x):
+    """x itself when C-contiguous, else a C-contiguous copy."""
+    return x if x.flags.c_contiguous else require_cupy().ascontiguousarray(x)

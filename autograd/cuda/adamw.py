@@ -1,0 +1,134 @@
+"""Multi-tensor AdamW: one kernel launch per dtype group updates every parameter in place.
+
+Layout: each tensor is cut into chunks of CHUNK elements; block i handles chunk (tensor_of[i], start_of[i]). The
+per-tensor pointers (param, grad, m, v) and sizes go to the device as one small int64 array per call; the block
+table depends only on the sizes and is cached. Per element, in one pass (PyTorch's AdamW):
+    p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+    p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+Groups are keyed by (param dtype, grad dtype); m and v have the param's dtype. A tensor that is not contiguous, or
+whose m/v dtype differs, is updated by a per-tensor fused ElementwiseKernel (same arithmetic, one pass).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._common import LazyModule, ctypes_of, require_cupy
+
+CHUNK = 16384
+THREADS = 512
+
+_SRC = r"""
+template <typename P, typename G, typename A>
+__global__ void adamw_multi(const i64* __restrict__ ptrs, const int* __restrict__ blk_tensor,
+                            const i64* __restrict__ blk_start, int ntensors, int chunk,
+                            double lr, double b1, double b2, double eps, double wd, double step_size,
+                            double inv_sqrt_bc2) {
+    const int t = blk_tensor[blockIdx.x];
+    const i64 start = blk_start[blockIdx.x];
+    P* p = reinterpret_cast<P*>(ptrs[t]);
+    const G* g = reinterpret_cast<const G*>(ptrs[ntensors + t]);
+    P* m = reinterpret_cast<P*>(ptrs[2 * ntensors + t]);
+    P* v = reinterpret_cast<P*>(ptrs[3 * ntensors + t]);
+    const i64 n = ptrs[4 * ntensors + t];
+    const i64 end = start + chunk < n ? start + chunk : n;
+    const A decay = (A)1 - (A)(lr * wd), c1 = (A)1 - (A)b1, c2 = (A)1 - (A)b2;
+    const A b1_ = (A)b1, b2_ = (A)b2, eps_ = (A)eps, ss = (A)step_size, ib = (A)inv_sqrt_bc2;
+    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+        const A gv = ld(g, i);
+        A pv = ld(p, i) * decay;
+        const A mv = b1_ * ld(m, i) + c1 * gv;
+        const A vv = b2_ * ld(v, i) + c2 * gv * gv;
+        pv -= ss * mv / (sqrt(vv) * ib + eps_);
+        st(p, i, pv); st(m, i, mv); st(v, i, vv);
+    }
+}
+"""
+
+_PT = [("float", "float", "float"), ("float", "half_t", "float"), ("half_t", "half_t", "float"),
+       ("double", "double", "double"), ("double", "float", "double")]
+_mod = LazyModule(_SRC, {"adamw_multi": [",".join(t) for t in _PT]})
+_table_cache: dict = {}
+
+
+def _targs(pdt, gdt) -> str | None:
+    pt, pa = ctypes_of(pdt)
+    gt, _ = ctypes_of(gdt)
+    key = (pt, gt, pa)
+    return ",".join(key) if key in _PT else None
+
+
+def _block_table(sizes: tuple[int, ...]):
+    tab = _table_cache.get(sizes)
+    if tab is None:
+        cp = require_cupy()
+        tens, starts = [], []
+        for t, n in enumerate(sizes):
+            nchunks = (n + CHUNK - 1) // CHUNK
+            tens.extend([t] * nchunks)
+            starts.extend(range(0, nchunks * CHUNK, CHUNK))
+        tab = (cp.asarray(np.asarray(tens, np.int32)), cp.asarray(np.asarray(starts, np.int64)), len(tens))
+        if len(_table_cache) > 64:
+            _table_cache.clear()
+        _table_cache[sizes] = tab
+    return tab
+
+
+def _per_tensor(p, g, m, v, lr, b1, b2, eps, wd, step_size, inv_sqrt_bc2):
+    """Fallback for odd layouts/dtypes: CuPy ops, same arithmetic."""
+    cp = require_cupy()
+    if wd:
+        p *= 1.0 - lr * wd
+    m *= b1
+    m += (1.0 - b1) * g
+    v *= b2
+    v += (1.0 - b2) * (g * g)
+    denom = cp.sqrt(v) * inv_sqrt_bc2
+    denom += eps
+    p -= step_size * (m / denom)
+
+
+def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step) -> None:
+    """One AdamW step over lists of same-shaped CuPy arrays, in place (multi-tensor: one launch per dtype group)."""
+    cp = require_cupy()
+    n = len(params)
+    if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n):
+        raise ValueError("adamw_step: params, grads, exp_avgs and exp_avg_sqs must have the same length")
+    grads = list(grads)   # contiguous copies replace entries locally, never in the caller's list
+    bc1 = 1.0 - beta1 ** step
+    bc2 = 1.0 - beta2 ** step
+    step_size = lr / bc1
+    inv_sqrt_bc2 = 1.0 / math.sqrt(bc2)
+    scal = (float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), step_size, inv_sqrt_bc2)
+    groups: dict[str, list[int]] = {}
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
+        if p.shape != g.shape or p.shape != m.shape or p.shape != v.shape:
+            raise ValueError(f"adamw_step: tensor {i}: shapes differ: param {p.shape}, grad {g.shape}, "
+                             f"m {m.shape}, v {v.shape}")
+        if p.size == 0:
+            continue
+        targs = _targs(p.dtype, g.dtype)
+        ok = (targs is not None and m.dtype == p.dtype and v.dtype == p.dtype and p.flags.c_contiguous
+              and m.flags.c_contiguous and v.flags.c_contiguous)
+        if ok:
+            if not g.flags.c_contiguous:
+                grads[i] = g = cp.ascontiguousarray(g)
+            groups.setdefault(targs, []).append(i)
+        else:
+            _per_tensor(p, g, m, v, *scal)
+    for targs, idx in groups.items():
+        nt = len(idx)
+        sizes = tuple(int(params[i].size) for i in idx)
+        meta = np.empty((5, nt), np.int64)
+        for j, i in enumerate(idx):
+            meta[0, j] = params[i].data.ptr
+            meta[1, j] = grads[i].data.ptr
+            meta[2, j] = exp_avgs[i].data.ptr
+            meta[3, j] = exp_avg_sqs[i].data.ptr
+        meta[4] = sizes
+        meta_d = cp.asarray(meta)
+        blk_t, blk_s, nblocks = _block_table(sizes)
+        _mod.kernel("adamw_multi", targs)(
+            (nblocks,), (THREADS,),
+            (meta_d, blk_t, blk_s, np.int32(nt), np.int32(CHUNK), *(np.float64(s) for s in scal)))

@@ -1,0 +1,175 @@
+"""cuBLAS matrix products for CuPy arrays: 2-D, batched (strided-batched GEMM), with TF32 / float16 tensor cores.
+
+Why not ``cupy.matmul``: for more than two dimensions CuPy 14 upcasts float16 to float32 and ignores TF32.
+
+Row-major trick: cuBLAS is column-major, and a row-major (M, N) matrix read column-major is its transpose, so
+C = A @ B is computed as C^T = B^T A^T with no copy. A matrix whose last two axes are a swapped view of a contiguous
+one (what ``swapaxes`` gives in attention and in MatMul's backward) is passed with the transpose flag, not copied.
+Leading (batch) axes that can be described by one stride (stride 0 for a broadcast operand) go to
+``cublasGemmStridedBatchedEx``; a batched A times a 2-D B with A contiguous is one big 2-D GEMM.
+
+Compute types: float64 -> CUBLAS_COMPUTE_64F; float32 -> CUBLAS_COMPUTE_32F_FAST_TF32 when TF32 is enabled, else
+CUBLAS_COMPUTE_32F; float16 in and out -> CUBLAS_COMPUTE_32F (float32 accumulation on tensor cores).
+
+TF32 switch: on by default on GPUs of compute capability >= 8.0 (Ampere, Hopper); ``set_tf32(False)`` or the
+environment variable ``TINYGRAD_LLM_TF32=0`` (read at first use) turns it off, for full float32 products.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ._common import require_cupy
+
+# cuBLAS / CUDA enum values (stable across CUDA 11-13); read from cupy_backends when present.
+_OP_N, _OP_T = 0, 1
+_R_16F, _R_32F, _R_64F = 2, 0, 1
+_COMPUTE_32F, _COMPUTE_32F_FAST_TF32, _COMPUTE_64F = 68, 77, 70
+_GEMM_DEFAULT = -1
+_POINTER_MODE_HOST = 0
+
+_tf32: bool | None = None   # None: not decided yet (decided on first use from the device and the env var)
+_cublas = None
+_ONE = {np.float32: np.array(1.0, np.float32), np.float64: np.array(1.0, np.float64)}
+_ZERO = {np.float32: np.array(0.0, np.float32), np.float64: np.array(0.0, np.float64)}
+
+
+def set_tf32(enabled: bool) -> None:
+    """Use TF32 tensor cores for float32 matrix products (True) or full float32 (False)."""
+    global _tf32
+    _tf32 = bool(enabled)
+
+
+def tf32_enabled() -> bool:
+    """Whether float32 products use TF32. Default: True on compute capability >= 8.0, unless TINYGRAD_LLM_TF32=0."""
+    global _tf32
+    if _tf32 is None:
+        env = os.environ.get("TINYGRAD_LLM_TF32", "").strip().lower()
+        if env in ("0", "false", "off", "no"):
+            _tf32 = False
+        else:
+            try:
+                cp = require_cupy()
+                _tf32 = int(cp.cuda.Device().compute_capability) >= 80
+            except Exception:
+                _tf32 = False
+    return _tf32
+
+
+def _lib():
+    global _cublas
+    if _cublas is None:
+        from cupy_backends.cuda.libs import cublas
+        _cublas = cublas
+    return _cublas
+
+
+def _layout(x):
+    """(op, ld) describing the last two axes of x for cuBLAS (see the module doc), or None when not possible.
+
+    x (..., r, c) row-major with row stride ld >= c -> (OP_N, ld); a swapped view, column stride ld >= r -> (OP_T, ld).
+    """
+    e = x.itemsize
+    r, c = x.shape[-2], x.shape[-1]
+    s0, s1 = x.strides[-2], x.strides[-1]
+    if (c == 1 or s1 == e) and (r == 1 or (s0 > 0 and s0 % e == 0 and s0 // e >= c)):
+        return _OP_N, (s0 // e if r > 1 else c)
+    if (r == 1 or s0 == e) and (c == 1 or (s1 > 0 and s1 % e == 0 and s1 // e >= r)):
+        return _OP_T, (s1 // e if c > 1 else r)
+    return None
+
+
+def _batch_stride(x, nbatch_dims: int):
+    """One element stride that walks all leading axes of x in order (0 when broadcast), or None."""
+    dims = [(n, s) for n, s in zip(x.shape[:nbatch_dims], x.strides[:nbatch_dims]) if n != 1]
+    if not dims:
+        return 0
+    for (n0, s0), (n1, s1) in zip(dims[:-1], dims[1:]):
+        if s0 != s1 * n1:
+            return None
+    s = dims[-1][1]
+    if s < 0 or s % x.itemsize:
+        return None
+    return s // x.itemsize
+
+
+def _prepare(x, batch_shape):
+    """Broadcast x to batch_shape + its matrix shape and describe it: (array, op, ld, batch_stride).
+
+    Copies (C-contiguous) only when no single-stride description exists."""
+    cp = require_cupy()
+    nb = len(batch_shape)
+    for attempt in range(3):
+        xb = cp.broadcast_to(x, tuple(batch_shape) + x.shape[-2:]) if x.shape[:-2] != tuple(batch_shape) else x
+        lay = _layout(xb)
+        bs = _batch_stride(xb, nb) if lay is not None else None
+        if lay is not None and bs is not None:
+            return xb, lay[0], lay[1], bs
+        # first fall back to a contiguous operand (broadcast later), then to a materialised broadcast
+        x = cp.ascontiguousarray(x) if attempt == 0 else cp.ascontiguousarray(xb)
+    raise RuntimeError(f"matmul: could not lay out operand of shape {x.shape}")  # unreachable
+
+
+def _types(dtype):
+    """(cuda data type, compute type, alpha/beta numpy dtype)."""
+    if dtype == np.float32:
+        return _R_32F, (_COMPUTE_32F_FAST_TF32 if tf32_enabled() else _COMPUTE_32F), np.float32
+    if dtype == np.float16:
+        return _R_16F, _COMPUTE_32F, np.float32
+    return _R_64F, _COMPUTE_64F, np.float64
+
+
+def matmul(a, b, out=None):
+    """a @ b for CuPy arrays (..., M, K) @ (..., K, N) -> (..., M, N), batch axes broadcast.
+
+    float16/float32/float64 go through cuBLAS (TF32 for float32 when enabled); other dtypes and 1-D operands go to
+    ``cupy.matmul``. Mixed float dtypes are promoted first."""
+    cp = require_cupy()
+    if a.ndim < 2 or b.ndim < 2:
+        return cp.matmul(a, b)
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not fit (need (..., M, K) @ (..., K, N))")
+    dtype = np.result_type(a.dtype, b.dtype)
+    if dtype not in (np.float16, np.float32, np.float64):
+        return cp.matmul(a, b)
+    a = a.astype(dtype, copy=False)
+    b = b.astype(dtype, copy=False)
+    M, K = a.shape[-2:]
+    N = b.shape[-1]
+    batch_shape = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    nbatch = int(np.prod(batch_shape)) if batch_shape else 1
+    if out is None:
+        out = cp.empty(batch_shape + (M, N), dtype)
+    if out.size == 0:
+        return out
+    if K == 0:
+        out.fill(0)
+        return out
+    dt, ct, st = _types(dtype)
+    cublas = _lib()
+    handle = cp.cuda.device.get_cublas_handle()
+    cublas.setPointerMode(handle, _POINTER_MODE_HOST)
+    one, zero = _ONE[st].ctypes.data, _ZERO[st].ctypes.data
+
+    # batched A times 2-D B, A row-major contiguous: one GEMM with M' = batch * M
+    if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous:
+        Mt = nbatch * M
+        opb, ldb = _layout(b) or (None, None)
+        if opb is None:
+            b = cp.ascontiguousarray(b)
+            opb, ldb = _OP_N, N
+        cublas.gemmEx(handle, opb, _OP_N, N, Mt, K, one, b.data.ptr, dt, ldb, a.data.ptr, dt, K,
+                      zero, out.data.ptr, dt, N, ct, _GEMM_DEFAULT)
+        return out
+
+    a2, opa, lda, sa = _prepare(a, batch_shape)
+    b2, opb, ldb, sb = _prepare(b, batch_shape)
+    if nbatch == 1:
+        cublas.gemmEx(handle, opb, opa, N, M, K, one, b2.data.ptr, dt, ldb, a2.data.ptr, dt, lda,
+                      zero, out.data.ptr, dt, N, ct, _GEMM_DEFAULT)
+    else:
+        cublas.gemmStridedBatchedEx(handle, opb, opa, N, M, K, one, b2.data.ptr, dt, ldb, sb,
+                                    a2.data.ptr, dt, lda, sa, zero, out.data.ptr, dt, N, M * N,
+                                    nbatch, ct, _GEMM_DEFAULT)
+    return out

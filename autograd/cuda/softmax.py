@@ -1,0 +1,180 @@
+"""Softmax and softmax + cross-entropy over the last axis as row kernels (one block per row).
+
+Softmax forward: each thread keeps an online (max, sum of exp) pair over its elements (one read), the block combines
+the pairs, then the row is written (a second read, from L1/L2). Backward: gx = y (gy - sum(gy y)).
+
+Cross-entropy forward: the same online pass gives lse = max + log(sum exp) per row and loss_row = lse - x[target];
+rows whose target is ignore_index give 0. Backward writes scale * (exp(x - lse) - onehot) straight into dlogits (one
+read of the logits, one write; no probabilities or one-hot arrays), zero rows for ignored targets. An out-of-range
+target gives a NaN loss (checked on the device, so no host sync).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import LazyModule, acc_dtype, contiguous, ctypes_of, require_cupy, row_threads
+
+_SRC = r"""
+// online (m, s) over a strided row slice, then combined over the block: returns (M, S) in every thread
+template <typename T, typename A>
+__device__ void row_max_sumexp(const T* xr, int C, A* red, A& M, A& S) {
+    const A ninf = (A)neg_inf_f();
+    A m = ninf, s = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        const A v = ld(xr, i);
+        if (v > m) { s = s * exp(m - v) + (A)1; m = v; }
+        else if (v > ninf) s += exp(v - m);
+    }
+    M = block_max(m, red);
+    s = (m == ninf) ? (A)0 : s * exp(m - M);
+    S = block_sum(s, red);
+}
+
+template <typename T, typename A>
+__global__ void softmax_fwd(const T* __restrict__ x, T* __restrict__ y, int C) {
+    __shared__ A red[32];
+    const T* xr = x + (i64)blockIdx.x * C;
+    T* yr = y + (i64)blockIdx.x * C;
+    A M, S;
+    row_max_sumexp<T, A>(xr, C, red, M, S);
+    const A inv = (A)1 / S;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) st(yr, i, exp(ld(xr, i) - M) * inv);
+}
+
+template <typename T, typename A>
+__global__ void softmax_bwd(const T* __restrict__ y, const T* __restrict__ gy, T* __restrict__ gx, int C) {
+    __shared__ A red[32];
+    const i64 off = (i64)blockIdx.x * C;
+    A s = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) s += ld(y + off, i) * ld(gy + off, i);
+    s = block_sum(s, red);
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        const A yv = ld(y + off, i);
+        st(gx + off, i, yv * (ld(gy + off, i) - s));
+    }
+}
+
+template <typename T, typename A>
+__global__ void xent_fwd(const T* __restrict__ x, const i64* __restrict__ tgt, A* __restrict__ loss,
+                         A* __restrict__ lse, int V, i64 ignore_index) {
+    __shared__ A red[32];
+    const i64 row = blockIdx.x;
+    const T* xr = x + row * V;
+    A M, S;
+    row_max_sumexp<T, A>(xr, V, red, M, S);
+    if (threadIdx.x == 0) {
+        const A l = M + log(S);
+        lse[row] = l;
+        const i64 t = tgt[row];
+        A out;
+        if (t == ignore_index) out = 0;
+        else if (t < 0 || t >= V) out = (A)__int_as_float(0x7fc00000);   // NaN: bad target
+        else out = l - ld(xr, t);
+        loss[row] = out;
+    }
+}
+
+template <typename T, typename A>
+__global__ void xent_bwd(const T* __restrict__ x, const i64* __restrict__ tgt, const A* __restrict__ lse,
+                         T* __restrict__ dx, int V, i64 ignore_index, const A* __restrict__ scale_ptr,
+                         double scale_val) {
+    const i64 row = blockIdx.x;
+    const T* xr = x + row * V;
+    T* dr = dx + row * V;
+    const i64 t = tgt[row];
+    if (t == ignore_index) {
+        for (int i = threadIdx.x; i < V; i += blockDim.x) st(dr, i, (A)0);
+        return;
+    }
+    const A sc = scale_ptr ? scale_ptr[0] : (A)scale_val;
+    const A l = lse[row];
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        A p = exp(ld(xr, i) - l);
+        if (i == t) p -= (A)1;
+        st(dr, i, sc * p);
+    }
+}
+"""
+
+_TARGS = ["float,float", "half_t,float", "double,double"]
+_mod = LazyModule(_SRC, {"softmax_fwd": _TARGS, "softmax_bwd": _TARGS, "xent_fwd": _TARGS, "xent_bwd": _TARGS})
+
+
+def _targs(dtype) -> str:
+    t, a = ctypes_of(dtype)
+    return f"{t},{a}"
+
+
+def softmax_forward(x):
+    """Softmax over the last axis; same shape and dtype as x (accumulation in float32 at least)."""
+    cp = require_cupy()
+    x = contiguous(x)
+    C = x.shape[-1] if x.ndim else 1
+    N = x.size // C if C else 0
+    y = cp.empty_like(x)
+    if N:
+        _mod.kernel("softmax_fwd", _targs(x.dtype))((N,), (row_threads(C, 8),), (x, y, np.int32(C)))
+    return y
+
+
+def softmax_backward(y, gy):
+    """gx = y * (gy - sum(gy * y)) over the last axis."""
+    cp = require_cupy()
+    y = contiguous(y)
+    gy = contiguous(gy.astype(y.dtype, copy=False))
+    C = y.shape[-1] if y.ndim else 1
+    N = y.size // C if C else 0
+    gx = cp.empty_like(y)
+    if N:
+        _mod.kernel("softmax_bwd", _targs(y.dtype))((N,), (row_threads(C, 8),), (y, gy, gx, np.int32(C)))
+    return gx
+
+
+def _check_xent(op, logits, targets):
+    if logits.ndim != 2 or targets.shape != (logits.shape[0],):
+        raise ValueError(f"{op}: need logits (N, V) and targets (N,), got {logits.shape} and {targets.shape}")
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"{op}: targets must be integers, got {targets.dtype}")
+
+
+def cross_entropy_forward(logits, targets, ignore_index):
+    """(loss_sum, lse, count): logits (N, V), targets (N,) int. loss_sum 0-d (float32, float64 for float64 logits)."""
+    cp = require_cupy()
+    _check_xent("cross_entropy_forward", logits, targets)
+    logits = contiguous(logits)
+    tg = contiguous(targets.astype(np.int64, copy=False))
+    N, V = logits.shape
+    acc = acc_dtype(logits.dtype)
+    loss = cp.empty((N,), acc)
+    lse = cp.empty((N,), acc)
+    if N:
+        _mod.kernel("xent_fwd", _targs(logits.dtype))(
+            (N,), (row_threads(V, 8),), (logits, tg, loss, lse, np.int32(V), np.int64(ignore_index)))
+    count = int(cp.count_nonzero(tg != ignore_index)) if N else 0
+    return loss.sum(), lse, count
+
+
+def cross_entropy_backward(logits, targets, lse, scale, ignore_index):
+    """dlogits (N, V) = scale * (softmax(logits) - onehot(targets)); zero rows where the target is ignored.
+
+    scale: a number or a 0-d/1-element CuPy array (read on the device, no sync)."""
+    cp = require_cupy()
+    _check_xent("cross_entropy_backward", logits, targets)
+    logits = contiguous(logits)
+    tg = contiguous(targets.astype(np.int64, copy=False))
+    N, V = logits.shape
+    acc = acc_dtype(logits.dtype)
+    lse = contiguous(lse.astype(acc, copy=False))
+    dx = cp.empty_like(logits)
+    if isinstance(scale, cp.ndarray):
+        scale_arr = contiguous(scale.astype(acc, copy=False).reshape(-1)[:1])
+        scale_val = 0.0
+    else:
+        scale_arr = None
+        scale_val = float(scale)
+    if N:
+        _mod.kernel("xent_bwd", _targs(logits.dtype))(
+            (N,), (row_threads(V, 8),),
+            (logits, tg, lse, dx, np.int32(V), np.int64(ignore_index),
+             scale_arr if scale_arr is not None else np.uint64(0), np.float64(scale_val)))
+    return dx
