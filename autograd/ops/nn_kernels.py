@@ -397,6 +397,28 @@ def attention_backward(q, k, v, o, lse, do, causal, scale):
     return attention_probs_backward(q, k, v, o, p, do, scale)
 
 
+# ------------------------------------------------------------------------------------------------------ embedding
+@_dispatch
+def embedding_backward(ids, gy, num_embeddings):
+    """gw (V, C): row ids[i] collects gy[i] (repeated ids add up); ids (N,) int, gy (N, C).
+
+    NumPy: sort the ids and sum each run with ``add.reduceat`` (about 3x faster than ``np.add.at``); CuPy: atomic
+    scatter-add."""
+    xp = _xp(gy)
+    gw = xp.zeros((num_embeddings, gy.shape[-1]), dtype=gy.dtype)
+    if ids.size == 0:
+        return gw
+    if xp is np:
+        order = np.argsort(ids, kind="stable")
+        s = ids[order]
+        starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
+        gw[s[starts]] = np.add.reduceat(gy[order], starts, axis=0)
+    else:
+        import cupyx
+        cupyx.scatter_add(gw, ids, gy)
+    return gw
+
+
 # ------------------------------------------------------------------------------------------------------ misc
 @_dispatch
 def matmul(a, b):
