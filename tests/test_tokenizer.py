@@ -313,6 +313,13 @@ def test_bpe_bad_input_errors(tok):
         tok.decode([-1])
     with pytest.raises(TypeError):
         tok.encode(b"bytes")
+    with pytest.raises(TypeError, match="must be integers"):
+        tok.decode([1.5])
+    with pytest.raises(TypeError, match="must be integers"):
+        tok.decode(np.array([1.0]))
+    with pytest.raises(ValueError, match="1-D"):
+        tok.decode(np.zeros((2, 2), dtype=np.int64))
+    assert tok.decode(np.int64(104)) == "h" and tok.decode(np.array([], dtype=np.int32)) == ""
     with pytest.raises(ValueError, match="surrogate"):
         tok.encode("a\udc80b")
     with pytest.raises(KeyError, match="not a token"):

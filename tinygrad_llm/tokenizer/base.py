@@ -170,13 +170,32 @@ def check_header(d: Mapping[str, Any], type_name: str, version: int) -> None:
             f"unsupported {type_name} tokenizer version {d.get('version')!r} (this code reads version {version})")
 
 
-def ids_to_list(ids: Iterable[int]) -> list[int]:
-    """Accept a list/tuple/range/NumPy or CuPy array of ids; return a list of Python ints."""
-    if hasattr(ids, "tolist"):          # numpy / cupy arrays (ndim 0 or 1)
+def ids_to_list(ids: Iterable[int], where: str) -> list[int]:
+    """Accept a list/tuple/range/NumPy or CuPy array of ids (T,); return a list of Python ints."""
+    if hasattr(ids, "tolist") and hasattr(ids, "ndim"):      # numpy / cupy arrays
+        if ids.ndim > 1:
+            raise ValueError(f"{where}: expected a 1-D sequence of token ids, got an array of shape {ids.shape}")
+        if ids.ndim == 1 and ids.dtype.kind not in "iu":
+            raise TypeError(f"{where}: token ids must be integers, got an array of dtype {ids.dtype}")
         ids = ids.tolist()
-        if isinstance(ids, int):
-            return [ids]
-    return [int(i) for i in ids] if not isinstance(ids, list) else ids
+        return [ids] if isinstance(ids, int) else ids
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{where}: expected a sequence of token ids, got {type(ids).__name__}")
+    return ids if isinstance(ids, list) else list(ids)
+
+
+def lookup_ids(table: list, ids: list[int], where: str) -> list:
+    """``[table[i] for i in ids]`` with clear errors: ids out of range (negative ids must not wrap) or not ints."""
+    try:
+        if ids and min(ids) < 0:
+            check_ids(ids, len(table), where)       # raises, naming the id
+        return [table[i] for i in ids]
+    except IndexError:
+        check_ids(ids, len(table), where)
+        raise
+    except TypeError:
+        bad = next((i for i in ids if not hasattr(i, "__index__")), None)
+        raise TypeError(f"{where}: token ids must be integers, got {bad!r} ({type(bad).__name__})") from None
 
 
 def check_ids(ids: list[int], vocab_size: int, where: str) -> None:

@@ -34,7 +34,7 @@ from typing import Any, Collection, Iterable, Literal, Mapping, Union
 import regex
 
 from .base import (FORMAT_NAME, PathLike, Tokenizer, TokenizerFormatError, check_header, check_ids, ids_to_list,
-                   register_tokenizer)
+                   lookup_ids, register_tokenizer)
 from .bpe_train import GPT2_PATTERN, count_words, train_merges
 from .gpt2_files import read_gpt2_files, write_gpt2_files
 
@@ -289,10 +289,7 @@ class BPETokenizer(Tokenizer):
     # ------------------------------------------------------------------------------------------------- decoding
     def decode_bytes(self, ids: Iterable[int]) -> bytes:
         """Ids -> the raw bytes they stand for (special tokens give their UTF-8 names)."""
-        ids = ids_to_list(ids)
-        check_ids(ids, self.vocab_size, "BPETokenizer.decode")
-        tb = self._id_bytes
-        return b"".join([tb[i] for i in ids])
+        return b"".join(lookup_ids(self._id_bytes, ids_to_list(ids, "BPETokenizer.decode"), "BPETokenizer.decode"))
 
     def decode(self, ids: Iterable[int]) -> str:
         """Ids -> text; byte sequences that are not valid UTF-8 (e.g. a cut multi-byte char) become U+FFFD."""

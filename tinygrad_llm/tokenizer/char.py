@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from .base import FORMAT_NAME, Tokenizer, TokenizerFormatError, check_header, check_ids, ids_to_list, \
-    register_tokenizer
+    lookup_ids, register_tokenizer
 
 
 @register_tokenizer
@@ -64,10 +64,7 @@ class CharTokenizer(Tokenizer):
         raise AssertionError("unreachable")
 
     def decode(self, ids: Iterable[int]) -> str:
-        ids = ids_to_list(ids)
-        check_ids(ids, self.vocab_size, "CharTokenizer.decode")
-        chars = self.chars
-        return "".join([chars[i] for i in ids])
+        return "".join(lookup_ids(self.chars, ids_to_list(ids, "CharTokenizer.decode"), "CharTokenizer.decode"))
 
     def token_to_id(self, token: str) -> int:
         try:
