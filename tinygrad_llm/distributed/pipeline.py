@@ -1,0 +1,225 @@
+"""Pipeline parallelism: a GPT's blocks split into stages on several devices, micro-batches scheduled over them.
+
+    pipe = PipelineParallel(model, ["cuda:0", "cuda:1"], n_micro=8, schedule="1f1b")
+    loss = pipe.train_step(idx, targets)      # forward + backward of the whole batch; grads are in the params
+    opt.step(); opt.zero_grad()
+
+Stage s holds a contiguous run of blocks on ``devices[s]``; stage 0 also holds the embeddings, the last stage the
+final norm and the LM head. Each stage runs as its own piece of graph: its input is a leaf copy of the previous
+stage's output moved with the engine's differentiable ``Tensor.to(device)``, so the backward of stage s ends by
+copying the input gradient back to stage s-1's device, and stage s-1's backward starts from it. That makes every
+(stage, micro-batch, forward/backward) an operation the schedule can order freely:
+
+- ``gpipe``: all forwards, then all backwards (holds m micro-batches' activations);
+- ``1f1b``: each stage does (p - s - 1) warm-up forwards, then alternates one forward and one backward
+  (holds at most p micro-batches' activations per stage; the same bubble, less memory).
+
+Ops run from one Python thread in the order a tick-by-tick simulation of the schedule gives; on GPUs, CuPy launches
+are asynchronous, so kernels of different stages queued back to back run concurrently on their devices. Ideal
+efficiency (the bubble) for p stages and m micro-batches: m / (m + p - 1).
+
+The result equals single-device training: the loss of micro-batch j is weighted by its share of the batch's
+target tokens (those != ignore_index), so the summed gradients are exactly those of the whole batch's mean loss.
+Weight tying across devices: when ``lm_head.weight`` is ``tok_emb.weight`` and the last stage lives elsewhere, the
+head uses a differentiable copy of the embedding matrix, so its gradient flows back to the single parameter.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from autograd import Tensor, backend
+from autograd import functional as F
+from autograd.grad_mode import no_grad
+
+from .data_parallel import unique_parameters
+
+
+class Stage:
+    """Blocks ``[lo, hi)`` of the model on ``device``; ``first``/``last`` also run the embeddings / head."""
+
+    def __init__(self, model, index: int, lo: int, hi: int, device: str, first: bool, last: bool):
+        self.model, self.index, self.lo, self.hi = model, index, lo, hi
+        self.device, self.first, self.last = device, first, last
+
+    def __call__(self, x, start: int = 0):
+        m = self.model
+        if self.first:                      # x: token ids (B, T) on this device
+            t = x.shape[1]
+            h = m.tok_emb(x)
+            if m.config.pos == "learned":
+                h = h + m.pos_emb.weight[start:start + t]
+            x = m.drop(h)
+        for i in range(self.lo, self.hi):
+            x = m.blocks[i](x)
+        if self.last:
+            x = m.final_norm(x)
+            w = m.lm_head.weight
+            if backend.device_of(w.data) != backend.canonical_device(self.device):
+                w = w.to(self.device)        # tied embedding on stage 0: a differentiable copy
+                x = F.linear(x, w, None)
+            else:
+                x = m.lm_head(x)
+        return x
+
+    def __repr__(self) -> str:
+        extra = (" +embeddings" if self.first else "") + (" +head" if self.last else "")
+        return f"Stage({self.index}: blocks {self.lo}..{self.hi - 1} on {self.device}{extra})"
+
+
+def split_gpt(model, devices: list[str], balance: list[int] | None = None) -> list[Stage]:
+    """Move ``model``'s parts onto ``devices`` (in place) and return one Stage per device.
+
+    balance: blocks per stage (sums to n_layer); default as even as possible, extra blocks to the middle stages
+    (the first and last stages also carry the embeddings and the head).
+    """
+    n = len(model.blocks)
+    p = len(devices)
+    if p < 1:
+        raise ValueError("split_gpt needs at least one device")
+    if balance is None:
+        base, extra = divmod(n, p)
+        order = sorted(range(p), key=lambda s: (s in (0, p - 1), s))   # middle stages first
+        balance = [base] * p
+        for s in order[:extra]:
+            balance[s] += 1
+    if len(balance) != p or sum(balance) != n or min(balance) < 0:
+        raise ValueError(f"split_gpt: balance {balance} must give each of {p} stages a count of blocks, "
+                         f"summing to the model's {n} blocks")
+    tied = model.lm_head.weight is model.tok_emb.weight
+    model.tok_emb.to(devices[0])
+    if getattr(model, "pos_emb", None) is not None and model.config.pos == "learned":
+        model.pos_emb.to(devices[0])
+    stages, lo = [], 0
+    for s, (dev, k) in enumerate(zip(devices, balance)):
+        for i in range(lo, lo + k):
+            model.blocks[i].to(dev)
+        stages.append(Stage(model, s, lo, lo + k, dev, s == 0, s == p - 1))
+        lo += k
+    model.final_norm.to(devices[-1])
+    if not tied:
+        model.lm_head.to(devices[-1])
+    return stages
+
+
+def schedule_ops(p: int, m: int, kind: str = "gpipe") -> list[list[tuple[str, int, int]]]:
+    """The schedule as ticks: each tick lists the (op, stage, micro) run concurrently (op 'F' or 'B').
+
+    Built by simulating p stages that each follow their own op list and may run an op once its inputs exist
+    (F(s, j) after F(s-1, j); B(s, j) after B(s+1, j)); an op finished in tick t is usable in tick t+1.
+    """
+    if kind not in ("gpipe", "1f1b"):
+        raise ValueError(f"unknown pipeline schedule {kind!r}: expected 'gpipe' or '1f1b'")
+    lists = []
+    for s in range(p):
+        if kind == "gpipe":
+            ops = [("F", j) for j in range(m)] + [("B", j) for j in range(m)]
+        else:
+            warm = min(p - s - 1, m)
+            ops = [("F", j) for j in range(warm)]
+            f, b = warm, 0
+            while b < m:
+                if f < m:
+                    ops.append(("F", f))
+                    f += 1
+                ops.append(("B", b))
+                b += 1
+        lists.append(ops)
+    done, pos, ticks = set(), [0] * p, []
+    while any(pos[s] < len(lists[s]) for s in range(p)):
+        tick = []
+        for s in range(p):
+            if pos[s] == len(lists[s]):
+                continue
+            op, j = lists[s][pos[s]]
+            ok = (op == "F" and (s == 0 or ("F", s - 1, j) in done)) or \
+                 (op == "B" and ("F", s, j) in done and (s == p - 1 or ("B", s + 1, j) in done))
+            if ok:
+                tick.append((op, s, j))
+        if not tick:  # pragma: no cover - the schedules above never deadlock
+            raise RuntimeError(f"pipeline schedule {kind} deadlocked")
+        for op, s, j in tick:
+            pos[s] += 1
+        done.update(tick)
+        ticks.append(tick)
+    return ticks
+
+
+class PipelineParallel:
+    """Train a GPT split over ``devices`` with ``n_micro`` micro-batches per step (see the module doc)."""
+
+    def __init__(self, model, devices: list[str], n_micro: int = 4, schedule: str = "gpipe",
+                 balance: list[int] | None = None, ignore_index: int = -100):
+        self.model = model
+        self.devices = [backend.canonical_device(d) for d in devices]
+        self.stages = split_gpt(model, self.devices, balance)
+        self.n_micro = int(n_micro)
+        self.schedule = schedule
+        self.ignore_index = ignore_index
+        self.ticks = schedule_ops(len(self.stages), self.n_micro, schedule)
+
+    def parameters(self):
+        return unique_parameters(self.model)
+
+    @property
+    def ideal_efficiency(self) -> float:
+        """m / (m + p - 1): the fraction of stage-time doing work in a perfectly balanced pipeline."""
+        p, m = len(self.stages), self.n_micro
+        return m / (m + p - 1)
+
+    def _micro(self, a, j: int):
+        b = a.shape[0]
+        if b % self.n_micro:
+            raise ValueError(f"PipelineParallel: batch of {b} rows does not split into {self.n_micro} micro-batches")
+        k = b // self.n_micro
+        return a[j * k:(j + 1) * k]
+
+    def train_step(self, idx, targets) -> float:
+        """Forward and backward of the batch (B, T) over every micro-batch; returns the batch's mean loss.
+
+        Gradients accumulate into the parameters' ``.grad`` (call ``opt.zero_grad()`` between steps).
+        """
+        idx = idx.data if isinstance(idx, Tensor) else np.asarray(idx) if not hasattr(idx, "shape") else idx
+        targets = targets.data if isinstance(targets, Tensor) else targets
+        tgt_host = backend.to_numpy(targets)
+        n_valid = [int((self._micro(tgt_host, j) != self.ignore_index).sum()) for j in range(self.n_micro)]
+        total = max(1, sum(n_valid))
+        p = len(self.stages)
+        inputs: dict[tuple[int, int], Tensor] = {}    # (stage, micro) -> leaf input of stage (s > 0)
+        outputs: dict[tuple[int, int], Tensor] = {}   # (stage, micro) -> stage output (loss for the last)
+        losses = []
+        for tick in self.ticks:
+            for op, s, j in tick:
+                st = self.stages[s]
+                if op == "F":
+                    if s == 0:
+                        x = backend.to_device(self._micro(idx, j), st.device)
+                    else:
+                        prev = outputs[(s - 1, j)]
+                        leaf = Tensor(prev.data, requires_grad=True)   # the cut between stages
+                        inputs[(s, j)] = leaf
+                        x = leaf.to(st.device)                          # differentiable device copy
+                    out = st(x)
+                    if s == p - 1:
+                        t = backend.to_device(self._micro(targets, j), st.device)
+                        loss = F.cross_entropy(out, t, ignore_index=self.ignore_index)
+                        out = loss * (n_valid[j] / total)
+                        losses.append(out.data)
+                    outputs[(s, j)] = out
+                else:
+                    out = outputs.pop((s, j))
+                    if s == p - 1:
+                        out.backward()
+                    else:
+                        nxt = inputs.pop((s + 1, j))
+                        if nxt.grad is None:     # no gradient reached the cut (should not happen for a GPT)
+                            nxt.grad = Tensor(backend.xp_of(nxt.data).zeros_like(nxt.data))
+                        out.backward(nxt.grad)
+        return float(sum(backend.to_numpy(l) for l in losses))
+
+    def __call__(self, idx):
+        """Inference forward of the whole batch through every stage: logits (B, T, V) on the last device."""
+        with no_grad():
+            x = backend.to_device(idx.data if isinstance(idx, Tensor) else np.asarray(idx), self.devices[0])
+            for st in self.stages:
+                x = st(x if st.first else x.to(st.device))
+            return x
