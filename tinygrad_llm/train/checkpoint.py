@@ -124,6 +124,12 @@ def _join(obj: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------- file helpers
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -157,6 +163,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -216,6 +223,10 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, state: dict[str, Any]
             json.dump(meta, f, indent=1, allow_nan=True)
             f.flush()
             os.fsync(f.fileno())
+        mask = _umask()  # mkdtemp makes a 0700 folder; give the folder and files the usual permissions
+        os.chmod(tmp, 0o777 & ~mask)
+        for name in (MODEL_FILE, EXTRA_FILE, META_FILE):
+            os.chmod(tmp / name, 0o666 & ~mask)
         _fsync_dir(tmp)
         if final.exists():  # re-saving the same step: move the old one aside, then swap
             trash = Path(tempfile.mkdtemp(dir=out, prefix=f".{final.name}.", suffix=".old"))

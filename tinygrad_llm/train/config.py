@@ -30,7 +30,7 @@ class TrainConfig:
     Steps are optimizer steps; each consumes ``batch_size * grad_accum`` sequences of ``block_size`` tokens per rank.
     """
     # model
-    preset: str | None = None           # GPTConfig preset; None = GPTConfig defaults + ``model`` overrides
+    preset: str | None = "tiny"         # GPTConfig preset (tiny, small, gpt2-124m, ...); None = GPTConfig defaults
     model: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None        # pretrained weights folder (fine-tuning; see tinygrad_llm.finetune)
     # tokenizer and data

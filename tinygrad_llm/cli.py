@@ -1,0 +1,169 @@
+"""The ``tinygrad-llm`` command (also ``python -m tinygrad_llm``).
+
+    tinygrad-llm train                        # a small GPT on the embedded corpus, on the CPU, in a few minutes
+    tinygrad-llm generate --checkpoint out --prompt "The list"
+    tinygrad-llm eval --checkpoint out --data notes.txt
+    tinygrad-llm tokenizer train|encode|decode ...
+    tinygrad-llm plot --log out/metrics.jsonl
+    tinygrad-llm launch --nproc 2 -- train ...
+    tinygrad-llm finetune classify|instruct ...   (tinygrad_llm.finetune)
+    tinygrad-llm bench ...                        (benchmarks)
+
+Adding a subcommand. Each command is a pair of small functions registered by name::
+
+    from tinygrad_llm.cli import register_command
+    def configure(parser): parser.add_argument("--foo")         # an argparse (sub)parser: add flags/subparsers
+    def run(args) -> int: ...                                   # 0 on success
+    register_command("mycmd", "one-line help", configure, run)
+
+Modules listed in ``PLUGINS`` are imported (when present) before the parser is built and register their
+commands from there (``finetune`` and ``bench`` are placeholders until theirs exist), so no one edits a giant
+function. Bad inputs raise ``UserError`` (or the usual ValueError / FileNotFoundError / CheckpointError ...):
+``main`` prints ONE line on stderr and returns 2; never a traceback (set TINYGRAD_LLM_DEBUG=1 to see one).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["main", "register_command", "UserError", "build_parser", "COMMANDS", "PLUGINS"]
+
+
+class UserError(Exception):
+    """A bad input from the user: reported as one line on stderr, exit code 2."""
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+#: modules that add commands with register_command at import (each optional: skipped when not importable)
+PLUGINS = ["tinygrad_llm.train.commands", "tinygrad_llm.finetune.cli", "tinygrad_llm.bench"]
+
+
+def register_command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
+                     run: Callable[[argparse.Namespace], int], replace: bool = True) -> None:
+    """Add (or replace) the subcommand ``name``: ``configure(parser)`` adds its flags, ``run(args)`` runs it."""
+    if name in COMMANDS and not replace:
+        return
+    COMMANDS[name] = Command(name, help, configure, run)
+
+
+def _load_plugins() -> None:
+    for mod in PLUGINS:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name and (mod == e.name or mod.startswith(e.name + ".")):
+                continue  # the plugin is not written (yet): its placeholder stays
+            raise
+
+
+# ---------------------------------------------------------------------------------------------- placeholders
+def _placeholder(name: str, where: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        raise UserError(f"'{name}' is not available in this version yet (it will come from {where})")
+    return run
+
+
+def _configure_rest(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def _configure_launch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rest", nargs=argparse.REMAINDER,
+                        help="--nproc N [--master-addr A --master-port P] -- COMMAND... (e.g. -- tinygrad-llm train); "
+                             "see python -m tinygrad_llm.distributed.launch --help")
+
+
+def _run_launch(args: argparse.Namespace) -> int:
+    try:
+        from .distributed.launch import main as launch_main
+    except ImportError as e:
+        raise UserError(f"'launch' needs tinygrad_llm.distributed ({e})") from None
+    rest = list(args.rest)
+    # "launch --nproc 2 train --steps 10" means: run this same command line tool on each rank
+    i = next((k for k, a in enumerate(rest) if a in COMMANDS and a != "launch"), None)
+    if i is not None and "--" not in rest[:i] and "-m" not in rest[:i]:
+        rest = rest[:i] + ["-m", "tinygrad_llm"] + rest[i:]
+    return int(launch_main(rest) or 0)
+
+
+register_command("launch", "start N ranks of a command on this machine (data-parallel training)", _configure_launch,
+                 _run_launch)
+register_command("finetune", "fine-tune a pretrained GPT (classify | instruct)", _configure_rest,
+                 _placeholder("finetune", "tinygrad_llm.finetune"))
+register_command("bench", "training-speed benchmark", _configure_rest, _placeholder("bench", "the benchmarks"))
+
+
+# ---------------------------------------------------------------------------------------------- parser and main
+def build_parser() -> argparse.ArgumentParser:
+    _load_plugins()
+    parser = argparse.ArgumentParser(
+        prog="tinygrad-llm",
+        description="Build, train and fine-tune GPT models from scratch on NumPy/CuPy. "
+                    "Start with: tinygrad-llm train")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    order = ["train", "generate", "eval", "tokenizer", "plot", "launch", "finetune", "bench"]
+    for name in sorted(COMMANDS, key=lambda n: (order.index(n) if n in order else len(order), n)):
+        cmd = COMMANDS[name]
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.configure(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    errs: list[type[BaseException]] = [UserError, ValueError, FileNotFoundError, IsADirectoryError,
+                                       NotADirectoryError, PermissionError, UnicodeDecodeError, KeyError]
+    try:
+        from .train.checkpoint import CheckpointError
+        errs.append(CheckpointError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input, 1 unexpected error, 130 Ctrl-C)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    debug = os.environ.get("TINYGRAD_LLM_DEBUG") == "1"
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"tinygrad-llm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _expected_errors() as e:
+        if debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"tinygrad-llm {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug, not a bad input: still one line, with a way to see the traceback
+        if debug:
+            raise
+        print(f"tinygrad-llm {args.command}: internal error: {type(e).__name__}: {e} "
+              "(set TINYGRAD_LLM_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
