@@ -4,7 +4,7 @@
     x = ag.tensor([[1.0, 2.0]], requires_grad=True)
     y = (x * x).sum(); y.backward(); x.grad        # Tensor([[2., 4.]])
 """
-from . import backend
+from . import amp, backend
 from . import functional
 from .backend import cuda_available
 from .backward import BackwardError, grad

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from . import amp as _amp
 from . import backend
 from .ops import nn as _nn
 from .ops import elementwise as _ew
@@ -85,6 +86,8 @@ def bias_gelu(x: Tensor, b: Tensor) -> Tensor:
     if b.ndim != 1 or x.ndim < 1 or b.shape[0] != x.shape[-1]:
         raise ValueError(f"bias_gelu: bias must have shape ({x.shape[-1] if x.ndim else '?'},) to match x of shape "
                          f"{x.shape}, got {b.shape}")
+    if b.dtype != x.dtype and _amp.autocast_dtype() is not None:
+        b = b.astype(x.dtype)  # float16 activations under autocast: keep the bias from promoting them to float32
     return _nn.BiasGelu.apply(x, b)
 
 
@@ -250,6 +253,11 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: x of shape {x.shape} does not fit weight of shape {weight.shape} "
                          "(expected x (..., in) and weight (out, in))")
+    amp_dtype = _amp.autocast_dtype()
+    if amp_dtype is not None and weight.dtype != amp_dtype and weight.dtype.kind == "f":
+        # mixed precision: compute in float16, keep float32 master weights (astype's backward casts grads back)
+        x, weight = x.astype(amp_dtype), weight.astype(amp_dtype)
+        bias = None if bias is None else _t(bias).astype(amp_dtype)
     if bias is None:
         return _nn.Linear.apply(x, weight)
     bias = _t(bias)
