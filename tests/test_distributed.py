@@ -49,7 +49,7 @@ def assert_ok(res, mode, n):
 
 # ---------------------------------------------------------------------------------------------- MPI runs
 @pytest.mark.mpi
-@pytest.mark.parametrize("mode", ["equiv", "accum", "collectives"])
+@pytest.mark.parametrize("mode", ["equiv", "accum", "collectives", "gpt"])
 def test_mpi_two_ranks_match_one_process(mode):
     """2 ranks x batch b == 1 process x batch 2b (float64, 1e-10); no_sync accumulation; every collective."""
     assert_ok(mpirun(2, "dp_check.py", mode), mode, 2)

@@ -74,6 +74,30 @@ def check_equiv(comm, accumulate: int = 1, overlap: bool = True, steps: int = 3)
     return diff
 
 
+def check_gpt(comm, steps: int = 2):
+    """A small GPT (tied embeddings, float64) data-parallel == one process with the whole batch."""
+    import tinygrad_llm as tl
+    W, r = comm.world_size, comm.rank
+    cfg = tl.GPTConfig(vocab_size=37, context_length=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+    model = tl.GPT(cfg, seed=10 + r, dtype=np.float64)
+    dp = DataParallel(model, comm, bucket_mb=0.01)
+    ref = tl.GPT(cfg, seed=10, dtype=np.float64)
+    opt, ref_opt = optim.AdamW(model, lr=1e-2), optim.AdamW(ref, lr=1e-2)
+    for step in range(steps):
+        rng = np.random.default_rng([5, step])
+        x, y = rng.integers(0, 37, (2 * W, 8)), rng.integers(0, 37, (2 * W, 8))
+        dp.loss(*shard_batch((x, y), r, W)).backward()      # DataParallel forwards attributes to the model
+        dp.finish()
+        opt.step()
+        opt.zero_grad()
+        ref.loss(x, y).backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+    diff = max(np.abs(a.numpy() - b.numpy()).max() for a, b in zip(model.parameters(), ref.parameters()))
+    assert diff < TOL, f"rank {r}: GPT data parallel differs from one process by {diff:.3e}"
+    return diff
+
+
 def count_calls(comm):
     """Count all_reduce_async calls (the gradient buckets) by wrapping the communicator's method."""
     counter = [0]
@@ -175,6 +199,8 @@ def main():
     elif mode == "accum":
         diff = check_equiv(comm, accumulate=2, overlap=False)
         diff = max(diff, check_equiv(comm, accumulate=3, overlap=True, steps=2))
+    elif mode == "gpt":
+        diff = check_gpt(comm)
     elif mode == "timeout":
         check_timeout(comm)
     elif mode == "ckpt_save":

@@ -123,6 +123,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (also what ``tinygrad-llm launch`` calls with its arguments)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--":          # "tinygrad-llm launch -- --nproc 2 ..." passes its separator on
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     command = list(args.command)
     if command and command[0] == "--":
