@@ -130,7 +130,8 @@ class CrossEntropy(Function):
         self.lse, self.count = lse, count
         if self.reduction == "mean":
             loss_sum = loss_sum / count if count else loss_sum * 0
-        return xp.asarray(loss_sum, dtype=logits.dtype)
+        # a float16 loss would overflow once a GradScaler multiplies it: reduced-precision logits give a float32 loss
+        return xp.asarray(loss_sum, dtype=np.float32 if logits.dtype.itemsize < 4 else logits.dtype)
 
     def backward(self, g):
         logits = self.inputs[0]
