@@ -403,3 +403,13 @@ def test_gradcheck_module_helper_catches_a_detached_parameter():
 
     with pytest.raises(ag.GradcheckError):
         gradcheck_module(Leaky(), [rand((2, 3))])
+
+
+def test_example_02_attention_step_by_step_runs():
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "examples" / "02_attention_step_by_step.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "They agree" in out.stdout and "[0.4419 0.6515 0.5683]" in out.stdout
