@@ -46,7 +46,7 @@ class _NCCLWork(Work):
         self.comm, self.event, self.op_name, self.keep, self.result = comm, event, op_name, keep, result
 
     def is_completed(self) -> bool:
-        return self.event.query()
+        return bool(self.event.done)
 
     def wait(self):
         c = self.comm
