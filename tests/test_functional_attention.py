@@ -126,3 +126,35 @@ def test_kernels_dispatch_falls_back_to_generic():
     ms, vs = [np.zeros(3)], [np.zeros(3)]
     K.adamw_step(ps, gs, ms, vs, lr=0.1, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
     np.testing.assert_allclose(ps[0], 1 - 0.1, rtol=1e-6)  # first Adam step moves by lr * sign(g)
+
+
+def test_contract_kernels_match_saving_paths():
+    """The KERNEL_API functions (what a CUDA kernel must reproduce) agree with the generic saving paths the fused
+    ops use on NumPy."""
+    rng = np.random.default_rng(6)
+    x, gy = rng.standard_normal((2, 3, 8)) * 3, rng.standard_normal((2, 3, 8))
+    b = rng.standard_normal(8)
+    y, h, s = K.gelu_forward_saving(x, b)
+    np.testing.assert_allclose(K.bias_gelu_forward(x, b), y, atol=1e-12)
+    gx, gb = K.bias_gelu_backward(x, b, gy)
+    np.testing.assert_allclose(K.gelu_backward_saved(h, s, gy), gx, atol=1e-12)
+    np.testing.assert_allclose(gb, gx.sum(axis=(0, 1)), atol=1e-12)
+    np.testing.assert_allclose(K.gelu_backward(x + b, gy), gx, atol=1e-12)
+    q, k, v, do = (rng.standard_normal((1, 2, 3, 4)) for _ in range(4))
+    k, v = np.concatenate([k, k], axis=2), np.concatenate([v, v * 2], axis=2)  # Tk = 6 > Tq = 3
+    for causal in (True, False):
+        o, lse = K.attention_forward(q, k, v, causal, 0.5)
+        o2, lse2, p = K.attention_probs_forward(q, k, v, causal, 0.5)
+        np.testing.assert_allclose(o, o2, atol=1e-12)
+        grads = K.attention_backward(q, k, v, o, lse, do, causal, 0.5)
+        for a, b_ in zip(grads, K.attention_probs_backward(q, k, v, o2, p, do, 0.5)):
+            np.testing.assert_allclose(a, b_, atol=1e-12)
+    logits, t = rng.standard_normal((5, 7)), np.array([1, -100, 6, 0, 3])
+    loss_sum, lse, count = K.cross_entropy_forward(logits, t, -100)
+    d = K.cross_entropy_backward(logits, t, lse, 0.5, -100)
+    p = np.exp(logits - lse[:, None])
+    ref = p.copy()
+    ref[[0, 2, 3, 4], [1, 6, 0, 3]] -= 1
+    ref[1] = 0
+    np.testing.assert_allclose(d, 0.5 * ref, atol=1e-12)
+    assert count == 4 and abs(loss_sum - (-np.log(p[[0, 2, 3, 4], [1, 6, 0, 3]])).sum()) < 1e-12

@@ -35,28 +35,47 @@ def gelu_tanh_local(h: Tensor) -> Tensor:
 
 
 class GeluTanh(Function):
-    """y = gelu(x), tanh approximation, in one kernel; backward one kernel (Tensor ops under create_graph)."""
+    """y = gelu(x), tanh approximation, in one kernel; backward one kernel (Tensor ops under create_graph).
+
+    On the generic path (NumPy, or CuPy without a CUDA GELU kernel) forward keeps the sigmoid factor s for backward,
+    which then needs a third of the passes over the data; with a CUDA kernel nothing extra is kept."""
 
     def forward(self, x):
+        if K.cuda_kernel("gelu_forward", x) is None:
+            y, _, self.s = K.gelu_forward_saving(x)
+            return y
+        self.s = None
         return K.gelu_forward(x)
 
     def backward(self, gy):
         x = self.inputs[0]
         if not _GradMode.enabled:
+            if self.s is not None:
+                return Tensor(K.gelu_backward_saved(x.data, self.s, gy.data))
             return Tensor(K.gelu_backward(x.data, gy.data))
         return gy * gelu_tanh_local(x)
 
 
 class BiasGelu(Function):
-    """y = gelu(x + b) (tanh form); x (..., C), b (C,). The FeedForward's first layer: saves one (..., C) array."""
+    """y = gelu(x + b) (tanh form); x (..., C), b (C,). The FeedForward's first layer.
+
+    Generic path: forward keeps h = x + b and the sigmoid factor s (see GeluTanh); CUDA kernel path: nothing."""
 
     def forward(self, x, b):
+        if K.cuda_kernel("bias_gelu_forward", x) is None:
+            y, self.h, self.s = K.gelu_forward_saving(x, b)
+            return y
+        self.h = self.s = None
         return K.bias_gelu_forward(x, b)
 
     def backward(self, gy):
         x, b = self.inputs
         if not _GradMode.enabled:
-            gx, gb = K.bias_gelu_backward(x.data, b.data, gy.data)
+            if self.s is not None:
+                gx = K.gelu_backward_saved(self.h, self.s, gy.data)
+                gb = gx.reshape(-1, gx.shape[-1]).sum(axis=0) if self.needs_input_grad[1] else None
+            else:
+                gx, gb = K.bias_gelu_backward(x.data, b.data, gy.data)
             return (Tensor(gx) if self.needs_input_grad[0] else None,
                     Tensor(gb) if self.needs_input_grad[1] else None)
         gh = gy * gelu_tanh_local(x + b)

@@ -131,6 +131,40 @@ def gelu_backward(x, gy):
     return d
 
 
+def gelu_forward_saving(x, b=None):
+    """(y, h, s): y = gelu(h) with h = x (+ b), written as y = h * s, s = sigmoid(2k (h + c h**3)) (the same tanh
+    approximation: (1 + tanh(u)) / 2 = sigmoid(2u)). Generic path only: saving h and s lets the backward take 9
+    passes over the data instead of about 20 (a CUDA kernel recomputes instead)."""
+    xp = _xp(x)
+    h = x + b if b is not None else x
+    a = h * h
+    a *= -2 * _GELU_K * _GELU_C
+    a -= 2 * _GELU_K
+    a *= h                        # a = -2u
+    if xp is np:
+        with np.errstate(over="ignore"):  # exp overflows to inf for very negative h: s = 0, y = -0, as it should
+            np.exp(a, out=a)
+    else:
+        xp.exp(a, out=a)
+    a += 1
+    s = xp.reciprocal(a, out=a)
+    return h * s, h, s
+
+
+def gelu_backward_saved(h, s, gy):
+    """gx = gy * gelu'(h) from the saved h and s: gelu'(h) = s (1 + h (1 - s) 2k (1 + 3c h**2))."""
+    xp = _xp(h)
+    a = h * h
+    a *= 6 * _GELU_K * _GELU_C
+    a += 2 * _GELU_K
+    a *= h
+    a *= xp.subtract(1, s)
+    a += 1
+    a *= s
+    a *= gy
+    return a
+
+
 @_dispatch
 def bias_gelu_forward(x, b):
     """y = gelu(x + b); x (..., C), b (C,)."""
