@@ -103,21 +103,25 @@ def backward_iter(roots: Sequence[Tensor], grads: Sequence, retain_graph: bool =
             return
         if g.dtype != leaf.dtype:
             g = g.astype(leaf.dtype) if create_graph else Tensor(g.data.astype(leaf.dtype))
-        if create_graph:
-            leaf.grad = g if leaf.grad is None else leaf.grad + g
-        else:
+        if leaf.grad is None:
+            # own, writable memory: optimizers and clipping update .grad in place. A hook runs mid-backward
+            # and may do so too (an in-place all-reduce), while the same array may still be on its way to
+            # other nodes (Add passes its gradient on unchanged): copy then as well.
             data = g.data
-            if leaf.grad is None:
-                # own, writable memory: optimizers and clipping update .grad in place. A hook runs mid-backward
-                # and may do so too (an in-place all-reduce), while the same array may still be on its way to
-                # other nodes (Add passes its gradient on unchanged): copy then as well.
-                if (data.base is not None or not data.flags.writeable or data is seen_arrays.get(id(data))
-                        or leaf._hooks):
-                    data = data.copy()
-                seen_arrays[id(data)] = data
+            if (data.base is not None or not getattr(data.flags, "writeable", True)  # CuPy: no such flag
+                    or data is seen_arrays.get(id(data)) or leaf._hooks):
+                data = data.copy()
+            seen_arrays[id(data)] = data
+            if not create_graph:
                 leaf.grad = Tensor(data)
-            else:
-                leaf.grad = Tensor(leaf.grad.data + data)
+            elif data is g.data or g.creator is None:
+                leaf.grad = g if data is g.data else Tensor(data)
+            else:  # a new Tensor for the same graph output, holding the copy: still differentiable, not shared
+                leaf.grad = Tensor._from_op(data, g.creator, g.out_index)
+        elif create_graph:
+            leaf.grad = leaf.grad + g
+        else:
+            leaf.grad = Tensor(leaf.grad.data + g.data)
         if leaf._hooks:
             for hook in list(leaf._hooks):
                 hook(leaf)

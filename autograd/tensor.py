@@ -130,9 +130,15 @@ class Tensor:
         self.grad = None
 
     # ------------------------------------------------------------------ autograd
-    def backward(self, grad=None, retain_graph: bool = False, create_graph: bool = False) -> None:
-        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``. ``grad`` is needed unless self has one element."""
+    def backward(self, grad=None, retain_graph: bool | None = None, create_graph: bool = False) -> None:
+        """Accumulate d(self)/d(leaf) into every leaf's ``.grad``. ``grad`` is needed unless self has one element.
+
+        ``retain_graph`` defaults to ``create_graph`` (as in PyTorch): the graph of the gradients built with
+        ``create_graph=True`` runs through this graph's nodes, so freeing them would make those gradients useless.
+        """
         from .backward import run_backward
+        if retain_graph is None:
+            retain_graph = create_graph
         run_backward([self], [grad], retain_graph=retain_graph, create_graph=create_graph)
 
     def register_post_accumulate_grad_hook(self, hook: Callable[["Tensor"], None]) -> Callable[[], None]:

@@ -143,7 +143,7 @@ def _capture(index: int, fn: Function, grad_outputs, grad_inputs) -> BackwardSte
                         inputs=inputs, fn=fn)
 
 
-def backward_steps(loss: Tensor | Sequence[Tensor], grad=None, retain_graph: bool = False,
+def backward_steps(loss: Tensor | Sequence[Tensor], grad=None, retain_graph: bool | None = None,
                    create_graph: bool = False) -> Iterator[BackwardStep]:
     """Run ``loss.backward(grad, retain_graph)`` one node at a time, yielding a ``BackwardStep`` per node.
 
@@ -151,6 +151,8 @@ def backward_steps(loss: Tensor | Sequence[Tensor], grad=None, retain_graph: boo
     ``loss.backward()`` would have put there (stop early and only part of it is done). ``loss`` may also be a
     list of tensors, with ``grad`` a list of matching gradients.
     """
+    if retain_graph is None:  # as Tensor.backward: a graph of gradients runs through this graph's nodes
+        retain_graph = create_graph
     roots = [loss] if isinstance(loss, Tensor) else list(loss)
     grads = [grad] if isinstance(loss, Tensor) else (list(grad) if grad is not None else [None] * len(roots))
     it = backward_iter(roots, grads, retain_graph=retain_graph, create_graph=create_graph)

@@ -6,10 +6,13 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import autograd as ag
 from autograd import backend
 from autograd.backward import BackwardError
+from test_ops_support import gradcheck, gradgradcheck
 
 
 def leaf(values, **kw) -> ag.Tensor:
@@ -237,6 +240,23 @@ def test_hook_modifying_grad_in_place_does_not_corrupt_other_gradients():
     np.testing.assert_allclose(y.grad.numpy(), [6.0, 6.0])
 
 
+def test_create_graph_grads_of_two_leaves_do_not_share_memory():
+    # regression: with create_graph=True, Add's single gradient Tensor became both x.grad and y.grad, so an
+    # in-place update of one (clip_grad_norm scales .grad in place) changed the other
+    x, y = leaf([1.0, 2.0]), leaf([3.0, 4.0])
+    ((x + y) * (x * y)).sum().backward(create_graph=True)
+    assert x.grad.data is not y.grad.data and x.grad.requires_grad and y.grad.requires_grad
+    xv, yv = x.numpy(), y.numpy()
+    np.testing.assert_allclose(x.grad.numpy(), 2 * xv * yv + yv ** 2)  # L = sum(x^2 y + x y^2)
+    np.testing.assert_allclose(y.grad.numpy(), xv ** 2 + 2 * xv * yv)
+    gx, gy = ag.grad(x.grad.sum() + y.grad.sum(), [x, y])               # the copies are still differentiable
+    # sum(x.grad + y.grad) = sum(x^2 + 4xy + y^2) -> d/dx = 2x + 4y, d/dy = 4x + 2y
+    np.testing.assert_allclose(gx.numpy(), 4 * y.numpy() + 2 * x.numpy())
+    np.testing.assert_allclose(gy.numpy(), 4 * x.numpy() + 2 * y.numpy())
+    x.grad.data *= 0.0
+    assert np.all(y.grad.numpy() != 0)
+
+
 def test_hooks_only_on_leaves():
     with pytest.raises(RuntimeError, match="leaf"):
         (leaf([1.0]) * 2.0).register_post_accumulate_grad_hook(lambda t: None)
@@ -308,3 +328,74 @@ def test_mixing_real_devices_is_a_clear_error():
     x = ag.Tensor(np.ones(3), requires_grad=True)
     with pytest.raises(RuntimeError, match="different devices"):
         x + x.to("cuda")
+
+
+# ------------------------------------------------------------------------------------------------ random graphs
+# Random DAGs over a pool of (3, 2) tensors: nodes are reused (fan-out), so gradients meet from several paths in
+# orders that hand-written tests would not think of. Each op keeps the shape (3, 2) so any node can feed any op.
+_DAG_OPS = [
+    lambda a, b: a + b,
+    lambda a, b: a * b,
+    lambda a, b: a - b * 0.5,
+    lambda a, b: a.tanh() * b,
+    lambda a, b: (a * b).sigmoid(),
+    lambda a, b: a / (b * b + 1.0),
+    lambda a, b: a.sum(axis=0, keepdims=True) * b,
+    lambda a, b: a.T.reshape(3, 2) + b,
+    lambda a, b: ag.concatenate([a[1:], b[:1]], axis=0),
+    lambda a, b: a[np.array([0, 0, 2])] * b,
+    lambda a, b: ag.stack(a.split(2, axis=1), axis=1).reshape(3, 2) * b,
+    lambda a, b: (a @ b.T) @ b * 0.3,
+    lambda a, b: a.logsumexp(axis=1, keepdims=True) - b,
+]
+
+
+@st.composite
+def random_dag(draw):
+    n_leaves = draw(st.integers(1, 3))
+    steps = draw(st.lists(st.tuples(st.integers(0, len(_DAG_OPS) - 1), st.integers(0, 100), st.integers(0, 100)),
+                          min_size=1, max_size=8))
+    return n_leaves, steps
+
+
+def _build(n_leaves, steps):
+    def fn(*leaves):
+        pool = list(leaves)
+        for op, i, j in steps:
+            pool.append(_DAG_OPS[op](pool[i % len(pool)], pool[j % len(pool)]))
+        return sum(pool[n_leaves:], pool[-1] * 0.0) if len(pool) > n_leaves else pool[-1]
+    return fn
+
+
+@given(dag=random_dag(), seed=st.integers(0, 2**16))
+@settings(deadline=None)
+def test_random_dags_match_central_differences(dag, seed):
+    n_leaves, steps = dag
+    fn = _build(n_leaves, steps)
+    xs = [np.random.default_rng(seed + k).uniform(-1, 1, (3, 2)) for k in range(n_leaves)]
+    assert gradcheck(fn, xs)
+
+
+@given(dag=random_dag(), seed=st.integers(0, 2**16))
+@settings(deadline=None, max_examples=8)
+def test_random_dags_second_order(dag, seed):
+    n_leaves, steps = dag
+    fn = _build(n_leaves, steps)
+    xs = [np.random.default_rng(seed + k).uniform(-1, 1, (3, 2)) for k in range(n_leaves)]
+    # square the output so every graph has a non-constant first derivative
+    assert gradgradcheck(lambda *t: fn(*t) * fn(*t), xs)
+
+
+def test_backward_and_ag_grad_agree_on_a_dag_with_hooks():
+    r = np.random.default_rng(3)
+    xs = [leaf(r.uniform(-1, 1, (3, 2))) for _ in range(3)]
+    calls = []
+    for k, x in enumerate(xs):
+        x.register_post_accumulate_grad_hook(lambda t, k=k: calls.append(k))
+    out = _build(3, [(1, 0, 1), (3, 3, 2), (6, 4, 0), (9, 5, 3), (11, 6, 1)])(*xs).sum()
+    grads = ag.grad(out, xs, retain_graph=True)
+    assert calls == []                               # ag.grad does not touch .grad, so no hooks
+    out.backward()
+    assert sorted(calls) == [0, 1, 2]                # each hook once
+    for g, x in zip(grads, xs):
+        np.testing.assert_allclose(g.numpy(), x.grad.numpy(), rtol=1e-12)

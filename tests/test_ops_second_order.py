@@ -116,6 +116,18 @@ def test_second_derivative_through_backward_create_graph():
     np.testing.assert_allclose(x.grad.numpy(), 6 * np.array([0.3, -1.1]))
 
 
+def test_backward_create_graph_keeps_the_graph_for_double_backward():
+    # regression: backward(create_graph=True) freed the forward graph (retain_graph defaulted to False), so the
+    # gradient it built, which runs through tanh's saved output, could not be differentiated
+    x = ag.Tensor(np.array([0.3, -1.1]), requires_grad=True)
+    x.tanh().sum().backward(create_graph=True)
+    g = x.grad
+    x.zero_grad()
+    g.sum().backward()
+    t = np.tanh([0.3, -1.1])
+    np.testing.assert_allclose(x.grad.numpy(), -2 * t * (1 - t ** 2))
+
+
 def _mlp_loss(params, x, y):
     W1, b1, W2, b2 = params
     h = (x @ W1 + b1).tanh()
