@@ -244,12 +244,15 @@ STYLE_MODELS = {s: tiny(s, seed=11) for s in STYLES}
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
-def test_gradcheck_whole_gpt_every_parameter(style):
-    m = tiny(style, seed=2)
+@settings(deadline=None, max_examples=3)
+@given(b=st.integers(1, 2), t=st.integers(1, 6), n_layer=st.integers(1, 2), seed=st.integers(0, 99))
+def test_gradcheck_whole_gpt_every_parameter(style, b, t, n_layer, seed):
+    """The loss's gradient w.r.t. every parameter (tied ones included) against central differences, float64."""
+    m = tiny(style, seed=seed, n_layer=n_layer)
     for p in m.parameters():        # non-trivial norms/biases so that every gradient is exercised
-        p.data += np.random.default_rng(0).normal(0, 0.3, p.shape)
-    idx, tgt = tokens(2, 5, seed=3), tokens(2, 5, seed=4)
-    tgt[1, 0] = -100
+        p.data += np.random.default_rng(seed).normal(0, 0.3, p.shape)
+    idx, tgt = tokens(b, t, seed=seed + 1), tokens(b, t, seed=seed + 2)
+    tgt[0, 0] = -100
     assert gradcheck_module(m, [idx], loss_fn=lambda logits: m._loss(logits, tgt, -100), max_elements=200,
                             atol=1e-6, rtol=1e-4)
 

@@ -413,3 +413,12 @@ def test_example_02_attention_step_by_step_runs():
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "They agree" in out.stdout and "[0.4419 0.6515 0.5683]" in out.stdout
+
+
+def test_replacing_a_child_keeps_its_place():
+    net = Net()
+    before = [n for n, _ in net.named_parameters()]
+    net.fc = nn.Linear(4, 3)                     # e.g. a LoRA wrapper swapped in for a Linear
+    assert [n for n, _ in net.named_parameters()] == before
+    net.layers[0] = nn.Linear(3, 3)
+    assert [n for n, _ in net.named_parameters()] == before

@@ -66,11 +66,15 @@ class Module:
         if params is None:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
         modules, buffers = d["_modules"], d["_buffers"]
+        # replacing an entry of the same kind keeps its place (so a LoRA layer swapped in for a Linear keeps the
+        # parameter order, and with it state_dict order); a different kind moves the name to its new registry
         if isinstance(value, Parameter):
-            self._forget(name)
+            if name not in params:
+                self._forget(name)
             params[name] = value
         elif isinstance(value, Module):
-            self._forget(name)
+            if name not in modules:
+                self._forget(name)
             modules[name] = value
         elif name in params:
             if value is not None:

@@ -33,7 +33,7 @@ class FeedForward(Module):
         self.drop = Dropout(dropout, seed=seed)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fc.bias is not None:
+        if self.fc.bias is not None and type(self.fc) is Linear:  # a wrapped fc (LoRA) runs its own forward
             h = F.bias_gelu(F.linear(x, self.fc.weight, None), self.fc.bias)
         else:
             h = F.gelu(self.fc(x))
