@@ -5,6 +5,9 @@ Each rank is ``python script.py args`` (or ``python -m module args``) with these
 rendezvous: the TCP backend's hub, and how NCCL's unique id is shared) and ``TINYGRAD_LLM_LAUNCHER=1``.
 The script calls ``init_distributed()`` and gets the right communicator.
 
+With several ranks, ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` default to
+cores / N (unless set), so CPU ranks do not oversubscribe the machine; under ``mpiexec`` set them yourself.
+
 Every line a rank prints is forwarded with a ``[rank i]`` prefix. When a rank fails (non-zero exit), the launcher
 terminates the others (SIGTERM, then SIGKILL after a grace period) and exits with that rank's code; Ctrl-C does
 the same for every rank.
@@ -49,6 +52,12 @@ def launch(nproc: int, command: list[str], master_addr: str = "127.0.0.1", maste
         raise ValueError("launch needs a script (or -m module) to run")
     port = master_port or free_port(master_addr)
     base = dict(os.environ if env is None else env)
+    if nproc > 1:
+        # N ranks each running a BLAS pool as wide as the machine oversubscribe the cores; OpenBLAS's spinning
+        # threads then make CPU ranks ~30x slower. Give each rank its share unless the user chose (as torchrun).
+        share = str(max(1, (os.cpu_count() or 1) // nproc))
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            base.setdefault(var, share)
     base.update(WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR=master_addr,
                 MASTER_PORT=str(port), TINYGRAD_LLM_LAUNCHER="1", PYTHONUNBUFFERED="1")
     lock = threading.Lock()
