@@ -132,6 +132,7 @@ def test_cross_entropy_matches_composed(data):
     assert ag.gradcheck(lambda z: F.cross_entropy(z, t, reduction="sum"), [logits])
     assert ag.gradcheck(lambda z: F.cross_entropy(z, t, reduction="none"), [logits])
     assert ag.gradgradcheck(lambda z: F.cross_entropy(z, t), [logits])
+    assert ag.gradgradcheck(lambda z: F.cross_entropy(z, t, reduction="none"), [logits])
 
 
 def test_cross_entropy_ignore_index_and_reductions():
