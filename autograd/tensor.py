@@ -136,7 +136,11 @@ class Tensor:
         ``retain_graph`` defaults to ``create_graph`` (as in PyTorch): the graph of the gradients built with
         ``create_graph=True`` runs through this graph's nodes, so freeing them would make those gradients useless.
         """
-        from .backward import run_backward
+        from .backward import BackwardError, run_backward
+        if not self.requires_grad:
+            raise BackwardError(
+                f"backward() of a tensor (shape {self.shape}) that does not require grad: no tensor it was computed "
+                "from has requires_grad=True, or it was computed under no_grad(), so there is nothing to differentiate")
         if retain_graph is None:
             retain_graph = create_graph
         run_backward([self], [grad], retain_graph=retain_graph, create_graph=create_graph)

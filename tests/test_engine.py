@@ -121,6 +121,17 @@ def test_non_scalar_backward_needs_grad():
     np.testing.assert_allclose(x.grad.numpy(), [2.0, 20.0])
 
 
+def test_backward_of_a_constant_is_a_clear_error():
+    # regression: it silently did nothing, hiding a loss computed under no_grad or from detached tensors
+    x = leaf([1.0, 2.0])
+    with ag.no_grad():
+        y = (x * x).sum()
+    with pytest.raises(BackwardError, match="does not require grad"):
+        y.backward()
+    with pytest.raises(BackwardError, match="does not require grad"):
+        (x.detach() * 2.0).sum().backward()
+
+
 def test_backward_grad_of_wrong_shape():
     x = leaf([1.0, 2.0])
     with pytest.raises(BackwardError, match=r"shape \(3,\) but the tensor has shape \(2,\)"):
