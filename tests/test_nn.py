@@ -221,7 +221,7 @@ def test_embedding_errors():
     assert emb(np.array([[0, 4]])).shape == (1, 2, 3)
     with pytest.raises(IndexError, match="out of range"):
         emb(np.array([5]))
-    with pytest.raises(TypeError, match="integers"):
+    with pytest.raises(TypeError, match="integer"):
         emb(np.array([0.5]))
 
 

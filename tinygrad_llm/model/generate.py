@@ -69,7 +69,8 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 0.0, top_k: i
     model.eval()
     try:
         with no_grad():
-            cache = model.new_cache(b) if use_cache and seq.shape[1] <= ctx else None
+            fits = use_cache and seq.shape[1] <= ctx
+            cache = model.new_cache(b, seq.shape[1] + max_new_tokens) if fits else None
             for _ in range(max_new_tokens):
                 t = seq.shape[1]
                 if cache is not None and t > ctx:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from autograd import Tensor, backend
+from autograd import Tensor
 from autograd import functional as F
 
 from .module import Module
@@ -60,18 +60,7 @@ class Embedding(Module):
             normal_(self.weight, 1.0, as_generator(rng))
 
     def forward(self, idx) -> Tensor:
-        idx = idx.data if isinstance(idx, Tensor) else idx
-        if not hasattr(idx, "dtype"):
-            idx = np.asarray(idx)
-        if idx.dtype.kind not in "iu":
-            raise TypeError(f"Embedding: indices must be integers, got dtype {idx.dtype}")
-        if idx.size and isinstance(idx, np.ndarray):  # CPU only: on a GPU the check would sync every step
-            lo, hi = int(idx.min()), int(idx.max())
-            if lo < 0 or hi >= self.num_embeddings:
-                raise IndexError(f"Embedding({self.num_embeddings}, {self.embedding_dim}): index "
-                                 f"{hi if hi >= self.num_embeddings else lo} is out of range [0, {self.num_embeddings})")
-        if backend.device_of(idx) != self.weight.device:
-            idx = backend.to_device(idx, self.weight.device)
+        # F.embedding checks the dtype and (on the CPU) the range, and moves the ids to the weight's device
         return F.embedding(idx, self.weight)
 
     def extra_repr(self) -> str:
