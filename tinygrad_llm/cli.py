@@ -43,6 +43,7 @@ class Command:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    raw: bool = False  # run(Namespace(command=name, rest=[...])) with the unparsed arguments (launch, placeholders)
 
 
 COMMANDS: dict[str, Command] = {}
@@ -52,11 +53,14 @@ PLUGINS = ["tinygrad_llm.train.commands", "tinygrad_llm.finetune.cli", "tinygrad
 
 
 def register_command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
-                     run: Callable[[argparse.Namespace], int], replace: bool = True) -> None:
-    """Add (or replace) the subcommand ``name``: ``configure(parser)`` adds its flags, ``run(args)`` runs it."""
+                     run: Callable[[argparse.Namespace], int], replace: bool = True, raw: bool = False) -> None:
+    """Add (or replace) the subcommand ``name``: ``configure(parser)`` adds its flags, ``run(args)`` runs it.
+
+    raw=True: argparse is bypassed and ``args.rest`` holds the arguments as typed (for wrappers such as launch).
+    """
     if name in COMMANDS and not replace:
         return
-    COMMANDS[name] = Command(name, help, configure, run)
+    COMMANDS[name] = Command(name, help, configure, run, raw)
 
 
 def _load_plugins() -> None:
@@ -100,10 +104,11 @@ def _run_launch(args: argparse.Namespace) -> int:
 
 
 register_command("launch", "start N ranks of a command on this machine (data-parallel training)", _configure_launch,
-                 _run_launch)
+                 _run_launch, raw=True)
 register_command("finetune", "fine-tune a pretrained GPT (classify | instruct)", _configure_rest,
-                 _placeholder("finetune", "tinygrad_llm.finetune"))
-register_command("bench", "training-speed benchmark", _configure_rest, _placeholder("bench", "the benchmarks"))
+                 _placeholder("finetune", "tinygrad_llm.finetune"), raw=True)
+register_command("bench", "training-speed benchmark", _configure_rest, _placeholder("bench", "the benchmarks"),
+                 raw=True)
 
 
 # ---------------------------------------------------------------------------------------------- parser and main
@@ -139,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        if argv and argv[0] in COMMANDS and COMMANDS[argv[0]].raw and not {"-h", "--help"} & set(argv[1:2]):
+            args = argparse.Namespace(command=argv[0], rest=argv[1:], _run=COMMANDS[argv[0]].run)
+        else:
+            args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     if not getattr(args, "command", None):

@@ -29,6 +29,7 @@ _TRAIN_FLAGS = [
     ("--batch-size", "batch_size", int, "sequences per micro-batch (per rank)"),
     ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step"),
     ("--steps", "max_steps", int, "optimizer steps"),
+    ("--epochs", "epochs", int, "train for this many passes over the data (sets --steps)"),
     ("--lr", "lr", float, "peak learning rate"),
     ("--min-lr", "min_lr", float, "final learning rate of the cosine schedule (default lr/10)"),
     ("--warmup", "warmup", int, "linear warmup steps"),

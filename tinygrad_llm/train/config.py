@@ -44,6 +44,7 @@ class TrainConfig:
     batch_size: int = 16
     grad_accum: int = 1
     max_steps: int = 1000
+    epochs: int | None = None           # when set, max_steps = epochs * (train batches per epoch) // grad_accum
     lr: float = 1e-3
     min_lr: float | None = None         # None = lr / 10
     warmup: int = 50

@@ -18,15 +18,17 @@ generators back to the step's start and saves the last completed step. Either wa
 
 Distributed (issue 6). Pass ``comm`` (a ``tinygrad_llm.distributed`` Communicator): each rank reads its shard of
 every global batch, rank 0 logs, samples and writes checkpoints, evaluation is averaged over ranks. Gradients are
-averaged by ``data_parallel`` when given (an object with ``no_sync()`` (context manager for the non-final
-micro-steps) and ``finish()`` (wait for / finish the gradient all-reduce), e.g. ``tl.distributed.DataParallel``),
-otherwise by one all_reduce per gradient after backward (correct, not overlapped).
+averaged by ``data_parallel``: an object with ``no_sync()`` (a context manager for the non-final micro-steps) and
+``finish()`` (complete the gradient all-reduce); by default ``tl.distributed.DataParallel(model, comm)`` is built,
+which broadcasts rank 0's weights and all-reduces gradient buckets while backward runs.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -66,7 +68,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, text: str | None = None, tokenizer=None, model=None,
                  comm=None, data_parallel=None, callbacks: list[Callback] = (), log: Callable[[str], None] | None = None):
-        self.config = cfg = config.validate()
+        self.config = cfg = dataclasses.replace(config).validate()  # a copy: epochs may set max_steps
         self.comm = comm
         self.rank = comm.rank if comm is not None else 0
         self.world_size = comm.world_size if comm is not None else 1
@@ -106,14 +108,17 @@ class Trainer:
         build.seed_generators(self.model, cfg.seed + 1000003 * self.rank)  # ranks draw different dropout masks
         self.model.to(cfg.device, dtype=np.dtype(cfg.dtype))
         self.model.train()
+        if cfg.epochs:
+            cfg.max_steps = max(1, cfg.epochs * len(self.train_loader) // cfg.grad_accum)
         from ..optim import AdamW, make_schedule
         self.optimizer = AdamW(self.model, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
         self.schedule = make_schedule(cfg.schedule, cfg.lr, min(cfg.warmup, cfg.max_steps), cfg.max_steps, cfg.min_lr)
         if ckpt is not None:
             self.load_state(ckpt)
-        elif self.world_size > 1:
-            for p in self.model.parameters():  # every rank starts from rank 0's weights
-                comm.broadcast(p.data, root=0)
+        if self.world_size > 1 and self.data_parallel is None:
+            # broadcasts rank 0's weights, then averages gradients in buckets overlapping backward
+            from ..distributed import DataParallel
+            self.data_parallel = DataParallel(self.model, comm)
         self.metrics = MetricsLog(self.out_dir / "metrics.jsonl",
                                   resume_step=self.step if ckpt is not None else None) if self.is_main else None
 
@@ -282,6 +287,7 @@ class Trainer:
         else:
             from tqdm import tqdm
             tqdm.write(msg)
+            sys.stdout.flush()  # status lines show up promptly when stdout is a file or a pipe
 
     # ------------------------------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
