@@ -63,7 +63,8 @@ class Stage:
 
     def __repr__(self) -> str:
         extra = (" +embeddings" if self.first else "") + (" +head" if self.last else "")
-        return f"Stage({self.index}: blocks {self.lo}..{self.hi - 1} on {self.device}{extra})"
+        blocks = f"blocks {self.lo}..{self.hi - 1}" if self.hi > self.lo else "no blocks"
+        return f"Stage({self.index}: {blocks} on {self.device}{extra})"
 
 
 def split_gpt(model, devices: list[str], balance: list[int] | None = None) -> list[Stage]:
