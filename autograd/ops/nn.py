@@ -37,11 +37,12 @@ def gelu_tanh_local(h: Tensor) -> Tensor:
 class GeluTanh(Function):
     """y = gelu(x), tanh approximation, in one kernel; backward one kernel (Tensor ops under create_graph).
 
-    On the generic path (NumPy, or CuPy without a CUDA GELU kernel) forward keeps the sigmoid factor s for backward,
-    which then needs a third of the passes over the data; with a CUDA kernel nothing extra is kept."""
+    On NumPy, forward keeps the sigmoid factor s for backward, which then needs half the passes over the data (CPU
+    memory is cheap, passes are not); on CuPy nothing extra is kept and backward recomputes (a CUDA kernel, or the
+    generic code), because GPU memory is the scarcer resource."""
 
     def forward(self, x):
-        if K.cuda_kernel("gelu_forward", x) is None:
+        if type(x) is np.ndarray:
             y, _, self.s = K.gelu_forward_saving(x)
             return y
         self.s = None
@@ -59,10 +60,10 @@ class GeluTanh(Function):
 class BiasGelu(Function):
     """y = gelu(x + b) (tanh form); x (..., C), b (C,). The FeedForward's first layer.
 
-    Generic path: forward keeps h = x + b and the sigmoid factor s (see GeluTanh); CUDA kernel path: nothing."""
+    NumPy: forward keeps h = x + b and the sigmoid factor s (see GeluTanh); CuPy: nothing, backward recomputes."""
 
     def forward(self, x, b):
-        if K.cuda_kernel("bias_gelu_forward", x) is None:
+        if type(x) is np.ndarray:
             y, self.h, self.s = K.gelu_forward_saving(x, b)
             return y
         self.h = self.s = None
@@ -289,15 +290,15 @@ class Linear(Function):
 class Attention(Function):
     """o = softmax(q k^T * scale + causal mask) v in one op; q (B, H, Tq, D), k, v (B, H, Tk, D) -> (B, H, Tq, D).
 
-    With a CUDA attention kernel registered, only q, k, v, o and the per-row log-sum-exp are saved and backward
-    recomputes the probabilities (flash-attention's recipe). On the generic path (NumPy, or CuPy without the kernel)
-    the (B, H, Tq, Tk) probabilities are saved instead, as eager PyTorch's math path does: on a CPU that memory is
-    cheap and recomputing q k^T would cost a third more time. First-order fused op."""
+    On CuPy only q, k, v, o and the per-row log-sum-exp are saved and backward recomputes the probabilities
+    (flash-attention's recipe; the CUDA kernel never holds a (Tq, Tk) matrix). On NumPy the (B, H, Tq, Tk)
+    probabilities are saved instead, as eager PyTorch's math path does: CPU memory is cheap and recomputing
+    q k^T would cost a third more time. First-order fused op."""
     differentiable_twice = False
     save_outputs = True
 
     def forward(self, q, k, v):
-        if K.cuda_kernel("attention_forward", q) is None:
+        if type(q) is np.ndarray:
             o, self.lse, self.p = K.attention_probs_forward(q, k, v, self.causal, self.scale)
         else:
             o, self.lse = K.attention_forward(q, k, v, self.causal, self.scale)
