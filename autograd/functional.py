@@ -218,6 +218,9 @@ def dropout(x: Tensor, p: float, training: bool = True, rng: np.random.Generator
         raise ValueError(f"dropout: p must be in [0, 1], got {p}")
     if p == 0.0 or not training:
         return x
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"dropout: rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
+                        f"got {type(rng).__name__}")
     keep = _keep_mask(x.shape, p, rng, x.data)
     scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
     mask = keep.astype(x.dtype)

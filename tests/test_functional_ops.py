@@ -273,6 +273,8 @@ def test_dropout_reproducible_and_statistics():
     assert np.all(F.dropout(x, 1.0).numpy() == 0)
     with pytest.raises(ValueError, match="dropout: p"):
         F.dropout(x, 1.5)
+    with pytest.raises(TypeError, match="numpy.random.Generator"):
+        F.dropout(x, 0.5, rng=3)
 
 
 def test_dropout_gradcheck():
