@@ -180,3 +180,19 @@ def test_data_parallel_world_of_one_is_a_no_op():
     np.testing.assert_array_equal(p.grad.numpy(), [2, 2, 2])
     with dp.no_sync():
         pass
+
+
+# ---------------------------------------------------------------------------------------------- NCCL code path
+def test_nccl_code_path_against_fake_cupy():
+    """nccl.py + DataParallel's stream/event path on a fake CuPy/NCCL (CPU threads as streams, TCP as NCCL)."""
+    res = launch(2, "fake_nccl_check.py")
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    assert "OK fake-nccl all rank 0" in out and "OK fake-nccl all rank 1" in out, out
+
+
+def test_nccl_timeout_aborts_against_fake_cupy():
+    res = launch(2, "fake_nccl_check.py", "timeout", timeout=30)
+    out = res.stdout + res.stderr
+    assert res.returncode == 3, out
+    assert "CAUGHT DistributedTimeoutError" in out and "nccl all_reduce on rank 0 (world size 2)" in out, out

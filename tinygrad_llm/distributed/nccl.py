@@ -72,6 +72,8 @@ class NCCLCommunicator(Communicator):
         super().__init__(rank, world_size, timeout)
         cp, nccl = import_nccl()
         self.cp, self.nccl = cp, nccl
+        from autograd import backend
+        backend.cupy_module()   # the engine recognises CuPy arrays only once it has imported CuPy itself
         if device is None:
             device = rank % cp.cuda.runtime.getDeviceCount()
         self.device = int(device)

@@ -139,5 +139,7 @@ def gpu_device_for_rank(device: str = "cuda") -> str:
         return "cpu"
     if _default is not None and getattr(_default, "device", None) is not None:
         return f"cuda:{_default.device}"
+    if ":" in str(device) and get_world_size() == 1:
+        return str(device)                      # one process: keep the GPU it asked for
     import cupy
     return f"cuda:{local_rank() % cupy.cuda.runtime.getDeviceCount()}"
