@@ -55,6 +55,10 @@ class GPTConfig:
             raise ValueError(f"GPTConfig: n_embd {self.n_embd} must be divisible by n_head {self.n_head}")
         if self.n_kv_heads is not None and (self.n_kv_heads < 1 or self.n_head % self.n_kv_heads):
             raise ValueError(f"GPTConfig: n_kv_heads {self.n_kv_heads} must divide n_head {self.n_head}")
+        if self.ffn_hidden is not None and int(self.ffn_hidden) < 1:
+            raise ValueError(f"GPTConfig: ffn_hidden must be a positive integer or None, got {self.ffn_hidden!r}")
+        if self.norm_eps <= 0 or self.rope_theta <= 0:
+            raise ValueError(f"GPTConfig: norm_eps and rope_theta must be > 0, got {self.norm_eps}, {self.rope_theta}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig: dropout must be in [0, 1), got {self.dropout}")
         if self.norm not in ("layernorm", "rmsnorm"):
