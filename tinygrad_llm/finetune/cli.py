@@ -1,0 +1,144 @@
+"""``tinygrad-llm finetune classify|instruct``: registered with ``tinygrad_llm.cli.register_command`` at import.
+
+    tinygrad-llm finetune classify --data sms.tsv --init-from gpt2/ --epochs 5
+    tinygrad-llm finetune classify --data sms.tsv --checkpoint out/           # a model from `tinygrad-llm train`
+    tinygrad-llm finetune classify --demo --preset micro                       # synthetic data, no downloads
+    tinygrad-llm finetune instruct --data instruction-data.json --init-from gpt2-medium/ --epochs 2
+    tinygrad-llm finetune instruct --demo --preset micro --steps 30
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+__all__ = ["configure", "run", "configure_classify", "configure_instruct", "run_classify_args", "run_instruct_args"]
+
+
+def _common(p: argparse.ArgumentParser, out_default: str, epochs: int) -> None:
+    src = p.add_argument_group("base model (exactly one)")
+    src.add_argument("--init-from", help="a Hugging Face GPT-2 folder: model.safetensors + config.json + "
+                                         "vocab.json/merges.txt (or encoder.json/vocab.bpe)")
+    src.add_argument("--checkpoint", help="a checkpoint folder (or output folder) written by `tinygrad-llm train`")
+    src.add_argument("--preset", help="a fresh random model of this preset (micro, tiny, ...): for trying it out")
+    p.add_argument("--tokenizer", help="tokenizer JSON or GPT-2 files folder (default: the base model's; with "
+                                       "--preset, a BPE trained on the data)")
+    p.add_argument("--vocab-size", type=int, default=512, help="vocabulary of the BPE trained with --preset")
+    p.add_argument("--context-length", type=int, help="context length of a --preset model")
+    p.add_argument("--demo", action="store_true", help="generate a tiny synthetic dataset instead of --data")
+    p.add_argument("--out-dir", default=out_default, help=f"output folder (default {out_default})")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training split (default {epochs})")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default 5e-5, as the book)")
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank instead (0: off)")
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--seed", type=int, default=123)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+
+
+def configure_classify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="CSV/TSV of text and label (header optional; e.g. SMSSpamCollection)")
+    p.add_argument("--val-data", help="validation CSV/TSV (default: split --data 70/10/20)")
+    p.add_argument("--test-data", help="test CSV/TSV")
+    p.add_argument("--text-col", help="text column (header name or 0-based index)")
+    p.add_argument("--label-col", help="label column (header name or 0-based index)")
+    p.add_argument("--trainable", default="last_block",
+                   help="last_block (the book) | all | head | N (last N blocks); final norm and head always train")
+    p.add_argument("--pool", default="last_token", choices=["last_token", "last"],
+                   help="classify the last real token (default) or the last position after EOS padding (the book)")
+    p.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
+    p.add_argument("--balance", action="store_true", help="undersample classes to the smallest (the book's spam set)")
+    p.add_argument("--eval-batches", type=int, default=None, help="batches per loss/accuracy estimate during training")
+    _common(p, "out/classifier", 5)
+
+
+def configure_instruct(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="JSON list of {instruction, input, output} (e.g. the book's instruction-data.json)")
+    p.add_argument("--mask-prompt", action="store_true", help="no loss on the prompt tokens, only the response")
+    p.add_argument("--allowed-max-length", type=int, help="crop batches to this many tokens (default: context length)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="length limit of the generated test responses")
+    p.add_argument("--num-responses", type=int, help="generate for only the first N test records")
+    p.add_argument("--responses", help="output JSON (default OUT_DIR/instruction-data-with-response.json)")
+    p.add_argument("--export-hf", help="also write the fine-tuned model in the Hugging Face GPT-2 layout here")
+    p.add_argument("--eval-batches", type=int, default=5, help="batches per train/val loss estimate")
+    _common(p, "out/instruct", 2)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="task", metavar="TASK")
+    configure_classify(sub.add_parser("classify", help="classification fine-tuning (spam / sentiment ...)"))
+    configure_instruct(sub.add_parser("instruct", help="instruction fine-tuning on Alpaca-style JSON"))
+
+
+def _need_data(args: argparse.Namespace, kind: str):
+    from ..cli import UserError
+    if args.demo and args.data:
+        raise UserError("give --data or --demo, not both")
+    if not args.demo and not args.data:
+        raise UserError(f"--data is required (a {kind}), or --demo for a synthetic one")
+    if args.data and not Path(args.data).is_file():
+        raise UserError(f"--data {args.data!r}: no such file")
+
+
+def _base(args: argparse.Namespace) -> dict:
+    from ..cli import UserError
+    given = [f for f in ("init_from", "checkpoint", "preset") if getattr(args, f)]
+    if len(given) > 1:
+        raise UserError("give one base model: --init-from, --checkpoint or --preset")
+    preset = args.preset or (None if given else ("micro" if args.demo else None))
+    if not given and not preset:
+        raise UserError("no base model: --init-from DIR (GPT-2 weights), --checkpoint DIR or --preset NAME")
+    return dict(init_from=args.init_from, checkpoint=args.checkpoint, preset=preset, tokenizer=args.tokenizer,
+                out_dir=args.out_dir, epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size,
+                lr=args.lr, weight_decay=args.weight_decay, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                seed=args.seed, device=args.device, vocab_size=args.vocab_size,
+                context_length=args.context_length)
+
+
+def run_classify_args(args: argparse.Namespace) -> int:
+    from .demo import write_demo_classification
+    from .run import run_classify
+    _need_data(args, "CSV/TSV of text and label")
+    data = args.data or write_demo_classification(Path(tempfile.mkdtemp(prefix="tl-demo-")) / "demo.tsv")
+    trainable = int(args.trainable) if str(args.trainable).isdigit() else args.trainable
+    res = run_classify(data, args.val_data, args.test_data, trainable=trainable, pool=args.pool,
+                       max_length=args.max_length, balance=args.balance, eval_batches=args.eval_batches,
+                       text_col=args.text_col, label_col=args.label_col, **_base(args))
+    print("accuracy: " + ", ".join(f"{k[:-4]} {res[k]:.1%}" for k in ("train_acc", "val_acc", "test_acc") if k in res)
+          + f"; checkpoint {res['path']}")
+    return 0
+
+
+def run_instruct_args(args: argparse.Namespace) -> int:
+    from .demo import write_demo_instructions
+    from .run import run_instruct
+    _need_data(args, "JSON file of instruction records")
+    data = args.data or write_demo_instructions(Path(tempfile.mkdtemp(prefix="tl-demo-")) / "instructions.json")
+    res = run_instruct(data, mask_prompt=args.mask_prompt, allowed_max_length=args.allowed_max_length,
+                       max_new_tokens=args.max_new_tokens, num_responses=args.num_responses,
+                       responses=args.responses, export_hf=args.export_hf, eval_batches=args.eval_batches,
+                       **_base(args))
+    print(f"responses: {res['responses']}; checkpoint {res['path']}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+    if args.task == "classify":
+        return run_classify_args(args)
+    if args.task == "instruct":
+        return run_instruct_args(args)
+    raise UserError("choose a task: tinygrad-llm finetune classify ... | finetune instruct ... (--help for flags)")
+
+
+def _register() -> None:
+    try:
+        from ..cli import register_command
+    except ImportError:  # pragma: no cover - the CLI module not present
+        return
+    register_command("finetune", "fine-tune a pretrained GPT (classify | instruct)", configure, run)
+
+
+_register()
