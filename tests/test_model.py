@@ -291,3 +291,31 @@ def test_state_dict_round_trip(style):
     small = tiny(style, n_embd=4, n_head=2, n_kv_heads=None)
     with pytest.raises(tl.nn.StateDictError, match="mis-shaped"):
         small.load_state_dict(a.state_dict())
+
+
+# ---------------------------------------------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_gpt_on_gpu_matches_cpu(style):
+    """to('cuda') keeps the Parameter objects; loss and every gradient match the CPU (float64); state_dicts
+    cross devices both ways."""
+    import cupy as cp
+    cpu, gpu = tiny(style, seed=0), tiny(style, seed=0)
+    params = list(gpu.parameters())
+    assert gpu.to("cuda") is gpu and gpu.device.startswith("cuda")
+    assert all(p is q for p, q in zip(params, gpu.parameters()))
+    idx, tgt = tokens(2, 6), tokens(2, 6, seed=1)
+    lc, lg = cpu.loss(idx, tgt), gpu.loss(idx, tgt)         # NumPy ids are moved to the model's device
+    lc.backward()
+    lg.backward()
+    assert abs(lc.item() - lg.item()) < 1e-8
+    for (n, p), (_, q) in zip(cpu.named_parameters(), gpu.named_parameters()):
+        assert isinstance(q.data, cp.ndarray) and isinstance(q.grad.data, cp.ndarray)
+        np.testing.assert_allclose(cp.asnumpy(q.grad.data), p.grad.data, rtol=1e-6, atol=1e-9, err_msg=n)
+    other = tiny(style, seed=5)
+    other.load_state_dict(gpu.state_dict())                # CuPy arrays into a CPU model
+    np.testing.assert_allclose(other(idx).data, cpu(idx).data, atol=1e-10)
+    gpu2 = tiny(style, seed=5).to("cuda")
+    gpu2.load_state_dict(cpu.state_dict())                 # NumPy arrays into a GPU model
+    np.testing.assert_allclose(cp.asnumpy(gpu2(cp.asarray(idx)).data), cpu(idx).data, rtol=1e-6, atol=1e-9)
+    assert isinstance(gpu.cpu().tok_emb.weight.data, np.ndarray)
