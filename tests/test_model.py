@@ -319,3 +319,13 @@ def test_gpt_on_gpu_matches_cpu(style):
     gpu2.load_state_dict(cpu.state_dict())                 # NumPy arrays into a GPU model
     np.testing.assert_allclose(cp.asnumpy(gpu2(cp.asarray(idx)).data), cpu(idx).data, rtol=1e-6, atol=1e-9)
     assert isinstance(gpu.cpu().tok_emb.weight.data, np.ndarray)
+
+
+def test_deepcopy_keeps_the_tie_and_copies_the_weights():
+    import copy
+    m = tiny("gpt2")
+    c = copy.deepcopy(m)
+    assert c.lm_head.weight is c.tok_emb.weight and c.tok_emb.weight is not m.tok_emb.weight
+    np.testing.assert_array_equal(c(tokens(1, 4)).data, m(tokens(1, 4)).data)
+    c.tok_emb.weight.data += 1
+    assert not np.allclose(c(tokens(1, 4)).data, m(tokens(1, 4)).data)
