@@ -47,6 +47,8 @@ class Function:
         arrays = [t.data for t in tensors]
         _check_same_device(arrays, cls.__name__)
         out = fn.forward(*arrays)
+        if isinstance(out, np.generic):  # NumPy gives scalars for 0-d results (x.sum()): keep .data an ndarray
+            out = np.asarray(out)
         multi = isinstance(out, tuple)
         outs = out if multi else (out,)
 

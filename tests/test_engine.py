@@ -85,6 +85,16 @@ def test_float32_leaf_gets_float32_grad_even_when_mixed_with_float64():
     assert x.grad.dtype == np.float32
 
 
+def test_op_results_are_always_ndarrays():
+    # regression: NumPy returns scalars (np.float64) for 0-d results, so .data of x.sum() or of a 0-d product was
+    # not an ndarray: not writeable, and in-place updates of such a .grad (clipping) silently did nothing
+    w = leaf(2.0)
+    s = (leaf(np.ones((2, 3))) * w).sum()
+    assert type(s.data) is np.ndarray and type((w * w).data) is np.ndarray
+    (w * w * 3.0).backward(create_graph=True)
+    assert type(w.grad.data) is np.ndarray and w.grad.data.flags.writeable
+
+
 # ------------------------------------------------------------------------------------------------ release
 def test_second_backward_through_freed_graph_raises_clearly():
     x = leaf([1.0, 2.0])
