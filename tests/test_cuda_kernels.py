@@ -153,6 +153,24 @@ def test_gelu_and_bias_gelu(cp, rng, dtype):
     assert gb.dtype == dtype and gb.shape == (129,)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_gelu_non_contiguous_inputs(cp, rng, dtype):
+    """Views take the ElementwiseKernel path (broadcasting, any strides)."""
+    r, seed = rng
+    x = draw(r, (129, 67), dtype, 2.0)
+    gy = draw(r, (67, 129), dtype)
+    b = draw(r, (129,), dtype)
+    X = dev(cp, x, dtype).T
+    y, d = gelu_ref(x.T)
+    check(gk.get_kernel("gelu_forward")(X), y, dtype, seed, "gelu fwd (view)")
+    check(gk.get_kernel("gelu_backward")(X, dev(cp, gy, dtype)), gy * d, dtype, seed, "gelu bwd (view)")
+    y, d = gelu_ref(x.T + b)
+    check(gk.get_kernel("bias_gelu_forward")(X, dev(cp, b, dtype)), y, dtype, seed, "bias_gelu fwd (view)")
+    gx, gb = gk.get_kernel("bias_gelu_backward")(X, dev(cp, b, dtype), dev(cp, gy, dtype))
+    check(gx, gy * d, dtype, seed, "bias_gelu gx (view)")
+
+
 # ------------------------------------------------------------------------------------------------ norms
 def ln_ref(x, w, b, gy, eps, rms=False):
     mean = np.zeros(x.shape[:-1] + (1,)) if rms else x.mean(-1, keepdims=True)

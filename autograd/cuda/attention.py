@@ -145,6 +145,6 @@ def attention_forward(q, k, v, causal, scale):
 def attention_backward(q, k, v, o, lse, do, causal, scale):
     """(dq, dk, dv) in the inputs' dtype."""
     from . import flash_attention as fa
-    if fa.supports(q, k, v):
+    if fa.supports_backward(q, k, v):
         return fa.flash_backward(q, k, v, o, lse, do, causal, scale)
     return attention_backward_matmul(q, k, v, o, lse, do, causal, scale)

@@ -1,7 +1,7 @@
 """LayerNorm and RMSNorm over the last axis: forward and hand-derived backward as row kernels.
 
-Forward: one block per row; the row is read three times (mean, variance, write) but stays in L1, so device memory
-sees one read of x and one write of y. Statistics (mean, rstd) are kept in the accumulation type (float32 for
+Forward: rows of up to 1024 elements take one warp each and stay in registers (one read of x, one write of y);
+wider rows take one block each and are read three times (mean, variance, write), from L1 after the first. Statistics (mean, rstd) are kept in the accumulation type (float32 for
 float16/float32 inputs, float64 for float64).
 
 Backward (xhat = (x - mean) rstd, g = gy * w):
@@ -43,6 +43,46 @@ __global__ void norm_fwd(const T* __restrict__ x, const T* __restrict__ w, const
         st(yr, i, v);
     }
     if (threadIdx.x == 0) { mean_out[row] = mean; rstd_out[row] = rstd; }
+}
+
+// rows of at most 32 * VPT elements: one warp per row, the row held in registers (one read of x)
+template <typename T, typename A, int VPT>
+__global__ void norm_fwd_warp(const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ b,
+                              T* __restrict__ y, A* __restrict__ mean_out, A* __restrict__ rstd_out,
+                              i64 N, int C, float eps, int has_w, int has_b, int rms) {
+    const int lane = threadIdx.x & 31;
+    const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return;                       // whole warps leave together
+    const T* xr = x + row * C;
+    T* yr = y + row * C;
+    A v[VPT];
+    A s = 0;
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+        const int i = lane + 32 * j;
+        v[j] = i < C ? ld(xr, i) : (A)0;
+        s += v[j];
+    }
+    const A mean = rms ? (A)0 : warp_sum(s) / (A)C;
+    A s2 = 0;
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+        const int i = lane + 32 * j;
+        const A d = i < C ? v[j] - mean : (A)0;
+        s2 += d * d;
+    }
+    const A rstd = (A)1 / sqrt(warp_sum(s2) / (A)C + (A)eps);
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+        const int i = lane + 32 * j;
+        if (i < C) {
+            A o = (v[j] - mean) * rstd;
+            if (has_w) o *= ld(w, i);
+            if (has_b) o += ld(b, i);
+            st(yr, i, o);
+        }
+    }
+    if (lane == 0) { mean_out[row] = mean; rstd_out[row] = rstd; }
 }
 
 // grid-stride over rows; partial gw/gb per block in shared memory (when part_w != 0), written to part_*[block, C]
@@ -89,7 +129,9 @@ __global__ void norm_bwd(const T* __restrict__ gy, const T* __restrict__ x, cons
 """
 
 _TARGS = ["float,float", "half_t,float", "double,double"]
-_mod = LazyModule(_SRC, {"norm_fwd": _TARGS, "norm_bwd": _TARGS})
+_VPT = (4, 8, 16, 32)   # warp-per-row forward for C <= 32 * VPT
+_mod = LazyModule(_SRC, {"norm_fwd": _TARGS, "norm_bwd": _TARGS,
+                         "norm_fwd_warp": [f"{t},{v}" for t in _TARGS for v in _VPT]})
 _SMEM_LIMIT = 48 * 1024
 _sm_count: dict[int, int] = {}
 
@@ -128,9 +170,14 @@ def _forward(x, w, b, eps, rms):
         return y, mean, rstd
     w_ = contiguous(w) if w is not None else x
     b_ = contiguous(b) if b is not None else x
-    k = _mod.kernel("norm_fwd", _targs(x.dtype))
-    k((N,), (row_threads(C),), (x, w_, b_, y, mean, rstd, np.int32(C), np.float32(eps),
-                                np.int32(w is not None), np.int32(b is not None), np.int32(rms)))
+    flags = (np.int32(w is not None), np.int32(b is not None), np.int32(rms))
+    if C <= 32 * _VPT[-1]:
+        vpt = next(v for v in _VPT if C <= 32 * v)
+        k = _mod.kernel("norm_fwd_warp", f"{_targs(x.dtype)},{vpt}")
+        k(((N + 3) // 4,), (128,), (x, w_, b_, y, mean, rstd, np.int64(N), np.int32(C), np.float32(eps), *flags))
+    else:
+        k = _mod.kernel("norm_fwd", _targs(x.dtype))
+        k((N,), (row_threads(C),), (x, w_, b_, y, mean, rstd, np.int32(C), np.float32(eps), *flags))
     return y, mean, rstd
 
 

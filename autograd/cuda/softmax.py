@@ -41,6 +41,59 @@ __global__ void softmax_fwd(const T* __restrict__ x, T* __restrict__ y, int C) {
     for (int i = threadIdx.x; i < C; i += blockDim.x) st(yr, i, exp(ld(xr, i) - M) * inv);
 }
 
+// rows of at most 32 * VPT elements: one warp per row, held in registers (one read, one write)
+template <typename T, typename A, int VPT>
+__global__ void softmax_fwd_warp(const T* __restrict__ x, T* __restrict__ y, i64 N, int C) {
+    const int lane = threadIdx.x & 31;
+    const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const T* xr = x + row * C;
+    T* yr = y + row * C;
+    const A ninf = (A)neg_inf_f();
+    A v[VPT];
+    A m = ninf;
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+        const int i = lane + 32 * j;
+        v[j] = i < C ? ld(xr, i) : ninf;
+        m = v[j] > m ? v[j] : m;
+    }
+    m = warp_max(m);
+    A s = 0;
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) { v[j] = v[j] > ninf ? exp(v[j] - m) : (A)0; s += v[j]; }
+    const A inv = (A)1 / warp_sum(s);
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+        const int i = lane + 32 * j;
+        if (i < C) st(yr, i, v[j] * inv);
+    }
+}
+
+template <typename T, typename A, int VPT>
+__global__ void softmax_bwd_warp(const T* __restrict__ y, const T* __restrict__ gy, T* __restrict__ gx,
+                                 i64 N, int C) {
+    const int lane = threadIdx.x & 31;
+    const i64 row = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= N) return;
+    const i64 off = row * C;
+    A yv[VPT], gv[VPT];
+    A s = 0;
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+        const int i = lane + 32 * j;
+        yv[j] = i < C ? ld(y + off, i) : (A)0;
+        gv[j] = i < C ? ld(gy + off, i) : (A)0;
+        s += yv[j] * gv[j];
+    }
+    s = warp_sum(s);
+#pragma unroll
+    for (int j = 0; j < VPT; ++j) {
+        const int i = lane + 32 * j;
+        if (i < C) st(gx + off, i, yv[j] * (gv[j] - s));
+    }
+}
+
 template <typename T, typename A>
 __global__ void softmax_bwd(const T* __restrict__ y, const T* __restrict__ gy, T* __restrict__ gx, int C) {
     __shared__ A red[32];
@@ -97,7 +150,19 @@ __global__ void xent_bwd(const T* __restrict__ x, const i64* __restrict__ tgt, c
 """
 
 _TARGS = ["float,float", "half_t,float", "double,double"]
-_mod = LazyModule(_SRC, {"softmax_fwd": _TARGS, "softmax_bwd": _TARGS, "xent_fwd": _TARGS, "xent_bwd": _TARGS})
+_VPT = (4, 8, 16, 32)   # warp-per-row kernels for rows of at most 32 * VPT elements
+_WARP = [f"{t},{v}" for t in _TARGS for v in _VPT]
+_mod = LazyModule(_SRC, {"softmax_fwd": _TARGS, "softmax_bwd": _TARGS, "xent_fwd": _TARGS, "xent_bwd": _TARGS,
+                         "softmax_fwd_warp": _WARP, "softmax_bwd_warp": _WARP})
+
+
+def _row_launch(name, dtype, N, C, args):
+    """Warp-per-row kernel for C <= 1024, else one block per row."""
+    if C <= 32 * _VPT[-1]:
+        vpt = next(v for v in _VPT if C <= 32 * v)
+        _mod.kernel(name + "_warp", f"{_targs(dtype)},{vpt}")(((N + 3) // 4,), (128,), args + (np.int64(N), np.int32(C)))
+    else:
+        _mod.kernel(name, _targs(dtype))((N,), (row_threads(C, 8),), args + (np.int32(C),))
 
 
 def _targs(dtype) -> str:
@@ -113,7 +178,7 @@ def softmax_forward(x):
     N = x.size // C if C else 0
     y = cp.empty_like(x)
     if N:
-        _mod.kernel("softmax_fwd", _targs(x.dtype))((N,), (row_threads(C, 8),), (x, y, np.int32(C)))
+        _row_launch("softmax_fwd", x.dtype, N, C, (x, y))
     return y
 
 
@@ -126,7 +191,7 @@ def softmax_backward(y, gy):
     N = y.size // C if C else 0
     gx = cp.empty_like(y)
     if N:
-        _mod.kernel("softmax_bwd", _targs(y.dtype))((N,), (row_threads(C, 8),), (y, gy, gx, np.int32(C)))
+        _row_launch("softmax_bwd", y.dtype, N, C, (y, gy, gx))
     return gx
 
 
