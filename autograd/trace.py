@@ -27,8 +27,8 @@ from .tensor import Tensor
 SMALL = 12
 
 
-def format_array(a, small: int = SMALL, precision: int = 4) -> str:
-    """Short text for an array: the values when it has at most ``small`` elements, else shape and statistics."""
+def format_array(a, small: int = SMALL, precision: int = 4, with_shape: bool = True) -> str:
+    """Short text for an array: the values when it has at most ``small`` elements, else (shape and) statistics."""
     if a is None:
         return "None"
     if isinstance(a, Tensor):
@@ -46,8 +46,8 @@ def format_array(a, small: int = SMALL, precision: int = 4) -> str:
     if a.dtype.kind not in "fiu":
         return f"<{a.dtype} shape={a.shape}>"
     f = a.astype(np.float64)
-    return (f"<shape={a.shape} mean={f.mean():.4g} std={f.std():.4g} "
-            f"min={f.min():.4g} max={f.max():.4g}>")
+    shape = f"shape={a.shape} " if with_shape else ""
+    return f"<{shape}mean={f.mean():.4g} std={f.std():.4g} min={f.min():.4g} max={f.max():.4g}>"
 
 
 def op_rule(fn: Function | type) -> str:

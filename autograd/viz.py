@@ -34,9 +34,9 @@ def _tensor_label(t: Tensor | None, shape, dtype, show_values: bool, small: int)
     lines.append(f"{name} {tuple(shape)}" if name else f"{tuple(shape)}")
     lines.append(str(dtype))
     if t is not None and show_values:
-        lines.append("value " + format_array(t.data, small=small))
+        lines.append("value " + format_array(t.data, small=small, with_shape=False))
         if t.grad is not None:
-            lines.append("grad " + format_array(t.grad.data, small=small))
+            lines.append("grad " + format_array(t.grad.data, small=small, with_shape=False))
     return "\n".join(lines)
 
 
