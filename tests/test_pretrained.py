@@ -205,8 +205,15 @@ def test_export_then_load_gives_identical_logits(tmp_path, tie):
 def test_export_refuses_non_gpt2_models(tmp_path):
     with pytest.raises(ValueError, match="rmsnorm"):
         export_gpt2(tl.GPT(tl.GPTConfig.preset("llama-tiny")), tmp_path / "x")
-    with pytest.raises(ValueError, match="qkv_bias"):
-        export_gpt2(tl.GPT(tl.GPTConfig.preset("micro")), tmp_path / "y")
+
+
+
+def test_models_without_biases_export_with_zero_biases(tmp_path):
+    model = tl.GPT(tl.GPTConfig.preset("micro", vocab_size=50, qkv_bias=False, bias=False), seed=1)
+    perturb(model)
+    back = load_gpt2(export_gpt2(model, tmp_path / "nobias"))
+    ids = np.random.default_rng(0).integers(0, 50, size=(2, 20))
+    np.testing.assert_allclose(back(ids).numpy(), model(ids).numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_tokenizer_files_round_trip(tmp_path):

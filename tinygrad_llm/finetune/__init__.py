@@ -16,6 +16,7 @@ from .instruct import (InstructionDataset, collate, format_example, format_input
                        generate_responses, load_instruction_data, split_instruction_data)
 from .lora import DEFAULT_TARGETS, LoRALinear, LoRAReport, apply_lora, lora_parameters, merge_lora
 from .pretrained import PretrainedFormatError, export_gpt2, load_gpt2, load_gpt2_tokenizer
+from . import demo
 from .run import balance_classes, load_classifier, run_classify, run_instruct, split_classification_data
 
 __all__ = [
@@ -25,5 +26,5 @@ __all__ = [
     "InstructionDataset", "collate", "generate_response", "generate_responses",
     "LoRALinear", "LoRAReport", "apply_lora", "merge_lora", "lora_parameters", "DEFAULT_TARGETS",
     "load_base", "fit", "save_finetuned", "eos_id_of", "run_classify", "run_instruct", "load_classifier",
-    "balance_classes", "split_classification_data",
+    "balance_classes", "split_classification_data", "demo",
 ]

@@ -172,7 +172,7 @@ def hf_config_from_gpt(cfg: GPTConfig) -> dict[str, Any]:
 
 def _check_exportable(cfg: GPTConfig) -> None:
     bad = [f"{k}={getattr(cfg, k)!r} (GPT-2 needs {v!r})" for k, v in
-           (("norm", "layernorm"), ("mlp", "gelu"), ("pos", "learned"), ("bias", True), ("qkv_bias", True))
+           (("norm", "layernorm"), ("mlp", "gelu"), ("pos", "learned"))
            if getattr(cfg, k) != v]
     if cfg.n_kv_heads not in (None, cfg.n_head):
         bad.append(f"n_kv_heads={cfg.n_kv_heads} (GPT-2 has no grouped-query attention)")
@@ -284,7 +284,8 @@ def _our_shapes(cfg: GPTConfig) -> dict[str, tuple]:
 # ------------------------------------------------------------------------------------------------ export
 def export_gpt2(model: GPT, path: str | os.PathLike, tokenizer=None, dtype=np.float32) -> Path:
     """Write ``model`` as a Hugging Face GPT-2 folder: ``model.safetensors`` (HF names without prefix, Conv1D
-    (in, out) weights, no ``lm_head.weight`` when tied, metadata format "pt") and ``config.json``; with a
+    (in, out) weights, no ``lm_head.weight`` when tied, metadata format "pt"; a model built without biases gets
+    zero biases, which computes the same) and ``config.json``; with a
     ``BPETokenizer``, also ``vocab.json`` + ``merges.txt``. Returns the folder. Merge LoRA weights first
     (``merge_lora``). Reloads with ``load_gpt2`` and with ``transformers.GPT2LMHeadModel.from_pretrained``."""
     from safetensors.numpy import save_file
@@ -293,15 +294,21 @@ def export_gpt2(model: GPT, path: str | os.PathLike, tokenizer=None, dtype=np.fl
     cfg = model.config
     hf_cfg = hf_config_from_gpt(cfg)
     ours = {k: backend.to_numpy(v) for k, v in model.state_dict().items()}
-    missing = set(_our_shapes(cfg)) - set(ours) - ({"lm_head.weight"} if cfg.tie_weights else set())
+    missing = {k for k in set(_our_shapes(cfg)) - set(ours) if not k.endswith(".bias")} \
+        - ({"lm_head.weight"} if cfg.tie_weights else set())
     if missing:  # e.g. a model with LoRA layers still in place
         raise ValueError(f"export_gpt2: the model lacks {sorted(missing)[:4]}; call merge_lora(model) first?")
     out: dict[str, np.ndarray] = {}
+    shapes = _our_shapes(cfg)
+
+    def get(name):  # a model without biases (bias/qkv_bias False) is GPT-2 with zero biases
+        return ours[name] if name in ours else np.zeros(shapes[name], dtype=dtype)
+
     for hf, name in _TOP.items():
-        out[hf] = ours[name]
+        out[hf] = get(name)
     for i in range(cfg.n_layer):
         for hf, (name, transpose) in HF_TO_OURS.items():
-            a = ours[f"blocks.{i}.{name}"]
+            a = get(f"blocks.{i}.{name}")
             out[f"h.{i}.{hf}"] = a.T if transpose else a
     if not cfg.tie_weights:
         out["lm_head.weight"] = ours["lm_head.weight"]
