@@ -269,3 +269,15 @@ def test_example_01_runs_and_agrees():
                          text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "they agree" in out.stdout and "step 8: MatMul" in out.stdout and "digraph" in out.stdout
+
+
+@pytest.mark.gpu
+def test_trace_and_dot_on_the_gpu():
+    x = ag.Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True, name="x").to("cuda")
+    w = ag.Tensor(np.ones((3, 2)), requires_grad=True, name="w", device="cuda")
+    loss = (x @ w).tanh().sum()
+    parse_dot(viz.to_dot(loss))
+    steps = list(trace.backward_steps(loss))
+    assert [s.op for s in steps] == ["Sum", "Tanh", "MatMul", "ToDevice"]
+    assert "accumulated into w.grad" in str(steps[2])
+    assert w.grad.device.startswith("cuda")
