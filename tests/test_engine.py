@@ -174,6 +174,23 @@ def test_backward_returning_wrong_shape_is_named():
         Bad.apply(leaf([1.0, 2.0])).sum().backward()
 
 
+def test_double_backward_through_a_first_order_op_names_it():
+    class FusedSquare(ag.Function):
+        differentiable_twice = False
+
+        def forward(self, x):
+            return x * x
+
+        def backward(self, gy):
+            return ag.Tensor(2 * self.inputs[0].data * gy.data)
+
+    x = leaf([1.0, 2.0])
+    (g,) = ag.grad(FusedSquare.apply(x).sum(), x)          # first order is fine
+    np.testing.assert_allclose(g.numpy(), [2.0, 4.0])
+    with pytest.raises(BackwardError, match="FusedSquare is a fused first-order op"):
+        ag.grad(FusedSquare.apply(x).sum(), x, create_graph=True)
+
+
 # ------------------------------------------------------------------------------------------------ no_grad
 def test_no_grad_records_nothing():
     x = leaf([1.0, 2.0])
