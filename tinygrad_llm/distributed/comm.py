@@ -91,6 +91,9 @@ class Communicator(ABC):
     """``rank``, ``world_size``, ``timeout``; collectives on NumPy (MPI, TCP) or CuPy (NCCL) arrays."""
 
     backend = "abstract"
+    #: pending non-blocking collectives advance only while the library is called (MPI without a progress
+    #: thread): DataParallel then polls them from its hooks. NCCL and the synchronous backends need no help.
+    needs_progress = False
 
     def __init__(self, rank: int, world_size: int, timeout: float | None = DEFAULT_TIMEOUT):
         self.rank = int(rank)

@@ -83,6 +83,11 @@ class _Bucket:
         with _on_device(self.device):
             buf = xp.empty(self.numel + n_flags, dtype=self.dtype)
             for i, (p, off) in enumerate(zip(self.params, self.offsets)):
+                if p.dtype != self.dtype or p.device != self.device:
+                    raise RuntimeError(
+                        f"DataParallel: parameter {getattr(p, 'name', None) or i} is now {p.dtype} on {p.device}, "
+                        f"but was {self.dtype} on {self.device} when DataParallel was created; create "
+                        "DataParallel after model.to(device, dtype)")
                 src = p.data if not use_grad else (p.grad.data if p.grad is not None else None)
                 if src is None:
                     buf[off:off + p.size] = 0
@@ -127,7 +132,6 @@ class DataParallel:
         self.params = unique_parameters(model)
         self._sync = True
         self._next_launch = 0          # index of the next bucket to start (buckets start in order)
-        self._launched_any = False
         self.buckets = self._build_buckets([p for p in self.params if p.requires_grad])
         self._where = {id(p): b for b in self.buckets for p in b.params}
         self._removers = []
@@ -200,10 +204,10 @@ class DataParallel:
                 "call dp.finish() after each backward that should communicate, and wrap the earlier micro-steps "
                 "of gradient accumulation in `with dp.no_sync():`")
         b.ready.add(id(p))
-        self._launched_any = True
         if self.overlap:
             self._launch_in_order(force=False)
-            self._progress()
+            if self.comm.needs_progress:
+                self._progress()
 
     def _launch(self, b: _Bucket) -> None:
         b.buffer = b.pack(use_grad=True)
@@ -244,6 +248,5 @@ class DataParallel:
                 b.work = None
                 b.buffer = None
             self._next_launch = 0
-            self._launched_any = False
 
     sync_gradients = finish

@@ -9,8 +9,9 @@ With several ranks, ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_T
 cores / N (unless set), so CPU ranks do not oversubscribe the machine; under ``mpiexec`` set them yourself.
 
 Every line a rank prints is forwarded with a ``[rank i]`` prefix. When a rank fails (non-zero exit), the launcher
-terminates the others (SIGTERM, then SIGKILL after a grace period) and exits with that rank's code; Ctrl-C does
-the same for every rank.
+terminates the others (SIGTERM, then SIGKILL after a grace period) and exits with that rank's code. The first
+Ctrl-C is passed on to every rank as SIGINT (the trainer then saves a checkpoint and exits); a second one, or a
+SIGTERM to the launcher, terminates them all.
 """
 from __future__ import annotations
 
@@ -74,26 +75,58 @@ def launch(nproc: int, command: list[str], master_addr: str = "127.0.0.1", maste
         threads.append(t)
 
     code = 0
+    interrupted = False
+    old_term = _on_sigterm()
     try:
         while True:
-            states = [p.poll() for p in procs]
-            failed = [(r, c) for r, c in enumerate(states) if c not in (None, 0)]
-            if failed:
-                rank, code = failed[0]
+            try:
+                states = [p.poll() for p in procs]
+                failed = [(r, c) for r, c in enumerate(states) if c not in (None, 0)]
+                if failed:
+                    rank, code = failed[0]
+                    with lock:
+                        sys.stderr.write(f"[launch] rank {rank} exited with code {code}; stopping the other ranks\n")
+                        sys.stderr.flush()
+                    break
+                if all(c == 0 for c in states):
+                    break
+                time.sleep(0.05)
+            except KeyboardInterrupt:
+                if interrupted:            # second Ctrl-C: stop everything now
+                    code = 130
+                    break
+                # first Ctrl-C: pass it on (the ranks are in their own sessions and did not get it), so a trainer
+                # can finish its step and save a checkpoint; the loop then sees them exit
+                interrupted = True
                 with lock:
-                    sys.stderr.write(f"[launch] rank {rank} exited with code {code}; stopping the other ranks\n")
-                    sys.stderr.flush()
-                break
-            if all(c == 0 for c in states):
-                break
-            time.sleep(0.05)
-    except KeyboardInterrupt:
-        code = 130
+                    sys.stderr.write("[launch] Ctrl-C: passed on to every rank (press again to kill them)\n")
+                _signal_all(procs, signal.SIGINT)
     finally:
         _terminate(procs, grace)
         for t in threads:
             t.join(timeout=2.0)
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
     return code
+
+
+def _on_sigterm():
+    """Make SIGTERM to the launcher end the ranks too (through the ``finally`` above); returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _signal_all(procs: list[subprocess.Popen], sig) -> None:
+    for p in procs:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
 
 def _terminate(procs: list[subprocess.Popen], grace: float) -> None:

@@ -54,6 +54,7 @@ class MPICommunicator(Communicator):
     """mpi4py's buffer-based collectives on ``comm`` (default ``MPI.COMM_WORLD``)."""
 
     backend = "mpi"
+    needs_progress = True
 
     def __init__(self, comm=None, timeout: float | None = DEFAULT_TIMEOUT):
         MPI = import_mpi()
