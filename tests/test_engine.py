@@ -385,6 +385,11 @@ _DAG_OPS = [
     lambda a, b: ag.stack(a.split(2, axis=1), axis=1).reshape(3, 2) * b,
     lambda a, b: (a @ b.T) @ b * 0.3,
     lambda a, b: a.logsumexp(axis=1, keepdims=True) - b,
+    lambda a, b: a.var(axis=0) * b + (b * b + 1.0).sqrt(),
+    lambda a, b: ag.where(np.array([[True, False]] * 3), a, b.exp()),
+    lambda a, b: (a * 0.5).broadcast_to((2, 3, 2)).mean(axis=0) * b.abs(),
+    lambda a, b: (b * b + 0.5) ** (a * 0.3),
+    lambda a, b: a.swapaxes(0, 1).unsqueeze(0).squeeze(0).T - b,
 ]
 
 
@@ -422,6 +427,23 @@ def test_random_dags_second_order(dag, seed):
     xs = [np.random.default_rng(seed + k).uniform(-1, 1, (3, 2)) for k in range(n_leaves)]
     # square the output so every graph has a non-constant first derivative
     assert gradgradcheck(lambda *t: fn(*t) * fn(*t), xs)
+
+
+@given(dag=random_dag(), seed=st.integers(0, 2**16))
+@settings(deadline=None, max_examples=10)
+def test_random_dags_create_graph_gives_the_same_first_order_grads(dag, seed):
+    n_leaves, steps = dag
+    fn = _build(n_leaves, steps)
+    values = [np.random.default_rng(seed + k).uniform(-1, 1, (3, 2)) for k in range(n_leaves)]
+    a = [leaf(v) for v in values]
+    b = [leaf(v) for v in values]
+    fn(*a).sum().backward()
+    fn(*b).sum().backward(create_graph=True)
+    for x, y in zip(a, b):
+        if x.grad is None:
+            assert y.grad is None
+        else:
+            np.testing.assert_allclose(x.grad.numpy(), y.grad.numpy(), rtol=1e-12, atol=1e-14)
 
 
 def test_backward_and_ag_grad_agree_on_a_dag_with_hooks():
