@@ -26,7 +26,6 @@ communicates once for the accumulated gradients.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable
 
 import numpy as np
 
