@@ -226,3 +226,26 @@ def test_tokenizer_files_round_trip(tmp_path):
     text = "hello there world<|endoftext|>"
     assert back.encode(text) == tok.encode(text)
     assert load_gpt2_tokenizer(tmp_path, required=False) is None
+
+
+def test_bfloat16_checkpoint_loads(tmp_path):
+    """NumPy has no bfloat16: such files (written here by hand in the safetensors format) are widened to float32."""
+    import struct
+    w = random_hf_weights(30, 8, 1, 16)
+    header, blobs, off, widened = {}, [], 0, {}
+    for k, v in w.items():
+        bits = (v.view(np.uint32) >> 16).astype("<u2")
+        widened[k] = (bits.astype(np.uint32) << 16).view(np.float32)
+        b = bits.tobytes()
+        header[k] = {"dtype": "BF16", "shape": list(v.shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    folder = tmp_path / "bf16"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+    (folder / "config.json").write_text(json.dumps(hf_config(30, 8, 1, 16, 2)))
+    m = load_gpt2(folder, dtype=np.float64)
+    ids = np.arange(8)
+    np.testing.assert_allclose(logits_of(m, ids), ref_gpt2_logits(widened, ids, 1, 2), atol=1e-5, rtol=0)

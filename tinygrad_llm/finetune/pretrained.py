@@ -87,13 +87,18 @@ class _TensorFile:
     def file(self, name: str) -> Path:
         return self.where[name][0]
 
-    def read(self, name: str) -> np.ndarray:
-        f, stored, shape, dtype = self.where[name]
-        if dtype == "BF16":   # NumPy has no bfloat16: widen the 16 stored bits to float32 ourselves
-            return _read_bf16(f, stored)
+    def read_many(self, names: list[str]):
+        """Yield (name, array) for ``names``, opening each file once; tensors are read one at a time."""
         from safetensors import safe_open
-        with safe_open(str(f), framework="numpy") as h:
-            return h.get_tensor(stored)
+        by_file: dict[Path, list[str]] = {}
+        for n in names:
+            by_file.setdefault(self.where[n][0], []).append(n)
+        for f, group in by_file.items():
+            with safe_open(str(f), framework="numpy") as h:
+                for n in group:
+                    _, stored, _, dtype = self.where[n]
+                    # NumPy has no bfloat16: widen the 16 stored bits to float32 ourselves
+                    yield n, _read_bf16(f, stored) if dtype == "BF16" else h.get_tensor(stored)
 
 
 def _header(path: Path) -> dict[str, tuple[tuple, str]]:
@@ -230,11 +235,10 @@ def load_gpt2(path: str | os.PathLike, dtype=np.float32, device: str | None = No
     plan = _plan(tf, cfg, where)                       # (hf name, our name, transpose), all checked
     model = GPT(cfg, seed=None, dtype=dtype, init=False)
     params = dict(model.named_parameters())
-    for hf_name, ours, transpose in plan:
-        a = tf.read(hf_name)
-        if transpose:
-            a = a.T
-        params[ours].data[...] = a.astype(params[ours].dtype, copy=False)
+    targets = {hf: (ours, transpose) for hf, ours, transpose in plan}
+    for hf_name, a in tf.read_many(list(targets)):
+        ours, transpose = targets[hf_name]
+        params[ours].data[...] = (a.T if transpose else a).astype(params[ours].dtype, copy=False)
     if device is not None:
         model.to(device)
     return model
