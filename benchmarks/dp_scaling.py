@@ -96,6 +96,7 @@ def run_one(n: int, args, out: str) -> dict:
     else:
         cmd = [sys.executable, "-m", "tinygrad_llm.distributed.launch", "--nproc", str(n), *me]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.setdefault("NCCL_NVLS_ENABLE", "0")   # NVLink multicast stays off on the shared GPU hosts here
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TINYGRAD_LLM_LAUNCHER"):
         env.pop(k, None)
     if n > 1 and args.via == "mpi":   # as the launcher does: one BLAS pool per rank must not take every core

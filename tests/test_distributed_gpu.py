@@ -32,6 +32,7 @@ pytestmark = [pytest.mark.gpu, needs_two_gpus]
 def _env():
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("NCCL_NVLS_ENABLE", "0")   # NVLink multicast stays off on the shared GPU hosts here
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TINYGRAD_LLM_LAUNCHER"):
         env.pop(k, None)
     return env

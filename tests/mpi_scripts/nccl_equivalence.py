@@ -23,6 +23,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+# NVLink multicast (NVLS) stays off on the shared GPU hosts here: it can take their GPUs out of service
+os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
 
 import numpy as np  # noqa: E402
 
