@@ -81,12 +81,21 @@ class Trainer:
         self.tokens_seen = 0
         self.last_val: dict[str, float] = {}
         self._stop_requested = False
+        # mixed precision (issue 5) plugs in here: an object with scale(loss) -> Tensor, unscale(params) -> bool
+        # (divide the grads by the scale; False when any is inf/nan) and update(finite: bool); None = fp32 training
+        self.loss_scaler = None
 
         ckpt = self._find_resume()
         self.resumed_from = ckpt.path if ckpt is not None else None
         state = ckpt.state if ckpt is not None else {}
         if text is None:
             text = build.load_corpus(cfg.data)
+        if cfg.init_from and model is None and ckpt is None:
+            # continued pretraining / fine-tuning from released GPT-2 weights (a Hugging Face safetensors folder)
+            from ..pretrained import load_gpt2, load_gpt2_tokenizer
+            model = load_gpt2(cfg.init_from, dtype=np.dtype(cfg.dtype), dropout=cfg.model.get("dropout", 0.0))
+            if tokenizer is None and cfg.tokenizer in ("bpe", "char"):
+                tokenizer = load_gpt2_tokenizer(cfg.init_from)
         if tokenizer is None and "tokenizer" in state:
             from ..tokenizer import load_tokenizer
             tokenizer = load_tokenizer(state["tokenizer"])
@@ -227,12 +236,18 @@ class Trainer:
                     else contextlib.nullcontext())
             with sync:
                 loss = lm_loss(self.model, x, y)
-                (loss if cfg.grad_accum == 1 else loss * (1.0 / cfg.grad_accum)).backward()
+                scaled = loss if cfg.grad_accum == 1 else loss * (1.0 / cfg.grad_accum)
+                if self.loss_scaler is not None:
+                    scaled = self.loss_scaler.scale(scaled)
+                scaled.backward()
             total = total + loss.data  # stays on the device: one host sync per step, below
         self._sync_grads()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        gnorm = F_clip(params, cfg.grad_clip)
-        if math.isfinite(gnorm):
+        finite = self.loss_scaler.unscale(params) if self.loss_scaler is not None else True
+        gnorm = F_clip(params, cfg.grad_clip) if finite else float("inf")
+        if self.loss_scaler is not None:
+            self.loss_scaler.update(finite and math.isfinite(gnorm))
+        if math.isfinite(gnorm):  # a non-finite gradient skips the update (mixed precision overflow)
             self.optimizer.step()
         self.optimizer.zero_grad()
         self.step += 1
