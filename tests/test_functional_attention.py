@@ -158,3 +158,32 @@ def test_contract_kernels_match_saving_paths():
     ref[1] = 0
     np.testing.assert_allclose(d, 0.5 * ref, atol=1e-12)
     assert count == 4 and abs(loss_sum - (-np.log(p[[0, 2, 3, 4], [1, 6, 0, 3]])).sum()) < 1e-12
+
+
+@pytest.mark.parametrize("has_w,has_b", [(True, True), (True, False), (False, True), (False, False)])
+def test_layer_norm_contract_matches_saving_path(has_w, has_b):
+    rng = np.random.default_rng(7)
+    x, gy = rng.standard_normal((2, 3, 6)), rng.standard_normal((2, 3, 6))
+    w = rng.standard_normal(6) if has_w else None
+    b = rng.standard_normal(6) if has_b else None
+    y, mean, rstd = K.layer_norm_forward(x, w, b, 1e-5)
+    y2, rstd2, xhat = K.layer_norm_forward_saving(x, w, b, 1e-5)
+    np.testing.assert_allclose(y, y2, atol=1e-12)
+    np.testing.assert_allclose(rstd.reshape(-1), rstd2, atol=1e-12)
+    gx, gw, gb = K.layer_norm_backward(gy, x, w, mean, rstd)
+    gx2, gw2, gb2 = K.layer_norm_backward_saved(gy, xhat, w, rstd2, has_b)
+    np.testing.assert_allclose(gx, gx2, atol=1e-12)
+    if has_w:
+        np.testing.assert_allclose(gw, gw2, atol=1e-12)
+    if has_b:
+        np.testing.assert_allclose(gb, gb2, atol=1e-12)
+
+
+def test_cross_entropy_contract_matches_saving_path():
+    rng = np.random.default_rng(8)
+    logits, t = rng.standard_normal((6, 5)) * 3, np.array([0, 4, -1, 2, -1, 1])
+    loss_sum, lse, count = K.cross_entropy_forward(logits, t, -1)
+    loss_sum2, count2, e, inv = K.cross_entropy_forward_saving(logits, t, -1)
+    assert count == count2 == 4 and abs(loss_sum - loss_sum2) < 1e-12
+    np.testing.assert_allclose(K.cross_entropy_backward(logits, t, lse, 0.25, -1),
+                               K.cross_entropy_backward_saved(e, inv, t, 0.25, -1, logits.dtype), atol=1e-12)

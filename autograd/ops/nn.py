@@ -146,8 +146,13 @@ class CrossEntropy(Function):
             picked = l2[xp.arange(l2.shape[0]), xp.where(valid, t, 0)].astype(lse.dtype)
             self.lse, self.count = lse, None
             return ((lse - picked) * valid).astype(logits.dtype).reshape(self.targets.shape)
-        loss_sum, lse, count = K.cross_entropy_forward(l2, t, self.ignore_index)
-        self.lse, self.count = lse, count
+        if type(l2) is np.ndarray:  # NumPy: keep exp(x - max) so backward is a single pass
+            loss_sum, count, self.e, self.inv_sum = K.cross_entropy_forward_saving(l2, t, self.ignore_index)
+            self.lse = None
+        else:
+            loss_sum, self.lse, count = K.cross_entropy_forward(l2, t, self.ignore_index)
+            self.e = None
+        self.count = count
         if self.reduction == "mean":
             loss_sum = loss_sum / count if count else loss_sum * 0
         # a float16 loss would overflow once a GradScaler multiplies it: reduced-precision logits give a float32 loss
@@ -167,6 +172,9 @@ class CrossEntropy(Function):
                 d = K.cross_entropy_backward.generic(logits.data.reshape(-1, V), self.targets.reshape(-1), self.lse,
                                                      1.0, self.ignore_index)
                 d *= scale.astype(d.dtype)[:, None]
+            elif self.e is not None:
+                d = K.cross_entropy_backward_saved(self.e, self.inv_sum, self.targets.reshape(-1), scale,
+                                                   self.ignore_index, logits.dtype)
             else:
                 d = K.cross_entropy_backward(logits.data.reshape(-1, V), self.targets.reshape(-1), self.lse, scale,
                                              self.ignore_index)
@@ -195,13 +203,20 @@ class LayerNorm(Function):
     def forward(self, x, *wb):
         w = wb[0] if self.has_w else None
         b = wb[-1] if self.has_b else None
+        if type(x) is np.ndarray:  # NumPy: keep xhat for a cheaper backward (CPU memory is cheap)
+            y, self.rstd, self.xhat = K.layer_norm_forward_saving(x, w, b, self.eps)
+            return y
+        self.xhat = None
         y, self.mean, self.rstd = K.layer_norm_forward(x, w, b, self.eps)
         return y
 
     def backward(self, gy):
         x = self.inputs[0]
         w = self.inputs[1].data if self.has_w else None
-        gx, gw, gb = K.layer_norm_backward(gy.data, x.data, w, self.mean, self.rstd)
+        if self.xhat is not None:
+            gx, gw, gb = K.layer_norm_backward_saved(gy.data, self.xhat, w, self.rstd, self.has_b)
+        else:
+            gx, gw, gb = K.layer_norm_backward(gy.data, x.data, w, self.mean, self.rstd)
         out = [Tensor(gx)]
         if self.has_w:
             out.append(Tensor(gw))
