@@ -116,3 +116,14 @@ def test_usage_errors(capsys):
     assert main([]) == 2
     assert main(["train", "--steps", "notanumber"]) == 2
     assert main(["finetune", "classify"]) in (0, 2)  # placeholder until tinygrad_llm.finetune adds it
+
+
+def test_resume_reuses_saved_config(tmp_path, capsys):
+    data = _corpus(tmp_path)
+    out = tmp_path / "run"
+    args = [a if a != "4" else "2" for a in TINY]  # 2 steps
+    assert main(["train", *args, "--data", str(data), "--out-dir", str(out)]) == 0
+    # resume with only --steps: the tiny model, char tokenizer and data come from the saved run's config
+    assert main(["train", "--resume", "--steps", "3", "--out-dir", str(out), "--no-progress",
+                 "--sample-tokens", "0"]) == 0
+    assert (out / "latest").read_text().strip() == "step_000003"

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint", "resolve_checkpoint",
-           "list_checkpoints", "FORMAT"]
+           "list_checkpoints", "read_checkpoint_json", "FORMAT"]
 
 FORMAT = "tinygrad-llm-checkpoint/1"
 MODEL_FILE = "model.safetensors"
@@ -317,6 +317,19 @@ def _load_safetensors(path: Path, info: dict) -> dict[str, np.ndarray]:
         return dict(load_file(str(path)))
     except Exception as e:  # SafetensorError, header JSON errors, size mismatches
         raise CheckpointError(f"{path}: not a valid safetensors file (truncated or corrupted?): {e}") from None
+
+
+def read_checkpoint_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON part of a checkpoint (``{"format", "step", "files", "state"}``, tensors left as references),
+    without reading the tensors: cheap, for looking at a run's config or step."""
+    meta_path = resolve_checkpoint(path) / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{meta_path}: cannot read ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("state"), dict):
+        raise CheckpointError(f"{meta_path}: not a tinygrad-llm checkpoint")
+    return meta
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -65,8 +65,29 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _saved_config(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+    """On --resume, the resumed run's own config is the base (flags given now still override it)."""
+    from .checkpoint import CheckpointError, read_checkpoint_json
+    path = (args.out_dir or base.out_dir) if args.resume == "auto" else args.resume
+    try:
+        saved = read_checkpoint_json(path)["state"].get("train_config")
+    except CheckpointError:
+        if args.resume == "auto":
+            return base  # nothing to resume yet: a fresh run
+        raise
+    if not isinstance(saved, dict):
+        return base
+    known = set(TrainConfig.field_names())
+    return TrainConfig.from_dict({k: v for k, v in saved.items() if k in known and k != "resume"})
+
+
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     base = load_config_file(args.config) if args.config else TrainConfig()
+    if args.resume is not None:
+        saved = _saved_config(args, base)
+        if args.config:  # file settings override the saved run's, flags override both
+            saved = load_config_file(args.config, saved)
+        base = saved
     over = {dest: getattr(args, dest) for _, dest, _, _ in _TRAIN_FLAGS if getattr(args, dest) is not None}
     model = {dest: getattr(args, f"model_{dest}") for _, dest, _ in _MODEL_FLAGS
              if getattr(args, f"model_{dest}") is not None}
