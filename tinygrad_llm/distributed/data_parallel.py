@@ -78,7 +78,7 @@ class _Bucket:
         """
         xp = backend.get_xp(self.device)
         n_flags = len(self.params) if use_grad else 0
-        flags = np.ones(n_flags, dtype=self.dtype)
+        missing = []
         with _on_device(self.device):
             buf = xp.empty(self.numel + n_flags, dtype=self.dtype)
             for i, (p, off) in enumerate(zip(self.params, self.offsets)):
@@ -90,11 +90,14 @@ class _Bucket:
                 src = p.data if not use_grad else (p.grad.data if p.grad is not None else None)
                 if src is None:
                     buf[off:off + p.size] = 0
-                    flags[i] = 0
+                    missing.append(i)
                 else:
                     buf[off:off + p.size] = src.reshape(-1)
             if n_flags:
-                buf[self.numel:] = xp.asarray(flags)      # one host-to-device copy for all the flags
+                # fills, not a host-to-device copy: a copy from host memory would wait for the GPU to catch up
+                buf[self.numel:] = 1
+                for i in missing:
+                    buf[self.numel + i] = 0
         return buf
 
     def unpack_grads(self, buf) -> None:
