@@ -153,3 +153,18 @@ def test_bad_checkpoint_changes_nothing(tmp_path):
 def test_too_short_corpus(tmp_path):
     with pytest.raises(ValueError, match="too short"):
         Trainer(_cfg(tmp_path, block_size=64), text="abc " * 20, log=lambda m: None)
+
+
+def test_real_sigint_stops_after_the_step(tmp_path):
+    import signal
+
+    def ctrl_c_at_2(trainer, record):
+        if record["step"] == 2:
+            signal.raise_signal(signal.SIGINT)  # the trainer's handler only sets a flag
+
+    before = signal.getsignal(signal.SIGINT)
+    tr = Trainer(_cfg(tmp_path), text=_text(), callbacks=[ctrl_c_at_2], log=lambda m: None)
+    summary = tr.train()
+    assert summary["interrupted"] and summary["step"] == 2
+    assert load_checkpoint(tmp_path).step == 2
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored

@@ -136,7 +136,10 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"done: step {summary['step']}, " + (f"val loss {val:.4f} (ppl {summary['val_ppl']:.1f}), " if val
                                                    is not None else "")
               + f"{total:.0f} s; checkpoint {summary['checkpoint']}")
-        for s in summary["samples"]:
+        samples = list(summary["samples"])
+        if samples and not cfg.sample_prompt:  # one more, from a prompt, to show continuation
+            samples.append(trainer.sample("The "))
+        for s in samples:
             print("--- sample ---\n" + s + "\n--------------")
         if summary["interrupted"]:
             print(f"resume with: tinygrad-llm train --out-dir {cfg.out_dir} --resume")
