@@ -65,6 +65,15 @@ def test_mpi_dead_rank_raises_timeout_error():
 
 
 @pytest.mark.mpi
+def test_mpi_hung_rank_raises_and_abort_ends_the_job():
+    # rank 1 sleeps 120 s: only rank 0's comm.abort() (MPI_Abort) can end the job within the 30 s allowed here
+    res = mpirun(2, "dp_check.py", "hang", timeout=30)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out
+    assert "CAUGHT DistributedTimeoutError" in out and "rank 1 exits early" not in out, out
+
+
+@pytest.mark.mpi
 def test_mpi_checkpoint_resume_with_other_rank_counts(tmp_path):
     """Save after 2 of 4 steps with 2 ranks; resuming with 1 rank and with 3 ranks ends at the same parameters."""
     assert_ok(mpirun(2, "dp_check.py", "ckpt_save", str(tmp_path)), "ckpt_save", 2)

@@ -3,6 +3,7 @@
     python dp_check.py equiv            N ranks with batch b == one process with batch N*b (float64, 1e-10)
     python dp_check.py accum            no_sync accumulation: one communication per step, same result
     python dp_check.py timeout          rank 1 exits early; rank 0 must raise DistributedTimeoutError
+    python dp_check.py hang             rank 1 hangs; rank 0 raises, then MPI_Abort ends both
     python dp_check.py ckpt_save DIR    train 4 steps, rank 0 checkpoints after step 2 and saves the final params
     python dp_check.py ckpt_resume DIR  resume from DIR's checkpoint (any number of ranks), compare the final params
     python dp_check.py collectives      broadcast / all_gather / reduce_scatter / barrier / metrics helpers
@@ -110,10 +111,13 @@ def count_calls(comm):
     return counter
 
 
-def check_timeout(comm):
+def check_timeout(comm, hang: bool = False):
     model = TinyMLP(seed=0)
     dp = DataParallel(model, comm)
     if comm.rank == 1:
+        if hang:
+            print("rank 1 hangs", flush=True)
+            time.sleep(120)          # only MPI_Abort from rank 0 ends this early
         print("rank 1 exits early", flush=True)
         sys.exit(0)
     loss = mse(dp, *global_batch(0, B))
@@ -193,7 +197,7 @@ def check_collectives(comm):
 
 def main():
     mode = sys.argv[1]
-    comm = init_distributed(backend(), timeout=2.0 if mode == "timeout" else 60.0)
+    comm = init_distributed(backend(), timeout=2.0 if mode in ("timeout", "hang") else 60.0)
     if mode == "equiv":
         diff = check_equiv(comm)
     elif mode == "accum":
@@ -201,8 +205,8 @@ def main():
         diff = max(diff, check_equiv(comm, accumulate=3, overlap=True, steps=2))
     elif mode == "gpt":
         diff = check_gpt(comm)
-    elif mode == "timeout":
-        check_timeout(comm)
+    elif mode in ("timeout", "hang"):
+        check_timeout(comm, hang=mode == "hang")
     elif mode == "ckpt_save":
         check_ckpt_save(comm, sys.argv[2])
         diff = 0.0
