@@ -1,5 +1,7 @@
 """Flash attention for float16 on tensor cores (mma.sync m16n8k16, float32 accumulation): no T x T matrix in memory.
 
+Operands come from shared memory through ldmatrix (.trans where the tile must be read column-wise).
+
 Forward (FlashAttention-2 style): a block of 4 warps takes 64 queries of one (batch, head); each warp owns 16 query
 rows whose Q fragments stay in registers. Key/value tiles of 64 rows go through shared memory; per tile a warp
 computes S = Q K^T (16 x 64) on tensor cores, applies the causal mask, updates its running row max / sum (online
@@ -42,6 +44,44 @@ __device__ __forceinline__ u32 pack2(float lo, float hi) { return (u32)f2h(lo) |
 __device__ __forceinline__ u32 pack2h(unsigned short lo, unsigned short hi) { return (u32)lo | ((u32)hi << 16); }
 __device__ __forceinline__ u32 ld32(const half_t* p) { return *reinterpret_cast<const u32*>(p); }
 __device__ __forceinline__ float pos_inf_f() { return __int_as_float(0x7f800000); }
+__device__ __forceinline__ u32 smem_addr(const half_t* p) {
+    unsigned long long a; asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p)); return (u32)a;
+}
+// four 8x8 half matrices from shared memory; lane l gives the address of row (l & 7) of matrix (l >> 3)
+__device__ __forceinline__ void ldsm4(u32* r, const half_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)) : "memory");
+}
+__device__ __forceinline__ void ldsm4t(u32* r, const half_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)) : "memory");
+}
+// S[nt] (16 x 8) += A (16 x D, fragments a) . B^T where B rows are 8 rows of a (rows, D + 8) tile starting at row0
+template <int D>
+__device__ __forceinline__ void mma_abt(float* c, const u32 (*a)[4], const half_t* tile, int row0) {
+    const int lane = threadIdx.x & 31;
+    const half_t* p = tile + (row0 + (lane & 7)) * (D + 8) + (lane >> 3) * 8;
+#pragma unroll
+    for (int kc = 0; kc < D / 16; kc += 2) {
+        u32 b[4];
+        ldsm4(b, p + kc * 16);
+        mma16816(c, a[kc], b[0], b[1]);
+        mma16816(c, a[kc + 1], b[2], b[3]);
+    }
+}
+// O[nd] (16 x 8 each, all D/8 of them) += P (16 x 16, fragment pa) . tile rows [k0, k0 + 16) (16 x D)
+template <int D>
+__device__ __forceinline__ void mma_pv(float (*o)[4], const u32* pa, const half_t* tile, int k0) {
+    const int lane = threadIdx.x & 31, j = lane >> 3;
+    const half_t* p = tile + (k0 + (j & 1) * 8 + (lane & 7)) * (D + 8) + (j >> 1) * 8;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; nd += 2) {
+        u32 b[4];
+        ldsm4t(b, p + nd * 8);
+        mma16816(o[nd], pa, b[0], b[1]);
+        mma16816(o[nd + 1], pa, b[2], b[3]);
+    }
+}
 
 // copy rows [row0, row0 + 64) of a (T, D) half matrix into shared memory with row stride D + 8; zero rows >= T
 template <int D>
@@ -80,7 +120,7 @@ __global__ void __launch_bounds__(128) flash_fwd(const half_t* __restrict__ Q, c
     const i64 bh = blockIdx.y;
     Q += bh * Tq * D; O += bh * Tq * D; L += bh * Tq;
     K += bh * Tk * D; V += bh * Tk * D;
-    const int qblock = blockIdx.x * 64;
+    const int qblock = (gridDim.x - 1 - blockIdx.x) * 64;   // causal: the longest rows start first
     const int q0 = qblock + warp * 16;
     const int shift = Tk - Tq;
     u32 qa[D / 16][4];
@@ -105,9 +145,7 @@ __global__ void __launch_bounds__(128) flash_fwd(const half_t* __restrict__ Q, c
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            const half_t* kr = Ks + (nt * 8 + gid) * (D + 8) + tig * 2;
-#pragma unroll
-            for (int kc = 0; kc < D / 16; ++kc) mma16816(s[nt], qa[kc], ld32(kr + kc * 16), ld32(kr + kc * 16 + 8));
+            mma_abt<D>(s[nt], qa, Ks, nt * 8);
         }
         const bool need_mask = (k0 + 64 > Tk) || (causal && k0 + 63 > q0 + shift);
 #pragma unroll
@@ -151,14 +189,7 @@ __global__ void __launch_bounds__(128) flash_fwd(const half_t* __restrict__ Q, c
             pa[1] = pack2(s[2 * kc][2], s[2 * kc][3]);
             pa[2] = pack2(s[2 * kc + 1][0], s[2 * kc + 1][1]);
             pa[3] = pack2(s[2 * kc + 1][2], s[2 * kc + 1][3]);
-            const half_t* v0 = Vs + (kc * 16 + tig * 2) * (D + 8) + gid;
-#pragma unroll
-            for (int nd = 0; nd < D / 8; ++nd) {
-                const half_t* vp = v0 + nd * 8;
-                const u32 b0 = pack2h(vp[0], vp[D + 8]);
-                const u32 b1 = pack2h(vp[8 * (D + 8)], vp[9 * (D + 8)]);
-                mma16816(o[nd], pa, b0, b1);
-            }
+            mma_pv<D>(o, pa, Vs, kc * 16);
         }
     }
 #pragma unroll
@@ -223,13 +254,8 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
         for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
             for (int c = 0; c < 4; ++c) { st[nt][c] = 0.f; dp[nt][c] = 0.f; }
-            const half_t* qr = Qs + (nt * 8 + gid) * (D + 8) + tig * 2;
-            const half_t* dr = dOs + (nt * 8 + gid) * (D + 8) + tig * 2;
-#pragma unroll
-            for (int kc = 0; kc < D / 16; ++kc) {
-                mma16816(st[nt], ka[kc], ld32(qr + kc * 16), ld32(qr + kc * 16 + 8));
-                mma16816(dp[nt], va[kc], ld32(dr + kc * 16), ld32(dr + kc * 16 + 8));
-            }
+            mma_abt<D>(st[nt], ka, Qs, nt * 8);
+            mma_abt<D>(dp[nt], va, dOs, nt * 8);
         }
         // P^T and dS^T (unscaled) in place
 #pragma unroll
@@ -255,15 +281,8 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
             sa[1] = pack2(dp[2 * kc][2], dp[2 * kc][3]);
             sa[2] = pack2(dp[2 * kc + 1][0], dp[2 * kc + 1][1]);
             sa[3] = pack2(dp[2 * kc + 1][2], dp[2 * kc + 1][3]);
-            const half_t* d0 = dOs + (kc * 16 + tig * 2) * (D + 8) + gid;
-            const half_t* q0p = Qs + (kc * 16 + tig * 2) * (D + 8) + gid;
-#pragma unroll
-            for (int nd = 0; nd < D / 8; ++nd) {
-                const half_t* dpp = d0 + nd * 8;
-                mma16816(dv[nd], pa, pack2h(dpp[0], dpp[D + 8]), pack2h(dpp[8 * (D + 8)], dpp[9 * (D + 8)]));
-                const half_t* qp = q0p + nd * 8;
-                mma16816(dk[nd], sa, pack2h(qp[0], qp[D + 8]), pack2h(qp[8 * (D + 8)], qp[9 * (D + 8)]));
-            }
+            mma_pv<D>(dv, pa, dOs, kc * 16);
+            mma_pv<D>(dk, sa, Qs, kc * 16);
             // dS^T rows (keys) of this warp -> shared memory, [key][query]
             const int kr = warp * 16 + gid;
             *reinterpret_cast<u32*>(dSs + kr * 72 + kc * 16 + tig * 2) = sa[0];
@@ -276,21 +295,14 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
         float dq[D / 8][4];
 #pragma unroll
         for (int i = 0; i < D / 8; ++i) { dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f; }
-        const int qa_ = warp * 16 + gid;
+        // A = dS (rows: queries) is the transpose of dSs: ldmatrix.trans of (8 keys x 8 queries) blocks
+        const int j = lane >> 3;
+        const half_t* sp = dSs + ((j >> 1) * 8 + (lane & 7)) * 72 + warp * 16 + (j & 1) * 8;
 #pragma unroll
         for (int kc = 0; kc < 4; ++kc) {
-            const half_t* s0 = dSs + (kc * 16 + tig * 2) * 72;
             u32 a[4];
-            a[0] = pack2h(s0[qa_], s0[72 + qa_]);
-            a[1] = pack2h(s0[qa_ + 8], s0[72 + qa_ + 8]);
-            a[2] = pack2h(s0[8 * 72 + qa_], s0[9 * 72 + qa_]);
-            a[3] = pack2h(s0[8 * 72 + qa_ + 8], s0[9 * 72 + qa_ + 8]);
-            const half_t* k0p = Ks + (kc * 16 + tig * 2) * (D + 8) + gid;
-#pragma unroll
-            for (int nd = 0; nd < D / 8; ++nd) {
-                const half_t* kp = k0p + nd * 8;
-                mma16816(dq[nd], a, pack2h(kp[0], kp[D + 8]), pack2h(kp[8 * (D + 8)], kp[9 * (D + 8)]));
-            }
+            ldsm4t(a, sp + kc * 16 * 72);
+            mma_pv<D>(dq, a, Ks, kc * 16);
         }
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
