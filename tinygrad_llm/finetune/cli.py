@@ -30,7 +30,8 @@ def _common(p: argparse.ArgumentParser, out_default: str, epochs: int) -> None:
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training split (default {epochs})")
     p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (default 5e-5, as the book)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate (default 5e-5 as the book; 1e-3 for a fresh --preset model)")
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank instead (0: off)")
     p.add_argument("--lora-alpha", type=float, default=16.0)
@@ -45,7 +46,7 @@ def configure_classify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-col", help="text column (header name or 0-based index)")
     p.add_argument("--label-col", help="label column (header name or 0-based index)")
     p.add_argument("--trainable", default="last_block",
-                   help="last_block (the book) | all | head | N (last N blocks); final norm and head always train")
+                   help="last_block (the book) | all | head | N (the last N blocks + final norm); the head always trains")
     p.add_argument("--pool", default="last_token", choices=["last_token", "last"],
                    help="classify the last real token (default) or the last position after EOS padding (the book)")
     p.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
@@ -90,9 +91,10 @@ def _base(args: argparse.Namespace) -> dict:
     preset = args.preset or (None if given else ("micro" if args.demo else None))
     if not given and not preset:
         raise UserError("no base model: --init-from DIR (GPT-2 weights), --checkpoint DIR or --preset NAME")
+    lr = args.lr if args.lr is not None else (1e-3 if preset else 5e-5)
     return dict(init_from=args.init_from, checkpoint=args.checkpoint, preset=preset, tokenizer=args.tokenizer,
                 out_dir=args.out_dir, epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size,
-                lr=args.lr, weight_decay=args.weight_decay, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                lr=lr, weight_decay=args.weight_decay, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                 seed=args.seed, device=args.device, vocab_size=args.vocab_size,
                 context_length=args.context_length)
 
