@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tinygrad_llm as tl
-from tinygrad_llm.distributed.pipeline import PipelineParallel, schedule_ops, split_gpt
+from tinygrad_llm.distributed.pipeline import PipelineParallel, balance_by_cost, schedule_ops, split_gpt
 
 
 def _cfg(**kw):
@@ -88,6 +88,9 @@ def test_split_gpt_errors_and_balance():
     model = tl.GPT(_cfg(n_layer=4), seed=0)
     stages = split_gpt(model, ["cpu"] * 3)
     assert [(s.lo, s.hi) for s in stages] == [(0, 1), (1, 3), (3, 4)]
+    # GPT-2 124M: the LM head weighs ~5 blocks, so the last of 2 stages gets fewer blocks
+    assert balance_by_cost(tl.GPTConfig.preset("gpt2-124m"), 2) == [8, 4]
+    assert sum(balance_by_cost(tl.GPTConfig.preset("gpt2-124m"), 4)) == 12
     with pytest.raises(ValueError, match="balance"):
         split_gpt(model, ["cpu", "cpu"], balance=[1, 1])
     with pytest.raises(ValueError, match="schedule"):

@@ -28,7 +28,7 @@ def __getattr__(name):
     if name == "TCPCommunicator":
         from .tcp import TCPCommunicator
         return TCPCommunicator
-    if name in ("GPipe", "PipelineParallel", "split_gpt"):
+    if name in ("PipelineParallel", "split_gpt", "balance_by_cost", "schedule_ops"):
         from . import pipeline
         return getattr(pipeline, name)
     if name == "launch":
@@ -43,5 +43,5 @@ __all__ = [
     "get_world_size", "is_main_process", "local_rank", "gpu_device_for_rank", "launched_by_mpi",
     "launched_by_launcher", "shard_range", "shard_batch", "shard_indices", "global_batch_rows", "sharded_lm_batch",
     "all_reduce_mean", "reduce_metrics", "MPICommunicator", "NCCLCommunicator", "TCPCommunicator",
-    "PipelineParallel", "split_gpt", "launch",
+    "PipelineParallel", "split_gpt", "balance_by_cost", "schedule_ops", "launch",
 ]

@@ -67,22 +67,46 @@ class Stage:
         return f"Stage({self.index}: {blocks} on {self.device}{extra})"
 
 
+def balance_by_cost(cfg, n_stages: int) -> list[int]:
+    """Blocks per stage that minimise the slowest stage's FLOPs, counting the LM head on the last stage.
+
+    Per token, a block costs about 24 C^2 (its six C x C-sized products) + 2 C T (causal attention over a context
+    of T); the head costs 2 C V, which for GPT-2 124M is ~5 blocks, so the last stage gets fewer blocks.
+    Contiguous split, exact (dynamic programming over the cut points); ties go to the earlier cut.
+    """
+    n, c = cfg.n_layer, cfg.n_embd
+    block = 24 * c * c + 2 * c * cfg.context_length
+    head = 2 * c * cfg.vocab_size
+    best: dict[tuple[int, int], tuple[float, list[int]]] = {}
+
+    def solve(start: int, stages: int) -> tuple[float, list[int]]:
+        # blocks[start:] over `stages` stages, the last of which carries the head
+        key = (start, stages)
+        if key not in best:
+            left = n - start
+            if stages == 1:
+                best[key] = (left * block + head, [left])
+            else:
+                options = []
+                for k in range(left + 1):
+                    rest, split = solve(start + k, stages - 1)
+                    options.append((max(k * block, rest), [k] + split))
+                best[key] = min(options, key=lambda o: o[0])
+        return best[key]
+    return solve(0, n_stages)[1]
+
+
 def split_gpt(model, devices: list[str], balance: list[int] | None = None) -> list[Stage]:
     """Move ``model``'s parts onto ``devices`` (in place) and return one Stage per device.
 
-    balance: blocks per stage (sums to n_layer); default as even as possible, extra blocks to the middle stages
-    (the first and last stages also carry the embeddings and the head).
+    balance: blocks per stage (sums to n_layer); default ``balance_by_cost`` (the head's cost counted).
     """
     n = len(model.blocks)
     p = len(devices)
     if p < 1:
         raise ValueError("split_gpt needs at least one device")
     if balance is None:
-        base, extra = divmod(n, p)
-        order = sorted(range(p), key=lambda s: (s in (0, p - 1), s))   # middle stages first
-        balance = [base] * p
-        for s in order[:extra]:
-            balance[s] += 1
+        balance = balance_by_cost(model.config, p)
     if len(balance) != p or sum(balance) != n or min(balance) < 0:
         raise ValueError(f"split_gpt: balance {balance} must give each of {p} stages a count of blocks, "
                          f"summing to the model's {n} blocks")
