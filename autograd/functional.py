@@ -265,7 +265,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         return _nn.Linear.apply(x, weight)
     bias = _t(bias)
     if bias.shape != (weight.shape[0],):
-        raise ValueError(f"linear: bias must have shape ({weight.shape[0]},) for weight {weight.shape}, got {bias.shape}")
+        raise ValueError(f"linear: bias must have shape ({weight.shape[0]},) for weight {weight.shape}, "
+                         f"got {bias.shape}")
     return _nn.Linear.apply(x, weight, bias)
 
 

@@ -10,8 +10,6 @@ them raises a clear error naming the op; compose them from primitive ops if you 
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .. import backend
@@ -329,7 +327,3 @@ class Attention(Function):
             dq, dk, dv = K.attention_backward(q.data, k.data, v.data, o, self.lse, do.data, self.causal, self.scale)
         need = self.needs_input_grad
         return (Tensor(dq) if need[0] else None, Tensor(dk) if need[1] else None, Tensor(dv) if need[2] else None)
-
-
-def default_attention_scale(d: int) -> float:
-    return 1.0 / math.sqrt(d)
