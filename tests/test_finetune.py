@@ -177,11 +177,12 @@ def test_instruction_training_reduces_loss():
 def test_run_classify_and_reload(tmp_path):
     data = ft.demo.write_demo_classification(tmp_path / "demo.tsv", n=80)
     res = ft.run_classify(data, preset="micro", out_dir=str(tmp_path / "clf"), epochs=1, batch_size=8, lr=3e-3,
+                          pool="last",
                           vocab_size=300, log=lambda s: None)
     assert set(res) >= {"train_acc", "val_acc", "test_acc", "path"} and res["labels"] == ["ham", "spam"]
     assert res["losses"][-1] < res["losses"][0]
     clf, tok, info = ft.load_classifier(res["path"])
-    assert info["labels"] == ["ham", "spam"]
+    assert info["labels"] == ["ham", "spam"] and clf.pad_to == res["model"].pad_to == info["max_length"]
     texts = ["Free prize, call now to claim", "See you at lunch tomorrow"]
     assert ft.classify_texts(clf, tok, texts, info["labels"]) == \
         ft.classify_texts(res["model"], res["tokenizer"], texts, info["labels"])

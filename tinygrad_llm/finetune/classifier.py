@@ -51,6 +51,7 @@ class GPTClassifier(Module):
             raise ValueError(f"GPTClassifier: pool must be 'last_token' or 'last', got {pool!r}")
         self.gpt = gpt
         self.num_classes, self.pool = int(num_classes), pool
+        self.pad_to: int | None = None   # pool "last": the fixed padded length used in training (set by run_classify)
         c = gpt.config.n_embd
         self.head = Linear(c, self.num_classes, bias=True, dtype=gpt.dtype, rng=seed)
         if gpt.device != "cpu":
@@ -70,7 +71,10 @@ class GPTClassifier(Module):
             pos = np.asarray(backend.to_numpy(lengths), dtype=np.int64) - 1
             if pos.shape != (b,) or pos.min() < 0 or pos.max() >= t:
                 raise ValueError(f"GPTClassifier: lengths must be (B,) = ({b},) values in 1..{t}, got {lengths}")
-            last = h[np.arange(b), pos]
+            rows, cols = np.arange(b), pos
+            if h.device != "cpu":  # index a CuPy array with CuPy indices
+                rows, cols = backend.to_device(rows, h.device), backend.to_device(cols, h.device)
+            last = h[rows, cols]
         return self.head(last)
 
     def loss(self, idx, labels, lengths=None) -> Tensor:
@@ -268,10 +272,13 @@ def evaluate_loss(clf: GPTClassifier, ds: ClassificationDataset, batch_size: int
 
 def classify_texts(clf: GPTClassifier, tokenizer, texts: Sequence[str], label_names: Sequence[str] | None = None,
                    max_length: int | None = None, pad_to: int | None = None) -> list:
-    """Predicted label (name when ``label_names`` is given, else id) of each text."""
+    """Predicted label (name when ``label_names`` is given, else id) of each text. With pool "last" texts are
+    truncated and padded to ``pad_to`` (default ``clf.pad_to``, the training length), as the book's
+    ``classify_review``."""
     from .common import eos_id_of
+    pad_to = pad_to or clf.pad_to
     ds = ClassificationDataset(texts, [0] * len(texts), tokenizer,
-                               max_length or clf.config.context_length, eos_id_of(tokenizer))
+                               max_length or pad_to or clf.config.context_length, eos_id_of(tokenizer))
     preds = []
     clf.eval()
     with no_grad():

@@ -46,12 +46,14 @@ def configure_classify(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-col", help="text column (header name or 0-based index)")
     p.add_argument("--label-col", help="label column (header name or 0-based index)")
     p.add_argument("--trainable", default="last_block",
-                   help="last_block (the book) | all | head | N (the last N blocks + final norm); the head always trains")
+                   help="last_block (the book) | all | head | N (the last N blocks + final norm); "
+                        "the head always trains")
     p.add_argument("--pool", default="last_token", choices=["last_token", "last"],
                    help="classify the last real token (default) or the last position after EOS padding (the book)")
     p.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
     p.add_argument("--balance", action="store_true", help="undersample classes to the smallest (the book's spam set)")
     p.add_argument("--eval-batches", type=int, default=None, help="batches per loss/accuracy estimate during training")
+    p.add_argument("--predict", action="append", metavar="TEXT", help="classify TEXT after training (repeatable)")
     _common(p, "out/classifier", 5)
 
 
@@ -110,6 +112,11 @@ def run_classify_args(args: argparse.Namespace) -> int:
                        text_col=args.text_col, label_col=args.label_col, **_base(args))
     print("accuracy: " + ", ".join(f"{k[:-4]} {res[k]:.1%}" for k in ("train_acc", "val_acc", "test_acc") if k in res)
           + f"; checkpoint {res['path']}")
+    if args.predict:
+        from .classifier import classify_texts
+        for text, label in zip(args.predict, classify_texts(res["model"], res["tokenizer"], args.predict,
+                                                            res["labels"])):
+            print(f"{label}\t{text}")
     return 0
 
 

@@ -23,7 +23,7 @@ __all__ = ["load_base", "fit", "save_finetuned", "eos_id_of"]
 
 
 def eos_id_of(tokenizer, default: int = 50256) -> int:
-    """The tokenizer's end-of-text id (GPT-2's 50256 when it has none... and the vocabulary is that large)."""
+    """The tokenizer's end-of-text id (GPT-2's 50256 when it names none and the vocabulary is that large)."""
     eos = getattr(tokenizer, "eos_id", None)
     if eos is None:
         if tokenizer.vocab_size > default:
@@ -81,7 +81,8 @@ def load_base(init_from: str | None = None, checkpoint: str | None = None, prese
     if tokenizer is None:
         raise ValueError("no tokenizer: pass --tokenizer (a tokenizer JSON or a folder with GPT-2's files)")
     if tokenizer.vocab_size > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {model.config.vocab_size}")
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                         f"{model.config.vocab_size}")
     return model, tokenizer
 
 
@@ -135,7 +136,8 @@ def fit(model, params, loss_fn: Callable[[Any], ag.Tensor], train_batches: Calla
 
 
 def _fmt(d: dict) -> str:
-    return " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items() if k not in ("step", "epoch"))
+    return " ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in d.items()
+                    if k not in ("step", "epoch"))
 
 
 def save_finetuned(out_dir: str | os.PathLike, model, tokenizer, step: int, extra: dict[str, Any],

@@ -3,7 +3,7 @@
     report = apply_lora(model, rank=8, alpha=16)      # qkv, proj and fc Linear layers -> LoRALinear; all else frozen
     print(report)                                     # LoRA: 24 layers, trainable 294,912 of 124,734,720 (0.24%)
     ... train: only lora_A / lora_B get gradients and updates ...
-    merge_lora(model)                                 # W += (alpha/r) (A B)^T, LoRALinear -> Linear: a plain model again
+    merge_lora(model)                                 # W += (alpha/r) (A B)^T; LoRALinear -> Linear again
 
 A ``LoRALinear`` keeps the wrapped Linear's own ``weight`` and ``bias`` Parameter objects (so parameter names,
 tied weights and checkpoints of the base are unchanged) and adds ``lora_A`` (in, r) and ``lora_B`` (r, out):

@@ -6,7 +6,6 @@ merged), and returns a summary dict.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,6 +79,7 @@ def run_classify(data: str, val_data: str | None = None, test_data: str | None =
     pad_to = length if pool == "last" else None
 
     clf = GPTClassifier(gpt, len(names), trainable=trainable, pool=pool, seed=seed)
+    clf.pad_to = pad_to
     if lora_rank:
         log(str(apply_lora(clf, lora_rank, lora_alpha, keep_trainable=("head",), seed=seed)))
     else:
@@ -125,6 +125,7 @@ def load_classifier(path: str, dtype=np.float32):
         raise ValueError(f"{ck.path}: not a classifier checkpoint (no 'classifier' section)")
     gpt = GPT(model_config_from_dict(ck["model_config"]), seed=None, dtype=dtype, init=False)
     clf = GPTClassifier(gpt, info["num_classes"], trainable="all", pool=info["pool"])
+    clf.pad_to = info["max_length"] if info["pool"] == "last" else None
     clf.load_state_dict(ck.model)
     clf.eval()
     return clf, load_tokenizer(ck["tokenizer"]), info
