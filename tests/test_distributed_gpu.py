@@ -69,3 +69,25 @@ def test_nccl_dead_rank_times_out():
     out = res.stdout + res.stderr
     assert res.returncode != 0, out
     assert "CAUGHT DistributedTimeoutError" in out and "nccl all_reduce on rank 0" in out, out
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_pipeline_over_two_gpus_matches_one_device(schedule):
+    """Stages on cuda:0 and cuda:1 (tied embedding crossing GPUs), float64: loss and grads equal one GPU's."""
+    import numpy as np
+
+    import tinygrad_llm as tl
+    from tinygrad_llm.distributed.pipeline import PipelineParallel
+    cfg = tl.GPTConfig(vocab_size=101, context_length=32, n_layer=4, n_head=4, n_embd=64, dropout=0.0)
+    ref = tl.GPT(cfg, seed=2, dtype=np.float64, device="cuda:0")
+    model = tl.GPT(cfg, seed=2, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    idx, tgt = rng.integers(0, 101, (8, 32)), rng.integers(0, 101, (8, 32))
+    ref_loss = ref.loss(idx, tgt)
+    ref_loss.backward()
+    pipe = PipelineParallel(model, ["cuda:0", "cuda:1"], n_micro=4, schedule=schedule)
+    assert model.lm_head.weight is model.tok_emb.weight and model.tok_emb.weight.device == "cuda:0"
+    loss = pipe.train_step(idx, tgt)
+    assert abs(loss - ref_loss.item()) < 1e-10
+    for (name, a), b in zip(ref.named_parameters(), model.parameters()):
+        np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), rtol=0, atol=1e-10, err_msg=name)

@@ -6,8 +6,9 @@
 
 Stage s holds a contiguous run of blocks on ``devices[s]``; stage 0 also holds the embeddings, the last stage the
 final norm and the LM head. Each stage runs as its own piece of graph: its input is a leaf copy of the previous
-stage's output moved with the engine's differentiable ``Tensor.to(device)``, so the backward of stage s ends by
-copying the input gradient back to stage s-1's device, and stage s-1's backward starts from it. That makes every
+stage's output moved with a differentiable device copy (``StageCopy``: ``Tensor.to(device)`` plus CUDA event
+ordering between the two GPUs' streams, see ``device_copy``), so the backward of stage s ends by copying the
+input gradient back to stage s-1's device, and stage s-1's backward starts from it. That makes every
 (stage, micro-batch, forward/backward) an operation the schedule can order freely:
 
 - ``gpipe``: all forwards, then all backwards (holds m micro-batches' activations);
@@ -27,11 +28,61 @@ from __future__ import annotations
 
 import numpy as np
 
-from autograd import Tensor, backend
+from autograd import Function, Tensor, backend
 from autograd import functional as F
 from autograd.grad_mode import no_grad
 
 from .data_parallel import unique_parameters
+
+
+def device_copy(a, device: str):
+    """Copy array ``a`` to ``device``, ordered against both GPUs' current streams (a two-way barrier).
+
+    CuPy copies between GPUs on the *destination's* current stream only, so without events the copy could read
+    ``a`` before the source GPU has finished writing it, and the source could reuse ``a``'s memory before the copy
+    has read it. We record an event on the source stream that the destination stream waits for, and the reverse
+    after the copy (what PyTorch does for cross-device copies). Host and same-device copies go to
+    ``backend.to_device`` unchanged.
+    """
+    kind, index = backend.parse_device(device)
+    if kind != "cuda" or not backend.is_cupy_array(a):
+        return backend.to_device(a, device)
+    cp = backend.cupy_module()
+    index = cp.cuda.Device().id if index is None else index
+    src = a.device.id
+    if src == index:
+        return a
+    with cp.cuda.Device(src):
+        a = cp.ascontiguousarray(a)
+        ready = cp.cuda.Event(disable_timing=True)
+        ready.record(cp.cuda.get_current_stream())
+    with cp.cuda.Device(index):
+        cp.cuda.get_current_stream().wait_event(ready)
+        out = cp.empty(a.shape, dtype=a.dtype)
+        out.data.copy_from_device_async(a.data, a.nbytes)
+        done = cp.cuda.Event(disable_timing=True)
+        done.record(cp.cuda.get_current_stream())
+    with cp.cuda.Device(src):
+        cp.cuda.get_current_stream().wait_event(done)
+    return out
+
+
+class StageCopy(Function):
+    """y = x on another device (differentiable; the gradient is copied back), with stream ordering (device_copy)."""
+
+    def forward(self, x):
+        self.src = backend.device_of(x)
+        return device_copy(x, self.device)
+
+    def backward(self, gy):
+        return StageCopy.apply(gy, device=self.src)
+
+
+def to_device(t: Tensor, device: str) -> Tensor:
+    """``t.to(device)`` with the cross-GPU ordering of ``device_copy``; the tensor itself when already there."""
+    if backend.device_of(t.data) == backend.canonical_device(device):
+        return t
+    return StageCopy.apply(t, device=device)
 
 
 class Stage:
@@ -55,7 +106,7 @@ class Stage:
             x = m.final_norm(x)
             w = m.lm_head.weight
             if backend.device_of(w.data) != backend.canonical_device(self.device):
-                w = w.to(self.device)        # tied embedding on stage 0: a differentiable copy
+                w = to_device(w, self.device)   # tied embedding on stage 0: a differentiable copy
                 x = F.linear(x, w, None)
             else:
                 x = m.lm_head(x)
@@ -203,12 +254,17 @@ class PipelineParallel:
 
         Gradients accumulate into the parameters' ``.grad`` (call ``opt.zero_grad()`` between steps).
         """
-        idx = idx.data if isinstance(idx, Tensor) else np.asarray(idx) if not hasattr(idx, "shape") else idx
-        targets = targets.data if isinstance(targets, Tensor) else targets
+        idx = idx.data if isinstance(idx, Tensor) else idx if hasattr(idx, "shape") else np.asarray(idx)
+        targets = targets.data if isinstance(targets, Tensor) else targets if hasattr(targets, "shape") \
+            else np.asarray(targets)
         tgt_host = backend.to_numpy(targets)
         n_valid = [int((self._micro(tgt_host, j) != self.ignore_index).sum()) for j in range(self.n_micro)]
         total = max(1, sum(n_valid))
         p = len(self.stages)
+        # one host-to-device copy each, before any work is queued: a copy from host memory waits for the GPU
+        # to go idle, which would stall the pipeline if done per micro-batch
+        idx = device_copy(idx, self.stages[0].device)
+        targets = device_copy(targets, self.stages[-1].device)
         inputs: dict[tuple[int, int], Tensor] = {}    # (stage, micro) -> leaf input of stage (s > 0)
         outputs: dict[tuple[int, int], Tensor] = {}   # (stage, micro) -> stage output (loss for the last)
         losses = []
@@ -217,16 +273,15 @@ class PipelineParallel:
                 st = self.stages[s]
                 if op == "F":
                     if s == 0:
-                        x = backend.to_device(self._micro(idx, j), st.device)
+                        x = self._micro(idx, j)
                     else:
                         prev = outputs[(s - 1, j)]
                         leaf = Tensor(prev.data, requires_grad=True)   # the cut between stages
                         inputs[(s, j)] = leaf
-                        x = leaf.to(st.device)                          # differentiable device copy
+                        x = to_device(leaf, st.device)                  # differentiable device copy
                     out = st(x)
                     if s == p - 1:
-                        t = backend.to_device(self._micro(targets, j), st.device)
-                        loss = F.cross_entropy(out, t, ignore_index=self.ignore_index)
+                        loss = F.cross_entropy(out, self._micro(targets, j), ignore_index=self.ignore_index)
                         out = loss * (n_valid[j] / total)
                         losses.append(out.data)
                     outputs[(s, j)] = out
@@ -244,7 +299,7 @@ class PipelineParallel:
     def __call__(self, idx):
         """Inference forward of the whole batch through every stage: logits (B, T, V) on the last device."""
         with no_grad():
-            x = backend.to_device(idx.data if isinstance(idx, Tensor) else np.asarray(idx), self.devices[0])
+            x = device_copy(idx.data if isinstance(idx, Tensor) else np.asarray(idx), self.devices[0])
             for st in self.stages:
-                x = st(x if st.first else x.to(st.device))
+                x = st(x if st.first else to_device(x, st.device))
             return x
