@@ -187,3 +187,32 @@ def test_cross_entropy_contract_matches_saving_path():
     assert count == count2 == 4 and abs(loss_sum - loss_sum2) < 1e-12
     np.testing.assert_allclose(K.cross_entropy_backward(logits, t, lse, 0.25, -1),
                                K.cross_entropy_backward_saved(e, inv, t, 0.25, -1, logits.dtype), atol=1e-12)
+
+
+def test_recompute_paths_when_nothing_is_saved(monkeypatch):
+    """With the save limit at 0 the fused ops take the branch CuPy takes (recompute through the KERNEL_API
+    functions): same values and gradients."""
+    from autograd.ops import nn as nn_ops
+    rng = np.random.default_rng(9)
+    x, b = rng.standard_normal((2, 3, 5)), rng.standard_normal(5)
+    q, k, v = (rng.standard_normal((1, 2, 3, 4)) for _ in range(3))
+    t = np.array([[0, 4, -100], [2, 1, 3]])
+    cases = [
+        (F.gelu, [x]), (F.bias_gelu, [x, b]), (F.layer_norm, [x, b, b]), (lambda a: F.layer_norm(a), [x]),
+        (lambda a: F.cross_entropy(a, t), [x]), (F.scaled_dot_product_attention, [q, k, v]),
+    ]
+    saved = []
+    for fn, arrays in cases:
+        ts = [T(a) for a in arrays]
+        y = fn(*ts)
+        y.backward(ag.Tensor(np.ones(y.shape)))
+        saved.append((y.numpy(), [a.grad.numpy() for a in ts]))
+    monkeypatch.setattr(nn_ops, "SAVE_FOR_BACKWARD_LIMIT_BYTES", 0)
+    for (fn, arrays), (y_ref, g_ref) in zip(cases, saved):
+        ts = [T(a) for a in arrays]
+        y = fn(*ts)
+        y.backward(ag.Tensor(np.ones(y.shape)))
+        np.testing.assert_allclose(y.numpy(), y_ref, atol=1e-12)
+        for a, g in zip(ts, g_ref):
+            np.testing.assert_allclose(a.grad.numpy(), g, atol=1e-12)
+        assert ag.gradcheck(fn, arrays)

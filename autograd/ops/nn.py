@@ -21,6 +21,17 @@ from .elementwise import Tanh
 from .shape import ScatterAdd, reshape, sum_to
 
 
+#: Largest array (bytes) a fused op keeps from forward for a cheaper backward on NumPy (GELU's sigmoid factor,
+#: LayerNorm's xhat, cross-entropy's exp(x - max), attention's probabilities). Above it, or on CuPy, backward
+#: recomputes from the inputs instead, so a large model on the CPU does not hold several extra copies per layer.
+SAVE_FOR_BACKWARD_LIMIT_BYTES = 64 << 20
+
+
+def _save_on_cpu(a, n_elements: int) -> bool:
+    """True when ``a`` is a NumPy array and an n_elements array of its accumulation dtype fits the limit."""
+    return type(a) is np.ndarray and n_elements * max(a.itemsize, 4) <= SAVE_FOR_BACKWARD_LIMIT_BYTES
+
+
 def _last_axis(axis: int, ndim: int) -> bool:
     return axis == -1 or axis == ndim - 1
 
@@ -40,7 +51,7 @@ class GeluTanh(Function):
     generic code), because GPU memory is the scarcer resource."""
 
     def forward(self, x):
-        if type(x) is np.ndarray:
+        if _save_on_cpu(x, x.size):
             y, _, self.s = K.gelu_forward_saving(x)
             return y
         self.s = None
@@ -61,7 +72,7 @@ class BiasGelu(Function):
     NumPy: forward keeps h = x + b and the sigmoid factor s (see GeluTanh); CuPy: nothing, backward recomputes."""
 
     def forward(self, x, b):
-        if type(x) is np.ndarray:
+        if _save_on_cpu(x, x.size):
             y, self.h, self.s = K.gelu_forward_saving(x, b)
             return y
         self.h = self.s = None
@@ -144,7 +155,7 @@ class CrossEntropy(Function):
             picked = l2[xp.arange(l2.shape[0]), xp.where(valid, t, 0)].astype(lse.dtype)
             self.lse, self.count = lse, None
             return ((lse - picked) * valid).astype(logits.dtype).reshape(self.targets.shape)
-        if type(l2) is np.ndarray:  # NumPy: keep exp(x - max) so backward is a single pass
+        if _save_on_cpu(l2, l2.size):  # NumPy: keep exp(x - max) so backward is a single pass
             loss_sum, count, self.e, self.inv_sum = K.cross_entropy_forward_saving(l2, t, self.ignore_index)
             self.lse = None
         else:
@@ -201,7 +212,7 @@ class LayerNorm(Function):
     def forward(self, x, *wb):
         w = wb[0] if self.has_w else None
         b = wb[-1] if self.has_b else None
-        if type(x) is np.ndarray:  # NumPy: keep xhat for a cheaper backward (CPU memory is cheap)
+        if _save_on_cpu(x, x.size):  # NumPy: keep xhat for a cheaper backward (CPU memory is cheap)
             y, self.rstd, self.xhat = K.layer_norm_forward_saving(x, w, b, self.eps)
             return y
         self.xhat = None
@@ -311,7 +322,7 @@ class Attention(Function):
     save_outputs = True
 
     def forward(self, q, k, v):
-        if type(q) is np.ndarray:
+        if _save_on_cpu(q, q.size // q.shape[-1] * k.shape[-2]):
             o, self.lse, self.p = K.attention_probs_forward(q, k, v, self.causal, self.scale)
         else:
             o, self.lse = K.attention_forward(q, k, v, self.causal, self.scale)
