@@ -127,3 +127,14 @@ def test_resume_reuses_saved_config(tmp_path, capsys):
     assert main(["train", "--resume", "--steps", "3", "--out-dir", str(out), "--no-progress",
                  "--sample-tokens", "0"]) == 0
     assert (out / "latest").read_text().strip() == "step_000003"
+
+
+def test_plot(trained, tmp_path, capsys):
+    _, _, out = trained
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "pip install" in _err(capsys, ["plot", str(out), "--out", str(tmp_path / "loss.png")])
+    else:
+        assert main(["plot", str(out), "--out", str(tmp_path / "loss.png")]) == 0
+        assert (tmp_path / "loss.png").stat().st_size > 0

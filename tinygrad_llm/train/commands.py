@@ -138,7 +138,10 @@ def run_train(args: argparse.Namespace) -> int:
               + f"{total:.0f} s; checkpoint {summary['checkpoint']}")
         samples = list(summary["samples"])
         if samples and not cfg.sample_prompt:  # one more, from a prompt, to show continuation
-            samples.append(trainer.sample("The "))
+            try:
+                samples.append(trainer.sample("The "))
+            except ValueError:  # a char vocabulary without these characters
+                pass
         for s in samples:
             print("--- sample ---\n" + s + "\n--------------")
         if summary["interrupted"]:
