@@ -8,6 +8,11 @@ Double backward (``create_graph=True``): softmax, log_softmax, cross_entropy, ge
 masked_fill and linear support it; layer_norm, rms_norm and scaled_dot_product_attention are first-order fused ops
 and raise a clear error (compose them from primitive ops for higher-order gradients).
 
+Speed and memory: on NumPy the fused ops keep an intermediate from forward when that makes backward cheaper
+(GELU's sigmoid factor, LayerNorm's normalised x, cross-entropy's exp(x - max), attention's probabilities), up to
+``autograd.ops.nn.SAVE_FOR_BACKWARD_LIMIT_BYTES`` per array; on CuPy they save only what the KERNEL_API functions
+need (flash attention keeps the log-sum-exp, not the probabilities) and backward recomputes.
+
 Shapes: B batch, T positions, C features, V vocabulary, H heads, D head size.
 """
 from __future__ import annotations

@@ -293,20 +293,28 @@ def rms_norm_forward(x, w, eps):
 
 @_dispatch
 def rms_norm_backward(gy, x, w, rstd):
-    """(gx, gw): gx = rstd (g - xhat mean(g xhat)) with g = gy w, xhat = x rstd; gw = sum(gy xhat)."""
+    """(gx, gw): gx = rstd (g - xhat mean(g xhat)) with g = gy w, xhat = x rstd; gw = sum(gy xhat).
+
+    p = gy * xhat serves both gw (its column sums) and mean(g xhat) (its row dot products with w: a GEMV)."""
     acc = _acc(x.dtype)
     C = x.shape[-1]
-    xhat = x.astype(acc, copy=False) * rstd[..., None]
-    g = gy.astype(acc, copy=False)
-    gw = None
+    xhat = x.reshape(-1, C).astype(acc, copy=False) * rstd.reshape(-1, 1)
+    g = gy.reshape(-1, C).astype(acc, copy=False)
+    p = g * xhat
     if w is not None:
-        gw = (g.reshape(-1, C) * xhat.reshape(-1, C)).sum(axis=0).astype(w.dtype, copy=False)
-        g = g * w
-    proj = (g * xhat).mean(axis=-1, keepdims=True)
-    xhat *= proj
-    gx = g - xhat
-    gx *= rstd[..., None]
-    return gx.astype(x.dtype, copy=False), gw
+        wa = w.astype(acc, copy=False)
+        gw = p.sum(axis=0).astype(w.dtype, copy=False)
+        proj = p @ wa
+        gx = g * wa
+    else:
+        gw = None
+        proj = p.sum(axis=1)
+        gx = g.copy()
+    proj *= 1.0 / C
+    xhat *= proj[:, None]
+    gx -= xhat
+    gx *= rstd.reshape(-1, 1)
+    return gx.astype(x.dtype, copy=False).reshape(x.shape), gw
 
 
 # ------------------------------------------------------------------------------------------------------ softmax
