@@ -97,3 +97,18 @@ def test_split_gpt_errors_and_balance():
         schedule_ops(2, 2, "zigzag")
     with pytest.raises(ValueError, match="micro-batches"):
         PipelineParallel(model, ["cpu", "cpu"], n_micro=3).train_step(*_batch(b=4))
+
+
+def test_tied_embedding_path_used_across_gpus_matches(monkeypatch):
+    """The path taken when the tied embedding and the head are on different GPUs (a per-step copy whose gradient
+    is added back at the end), forced here on CPU stages."""
+    cfg = _cfg()
+    ref, model = tl.GPT(cfg, seed=4, dtype=np.float64), tl.GPT(cfg, seed=4, dtype=np.float64)
+    idx, tgt = _batch(seed=5)
+    ref.loss(idx, tgt).backward()
+    pipe = PipelineParallel(model, ["cpu", "cpu"], n_micro=2, schedule="1f1b")
+    monkeypatch.setattr(pipe, "_tied_across_devices", lambda: True)
+    pipe.train_step(idx, tgt)
+    assert pipe.stages[-1].head_weight is None
+    for (n, a), b in zip(ref.named_parameters(), model.parameters()):
+        np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), atol=1e-10, err_msg=n)

@@ -22,9 +22,12 @@ efficiency (the bubble) for p stages and m micro-batches: m / (m + p - 1).
 The result equals single-device training: the loss of micro-batch j is weighted by its share of the batch's
 target tokens (those != ignore_index), so the summed gradients are exactly those of the whole batch's mean loss.
 Weight tying across devices: when ``lm_head.weight`` is ``tok_emb.weight`` and the last stage lives elsewhere, the
-head uses a differentiable copy of the embedding matrix, so its gradient flows back to the single parameter.
+head uses a copy of the embedding matrix made once per step; its gradient is added to the embedding's at the end.
+Every stage operation runs with its GPU as CuPy's current device (``device_scope``): CuPy computes only there.
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -67,6 +70,15 @@ def device_copy(a, device: str):
     return out
 
 
+def device_scope(device: str):
+    """Make ``device``'s GPU CuPy's current one: kernels and allocations run on the current device only."""
+    kind, index = backend.parse_device(device)
+    if kind == "cuda":
+        cp = backend.cupy_module()
+        return cp.cuda.Device(cp.cuda.Device().id if index is None else index)
+    return contextlib.nullcontext()
+
+
 class StageCopy(Function):
     """y = x on another device (differentiable; the gradient is copied back), with stream ordering (device_copy)."""
 
@@ -91,6 +103,7 @@ class Stage:
     def __init__(self, model, index: int, lo: int, hi: int, device: str, first: bool, last: bool):
         self.model, self.index, self.lo, self.hi = model, index, lo, hi
         self.device, self.first, self.last = device, first, last
+        self.head_weight: Tensor | None = None   # during a train step: this device's copy of a tied embedding
 
     def __call__(self, x, start: int = 0):
         m = self.model
@@ -104,10 +117,9 @@ class Stage:
             x = m.blocks[i](x)
         if self.last:
             x = m.final_norm(x)
-            w = m.lm_head.weight
-            if backend.device_of(w.data) != backend.canonical_device(self.device):
-                w = to_device(w, self.device)   # tied embedding on stage 0: a differentiable copy
-                x = F.linear(x, w, None)
+            w = self.head_weight if self.head_weight is not None else m.lm_head.weight
+            if w is not m.lm_head.weight or backend.device_of(w.data) != backend.canonical_device(self.device):
+                x = F.linear(x, to_device(w, self.device), None)   # tied embedding living on stage 0
             else:
                 x = m.lm_head(x)
         return x
@@ -268,38 +280,65 @@ class PipelineParallel:
         inputs: dict[tuple[int, int], Tensor] = {}    # (stage, micro) -> leaf input of stage (s > 0)
         outputs: dict[tuple[int, int], Tensor] = {}   # (stage, micro) -> stage output (loss for the last)
         losses = []
-        for tick in self.ticks:
-            for op, s, j in tick:
-                st = self.stages[s]
-                if op == "F":
-                    if s == 0:
-                        x = self._micro(idx, j)
-                    else:
-                        prev = outputs[(s - 1, j)]
-                        leaf = Tensor(prev.data, requires_grad=True)   # the cut between stages
-                        inputs[(s, j)] = leaf
-                        x = to_device(leaf, st.device)                  # differentiable device copy
-                    out = st(x)
-                    if s == p - 1:
-                        loss = F.cross_entropy(out, self._micro(targets, j), ignore_index=self.ignore_index)
-                        out = loss * (n_valid[j] / total)
-                        losses.append(out.data)
-                    outputs[(s, j)] = out
-                else:
-                    out = outputs.pop((s, j))
-                    if s == p - 1:
-                        out.backward()
-                    else:
-                        nxt = inputs.pop((s + 1, j))
-                        if nxt.grad is None:     # no gradient reached the cut (should not happen for a GPT)
-                            nxt.grad = Tensor(backend.xp_of(nxt.data).zeros_like(nxt.data))
-                        out.backward(nxt.grad)
+        last, w = self.stages[-1], self.model.lm_head.weight
+        tied = self._tied_across_devices()
+        if tied:
+            # the head uses its own leaf copy of the embedding for the whole step: its gradient accumulates on the
+            # last device (CuPy computes only on the current device) and is added to the embedding's once, below
+            last.head_weight = Tensor(device_copy(w.data, last.device), requires_grad=True)
+        try:
+            for tick in self.ticks:
+                for op, s, j in tick:
+                    st = self.stages[s]
+                    with device_scope(st.device):
+                        self._run(op, s, j, st, p, idx, targets, n_valid, total, inputs, outputs, losses)
+            if tied and last.head_weight.grad is not None:
+                g = device_copy(last.head_weight.grad.data, self.stages[0].device)
+                with device_scope(self.stages[0].device):
+                    w.grad = Tensor(g) if w.grad is None else Tensor(w.grad.data + g)
+        finally:
+            last.head_weight = None
         return float(sum(backend.to_numpy(l) for l in losses))
+
+    def _tied_across_devices(self) -> bool:
+        """True when the LM head reuses the token embedding and the two live on different devices."""
+        w = self.model.lm_head.weight
+        return w is self.model.tok_emb.weight and \
+            backend.device_of(w.data) != backend.canonical_device(self.stages[-1].device)
+
+    def _run(self, op, s, j, st, p, idx, targets, n_valid, total, inputs, outputs, losses) -> None:
+        """One scheduled operation: forward ('F') or backward ('B') of micro-batch j on stage s."""
+        if op == "F":
+            if s == 0:
+                x = self._micro(idx, j)
+            else:
+                leaf = Tensor(outputs[(s - 1, j)].data, requires_grad=True)   # the cut between stages
+                inputs[(s, j)] = leaf
+                x = to_device(leaf, st.device)                               # differentiable device copy
+            out = st(x)
+            if s == p - 1:
+                loss = F.cross_entropy(out, self._micro(targets, j), ignore_index=self.ignore_index)
+                out = loss * (n_valid[j] / total)
+                losses.append(out.data)
+            outputs[(s, j)] = out
+            return
+        out = outputs.pop((s, j))
+        if s == p - 1:
+            out.backward()
+            return
+        nxt = inputs.pop((s + 1, j))
+        g = nxt.grad
+        if g is None:                        # no gradient reached the cut (cannot happen for a GPT)
+            g = Tensor(backend.xp_of(nxt.data).zeros_like(nxt.data))
+        elif g.device != st.device:          # keep it on this stage's device whatever the engine did
+            g = Tensor(device_copy(g.data, st.device))
+        out.backward(g)
 
     def __call__(self, idx):
         """Inference forward of the whole batch through every stage: logits (B, T, V) on the last device."""
         with no_grad():
             x = device_copy(idx.data if isinstance(idx, Tensor) else np.asarray(idx), self.devices[0])
             for st in self.stages:
-                x = st(x if st.first else to_device(x, st.device))
+                with device_scope(st.device):
+                    x = st(x if st.first else to_device(x, st.device))
             return x
