@@ -220,6 +220,20 @@ def test_layer_norm(cp, rng, dtype, shape, affine):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_layer_norm_block_backward(cp, rng, dtype):
+    """The block-per-row backward (the default for wide rows and float64) on narrow float32/float16 rows too."""
+    from autograd.cuda import norms
+    old = norms.BWD_WARP
+    norms.BWD_WARP = False
+    try:
+        test_layer_norm(cp, rng, dtype, (2, 67, 129), True)
+        test_layer_norm(cp, rng, dtype, (4, 768), True)
+    finally:
+        norms.BWD_WARP = old
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,affine", [((2, 67, 129), True), ((3, 1000), False), ((3, 7000), True)])
 def test_rms_norm(cp, rng, dtype, shape, affine):
@@ -322,7 +336,11 @@ def test_adamw_multi_tensor(cp, rng, pdt, gdt):
     tol = {np.float64: 1e-10, np.float32: 1e-5, np.float16: 2e-3}[pdt]
     for i, s in enumerate(shapes):
         check(dP[i], P[i], pdt, seed, f"adamw param {s}", tol)
-        check(dM[i], M[i], pdt, seed, f"adamw m {s}", tol * 10 if pdt == np.float16 else tol)
+        if pdt == np.float16:   # m of a tiny tensor can nearly cancel: bound the error by the size of the grads
+            err = np.linalg.norm(dM[i].get().astype(np.float64) - M[i]) / (0.1 * math.sqrt(M[i].size))
+            assert err < 2e-2, f"adamw m {s} float16: scaled err {err:.3g} (seed {seed})"
+        else:
+            check(dM[i], M[i], pdt, seed, f"adamw m {s}", tol)
 
 
 @pytest.mark.gpu

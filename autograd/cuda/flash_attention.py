@@ -1,6 +1,7 @@
 """Flash attention for float16 on tensor cores (mma.sync m16n8k16, float32 accumulation): no T x T matrix in memory.
 
-Operands come from shared memory through ldmatrix (.trans where the tile must be read column-wise).
+Operands come from shared memory through ldmatrix (.trans where the tile must be read column-wise); in the forward
+(D <= 64) the next K/V tile streams in with cp.async while the current one is used (two shared-memory stages).
 
 Forward (FlashAttention-2 style): a block of 4 warps takes 64 queries of one (batch, head); each warp owns 16 query
 rows whose Q fragments stay in registers. Key/value tiles of 64 rows go through shared memory; per tile a warp
@@ -95,6 +96,25 @@ __device__ __forceinline__ void load_tile(half_t* dst, const half_t* src, int ro
     }
 }
 
+__device__ __forceinline__ void cp_async16(half_t* dst, const half_t* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(smem_addr(dst)), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
+}
+// load_tile through the async copy engine (rows >= T are zero-filled: source size 0)
+template <int D>
+__device__ __forceinline__ void load_tile_async(half_t* dst, const half_t* src, int row0, int T) {
+    constexpr int VPR = D / 8;
+    for (int idx = threadIdx.x; idx < 64 * VPR; idx += blockDim.x) {
+        const int r = idx / VPR, c = (idx % VPR) * 8;
+        const bool ok = row0 + r < T;
+        cp_async16(dst + r * (D + 8) + c, src + (i64)(ok ? row0 + r : 0) * D + c, ok ? 16 : 0);
+    }
+}
+
 // A fragments (16 rows x D) of rows [r0, r0 + 16) of a (T, D) matrix, straight from global memory
 template <int D>
 __device__ __forceinline__ void load_a_frags(u32 (*a)[4], const half_t* src, int r0, int T) {
@@ -114,8 +134,9 @@ template <int D>
 __global__ void __launch_bounds__(128) flash_fwd(const half_t* __restrict__ Q, const half_t* __restrict__ K,
         const half_t* __restrict__ V, half_t* __restrict__ O, float* __restrict__ L,
         int Tq, int Tk, float scale_log2, int causal) {
-    __shared__ __align__(16) half_t Ks[64 * (D + 8)];
-    __shared__ __align__(16) half_t Vs[64 * (D + 8)];
+    constexpr int ST = D <= 64 ? 2 : 1;   // K/V stages: the next tile loads while this one is used (<= 48 KB)
+    __shared__ __align__(16) half_t Ksm[ST][64 * (D + 8)];
+    __shared__ __align__(16) half_t Vsm[ST][64 * (D + 8)];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const i64 bh = blockIdx.y;
     Q += bh * Tq * D; O += bh * Tq * D; L += bh * Tq;
@@ -135,11 +156,33 @@ __global__ void __launch_bounds__(128) flash_fwd(const half_t* __restrict__ Q, c
         kend = min(Tk, qlast + shift + 1);
     }
     const int ntiles = (kend + 63) / 64;
+    if constexpr (ST == 2) {
+        load_tile_async<D>(Ksm[0], K, 0, Tk);
+        load_tile_async<D>(Vsm[0], V, 0, Tk);
+        cp_async_commit();
+    }
     for (int kt = 0; kt < ntiles; ++kt) {
         const int k0 = kt * 64;
-        __syncthreads();
-        load_tile<D>(Ks, K, k0, Tk);
-        load_tile<D>(Vs, V, k0, Tk);
+        const half_t* Ks;
+        const half_t* Vs;
+        if constexpr (ST == 2) {
+            const int buf = kt & 1;
+            if (kt + 1 < ntiles) {   // buffer buf ^ 1 was released by the barrier that ended the last tile
+                load_tile_async<D>(Ksm[buf ^ 1], K, k0 + 64, Tk);
+                load_tile_async<D>(Vsm[buf ^ 1], V, k0 + 64, Tk);
+                cp_async_commit();
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+            Ks = Ksm[buf];
+            Vs = Vsm[buf];
+        } else {
+            load_tile<D>(Ksm[0], K, k0, Tk);
+            load_tile<D>(Vsm[0], V, k0, Tk);
+            Ks = Ksm[0];
+            Vs = Vsm[0];
+        }
         __syncthreads();
         float s[8][4];
 #pragma unroll
@@ -191,6 +234,7 @@ __global__ void __launch_bounds__(128) flash_fwd(const half_t* __restrict__ Q, c
             pa[3] = pack2(s[2 * kc + 1][2], s[2 * kc + 1][3]);
             mma_pv<D>(o, pa, Vs, kc * 16);
         }
+        __syncthreads();
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {

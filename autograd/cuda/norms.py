@@ -201,6 +201,7 @@ _mod = LazyModule(_SRC, {"norm_fwd": _TARGS, "norm_bwd": _TARGS,
                          "norm_fwd_warp": [f"{t},{v}" for t in _TARGS for v in _VPT],
                          "norm_bwd_warp": [f"{t},{v}" for t in ("float", "half_t") for v in _VPT]})
 _SMEM_LIMIT = 48 * 1024
+BWD_WARP = True           # warp-per-row backward for C <= 1024 (float accumulation); False: block-per-row kernel
 _sm_count: dict[int, int] = {}
 
 
@@ -262,8 +263,9 @@ def _backward(gy, x, w, mean, rstd, rms, want_gb):
         z = cp.zeros((C,), acc)
         return gx, z, z
     threads = row_threads(C)
-    if acc == np.float32 and C <= 32 * _VPT[-1]:   # warp-per-row kernel: 8 warps a block, 2 blocks per SM
-        nblocks = int(min((N + 7) // 8, 2 * _num_sms()))
+    warp = BWD_WARP and acc == np.float32 and C <= 32 * _VPT[-1]
+    if warp:   # warp-per-row kernel: 8 warps a block
+        nblocks = int(min((N + 7) // 8, 8 * _num_sms()))
     else:
         nblocks = int(min(N, 4 * _num_sms()))
     smem = 2 * C * np.dtype(acc).itemsize
@@ -275,7 +277,7 @@ def _backward(gy, x, w, mean, rstd, rms, want_gb):
     rstd_ = contiguous(rstd.astype(acc, copy=False))
     args = (gy, x, w_, mean_, rstd_, gx, part_w, part_b, np.int64(N), np.int32(C),
             np.int32(w is not None), np.int32(rms), np.int32(do_part))
-    if acc == np.float32 and C <= 32 * _VPT[-1]:
+    if warp:
         vpt = next(v for v in _VPT if C <= 32 * v)
         k = _mod.kernel("norm_bwd_warp", f"{ctypes_of(x.dtype)[0]},{vpt}")
         k((nblocks,), (256,), args, shared_mem=smem if do_part else 0)
