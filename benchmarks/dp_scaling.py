@@ -5,6 +5,7 @@
                                                                      #   --allow-run-as-root when run as root)
     python benchmarks/dp_scaling.py --gpus 1,2,4,8 --preset gpt2-355m --batch 4
     python benchmarks/dp_scaling.py --gpus 1,2 --device cpu --preset micro --batch 2 --block 32   # smoke test
+    python benchmarks/dp_scaling.py --gpus 4 --backend tcp --batch 2 --block 256     # 4 ranks sharing 2 GPUs
 
 For each GPU count n the script starts n ranks of itself (``--worker``); each rank trains the model for
 ``--warmup + --steps`` steps on random tokens (its own per-rank batch of ``--batch`` x ``--block``), with
@@ -34,13 +35,13 @@ sys.path.insert(0, ROOT)
 def worker(args) -> None:
     import tinygrad_llm as tl
     from tinygrad_llm import optim
-    from tinygrad_llm.distributed import DataParallel, init_distributed
+    from tinygrad_llm.distributed import DataParallel, gpu_device_for_rank, init_distributed
 
-    comm = init_distributed("auto", timeout=600, device=args.device)
+    comm = init_distributed(args.backend, timeout=600, device=args.device)
     device = args.device
     if device.startswith("cuda"):
         import cupy as cp
-        device = f"cuda:{comm.device}" if comm.world_size > 1 else "cuda:0"
+        device = gpu_device_for_rank(args.device) if comm.world_size > 1 else "cuda:0"
         cp.cuda.Device(int(device.split(":")[1])).use()
     cfg = tl.GPTConfig.preset(args.preset, dropout=0.0)
     if args.block > cfg.context_length:
@@ -85,7 +86,7 @@ def _to(a, device):
 def run_one(n: int, args, out: str) -> dict:
     me = [os.path.abspath(__file__), "--worker", "--out", out, "--preset", args.preset, "--batch", str(args.batch),
           "--block", str(args.block), "--steps", str(args.steps), "--warmup", str(args.warmup), "--device",
-          args.device, "--bucket-mb", str(args.bucket_mb)] + (["--no-overlap"] if args.no_overlap else [])
+          args.device, "--bucket-mb", str(args.bucket_mb), "--backend", args.backend] + (["--no-overlap"] if args.no_overlap else [])
     if n == 1:
         cmd = [sys.executable, *me]
     elif args.via == "mpi":
@@ -128,6 +129,9 @@ def main(argv=None) -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--bucket-mb", type=float, default=25.0)
+    ap.add_argument("--backend", default="auto", choices=("auto", "nccl", "mpi", "tcp"),
+                    help="auto: NCCL on GPUs; mpi/tcp stage GPU arrays through the host, so more ranks than GPUs "
+                         "can share them (exercises the code path; not a speed figure)")
     ap.add_argument("--no-overlap", action="store_true")
     ap.add_argument("--markdown", action="store_true", help="print markdown table rows for RESULTS.md")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -121,11 +121,18 @@ class TCPCommunicator(Communicator):
     @staticmethod
     def _host(array, op: str) -> np.ndarray:
         if not isinstance(array, np.ndarray):
-            raise TypeError(f"tcp {op} needs a NumPy array, got {type(array).__name__} (use the nccl backend on GPUs)")
+            raise TypeError(f"tcp {op} needs a NumPy or CuPy array, got {type(array).__name__}")
         return array
 
     # ------------------------------------------------------------------ collectives
+    # CuPy arrays are staged through host memory: slow, but it lets several ranks share one GPU (NCCL refuses
+    # two ranks on the same GPU), which exercises multi-rank code paths on a machine with few GPUs.
     def all_reduce(self, array, op: str = "sum"):
+        if _is_cupy(array):
+            host = array.get()
+            self.all_reduce(host, op)
+            array[...] = _like(host, array)
+            return array
         check_op(op)
         a = self._host(array, "all_reduce")
         if op == "avg" and a.dtype.kind != "f":
@@ -154,6 +161,11 @@ class TCPCommunicator(Communicator):
         return array
 
     def broadcast(self, array, root: int = 0):
+        if _is_cupy(array):
+            host = array.get()
+            self.broadcast(host, root)
+            array[...] = _like(host, array)
+            return array
         a = self._host(array, "broadcast")
         if not 0 <= root < self.world_size:
             raise ValueError(f"broadcast root {root} out of range for world size {self.world_size}")
@@ -175,6 +187,8 @@ class TCPCommunicator(Communicator):
         return array
 
     def all_gather(self, array):
+        if _is_cupy(array):
+            return _like(self.all_gather(array.get()), array)
         a = self._host(array, "all_gather")
         out = np.empty((self.world_size,) + a.shape, dtype=a.dtype)
         deadline = self._deadline()
@@ -190,6 +204,8 @@ class TCPCommunicator(Communicator):
         return out
 
     def reduce_scatter(self, array, op: str = "sum"):
+        if _is_cupy(array):
+            return _like(self.reduce_scatter(array.get(), op), array)
         a = self._host(array, "reduce_scatter")
         if a.ndim == 0 or a.shape[0] % self.world_size:
             raise ValueError(f"reduce_scatter needs a leading axis divisible by the world size {self.world_size}, "
@@ -214,3 +230,14 @@ class TCPCommunicator(Communicator):
         if self._server is not None:
             self._server.close()
             self._server = None
+
+
+def _is_cupy(a) -> bool:
+    return type(a).__module__.startswith("cupy")
+
+
+def _like(host: np.ndarray, like):
+    """``host`` on ``like``'s GPU."""
+    import cupy
+    with like.device:
+        return cupy.asarray(host)
