@@ -473,7 +473,7 @@ def _scores(q, k, causal, scale):
     s = matmul(q * q.dtype.type(scale), k.swapaxes(-1, -2))
     if s.dtype != acc:
         s = s.astype(acc)
-    if causal:
+    if causal and q.shape[-2] > 1:  # a single query (decoding with a KV cache) sees every key: nothing to mask
         s += causal_bias(xp, q.shape[-2], k.shape[-2], acc)
     return s
 
