@@ -75,10 +75,6 @@ def _acc(dtype):
     return np.float64 if dtype == np.float64 else np.float32
 
 
-def _lead_axes(a, n_trailing):
-    return tuple(range(a.ndim - n_trailing))
-
-
 _GELU_K = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 
