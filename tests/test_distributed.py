@@ -222,3 +222,46 @@ def test_launcher_passes_ctrl_c_to_every_rank():
     out = "".join(lines) + out
     assert p.returncode == 0, out
     assert "[rank 0] rank 0 got SIGINT, saving" in out and "[rank 1] rank 1 got SIGINT, saving" in out, out
+
+
+def _tcp_pair(timeout):
+    """Two TCPCommunicators in this process (rank 1 connects from a thread)."""
+    import threading
+    from tinygrad_llm.distributed.launch import free_port
+    from tinygrad_llm.distributed.tcp import TCPCommunicator
+    port, box = free_port(), {}
+    t = threading.Thread(target=lambda: box.setdefault(1, TCPCommunicator(1, 2, port=port, timeout=timeout)))
+    t.start()
+    c0 = TCPCommunicator(0, 2, port=port, timeout=timeout)
+    t.join()
+    return c0, box[1]
+
+
+def test_tcp_hung_peer_times_out_and_mismatched_ops_are_named():
+    from tinygrad_llm.distributed import DistributedTimeoutError
+    c0, c1 = _tcp_pair(timeout=0.3)
+    try:
+        with pytest.raises(DistributedTimeoutError, match=r"tcp all_reduce on rank 0 \(world size 2\) did not "
+                                                          r"complete within 0.3 s"):
+            c0.all_reduce(np.ones(3))          # rank 1 never joins: a hung peer
+    finally:
+        c0.close()
+        c1.close()
+    import threading
+    c0, c1 = _tcp_pair(timeout=1)
+
+    def other():                               # rank 1 calls another collective
+        try:
+            c1.all_gather(np.ones(3))
+        except dist.DistributedError:
+            pass                               # rank 0 never answers: expected
+    try:
+        t = threading.Thread(target=other)
+        t.start()
+        with pytest.raises(dist.DistributedError, match="rank 1 called all_gather with 24 bytes, expected "
+                                                         "all_reduce with 24 bytes"):
+            c0.all_reduce(np.ones(3))
+        t.join()
+    finally:
+        c0.close()
+        c1.close()
