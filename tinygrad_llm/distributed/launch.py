@@ -24,6 +24,9 @@ import sys
 import threading
 import time
 
+# the rank side of the launcher lives in runtime.py; re-exported here for ``from ...launch import init_distributed``
+from .runtime import get_rank, get_world_size, init_distributed  # noqa: F401
+
 
 def free_port(addr: str = "127.0.0.1") -> int:
     """A TCP port that is free right now on ``addr`` (the OS picks it)."""
