@@ -138,3 +138,32 @@ def test_plot(trained, tmp_path, capsys):
     else:
         assert main(["plot", str(out), "--out", str(tmp_path / "loss.png")]) == 0
         assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_launch_two_ranks_equals_one_process(tmp_path):
+    """`tinygrad-llm launch --nproc 2 train` (CPU ranks over TCP): 2 ranks x batch 2 == 1 process x batch 4."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tinygrad_llm.train import load_checkpoint
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TINYGRAD_LLM_LAUNCHER", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
+        env.pop(k, None)
+    data = _corpus(tmp_path)
+    common = ["--preset", "micro", "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--tokenizer", "char",
+              "--block-size", "8", "--steps", "3", "--eval-every", "0", "--sample-tokens", "0", "--no-progress",
+              "--dtype", "float64", "--data", str(data)]
+    r = subprocess.run([sys.executable, "-m", "tinygrad_llm", "launch", "--nproc", "2", "train", *common,
+                        "--batch-size", "2", "--out-dir", str(tmp_path / "dp")],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert main(["train", *common, "--batch-size", "4", "--out-dir", str(tmp_path / "one")]) == 0
+    dp, one = load_checkpoint(tmp_path / "dp"), load_checkpoint(tmp_path / "one")
+    assert dp["loader"]["world_size"] == 2 and one["loader"]["world_size"] == 1
+    a, b = dp.model, one.model
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-9, err_msg=k)

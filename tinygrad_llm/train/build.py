@@ -61,7 +61,7 @@ def unigram_entropy(ids: np.ndarray) -> float:
 def build_loaders(ids: np.ndarray, cfg: TrainConfig, rank: int = 0, world_size: int = 1):
     """(train_loader, val_loader, val_ids) over a contiguous train/val split of ``ids``.
 
-    Train windows of ``block_size`` every ``stride`` tokens, shuffled from ``seed``; val windows are
+    Train windows of ``block_size`` every ``stride`` (default block_size // 4) tokens, shuffled from ``seed``; val windows are
     non-overlapping, in order. The val batch is shrunk (never below 1) when the split holds too few windows.
     """
     from ..data import DataLoader, SlidingWindowDataset, train_val_split
@@ -74,7 +74,8 @@ def build_loaders(ids: np.ndarray, cfg: TrainConfig, rank: int = 0, world_size: 
         raise ValueError(f"corpus too short: the validation split ({cfg.val_fraction:.0%}) has {len(val_ids)} "
                          f"tokens, but one window of block_size={T} needs {T + 1}; use more text, a larger "
                          "val_fraction or a smaller --block-size")
-    train_ds = SlidingWindowDataset(train_ids, T, cfg.stride or T)
+    # overlapping windows: 4x as many distinct samples as non-overlapping ones (less over-fitting on small texts)
+    train_ds = SlidingWindowDataset(train_ids, T, cfg.stride or max(1, T // 4))
     val_ds = SlidingWindowDataset(val_ids, T, T)
     if len(train_ds) < cfg.batch_size * world_size:
         raise ValueError(f"corpus too short: {len(train_ds)} training windows of {T} tokens, fewer than one batch "

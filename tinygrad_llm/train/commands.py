@@ -25,7 +25,7 @@ _TRAIN_FLAGS = [
     ("--data", "data", str, "a .txt file or folder of .txt files (default: the embedded Python-docs corpus)"),
     ("--val-fraction", "val_fraction", float, "held-out fraction at the end of the text (default 0.1)"),
     ("--block-size", "block_size", int, "context length of the training windows (default 128)"),
-    ("--stride", "stride", int, "training window stride (default: block size)"),
+    ("--stride", "stride", int, "training window stride (default: block size / 4)"),
     ("--batch-size", "batch_size", int, "sequences per micro-batch (per rank)"),
     ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step"),
     ("--steps", "max_steps", int, "optimizer steps"),

@@ -23,7 +23,11 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """A training run. Model size comes from ``preset`` (a ``GPTConfig`` preset name) plus ``model`` overrides
+    """A training run. The defaults are ``tinygrad-llm train``'s: the "tiny" GPT (4 layers, 4 heads, 128 wide,
+    0.94M parameters) on the embedded corpus with a 1024-token BPE, 600 steps of 16 x 128 tokens, a few minutes on
+    two CPU cores (val loss ~4.0 nats against a unigram entropy of 5.71).
+
+    Model size comes from ``preset`` (a ``GPTConfig`` preset name) plus ``model`` overrides
     (any GPTConfig field: n_layer, n_head, n_embd, dropout, ...); ``vocab_size`` and ``context_length`` are set
     from the tokenizer and ``block_size``.
 
@@ -39,13 +43,13 @@ class TrainConfig:
     data: str | None = None             # a .txt file or folder of .txt files; None = the embedded default corpus
     val_fraction: float = 0.1
     block_size: int = 128               # context length of the training windows
-    stride: int | None = None           # window stride (None = block_size: non-overlapping windows)
+    stride: int | None = None           # training window stride (None = block_size // 4: overlapping windows)
     # optimisation
     batch_size: int = 16
     grad_accum: int = 1
-    max_steps: int = 1000
+    max_steps: int = 600
     epochs: int | None = None           # when set, max_steps = epochs * (train batches per epoch) // grad_accum
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr: float | None = None         # None = lr / 10
     warmup: int = 50
     schedule: str = "cosine"            # "cosine" (warmup then cosine to min_lr) or "constant"
@@ -55,9 +59,9 @@ class TrainConfig:
     grad_clip: float | None = 1.0       # global-norm clipping; None or 0 = off
     # evaluation, samples, checkpoints
     eval_every: int = 100               # 0 = only at the end
-    eval_iters: int = 20
+    eval_iters: int = 10
     sample_every: int = 0               # 0 = only at the end
-    sample_tokens: int = 100
+    sample_tokens: int = 120
     sample_prompt: str = ""
     checkpoint_every: int = 500         # 0 = only at the end (and on Ctrl-C)
     keep_last: int = 3
