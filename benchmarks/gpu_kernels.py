@@ -125,10 +125,11 @@ def main(argv=None):
         R(lambda: nk.layer_norm_backward.generic(gy, x, w, mean, rstd)),
         Rt(lambda: torch.autograd.grad(ty, (tx, tw, tb), tgy, retain_graph=True)), 3 * x.nbytes, "GB/s")
     from autograd.cuda import norms
-    norms.BWD_WARP = False
-    add("layer_norm bwd (block-per-row kernel)", R(lambda: gk.get_kernel("layer_norm_backward")(gy, x, w, mean, rstd)),
+    norms.BWD_WARP = not norms.BWD_WARP
+    add(f"layer_norm bwd ({'warp' if norms.BWD_WARP else 'block'}-per-row variant)",
+        R(lambda: gk.get_kernel("layer_norm_backward")(gy, x, w, mean, rstd)),
         float("nan"), float("nan"), 3 * x.nbytes, "GB/s")
-    norms.BWD_WARP = True
+    norms.BWD_WARP = not norms.BWD_WARP
     del x, gy, y
 
     s = rs.standard_normal((B * H * T, T)).astype(np.float32)

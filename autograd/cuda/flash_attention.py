@@ -10,7 +10,7 @@ softmax, base-2 exponentials with the scale folded in), and accumulates O += P V
 S accumulators (the accumulator layout of two 8-column tiles is the A-operand layout of one 16-column tile).
 Outputs: O (float16) and lse (float32, natural log) per query row.
 
-Backward: a block takes 64 keys (16 per warp; K and V fragments in registers) and walks the query tiles that can see
+Backward: the Q / dO tiles stream in with cp.async (two stages, dynamic shared memory). A block takes 64 keys (16 per warp; K and V fragments in registers) and walks the query tiles that can see
 them. Per tile: S^T = K Q^T, P^T = exp(S^T scale - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta)
 with delta = rowsum(dO * O), dK += dS^T Q; dS^T goes through shared memory so each warp can compute dQ for 16 of the
 queries over the block's 64 keys, added to a float32 dQ buffer with atomics. Scale is applied to dQ and dK at the end.
@@ -258,11 +258,15 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
         const half_t* __restrict__ V, const half_t* __restrict__ dO, const float* __restrict__ L,
         const float* __restrict__ Dl, float* __restrict__ dQ, half_t* __restrict__ dK, half_t* __restrict__ dV,
         int Tq, int Tk, float scale, int causal) {
-    __shared__ __align__(16) half_t Qs[64 * (D + 8)];
-    __shared__ __align__(16) half_t dOs[64 * (D + 8)];
-    __shared__ __align__(16) half_t Ks[64 * (D + 8)];
-    __shared__ __align__(16) half_t dSs[64 * (64 + 8)];
-    __shared__ float lse_s[64], del_s[64];
+    // dynamic shared memory (over 48 KB for D = 64): Q and dO tiles in two stages, K, dS^T, lse and delta
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    constexpr int TILE = 64 * (D + 8);
+    half_t* Qsm = reinterpret_cast<half_t*>(fa_smem);
+    half_t* dOsm = Qsm + 2 * TILE;
+    half_t* Ks = dOsm + 2 * TILE;
+    half_t* dSs = Ks + TILE;
+    float* lse_s = reinterpret_cast<float*>(dSs + 64 * 72);
+    float* del_s = lse_s + 64;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const i64 bh = blockIdx.y;
     Q += bh * Tq * D; dO += bh * Tq * D; dQ += bh * Tq * D; L += bh * Tq; Dl += bh * Tq;
@@ -282,10 +286,24 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
         for (int c = 0; c < 4; ++c) { dv[i][c] = 0.f; dk[i][c] = 0.f; }
     int qstart = 0;
     if (causal) qstart = max(0, kblock - shift) / 64 * 64;
-    for (int qt = qstart; qt < Tq; qt += 64) {
-        __syncthreads();
-        load_tile<D>(Qs, Q, qt, Tq);
-        load_tile<D>(dOs, dO, qt, Tq);
+    if (qstart < Tq) {
+        load_tile_async<D>(Qsm, Q, qstart, Tq);
+        load_tile_async<D>(dOsm, dO, qstart, Tq);
+        cp_async_commit();
+    }
+    int it = 0;
+    for (int qt = qstart; qt < Tq; qt += 64, ++it) {
+        const int buf = it & 1;
+        if (qt + 64 < Tq) {   // stage buf ^ 1 was released by the barrier that ended the last tile
+            load_tile_async<D>(Qsm + (buf ^ 1) * TILE, Q, qt + 64, Tq);
+            load_tile_async<D>(dOsm + (buf ^ 1) * TILE, dO, qt + 64, Tq);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        const half_t* Qs = Qsm + buf * TILE;
+        const half_t* dOs = dOsm + buf * TILE;
         for (int i = threadIdx.x; i < 64; i += blockDim.x) {
             const bool ok = qt + i < Tq;
             lse_s[i] = ok ? L[qt + i] * LOG2E : pos_inf_f();
@@ -360,6 +378,7 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
                 }
             }
         }
+        __syncthreads();
     }
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -379,6 +398,7 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
 _FWD_D = (32, 64, 128)
 _BWD_D = (32, 64)
 _mod = LazyModule(_SRC, {"flash_fwd": [str(d) for d in _FWD_D], "flash_bwd": [str(d) for d in _BWD_D]})
+_smem_set: dict = {}
 
 
 def _enabled() -> bool:
@@ -437,7 +457,12 @@ def flash_backward(q, k, v, o, lse, do, causal, scale):
     dq = cp.zeros(q.shape, np.float32)
     dk = cp.empty_like(k)
     dv = cp.empty_like(v)
-    _mod.kernel("flash_bwd", str(D))(((Tk + 63) // 64, BH), (128,),
-                                     (q, k, v, do, lse, delta, dq, dk, dv, np.int32(Tq), np.int32(Tk),
-                                      np.float32(scale), np.int32(bool(causal))))
+    kern = _mod.kernel("flash_bwd", str(D))
+    smem = (5 * 64 * (D + 8) + 64 * 72) * 2 + 2 * 64 * 4
+    if _smem_set.get(id(kern)) != smem:   # opt in to more than 48 KB of dynamic shared memory
+        kern.max_dynamic_shared_size_bytes = smem
+        _smem_set[id(kern)] = smem
+    kern(((Tk + 63) // 64, BH), (128,),
+         (q, k, v, do, lse, delta, dq, dk, dv, np.int32(Tq), np.int32(Tk), np.float32(scale), np.int32(bool(causal))),
+         shared_mem=smem)
     return dq.astype(np.float16), dk, dv

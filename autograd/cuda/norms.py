@@ -4,8 +4,7 @@ Forward: rows of up to 1024 elements take one warp each and stay in registers (o
 wider rows take one block each and are read three times (mean, variance, write), from L1 after the first.
 Statistics (mean, rstd) are kept in the accumulation type (float32 for float16/float32 inputs, float64 for float64).
 
-Backward (xhat = (x - mean) rstd, g = gy * w), one warp per row for rows of up to 1024 (float accumulation), else
-one block per row:
+Backward (xhat = (x - mean) rstd, g = gy * w), one block per row (a warp-per-row variant exists, BWD_WARP):
     gx = rstd * (g - mean(g) - xhat * mean(g * xhat))        (RMSNorm: no mean(g) term, mean = 0)
     gw = sum over rows of gy * xhat,  gb = sum over rows of gy
 A grid of a few blocks per multiprocessor walks the rows; each thread owns the same columns in every row, so it
@@ -201,7 +200,9 @@ _mod = LazyModule(_SRC, {"norm_fwd": _TARGS, "norm_bwd": _TARGS,
                          "norm_fwd_warp": [f"{t},{v}" for t in _TARGS for v in _VPT],
                          "norm_bwd_warp": [f"{t},{v}" for t in ("float", "half_t") for v in _VPT]})
 _SMEM_LIMIT = 48 * 1024
-BWD_WARP = True           # warp-per-row backward for C <= 1024 (float accumulation); False: block-per-row kernel
+# warp-per-row backward for C <= 1024 (float accumulation) when True; measured on an H100 at (8192, 768) float32 it
+# took 0.159 ms against 0.134 ms for the block-per-row kernel, so the block kernel is the default
+BWD_WARP = False
 _sm_count: dict[int, int] = {}
 
 
