@@ -176,6 +176,15 @@ def main(argv=None):
             R(lambda: gk.get_kernel("attention_backward")(q, k, v, o, l_, do, True, sc)),
             R(lambda: at.attention_backward_matmul(q, k, v, o, l_, do, True, sc)),
             Rt(lambda: torch.autograd.grad(tout, (tq_, tk_, tv_), tdo, retain_graph=True)), 2.5 * fl, "TFLOP/s")
+        if dt == np.float16:   # the flash kernel against the GEMM version at full size
+            o2, l2 = at.attention_forward_matmul(q, k, v, True, sc)
+            g1 = gk.get_kernel("attention_backward")(q, k, v, o, l_, do, True, sc)
+            g2 = at.attention_backward_matmul(q, k, v, o2, l2, do, True, sc)
+            errs = [float(cp.linalg.norm((a_.astype(np.float32) - b_.astype(np.float32)).ravel())
+                          / cp.linalg.norm(b_.astype(np.float32).ravel()))
+                    for a_, b_ in zip((o, l_) + tuple(g1), (o2, l2) + tuple(g2))]
+            print("  flash vs GEMM attention at full size, rel err o, lse, dq, dk, dv: "
+                  + ", ".join(f"{e_:.2e}" for e_ in errs), flush=True)
         add(f"attention generic cupy fwd {np.dtype(dt).name}", R(lambda: nk.attention_forward.generic(q, k, v, True, sc)),
             float("nan"), float("nan"), fl, "TFLOP/s")
 
