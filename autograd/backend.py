@@ -8,6 +8,8 @@ Devices are strings: ``'cpu'``, ``'cuda'`` (the current GPU) or ``'cuda:N'``.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 _cupy = None          # the cupy module once imported
@@ -116,10 +118,52 @@ def to_device(a, device):
     cp = _require_cupy(device)
     if index is None:
         index = cp.cuda.Device().id
-    if isinstance(a, cp.ndarray) and a.device.id == index:
+    if not isinstance(a, cp.ndarray):
+        with cp.cuda.Device(index):
+            return cp.asarray(a)
+    src = a.device.id
+    if src == index:
         return a
+    # GPU to GPU. CuPy copies on the destination's current stream only, so order the copy against both GPUs'
+    # streams with events (as PyTorch does): it must not read `a` before the source GPU finished writing it, and
+    # the source must not reuse `a`'s memory before the copy has read it.
+    with cp.cuda.Device(src):
+        a = cp.ascontiguousarray(a)
+        ready = cp.cuda.Event(disable_timing=True)
+        ready.record(cp.cuda.get_current_stream())
     with cp.cuda.Device(index):
-        return cp.array(a, copy=True) if isinstance(a, cp.ndarray) else cp.asarray(a)
+        cp.cuda.get_current_stream().wait_event(ready)
+        out = cp.empty(a.shape, dtype=a.dtype)
+        out.data.copy_from_device_async(a.data, a.nbytes)
+        done = cp.cuda.Event(disable_timing=True)
+        done.record(cp.cuda.get_current_stream())
+    with cp.cuda.Device(src):
+        cp.cuda.get_current_stream().wait_event(done)
+    return out
+
+
+def gpu_index(a) -> int:
+    """The GPU index holding array ``a``, or -1 for a NumPy array (cheap: used on every op)."""
+    if type(a) is np.ndarray or not is_cupy_array(a):
+        return -1
+    return a.device.id
+
+
+def device_scope(a_or_device):
+    """A context that makes the GPU of this array (or device string) CuPy's current device; a no-op on the CPU.
+
+    CuPy launches kernels and allocates on the current device only, so ops on arrays of a second GPU (pipeline
+    stages) must run inside this."""
+    if isinstance(a_or_device, str):
+        kind, index = parse_device(a_or_device)
+        if kind == "cpu":
+            return contextlib.nullcontext()
+        cp = _require_cupy(a_or_device)
+        return cp.cuda.Device(cp.cuda.Device().id if index is None else index)
+    index = gpu_index(a_or_device)
+    if index < 0 or index == _cupy.cuda.runtime.getDevice():
+        return contextlib.nullcontext()
+    return _cupy.cuda.Device(index)
 
 
 def to_numpy(a) -> np.ndarray:

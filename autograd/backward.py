@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Iterator, Sequence
 
+from .backend import device_scope, xp_of
 from .function import Function
 from .grad_mode import enable_grad, no_grad
 from .tensor import Tensor
@@ -94,7 +95,8 @@ def backward_iter(roots: Sequence[Tensor], grads: Sequence, retain_graph: bool =
             leaf_grads[leaf] = _add(leaf_grads.get(leaf), g)
         leaf_deps[leaf] -= 1
         if leaf_deps[leaf] == 0 and leaf in leaf_grads:
-            _finish_leaf(leaf, leaf_grads.pop(leaf))
+            with device_scope(leaf.data):
+                _finish_leaf(leaf, leaf_grads.pop(leaf))
 
     def _finish_leaf(leaf: Tensor, g: Tensor) -> None:
         for i in target_keys.get(leaf, ()):
@@ -155,13 +157,9 @@ def backward_iter(roots: Sequence[Tensor], grads: Sequence, retain_graph: bool =
                 f"{fn.name} is a fused first-order op: its backward is a single array kernel, so it cannot be "
                 "differentiated twice (create_graph=True); use the composed version of this op for higher-order grads"
             )
-        grad_outputs = []
-        for (shape, dtype), g in zip(fn._out_meta, slots):
-            if g is None:
-                from .backend import xp_of
-                g = Tensor(xp_of(fn.inputs[0].data).zeros(shape, dtype=dtype))
-            grad_outputs.append(g)
-        with mode():
+        with device_scope(fn.inputs[0].data), mode():  # a pipeline stage's nodes run on their own GPU
+            grad_outputs = [g if g is not None else Tensor(xp_of(fn.inputs[0].data).zeros(shape, dtype=dtype))
+                            for (shape, dtype), g in zip(fn._out_meta, slots)]
             gin = fn.backward(*grad_outputs)
         if not isinstance(gin, tuple):
             gin = (gin,)

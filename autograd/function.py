@@ -45,8 +45,12 @@ class Function:
         fn = cls(**params)
         tensors = _as_tensors(inputs, cls.__name__)
         arrays = [t.data for t in tensors]
-        _check_same_device(arrays, cls.__name__)
-        out = fn.forward(*arrays)
+        gpu = _check_same_device(arrays, cls.__name__)
+        if gpu >= 0 and gpu != backend._cupy.cuda.runtime.getDevice():
+            with backend._cupy.cuda.Device(gpu):  # CuPy runs kernels on the current GPU only
+                out = fn.forward(*arrays)
+        else:
+            out = fn.forward(*arrays)
         if isinstance(out, np.generic):  # NumPy gives scalars for 0-d results (x.sum()): keep .data an ndarray
             out = np.asarray(out)
         multi = isinstance(out, tuple)
@@ -109,13 +113,11 @@ def _as_tensors(inputs, op_name):
     return out
 
 
-def _check_same_device(arrays, op_name):
+def _check_same_device(arrays, op_name) -> int:
+    """The GPU index all inputs live on (-1: CPU); a clear error when they are on different devices."""
     first = None
     for a in arrays:
-        if type(a) is np.ndarray:
-            d = "cpu"
-        else:
-            d = backend.device_of(a)
+        d = -1 if type(a) is np.ndarray else backend.gpu_index(a)
         if first is None:
             first = d
         elif d != first:
@@ -123,6 +125,7 @@ def _check_same_device(arrays, op_name):
             raise RuntimeError(
                 f"{op_name}: inputs are on different devices ({devices}); move them to one device with .to(device)"
             )
+    return -1 if first is None else first
 
 
 from .tensor import Tensor  # noqa: E402  (Tensor's methods call ops, which subclass Function)

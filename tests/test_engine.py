@@ -344,8 +344,9 @@ class _FakeGpuArray(np.ndarray):
 
 
 def test_mixing_devices_in_one_op_is_a_clear_error(monkeypatch):
-    real = backend.device_of
+    real, real_index = backend.device_of, backend.gpu_index
     monkeypatch.setattr(backend, "device_of", lambda a: "cuda:1" if isinstance(a, _FakeGpuArray) else real(a))
+    monkeypatch.setattr(backend, "gpu_index", lambda a: 1 if isinstance(a, _FakeGpuArray) else real_index(a))
     cpu = ag.Tensor(np.ones(3))
     gpu = ag.Tensor(np.ones(3).view(_FakeGpuArray))
     with pytest.raises(RuntimeError, match=r"Add: inputs are on different devices \(cpu, cuda:1\).*\.to\(device\)"):

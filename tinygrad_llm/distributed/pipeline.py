@@ -7,7 +7,7 @@
 Stage s holds a contiguous run of blocks on ``devices[s]``; stage 0 also holds the embeddings, the last stage the
 final norm and the LM head. Each stage runs as its own piece of graph: its input is a leaf copy of the previous
 stage's output moved with a differentiable device copy (``StageCopy``: ``Tensor.to(device)`` plus CUDA event
-ordering between the two GPUs' streams, see ``device_copy``), so the backward of stage s ends by copying the
+ordering between the two GPUs' streams, see ``autograd.backend.to_device``), so the backward of stage s ends by copying the
 input gradient back to stage s-1's device, and stage s-1's backward starts from it. That makes every
 (stage, micro-batch, forward/backward) an operation the schedule can order freely:
 
@@ -27,74 +27,24 @@ Every stage operation runs with its GPU as CuPy's current device (``device_scope
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
-from autograd import Function, Tensor, backend
+from autograd import Tensor, backend
 from autograd import functional as F
 from autograd.grad_mode import no_grad
 
 from .data_parallel import unique_parameters
 
 
-def device_copy(a, device: str):
-    """Copy array ``a`` to ``device``, ordered against both GPUs' current streams (a two-way barrier).
-
-    CuPy copies between GPUs on the *destination's* current stream only, so without events the copy could read
-    ``a`` before the source GPU has finished writing it, and the source could reuse ``a``'s memory before the copy
-    has read it. We record an event on the source stream that the destination stream waits for, and the reverse
-    after the copy (what PyTorch does for cross-device copies). Host and same-device copies go to
-    ``backend.to_device`` unchanged.
-    """
-    kind, index = backend.parse_device(device)
-    if kind != "cuda" or not backend.is_cupy_array(a):
-        return backend.to_device(a, device)
-    cp = backend.cupy_module()
-    index = cp.cuda.Device().id if index is None else index
-    src = a.device.id
-    if src == index:
-        return a
-    with cp.cuda.Device(src):
-        a = cp.ascontiguousarray(a)
-        ready = cp.cuda.Event(disable_timing=True)
-        ready.record(cp.cuda.get_current_stream())
-    with cp.cuda.Device(index):
-        cp.cuda.get_current_stream().wait_event(ready)
-        out = cp.empty(a.shape, dtype=a.dtype)
-        out.data.copy_from_device_async(a.data, a.nbytes)
-        done = cp.cuda.Event(disable_timing=True)
-        done.record(cp.cuda.get_current_stream())
-    with cp.cuda.Device(src):
-        cp.cuda.get_current_stream().wait_event(done)
-    return out
-
-
-def device_scope(device: str):
-    """Make ``device``'s GPU CuPy's current one: kernels and allocations run on the current device only."""
-    kind, index = backend.parse_device(device)
-    if kind == "cuda":
-        cp = backend.cupy_module()
-        return cp.cuda.Device(cp.cuda.Device().id if index is None else index)
-    return contextlib.nullcontext()
-
-
-class StageCopy(Function):
-    """y = x on another device (differentiable; the gradient is copied back), with stream ordering (device_copy)."""
-
-    def forward(self, x):
-        self.src = backend.device_of(x)
-        return device_copy(x, self.device)
-
-    def backward(self, gy):
-        return StageCopy.apply(gy, device=self.src)
+# Cross-GPU copies with stream ordering and the current-device scope live in the engine (autograd.backend);
+# Tensor.to(device) is the differentiable copy between stages.
+device_copy = backend.to_device
+device_scope = backend.device_scope
 
 
 def to_device(t: Tensor, device: str) -> Tensor:
-    """``t.to(device)`` with the cross-GPU ordering of ``device_copy``; the tensor itself when already there."""
-    if backend.device_of(t.data) == backend.canonical_device(device):
-        return t
-    return StageCopy.apply(t, device=device)
+    """``t.to(device)``: the engine's differentiable copy (its gradient is copied back to t's device)."""
+    return t.to(device)
 
 
 class Stage:

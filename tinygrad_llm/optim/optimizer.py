@@ -7,7 +7,6 @@ and ``.requires_grad``; ``.name`` is used in error messages when present. Update
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
@@ -27,12 +26,7 @@ def grad_array(p):
     return g.data
 
 
-def device_scope(a):
-    """A context that makes ``a``'s GPU the current one (CuPy kernels and allocations run on the current device;
-    parameters of a pipeline-parallel model live on several GPUs). A no-op for NumPy arrays."""
-    if backend.is_cupy_array(a):
-        return a.device
-    return contextlib.nullcontext()
+device_scope = backend.device_scope  # the GPU of an array as CuPy's current device (no-op on the CPU)
 
 
 def _param_label(p, index: int) -> str:

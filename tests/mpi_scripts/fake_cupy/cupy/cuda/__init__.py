@@ -11,6 +11,10 @@ class runtime:
     def getDeviceCount():
         return 2
 
+    @staticmethod
+    def getDevice():
+        return _current_device[0]
+
 
 class Device:
     def __init__(self, i=None):
