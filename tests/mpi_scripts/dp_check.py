@@ -127,6 +127,7 @@ def check_timeout(comm, hang: bool = False):
         dp.finish()
     except DistributedTimeoutError as e:
         print(f"CAUGHT DistributedTimeoutError after {time.perf_counter() - t0:.2f} s: {e}", flush=True)
+        time.sleep(1.0)  # let mpiexec forward the line before MPI_Abort tears the job down (lost under load)
         comm.abort()     # MPI: MPI_Abort ends every rank; the pending Iallreduce can never complete
         sys.exit(3)
     print("no error raised", flush=True)
