@@ -213,7 +213,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def configure_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", default=None, help="a text file or folder (default: the validation split of the "
-                                               "embedded corpus)")
+                                               "run's training text)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-batches", type=int, default=None, help="evaluate at most this many batches")
     p.add_argument("--device", default="cpu")
@@ -223,10 +223,11 @@ def run_eval(args: argparse.Namespace) -> int:
     import autograd as ag
     from .build import encode_corpus, load_corpus
     model, tok, ckpt = load_model(args.checkpoint, args.device)
-    text = load_corpus(args.data)
+    tcfg = ckpt.get("train_config") or {}
+    text = load_corpus(args.data if args.data is not None else tcfg.get("data"))
     ids = encode_corpus(tok, text)
-    if args.data is None:
-        frac = (ckpt.get("train_config") or {}).get("val_fraction", 0.1)
+    if args.data is None:  # the training run's own validation split
+        frac = tcfg.get("val_fraction", 0.1)
         ids = ids[int(round(len(ids) * (1 - frac))):]
     if len(ids) < 2:
         raise UserError(f"{args.data or 'the corpus'}: fewer than 2 tokens, nothing to evaluate")
