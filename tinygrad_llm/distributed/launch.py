@@ -107,7 +107,7 @@ def launch(nproc: int, command: list[str], master_addr: str = "127.0.0.1", maste
     finally:
         _terminate(procs, grace)
         for t in threads:
-            t.join(timeout=2.0)
+            t.join(timeout=10.0)  # the ranks have exited: the pipes reach EOF soon (slow under load)
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     return code
