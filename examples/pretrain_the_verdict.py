@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 
 from tinygrad_llm.train import Trainer, TrainConfig
 
@@ -48,17 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default="out-verdict")
     args = ap.parse_args(argv)
 
-    tokenizer = "bpe"
+    tok = None  # None: the trainer trains a BPE of --vocab-size on the text
     if args.encoder_json or args.vocab_bpe:
         if not (args.encoder_json and args.vocab_bpe):
             ap.error("give both --encoder-json and --vocab-bpe")
         from tinygrad_llm.tokenizer import BPETokenizer
         tok = BPETokenizer.from_gpt2_files(args.encoder_json, args.vocab_bpe)
-        tokenizer = tempfile.NamedTemporaryFile(suffix=".json", delete=False).name
-        tok.save(tokenizer)
-    cfg = TrainConfig(**{**BOOK, "epochs": args.epochs}, tokenizer=tokenizer, vocab_size=args.vocab_size,
+    cfg = TrainConfig(**{**BOOK, "epochs": args.epochs}, tokenizer="bpe", vocab_size=args.vocab_size,
                       data=args.data, device=args.device, out_dir=args.out_dir)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, tokenizer=tok)  # the tokenizer is saved in the checkpoint
     print(f"{trainer.model.num_parameters():,} parameters, {trainer.num_tokens:,} tokens "
           f"(vocab {trainer.tokenizer.vocab_size}), {trainer.config.max_steps} steps", file=sys.stderr)
     summary = trainer.train()

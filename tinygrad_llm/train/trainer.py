@@ -290,7 +290,7 @@ class Trainer:
         kw = {"rng": np.random.default_rng([self.config.seed, self.step])} if _accepts(generate, "rng") else {}
         out = generate(self.model, idx, n, temperature=temperature, top_k=top_k, **kw)
         self.model.train(was_training)
-        out = backend.to_numpy(out.data if hasattr(out, "data") and not isinstance(out, np.ndarray) else out)
+        out = backend.to_numpy(out.data if isinstance(out, ag.Tensor) else out)  # NumPy or CuPy ids
         new = [int(t) for t in np.asarray(out)[0, len(ids):]]
         return prompt + self.tokenizer.decode(new)
 
