@@ -3,9 +3,10 @@
     python3 benchmarks/gpu_kernels.py            # GPT-2 124M shapes: B=8, T=1024, C=768, V=50304, H=12
     python3 benchmarks/gpu_kernels.py --small    # quicker, smaller shapes
 
-Times are medians over 10 samples, each a CUDA-event-timed run of 5 back-to-back calls after warm-up (ms per call). 'cupy' is the xp-generic code the kernel replaces;
-'torch' is the closest PyTorch eager call when torch imports (a benchmark reference only). The last column gives
-achieved GB/s (memory-bound kernels: bytes read + written once) or TFLOP/s (matrix products, attention).
+Times are medians over 10 samples, each a CUDA-event-timed run of 5 back-to-back calls after warm-up (ms per
+call). 'cupy' is the xp-generic code the kernel replaces (for attention: the GEMM version); 'torch' is the closest
+PyTorch eager call when torch imports (a benchmark reference only). The last column gives achieved GB/s
+(memory-bound kernels: bytes read + written once) or TFLOP/s (matrix products, attention).
 """
 from __future__ import annotations
 
@@ -98,22 +99,22 @@ def main(argv=None):
         add(f"bmm q@k^T {B*H}x{T}x{D}x{T} {np.dtype(dt).name}", R(lambda: mm(q, k.swapaxes(-1, -2))),
             R(lambda: cp.matmul(q, k.swapaxes(-1, -2))), Rt(lambda: tq @ tk.transpose(-1, -2)),
             2 * B * H * T * T * D, "TFLOP/s")
-        del a, w, q, k, ta, tw, tq, tk
+        a = w = q = k = ta = tw = tq = tk = None
 
     x = rs.standard_normal((N, 4 * C)).astype(np.float32)
     g = rs.standard_normal((N, 4 * C)).astype(np.float32)
-    tx, tg = (tt(x), tt(g)) if torch else (None, None)
+    tx = tt(x) if torch else None
     add("gelu fwd", R(lambda: gk.get_kernel("gelu_forward")(x)), R(lambda: nk.gelu_forward.generic(x)),
         Rt(lambda: tF.gelu(tx, approximate="tanh")), 2 * x.nbytes, "GB/s")
     add("gelu bwd", R(lambda: gk.get_kernel("gelu_backward")(x, g)), R(lambda: nk.gelu_backward.generic(x, g)),
         float("nan"), 3 * x.nbytes, "GB/s")
-    del x, g, tx, tg
+    x = g = tx = None
 
     x = rs.standard_normal((N, C)).astype(np.float32)
     w = rs.standard_normal((C,)).astype(np.float32)
     b = rs.standard_normal((C,)).astype(np.float32)
     gy = rs.standard_normal((N, C)).astype(np.float32)
-    y, mean, rstd = gk.get_kernel("layer_norm_forward")(x, w, b, 1e-5)
+    _, mean, rstd = gk.get_kernel("layer_norm_forward")(x, w, b, 1e-5)
     if torch:
         tx, tw, tb = tt(x).requires_grad_(), tt(w).requires_grad_(), tt(b).requires_grad_()
         tgy = tt(gy)
@@ -130,13 +131,13 @@ def main(argv=None):
         R(lambda: gk.get_kernel("layer_norm_backward")(gy, x, w, mean, rstd)),
         float("nan"), float("nan"), 3 * x.nbytes, "GB/s")
     norms.BWD_WARP = not norms.BWD_WARP
-    del x, gy, y
+    x = gy = None
 
     s = rs.standard_normal((B * H * T, T)).astype(np.float32)
     ts_ = tt(s) if torch else None
     add("softmax fwd (BHT, T)", R(lambda: gk.get_kernel("softmax_forward")(s)),
         R(lambda: nk.softmax_forward.generic(s)), Rt(lambda: torch.softmax(ts_, -1)), 2 * s.nbytes, "GB/s")
-    del s, ts_
+    s = ts_ = None
 
     logits = rs.standard_normal((N, V)).astype(np.float32)
     tgt = rs.randint(0, V, N).astype(np.int64)
@@ -157,7 +158,7 @@ def main(argv=None):
             return torch.autograd.grad(tF.cross_entropy(tl, ttg), tl)
     add(f"cross_entropy fwd+bwd ({N}, {V})", R(ours_ce), R(cupy_ce), Rt(torch_ce if torch else None),
         3 * logits.nbytes, "GB/s")
-    del logits, tgt
+    logits = tgt = None
 
     for dt in (np.float32, np.float16):
         q, k, v, do = (rs.standard_normal((B, H, T, D)).astype(dt) for _ in range(4))
@@ -185,8 +186,8 @@ def main(argv=None):
                     for a_, b_ in zip((o, l_) + tuple(g1), (o2, l2) + tuple(g2))]
             print("  flash vs GEMM attention at full size, rel err o, lse, dq, dk, dv: "
                   + ", ".join(f"{e_:.2e}" for e_ in errs), flush=True)
-        add(f"attention generic cupy fwd {np.dtype(dt).name}", R(lambda: nk.attention_forward.generic(q, k, v, True, sc)),
-            float("nan"), float("nan"), fl, "TFLOP/s")
+        add(f"attention generic cupy fwd {np.dtype(dt).name}",
+            R(lambda: nk.attention_forward.generic(q, k, v, True, sc)), float("nan"), float("nan"), fl, "TFLOP/s")
 
     # AdamW over GPT-2 124M-like parameter shapes
     shapes = [(V, C), (1024, C)] + [s_ for _ in range(12 if not args.small else 2) for s_ in

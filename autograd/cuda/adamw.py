@@ -5,8 +5,8 @@ per-tensor pointers (param, grad, m, v) and sizes go to the device as one small 
 table depends only on the sizes and is cached. Per element, in one pass (PyTorch's AdamW):
     p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
     p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-Groups are keyed by (param dtype, grad dtype); m and v have the param's dtype. A tensor that is not contiguous, or
-whose m/v dtype differs, is updated by a per-tensor fused ElementwiseKernel (same arithmetic, one pass).
+Groups are keyed by (param dtype, grad dtype, GPU); m and v have the param's dtype. A tensor that is not contiguous, or
+whose m/v dtype differs, is updated with CuPy ops (same arithmetic).
 """
 from __future__ import annotations
 
@@ -60,9 +60,10 @@ def _targs(pdt, gdt) -> str | None:
 
 
 def _block_table(sizes: tuple[int, ...]):
-    tab = _table_cache.get(sizes)
+    cp = require_cupy()
+    key = (cp.cuda.Device().id, sizes)   # the table lives on the current GPU
+    tab = _table_cache.get(key)
     if tab is None:
-        cp = require_cupy()
         tens, starts = [], []
         for t, n in enumerate(sizes):
             nchunks = (n + CHUNK - 1) // CHUNK
@@ -71,7 +72,7 @@ def _block_table(sizes: tuple[int, ...]):
         tab = (cp.asarray(np.asarray(tens, np.int32)), cp.asarray(np.asarray(starts, np.int64)), len(tens))
         if len(_table_cache) > 64:
             _table_cache.clear()
-        _table_cache[sizes] = tab
+        _table_cache[key] = tab
     return tab
 
 
@@ -101,7 +102,7 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weig
     step_size = lr / bc1
     inv_sqrt_bc2 = 1.0 / math.sqrt(bc2)
     scal = (float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), step_size, inv_sqrt_bc2)
-    groups: dict[str, list[int]] = {}
+    groups: dict[tuple[str, int], list[int]] = {}
     for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
         if p.shape != g.shape or p.shape != m.shape or p.shape != v.shape:
             raise ValueError(f"adamw_step: tensor {i}: shapes differ: param {p.shape}, grad {g.shape}, "
@@ -113,22 +114,31 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weig
               and m.flags.c_contiguous and v.flags.c_contiguous)
         if ok:
             if not g.flags.c_contiguous:
-                grads[i] = g = cp.ascontiguousarray(g)
-            groups.setdefault(targs, []).append(i)
+                with p.device:
+                    grads[i] = g = cp.ascontiguousarray(g)
+            groups.setdefault((targs, p.device.id), []).append(i)
         else:
-            _per_tensor(p, g, m, v, *scal)
-    for targs, idx in groups.items():
-        nt = len(idx)
-        sizes = tuple(int(params[i].size) for i in idx)
-        meta = np.empty((5, nt), np.int64)
-        for j, i in enumerate(idx):
-            meta[0, j] = params[i].data.ptr
-            meta[1, j] = grads[i].data.ptr
-            meta[2, j] = exp_avgs[i].data.ptr
-            meta[3, j] = exp_avg_sqs[i].data.ptr
-        meta[4] = sizes
-        meta_d = cp.asarray(meta)
-        blk_t, blk_s, nblocks = _block_table(sizes)
-        _mod.kernel("adamw_multi", targs)(
-            (nblocks,), (THREADS,),
-            (meta_d, blk_t, blk_s, np.int32(nt), np.int32(CHUNK), *(np.float64(s) for s in scal)))
+            with p.device:
+                _per_tensor(p, g, m, v, *scal)
+    for (targs, dev), idx in groups.items():
+        with cp.cuda.Device(dev):   # one launch per (dtype pair, GPU): pointers of one launch live on one GPU
+            _launch_group(params, grads, exp_avgs, exp_avg_sqs, idx, targs, scal)
+
+
+def _launch_group(params, grads, exp_avgs, exp_avg_sqs, idx, targs, scal):
+    """One adamw_multi launch over the tensors idx (same dtypes, current GPU)."""
+    cp = require_cupy()
+    nt = len(idx)
+    sizes = tuple(int(params[i].size) for i in idx)
+    meta = np.empty((5, nt), np.int64)
+    for j, i in enumerate(idx):
+        meta[0, j] = params[i].data.ptr
+        meta[1, j] = grads[i].data.ptr
+        meta[2, j] = exp_avgs[i].data.ptr
+        meta[3, j] = exp_avg_sqs[i].data.ptr
+    meta[4] = sizes
+    meta_d = cp.asarray(meta)
+    blk_t, blk_s, nblocks = _block_table(sizes)
+    _mod.kernel("adamw_multi", targs)(
+        (nblocks,), (THREADS,),
+        (meta_d, blk_t, blk_s, np.int32(nt), np.int32(CHUNK), *(np.float64(s) for s in scal)))

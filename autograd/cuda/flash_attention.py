@@ -10,9 +10,10 @@ softmax, base-2 exponentials with the scale folded in), and accumulates O += P V
 S accumulators (the accumulator layout of two 8-column tiles is the A-operand layout of one 16-column tile).
 Outputs: O (float16) and lse (float32, natural log) per query row.
 
-Backward: the Q / dO tiles stream in with cp.async (two stages, dynamic shared memory). A block takes 64 keys (16 per warp; K and V fragments in registers) and walks the query tiles that can see
-them. Per tile: S^T = K Q^T, P^T = exp(S^T scale - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta)
-with delta = rowsum(dO * O), dK += dS^T Q; dS^T goes through shared memory so each warp can compute dQ for 16 of the
+Backward: a block takes 64 keys (16 per warp; K and V fragments in registers) and walks the query tiles that can
+see them, the Q / dO tiles streaming in with cp.async (two stages, dynamic shared memory). Per tile: S^T = K Q^T,
+P^T = exp(S^T scale - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta) with delta = rowsum(dO * O),
+dK += dS^T Q; dS^T goes through shared memory so each warp can compute dQ for 16 of the
 queries over the block's 64 keys, added to a float32 dQ buffer with atomics. Scale is applied to dQ and dK at the end.
 
 Handles: float16 q, k, v of shape (..., T, D), D in {32, 64, 128} forward and {32, 64} backward (larger D would
@@ -459,9 +460,10 @@ def flash_backward(q, k, v, o, lse, do, causal, scale):
     dv = cp.empty_like(v)
     kern = _mod.kernel("flash_bwd", str(D))
     smem = (5 * 64 * (D + 8) + 64 * 72) * 2 + 2 * 64 * 4
-    if _smem_set.get(id(kern)) != smem:   # opt in to more than 48 KB of dynamic shared memory
+    key = (id(kern), cp.cuda.Device().id)   # the attribute belongs to the function loaded on this GPU
+    if _smem_set.get(key) != smem:   # opt in to more than 48 KB of dynamic shared memory
         kern.max_dynamic_shared_size_bytes = smem
-        _smem_set[id(kern)] = smem
+        _smem_set[key] = smem
     kern(((Tk + 63) // 64, BH), (128,),
          (q, k, v, do, lse, delta, dq, dk, dv, np.int32(Tq), np.int32(Tk), np.float32(scale), np.int32(bool(causal))),
          shared_mem=smem)

@@ -9,7 +9,8 @@ Backward (xhat = (x - mean) rstd, g = gy * w), one block per row (a warp-per-row
     gw = sum over rows of gy * xhat,  gb = sum over rows of gy
 A grid of a few blocks per multiprocessor walks the rows; each thread owns the same columns in every row, so it
 accumulates its gw/gb partial sums (in registers, or shared memory for the block version) without global atomics;
-the (blocks, C) partials are then summed by CuPy. When 2*C partials do not fit in 48 KB of shared memory, the gw/gb sums fall back to CuPy.
+the (blocks, C) partials are then summed by CuPy. When 2*C partials do not fit in 48 KB of shared memory, the gw/gb
+sums fall back to CuPy.
 """
 from __future__ import annotations
 

@@ -160,7 +160,8 @@ def _row_launch(name, dtype, N, C, args):
     """Warp-per-row kernel for C <= 1024, else one block per row."""
     if C <= 32 * _VPT[-1]:
         vpt = next(v for v in _VPT if C <= 32 * v)
-        _mod.kernel(name + "_warp", f"{_targs(dtype)},{vpt}")(((N + 3) // 4,), (128,), args + (np.int64(N), np.int32(C)))
+        k = _mod.kernel(name + "_warp", f"{_targs(dtype)},{vpt}")
+        k(((N + 3) // 4,), (128,), args + (np.int64(N), np.int32(C)))
     else:
         _mod.kernel(name, _targs(dtype))((N,), (row_threads(C, 8),), args + (np.int32(C),))
 
