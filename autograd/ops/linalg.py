@@ -4,7 +4,7 @@ from __future__ import annotations
 from .. import backend
 from ..function import Function
 from ..tensor import Tensor
-from .shape import sum_to, swapaxes, unsqueeze, squeeze
+from .shape import reshape, sum_to, swapaxes, unsqueeze, squeeze
 
 
 class MatMul(Function):
@@ -25,7 +25,14 @@ class MatMul(Function):
     def backward(self, gz):
         x, y = self.inputs
         gx = sum_to(gz @ swapaxes(y, -1, -2), x.shape) if self.needs_input_grad[0] else None
-        gy = sum_to(swapaxes(x, -1, -2) @ gz, y.shape) if self.needs_input_grad[1] else None
+        gy = None
+        if self.needs_input_grad[1]:
+            if y.ndim == 2 and x.ndim > 2:
+                # a shared weight (..., n, k) @ (k, m): fold the batch into rows, one GEMM and no (B, k, m) temporary
+                k = x.shape[-1]
+                gy = swapaxes(reshape(x, (-1, k)), 0, 1) @ reshape(gz, (-1, gz.shape[-1]))
+            else:
+                gy = sum_to(swapaxes(x, -1, -2) @ gz, y.shape)
         return gx, gy
 
 
