@@ -10,7 +10,7 @@ and raise a clear error (compose them from primitive ops for higher-order gradie
 
 Speed and memory: on NumPy the fused ops keep an intermediate from forward when that makes backward cheaper
 (GELU's sigmoid factor, LayerNorm's normalised x, cross-entropy's exp(x - max), attention's probabilities), up to
-``autograd.ops.nn.SAVE_FOR_BACKWARD_LIMIT_BYTES`` per array; on CuPy they save only what the KERNEL_API functions
+``autograd.ops.nn.SAVE_FOR_BACKWARD_LIMIT_BYTES`` per array; on CuPy they save only what the kernel-contract functions (docs/KERNELS.md)
 need (flash attention keeps the log-sum-exp, not the probabilities) and backward recomputes.
 
 Shapes: B batch, T positions, C features, V vocabulary, H heads, D head size.

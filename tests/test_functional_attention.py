@@ -129,7 +129,7 @@ def test_kernels_dispatch_falls_back_to_generic():
 
 
 def test_contract_kernels_match_saving_paths():
-    """The KERNEL_API functions (what a CUDA kernel must reproduce) agree with the generic saving paths the fused
+    """The kernel-contract functions (docs/KERNELS.md) (what a CUDA kernel must reproduce) agree with the generic saving paths the fused
     ops use on NumPy."""
     rng = np.random.default_rng(6)
     x, gy = rng.standard_normal((2, 3, 8)) * 3, rng.standard_normal((2, 3, 8))

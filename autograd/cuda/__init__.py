@@ -4,7 +4,7 @@
     k = get_kernel("layer_norm_forward")     # a callable, or None when CuPy / a GPU is missing
     y, mean, rstd = k(x, w, b, 1e-5)         # x a cupy array
 
-Names and signatures are the contract in ``.notes/KERNEL_API.md``: gelu_forward/backward, bias_gelu_forward/backward,
+Names and signatures are the contract in ``docs/KERNELS.md``: gelu_forward/backward, bias_gelu_forward/backward,
 layer_norm_forward/backward, rms_norm_forward/backward, softmax_forward/backward, cross_entropy_forward/backward,
 attention_forward/backward, matmul, adamw_step.
 

@@ -1,7 +1,7 @@
 """Array kernels of the fused ops: xp-generic code (NumPy and CuPy) behind a CUDA-kernel dispatch.
 
 The fused Functions in ``autograd/ops/nn.py`` call only these functions (the contract is
-``.notes/KERNEL_API.md``). Each one, when its main input is a CuPy array, first asks
+``docs/KERNELS.md``). Each one, when its main input is a CuPy array, first asks
 ``autograd.cuda.get_kernel(name)`` for a hand-written CUDA kernel of the same name and signature; when there is none
 (or ``autograd.cuda`` is missing) the generic code below runs. For NumPy arrays the dispatch costs one type check.
 
