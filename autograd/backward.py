@@ -103,8 +103,6 @@ def backward_iter(roots: Sequence[Tensor], grads: Sequence, retain_graph: bool =
             target_grads[i] = g
         if not accumulate:
             return
-        if g.dtype != leaf.dtype:
-            g = g.astype(leaf.dtype) if create_graph else Tensor(g.data.astype(leaf.dtype))
         if leaf.grad is None:
             # own, writable memory: optimizers and clipping update .grad in place. A hook runs mid-backward
             # and may do so too (an in-place all-reduce), while the same array may still be on its way to
@@ -175,6 +173,9 @@ def backward_iter(roots: Sequence[Tensor], grads: Sequence, retain_graph: bool =
             if g.shape != x.shape:
                 raise BackwardError(f"{fn.name}.backward returned a gradient of shape {g.shape} "
                                     f"for an input of shape {x.shape}")
+            if g.dtype != x.dtype:  # a gradient has its tensor's dtype (float32 + float16 -> float32 sends back
+                with device_scope(g.data):  # a float32 gradient that the float16 operand must receive as float16)
+                    g = g.astype(x.dtype)
             _edge_done(x, fn_deps, leaf_deps, ready, pending, deliver_to_leaf, g)
         if not retain_graph:
             fn.release()
