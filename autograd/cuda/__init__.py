@@ -37,7 +37,7 @@ _MODULE_OF = {
     "softmax_forward": "softmax", "softmax_backward": "softmax",
     "cross_entropy_forward": "softmax", "cross_entropy_backward": "softmax",
     "attention_forward": "attention", "attention_backward": "attention",
-    "matmul": "matmul",
+    "matmul": "matmul", "colsum": "matmul",
     "adamw_step": "adamw",
 }
 KERNEL_NAMES = tuple(_MODULE_OF)

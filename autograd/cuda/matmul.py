@@ -120,11 +120,23 @@ def _types(dtype):
     return _R_64F, _COMPUTE_64F, np.float64
 
 
-def matmul(a, b, out=None):
+def matmul(a, b, out=None, out_dtype=None):
     """a @ b for CuPy arrays (..., M, K) @ (..., K, N) -> (..., M, N), batch axes broadcast.
 
     float16/float32/float64 go through cuBLAS (TF32 for float32 when enabled); other dtypes and 1-D operands go to
-    ``cupy.matmul``. Mixed float dtypes are promoted first."""
+    ``cupy.matmul``. Mixed float dtypes are promoted first. ``out_dtype=float32`` with float16 operands writes the
+    float32 accumulator straight out (cuBLAS C type 32F: no float16 rounding and no separate cast)."""
+    cp = require_cupy()
+    if out_dtype is not None and np.dtype(out_dtype) != np.result_type(a.dtype, b.dtype):
+        if not (np.dtype(out_dtype) == np.float32 and a.dtype == np.float16 and b.dtype == np.float16
+                and a.ndim >= 2 and b.ndim >= 2):
+            return matmul(a, b).astype(out_dtype)
+        return _matmul(a, b, out, np.dtype(np.float32))
+    return _matmul(a, b, out, None)
+
+
+def _matmul(a, b, out, c_dtype):
+    """matmul's body; c_dtype: float32 output for float16 operands, or None (the operands' dtype)."""
     cp = require_cupy()
     if a.ndim < 2 or b.ndim < 2:
         return cp.matmul(a, b)
@@ -140,13 +152,14 @@ def matmul(a, b, out=None):
     batch_shape = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
     nbatch = int(np.prod(batch_shape)) if batch_shape else 1
     if out is None:
-        out = cp.empty(batch_shape + (M, N), dtype)
+        out = cp.empty(batch_shape + (M, N), c_dtype or dtype)
     if out.size == 0:
         return out
     if K == 0:
         out.fill(0)
         return out
     dt, ct, st = _types(dtype)
+    dc = _R_32F if c_dtype is not None else dt
     cublas = _lib()
     handle = cp.cuda.device.get_cublas_handle()
     cublas.setPointerMode(handle, _POINTER_MODE_HOST)
@@ -160,16 +173,60 @@ def matmul(a, b, out=None):
             b = cp.ascontiguousarray(b)
             opb, ldb = _OP_N, N
         cublas.gemmEx(handle, opb, _OP_N, N, Mt, K, one, b.data.ptr, dt, ldb, a.data.ptr, dt, K,
-                      zero, out.data.ptr, dt, N, ct, _GEMM_DEFAULT)
+                      zero, out.data.ptr, dc, N, ct, _GEMM_DEFAULT)
         return out
 
     a2, opa, lda, sa = _prepare(a, batch_shape)
     b2, opb, ldb, sb = _prepare(b, batch_shape)
     if nbatch == 1:
         cublas.gemmEx(handle, opb, opa, N, M, K, one, b2.data.ptr, dt, ldb, a2.data.ptr, dt, lda,
-                      zero, out.data.ptr, dt, N, ct, _GEMM_DEFAULT)
+                      zero, out.data.ptr, dc, N, ct, _GEMM_DEFAULT)
     else:
         cublas.gemmStridedBatchedEx(handle, opb, opa, N, M, K, one, b2.data.ptr, dt, ldb, sb,
-                                    a2.data.ptr, dt, lda, sa, zero, out.data.ptr, dt, N, M * N,
+                                    a2.data.ptr, dt, lda, sa, zero, out.data.ptr, dc, N, M * N,
                                     nbatch, ct, _GEMM_DEFAULT)
+    return out
+
+
+_ones_cache: dict = {}
+
+
+def _ones(n: int, dtype):
+    """A cached device vector of at least n ones (per GPU and dtype)."""
+    cp = require_cupy()
+    key = (cp.cuda.Device().id, np.dtype(dtype))
+    v = _ones_cache.get(key)
+    if v is None or v.size < n:
+        v = cp.ones(max(n, 1 << 14), dtype)
+        _ones_cache[key] = v
+    return v
+
+
+def colsum(x, out_dtype=None):
+    """Sum over the rows of a 2-D CuPy array (M, N) -> (N,), as one cuBLAS product ones(M) @ x (a GEMV-shaped GEMM:
+    one pass over x at memory speed; CuPy's axis-0 reduction runs at a fraction of that). Float32 accumulation for
+    float16/float32 (never TF32: a bias gradient keeps full float32 precision), float64 for float64. ``out_dtype``
+    float32 for float16 x gives the float32 sum without a float16 rounding."""
+    cp = require_cupy()
+    M, N = x.shape
+    dtype = x.dtype
+    if dtype not in (np.float16, np.float32, np.float64) or x.size == 0 or M == 0:
+        r = x.sum(axis=0, dtype=np.float64 if dtype == np.float64 else np.float32)
+        return r.astype(out_dtype or dtype, copy=False)
+    if not x.flags.c_contiguous:
+        x = cp.ascontiguousarray(x)
+    odt = np.dtype(out_dtype or dtype)
+    if odt != dtype and not (dtype == np.float16 and odt == np.float32):
+        return colsum(x).astype(odt)
+    out = cp.empty((N,), odt)
+    dt = {np.dtype(np.float16): _R_16F, np.dtype(np.float32): _R_32F, np.dtype(np.float64): _R_64F}[np.dtype(dtype)]
+    dc = {np.dtype(np.float16): _R_16F, np.dtype(np.float32): _R_32F, np.dtype(np.float64): _R_64F}[odt]
+    ct, st = (_COMPUTE_64F, np.float64) if dtype == np.float64 else (_COMPUTE_32F, np.float32)
+    ones = _ones(M, dtype)
+    cublas = _lib()
+    handle = cp.cuda.device.get_cublas_handle()
+    cublas.setPointerMode(handle, _POINTER_MODE_HOST)
+    # column-major view: x is x^T (N, M), ld N; out^T (N, 1) = x^T @ ones (M, 1)
+    cublas.gemmEx(handle, _OP_N, _OP_N, N, 1, M, _ONE[st].ctypes.data, x.data.ptr, dt, N, ones.data.ptr, dt, M,
+                  _ZERO[st].ctypes.data, out.data.ptr, dc, N, ct, _GEMM_DEFAULT)
     return out

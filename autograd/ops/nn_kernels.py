@@ -553,9 +553,19 @@ def embedding_backward(ids, gy, num_embeddings):
 
 # ------------------------------------------------------------------------------------------------------ misc
 @_dispatch
-def matmul(a, b):
-    """a @ b with batch broadcasting (CuPy: cuBLAS with TF32 / float16 tensor cores when the GPU kernel exists)."""
-    return _xp(a).matmul(a, b)
+def matmul(a, b, out_dtype=None):
+    """a @ b with batch broadcasting (CuPy: cuBLAS with TF32 / float16 tensor cores when the GPU kernel exists).
+    ``out_dtype`` (float32 for float16 operands): the result in that dtype (CUDA: written by the GEMM itself)."""
+    r = _xp(a).matmul(a, b)
+    return r if out_dtype is None else r.astype(out_dtype, copy=False)
+
+
+@_dispatch
+def colsum(x, out_dtype=None):
+    """x (M, N) summed over rows -> (N,) (a bias gradient), accumulated in float32 at least; result in
+    ``out_dtype`` (default x's dtype). CUDA: one cuBLAS ones(M) @ x product."""
+    r = x.sum(axis=0, dtype=_acc(x.dtype))
+    return r.astype(out_dtype or x.dtype, copy=False)
 
 
 @_dispatch
