@@ -262,17 +262,18 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ValueError(f"linear: x of shape {x.shape} does not fit weight of shape {weight.shape} "
                          "(expected x (..., in) and weight (out, in))")
     amp_dtype = _amp.autocast_dtype()
+    params = {}
     if amp_dtype is not None and weight.dtype != amp_dtype and weight.dtype.kind == "f":
-        # mixed precision: compute in float16, keep float32 master weights (astype's backward casts grads back)
-        x, weight = x.astype(amp_dtype), weight.astype(amp_dtype)
-        bias = None if bias is None else _t(bias).astype(amp_dtype)
+        # mixed precision: compute in float16 inside the op, keep float32 master weights; backward gives each input
+        # its gradient in its own dtype (the GEMMs write float32 weight gradients directly)
+        params["compute_dtype"] = amp_dtype
     if bias is None:
-        return _nn.Linear.apply(x, weight)
+        return _nn.Linear.apply(x, weight, **params)
     bias = _t(bias)
     if bias.shape != (weight.shape[0],):
         raise ValueError(f"linear: bias must have shape ({weight.shape[0]},) for weight {weight.shape}, "
                          f"got {bias.shape}")
-    return _nn.Linear.apply(x, weight, bias)
+    return _nn.Linear.apply(x, weight, bias, **params)
 
 
 # ------------------------------------------------------------------------------------------------------ attention

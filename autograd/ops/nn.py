@@ -280,26 +280,65 @@ class Dropout(Function):
 class Linear(Function):
     """y = x @ w.T + b; x (..., in), w (out, in) (PyTorch / GPT-2 layout), b (out,) optional -> (..., out).
 
-    The leading axes are folded into one so each product is a single 2-D GEMM (no batched weight gradient to sum)."""
+    The leading axes are folded into one so each product is a single 2-D GEMM (no batched weight gradient to sum).
+
+    ``compute_dtype`` (autocast, e.g. float16): x and w are cast inside the op and the product runs in that dtype;
+    the output has that dtype. Backward hands each input its gradient in the input's own dtype straight from the
+    GEMM (cuBLAS float32 output for float32 master weights: no float16 weight gradient and no cast node), and the
+    bias gradient is one column sum. Same values as ``Linear(x.astype(cd), w.astype(cd), b.astype(cd))`` followed
+    by the astype backward casts, with fewer passes and launches."""
+
+    compute_dtype = None
 
     def forward(self, x, w, *b):
+        cd = self.compute_dtype
+        if cd is not None:
+            x = x if x.dtype == cd else x.astype(cd)
+            w = w if w.dtype == cd else w.astype(cd)
+            self.xc, self.wc = x, w           # what backward's GEMMs read (the cast copies, as astype nodes kept)
         x2 = x.reshape(-1, x.shape[-1])
         y = K.matmul(x2, w.T)
         if b:
-            y += b[0]
+            y += b[0]                          # a float32 bias is added in float32 and rounded once into y
         return y.reshape(x.shape[:-1] + (w.shape[0],))
 
     def backward(self, gy):
         x, w = self.inputs[0], self.inputs[1]
         has_b = len(self.inputs) > 2
         need = self.needs_input_grad
+        cd = self.compute_dtype
         if not _GradMode.enabled:
+            xa, wa = (self.xc, self.wc) if cd is not None else (x.data, w.data)
             g2 = gy.data.reshape(-1, w.shape[0])
-            gx = Tensor(K.matmul(g2, w.data).reshape(x.shape)) if need[0] else None
-            gw = Tensor(K.matmul(g2.T, x.data.reshape(-1, x.shape[-1]))) if need[1] else None
+            if cd is not None and g2.dtype != cd:
+                g2 = g2.astype(cd)
+            gx = gw = gb = None
+            if need[0]:
+                gx = K.matmul(g2, wa, out_dtype=None if x.dtype == g2.dtype else x.dtype)
+                gx = Tensor(gx.reshape(x.shape))
+            if need[1]:
+                gw = Tensor(K.matmul(g2.T, xa.reshape(-1, x.shape[-1]),
+                                     out_dtype=None if w.dtype == g2.dtype else w.dtype))
             out = (gx, gw)
             if has_b:
-                out += (Tensor(g2.sum(axis=0)) if need[2] else None,)
+                if need[2]:
+                    bdt = self.inputs[2].dtype
+                    if type(g2) is np.ndarray:
+                        gb = g2.sum(axis=0)
+                        gb = gb if gb.dtype == bdt else gb.astype(bdt)
+                    else:
+                        gb = K.colsum(g2, out_dtype=bdt)
+                    gb = Tensor(gb)
+                out += (gb,)
+            return out
+        if cd is not None:   # create_graph: the composed ops (casts included), differentiable again
+            g2 = reshape(gy, (-1, w.shape[0]))
+            g2 = g2 if g2.dtype == cd else g2.astype(cd)
+            gx = reshape(g2 @ w.astype(cd), x.shape).astype(x.dtype) if need[0] else None
+            gw = (g2.T @ reshape(x.astype(cd), (-1, x.shape[-1]))).astype(w.dtype) if need[1] else None
+            out = (gx, gw)
+            if has_b:
+                out += (g2.sum(axis=0).astype(self.inputs[2].dtype) if need[2] else None,)
             return out
         g2 = reshape(gy, (-1, w.shape[0]))
         gx = reshape(g2 @ w, x.shape) if need[0] else None
