@@ -75,6 +75,25 @@ class GradScaler:
             self._found_inf = False
             return True
         inv = 1.0 / self.scale_value
+        params = list(params)
+        gpu = [p.grad.data for p in params if p.grad is not None and type(p.grad.data) is not np.ndarray]
+        if gpu:
+            from .cuda import get_kernel
+            kern = get_kernel("scale_and_check")
+            if kern is not None:     # one multi-tensor launch per (dtype, GPU), one host sync per GPU
+                finite = not any(int(f.get()[0]) for f in kern(gpu, inv))
+                cpu = [p for p in params if p.grad is not None and type(p.grad.data) is np.ndarray]
+                if cpu:
+                    finite = self._unscale_arrays(cpu, inv) and finite
+                self._found_inf = not finite
+                return finite
+        finite = self._unscale_arrays(params, inv)
+        self._found_inf = not finite
+        return finite
+
+    @staticmethod
+    def _unscale_arrays(params, inv: float) -> bool:
+        """The per-parameter path: g *= inv, then one float32 sum per gradient (inf/NaN make the total non-finite)."""
         total = None
         for p in params:
             g = p.grad
@@ -83,9 +102,7 @@ class GradScaler:
             g.data *= inv
             s = g.data.sum(dtype=np.float32)  # inf/NaN anywhere makes the sum non-finite
             total = s if total is None else total + s
-        finite = True if total is None else bool(math.isfinite(float(backend.to_numpy(total))))
-        self._found_inf = not finite
-        return finite
+        return True if total is None else bool(math.isfinite(float(backend.to_numpy(total))))
 
     def update(self) -> None:
         """Lower the scale after an overflow; raise it after ``growth_interval`` clean steps."""

@@ -38,7 +38,7 @@ _MODULE_OF = {
     "cross_entropy_forward": "softmax", "cross_entropy_backward": "softmax",
     "attention_forward": "attention", "attention_backward": "attention",
     "matmul": "matmul", "colsum": "matmul",
-    "adamw_step": "adamw",
+    "adamw_step": "adamw", "scale_and_check": "adamw",
 }
 KERNEL_NAMES = tuple(_MODULE_OF)
 

@@ -44,11 +44,32 @@ __global__ void adamw_multi(const i64* __restrict__ ptrs, const int* __restrict_
         st(p, i, pv); st(m, i, mv); st(v, i, vv);
     }
 }
+
+// Loss-scaler pass (GradScaler): g *= factor over many tensors in one launch; *flag = 1 when any result is inf/NaN.
+template <typename T, typename A>
+__global__ void scale_check_multi(const i64* __restrict__ ptrs, const int* __restrict__ blk_tensor,
+                                  const i64* __restrict__ blk_start, int ntensors, int chunk, double factor,
+                                  int* __restrict__ flag) {
+    const int t = blk_tensor[blockIdx.x];
+    const i64 start = blk_start[blockIdx.x];
+    T* g = reinterpret_cast<T*>(ptrs[t]);
+    const i64 n = ptrs[ntensors + t];
+    const i64 end = start + chunk < n ? start + chunk : n;
+    const A f = (A)factor;
+    int bad = 0;
+    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+        const A v = ld(g, i) * f;
+        st(g, i, v);
+        bad |= !((v - v) == (A)0);        // inf - inf and NaN - NaN are NaN: true only for finite v
+    }
+    if (__syncthreads_or(bad) && threadIdx.x == 0) *flag = 1;
+}
 """
 
 _PT = [("float", "float", "float"), ("float", "half_t", "float"), ("half_t", "half_t", "float"),
        ("double", "double", "double"), ("double", "float", "double")]
-_mod = LazyModule(_SRC, {"adamw_multi": [",".join(t) for t in _PT]})
+_SC = ["half_t,float", "float,float", "double,double"]
+_mod = LazyModule(_SRC, {"adamw_multi": [",".join(t) for t in _PT], "scale_check_multi": _SC})
 _table_cache: dict = {}
 
 
@@ -142,3 +163,45 @@ def _launch_group(params, grads, exp_avgs, exp_avg_sqs, idx, targs, scal):
     _mod.kernel("adamw_multi", targs)(
         (nblocks,), (THREADS,),
         (meta_d, blk_t, blk_s, np.int32(nt), np.int32(CHUNK), *(np.float64(s) for s in scal)))
+
+
+def scale_and_check(arrays, factor: float):
+    """Multiply every CuPy array in ``arrays`` by ``factor`` in place and return a list of device int32 flags (one
+    per GPU touched; 1 = some result is inf or NaN). One launch per (dtype, GPU); no host sync here: the caller
+    reads the flags once (GradScaler). Non-contiguous arrays are scaled by CuPy and checked with ``isfinite``."""
+    cp = require_cupy()
+    groups: dict[tuple[str, int], list] = {}
+    flags: dict[int, object] = {}
+
+    def flag_of(dev):
+        f = flags.get(dev)
+        if f is None:
+            with cp.cuda.Device(dev):
+                f = flags[dev] = cp.zeros((1,), np.int32)
+        return f
+
+    for a in arrays:
+        if a.size == 0:
+            continue
+        dev = a.device.id
+        if a.flags.c_contiguous and a.dtype in (np.float16, np.float32, np.float64):
+            t, acc = ctypes_of(a.dtype)
+            groups.setdefault((f"{t},{acc}", dev), []).append(a)
+        else:
+            with cp.cuda.Device(dev):
+                a *= factor
+                f = flag_of(dev)
+                cp.maximum(f, (~cp.isfinite(a)).any().astype(np.int32), out=f)
+    for (targs, dev), arrs in groups.items():
+        with cp.cuda.Device(dev):
+            f = flag_of(dev)
+            nt = len(arrs)
+            sizes = tuple(int(a.size) for a in arrs)
+            meta = np.empty((2, nt), np.int64)
+            meta[0] = [a.data.ptr for a in arrs]
+            meta[1] = sizes
+            blk_t, blk_s, nblocks = _block_table(sizes)
+            _mod.kernel("scale_check_multi", targs)(
+                (nblocks,), (THREADS,),
+                (cp.asarray(meta), blk_t, blk_s, np.int32(nt), np.int32(CHUNK), np.float64(factor), f))
+    return list(flags.values())

@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from autograd.backend import xp_of
+import numpy as np
 
-from .optimizer import Optimizer
+from autograd.backend import xp_of
+from autograd.ops import nn_kernels as _K
+
+from .optimizer import Optimizer, _param_label, device_scope, grad_array
 
 __all__ = ["Adam", "AdamW", "param_groups_for_weight_decay"]
 
@@ -64,13 +67,56 @@ class Adam(Optimizer):
             raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
-    def _update(self, p, g, state: dict[str, Any], group: dict[str, Any]) -> None:
-        if "exp_avg" not in state:
-            xp, dt = xp_of(p), self._state_dtype(p)
-            state["step"] = 0
-            state["exp_avg"] = xp.zeros(p.shape, dtype=dt)
-            state["exp_avg_sq"] = xp.zeros(p.shape, dtype=dt)
-        state["step"] += 1
+    def step(self) -> None:
+        """One update of every parameter with a gradient. On CuPy, AdamW-rule updates (decoupled decay, or no decay)
+        go to the multi-tensor kernel ``nn_kernels.adamw_step``: one launch per (group, step count, dtype, GPU)
+        instead of a dozen CuPy launches per parameter. Everything else (NumPy, a replaced ``update_fn``, L2 decay,
+        float16 parameters) takes the per-parameter path. Same arithmetic and the same state layout either way."""
+        if self.update_fn is not _adamw_update:
+            return super().step()
+        batches: dict[tuple, tuple[list, list, list, list]] = {}
+        i = 0
+        for gi, group in enumerate(self.param_groups):
+            fused_group = self.decoupled or group["weight_decay"] == 0.0
+            for p in group["params"]:
+                g = grad_array(p)
+                if g is not None and getattr(p, "requires_grad", True):
+                    pd = p.data
+                    if g.shape != pd.shape:
+                        raise ValueError(f"{type(self).__name__}: gradient of shape {tuple(g.shape)} for "
+                                         f"{_param_label(p, i)}")
+                    state = self.state.setdefault(i, {})
+                    if fused_group and type(pd) is not np.ndarray and pd.dtype.itemsize >= 4:
+                        if "exp_avg" not in state:
+                            self._init_state(pd, state)
+                        state["step"] += 1
+                        m, v = state["exp_avg"], state["exp_avg_sq"]
+                        if m.dtype == pd.dtype and v.dtype == pd.dtype:
+                            b = batches.setdefault((gi, state["step"]), ([], [], [], []))
+                            b[0].append(pd); b[1].append(g); b[2].append(m); b[3].append(v)
+                        else:                                     # e.g. moments loaded in another dtype
+                            with device_scope(pd):
+                                self._apply(pd, g, state, group)
+                    else:
+                        with device_scope(pd):
+                            self._update(pd, g, state, group)
+                i += 1
+        for (gi, t), (ps, gs, ms, vs) in batches.items():
+            group = self.param_groups[gi]
+            beta1, beta2 = group["betas"]
+            wd = group["weight_decay"] if self.decoupled else 0.0
+            _K.adamw_step(ps, gs, ms, vs, float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+                          float(wd), int(t))
+        self.step_count += 1
+
+    def _init_state(self, p, state: dict[str, Any]) -> None:
+        xp, dt = xp_of(p), self._state_dtype(p)
+        state["step"] = 0
+        state["exp_avg"] = xp.zeros(p.shape, dtype=dt)
+        state["exp_avg_sq"] = xp.zeros(p.shape, dtype=dt)
+
+    def _apply(self, p, g, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """The update of one parameter whose state["step"] is already counted."""
         wd = group["weight_decay"]
         if wd != 0.0 and not self.decoupled:
             g = g + wd * p                      # L2: new array, the gradient itself is left alone
@@ -78,6 +124,12 @@ class Adam(Optimizer):
         beta1, beta2 = group["betas"]
         self.update_fn(p, g, state["exp_avg"], state["exp_avg_sq"], lr=group["lr"], beta1=beta1,
                         beta2=beta2, eps=group["eps"], weight_decay=wd, step=state["step"])
+
+    def _update(self, p, g, state: dict[str, Any], group: dict[str, Any]) -> None:
+        if "exp_avg" not in state:
+            self._init_state(p, state)
+        state["step"] += 1
+        self._apply(p, g, state, group)
 
 
 class AdamW(Adam):
