@@ -30,6 +30,7 @@ from .tensor import Tensor
 __all__ = [
     "relu", "gelu", "silu", "sigmoid", "tanh", "bias_gelu", "softmax", "log_softmax", "cross_entropy", "layer_norm",
     "rms_norm", "embedding", "dropout", "masked_fill", "scaled_dot_product_attention", "linear",
+    "split_heads", "merge_heads",
 ]
 
 
@@ -307,3 +308,23 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
         xp = backend.xp_of(q.data)
         s = masked_fill(s, xp.triu(xp.ones((tq, tk), dtype=bool), k=1 + tk - tq), -math.inf)
     return dropout(softmax(s, axis=-1), dropout_p, training=True, rng=rng) @ v
+
+
+# ------------------------------------------------------------------------------------------------------ head layout
+def split_heads(qkv: Tensor, n_head: int, n_kv_heads: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """qkv (B, T, (H + 2K) D) -> q (B, H, T, D), k (B, K, T, D), v (B, K, T, D), contiguous, in one op (the same
+    values as reshape + transpose + split; its backward writes d(qkv) directly)."""
+    qkv = _t(qkv)
+    kv = n_head if n_kv_heads is None else n_kv_heads
+    if qkv.ndim != 3 or qkv.shape[-1] % (n_head + 2 * kv):
+        raise ValueError(f"split_heads: expected (B, T, (n_head + 2 n_kv_heads) * D) with n_head {n_head}, "
+                         f"n_kv_heads {kv}, got shape {qkv.shape}")
+    return _nn.SplitHeads.apply(qkv, n_head=n_head, n_kv_heads=kv, head_dim=qkv.shape[-1] // (n_head + 2 * kv))
+
+
+def merge_heads(y: Tensor) -> Tensor:
+    """y (B, H, T, D) -> (B, T, H D) contiguous, in one op (transpose + reshape)."""
+    y = _t(y)
+    if y.ndim != 4:
+        raise ValueError(f"merge_heads: expected (B, H, T, D), got shape {y.shape}")
+    return _nn.MergeHeads.apply(y)

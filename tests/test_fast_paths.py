@@ -178,3 +178,45 @@ def test_adamw_multi_tensor_matches_per_param(grad16):
     for i in sd1["state"]:
         assert sd1["state"][i]["step"] == sd2["state"][i]["step"]
         np.testing.assert_allclose(sd2["state"][i]["exp_avg_sq"], sd1["state"][i]["exp_avg_sq"], rtol=1e-5)
+
+
+def _split_composed(x, h, kv):
+    b, t, c = x.shape
+    d = c // (h + 2 * kv)
+    qkv = x.reshape(b, t, h + 2 * kv, d).transpose(0, 2, 1, 3)
+    return qkv.split([h, h + kv], axis=1)
+
+
+@pytest.mark.parametrize("h,kv", [(4, 4), (4, 2), (2, 1)])
+def test_split_and_merge_heads_match_composed_ops(h, kv):
+    rng = np.random.default_rng(h * 10 + kv)
+    b, t, d = 2, 5, 3
+    x0 = rng.standard_normal((b, t, (h + 2 * kv) * d))
+    rs = [rng.standard_normal((b, n, t, d)) for n in (h, kv, kv)]
+    ry = rng.standard_normal((b, t, h * d))
+    outs = []
+    for fused in (True, False):
+        x = ag.Tensor(x0.copy(), requires_grad=True)
+        q, k, v = F.split_heads(x, h, kv) if fused else _split_composed(x, h, kv)
+        for a in (q, k, v):
+            assert fused is False or a.data.flags.c_contiguous
+        y = F.merge_heads(q) if fused else q.transpose(0, 2, 1, 3).reshape(b, t, h * d)
+        assert y.shape == (b, t, h * d)
+        loss = (y * ag.Tensor(ry)).sum() + sum((a * ag.Tensor(r)).sum() for a, r in zip((q, k, v), rs))
+        loss.backward()
+        outs.append(([a.numpy() for a in (q, k, v, y)], x.grad.numpy()))
+    for a, b_ in zip(outs[0][0], outs[1][0]):
+        np.testing.assert_array_equal(a, b_)
+    np.testing.assert_allclose(outs[0][1], outs[1][1], rtol=1e-12)
+
+
+def test_split_and_merge_heads_gradcheck_and_double_backward():
+    rng = np.random.default_rng(7)
+    x = ag.Tensor(rng.standard_normal((1, 3, 8)), requires_grad=True)
+    assert ag.gradcheck(lambda x: F.merge_heads(F.split_heads(x, 2, 1)[0] * F.split_heads(x, 2, 1)[2]), [x])
+    q, k, v = F.split_heads(x, 2, 1)
+    (gx,) = ag.grad([(q ** 2).sum() + (F.merge_heads(v) ** 3).sum()], [x], create_graph=True)
+    gx.sum().backward()
+    assert x.grad is not None and np.all(np.isfinite(x.grad.numpy()))
+    with pytest.raises(ValueError, match="split_heads"):
+        F.split_heads(x, 3, 1)

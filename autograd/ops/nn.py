@@ -18,7 +18,7 @@ from ..grad_mode import _GradMode
 from ..tensor import Tensor
 from . import nn_kernels as K
 from .elementwise import Tanh
-from .shape import ScatterAdd, reshape, sum_to
+from .shape import ScatterAdd, concatenate, reshape, sum_to
 
 
 #: Largest array (bytes) a fused op keeps from forward for a cheaper backward on NumPy (GELU's sigmoid factor,
@@ -377,3 +377,55 @@ class Attention(Function):
             dq, dk, dv = K.attention_backward(q.data, k.data, v.data, o, self.lse, do.data, self.causal, self.scale)
         need = self.needs_input_grad
         return (Tensor(dq) if need[0] else None, Tensor(dk) if need[1] else None, Tensor(dv) if need[2] else None)
+
+
+# ------------------------------------------------------------------------------------------------------ head layout
+class SplitHeads(Function):
+    """qkv (B, T, (H + 2K) D) -> q (B, H, T, D), k (B, K, T, D), v (B, K, T, D), each C-contiguous.
+
+    One op for the reshape + transpose + split + copies that attention needs: the attention kernels read contiguous
+    heads. With K == H the three come out of ONE copy into a (3, B, H, T, D) buffer; backward writes d(qkv) with one
+    strided copy per input gradient (no concatenate, no extra transposed copy). Params: n_head, n_kv_heads, head_dim.
+    """
+
+    def forward(self, x):
+        xp = backend.xp_of(x)
+        b, t, _ = x.shape
+        h, kv, d = self.n_head, self.n_kv_heads, self.head_dim
+        if h == kv:
+            buf = xp.ascontiguousarray(x.reshape(b, t, 3, h, d).transpose(2, 0, 3, 1, 4))
+            return buf[0], buf[1], buf[2]
+        xt = x.reshape(b, t, h + 2 * kv, d).transpose(0, 2, 1, 3)
+        return (xp.ascontiguousarray(xt[:, :h]), xp.ascontiguousarray(xt[:, h:h + kv]),
+                xp.ascontiguousarray(xt[:, h + kv:]))
+
+    def backward(self, dq, dk, dv):
+        x = self.inputs[0]
+        b, t, c = x.shape
+        h, kv, d = self.n_head, self.n_kv_heads, self.head_dim
+        if not _GradMode.enabled:
+            xp = backend.xp_of(dq.data)
+            g = xp.empty((b, t, h + 2 * kv, d), dtype=x.dtype)
+            gt = g.transpose(0, 2, 1, 3)
+            gt[:, :h] = dq.data
+            gt[:, h:h + kv] = dk.data
+            gt[:, h + kv:] = dv.data
+            return Tensor(g.reshape(b, t, c))
+        return concatenate([dq, dk, dv], axis=1).transpose(0, 2, 1, 3).reshape(b, t, c)
+
+
+class MergeHeads(Function):
+    """y (B, H, T, D) -> (B, T, H D), C-contiguous: the transpose + reshape copy in one op; backward hands the
+    attention op a contiguous (B, H, T, D) gradient (its kernels read contiguous rows)."""
+
+    def forward(self, y):
+        xp = backend.xp_of(y)
+        b, h, t, d = y.shape
+        return xp.ascontiguousarray(y.transpose(0, 2, 1, 3)).reshape(b, t, h * d)
+
+    def backward(self, g):
+        b, h, t, d = self.inputs[0].shape
+        if not _GradMode.enabled:
+            xp = backend.xp_of(g.data)
+            return Tensor(xp.ascontiguousarray(g.data.reshape(b, t, h, d).transpose(0, 2, 1, 3)))
+        return g.reshape(b, t, h, d).transpose(0, 2, 1, 3)

@@ -140,8 +140,12 @@ class MultiHeadAttention(Module):
         b, t, _ = x.shape
         h, kv, d = self.n_head, self.n_kv_heads, self.head_dim
         start = cache.length if cache is not None else 0
-        qkv = self.qkv(x).reshape(b, t, h + 2 * kv, d).transpose(0, 2, 1, 3)   # (B, H + 2K, T, D)
-        q, k, v = qkv.split([h, h + kv], axis=1)
+        gpu = type(x.data) is not np.ndarray
+        if gpu:   # one op: contiguous heads for the attention kernels, backward writes d(qkv) directly
+            q, k, v = F.split_heads(self.qkv(x), h, kv)
+        else:     # NumPy: views (the CPU attention reads them as they are)
+            qkv = self.qkv(x).reshape(b, t, h + 2 * kv, d).transpose(0, 2, 1, 3)   # (B, H + 2K, T, D)
+            q, k, v = qkv.split([h, h + kv], axis=1)
         if self.use_rope:
             q = apply_rope(q, self.rope_cos, self.rope_sin, start)
             k = apply_rope(k, self.rope_cos, self.rope_sin, start)
@@ -151,7 +155,7 @@ class MultiHeadAttention(Module):
         k, v = repeat_kv(k, h // kv), repeat_kv(v, h // kv)
         p = self.dropout if self.attn_drop.active else 0.0
         y = F.scaled_dot_product_attention(q, k, v, causal=True, dropout_p=p, rng=self.attn_drop.rng)
-        y = y.transpose(0, 2, 1, 3).reshape(b, t, h * d)
+        y = F.merge_heads(y) if gpu else y.transpose(0, 2, 1, 3).reshape(b, t, h * d)
         return self.resid_drop(self.proj(y))
 
     def extra_repr(self) -> str:
