@@ -21,8 +21,9 @@ What to expect: the book reports a training loss falling from ~9.8 to ~0.4 and a
 near 6.3 and ends at ~6.4 after 10 epochs: 4,600 training tokens are far too few for 163M parameters, so the model
 memorises them (sampled text reproduces passages of the story). With a BPE trained on the text (no GPT-2 files) the
 vocabulary is smaller and the numbers differ (the losses are lower: fewer tokens to choose from).
-On two CPU cores each step of this model takes seconds; the whole run takes tens of minutes (minutes on a GPU,
-``--device cuda``).
+Measured here (2 CPU cores, default ``--init book``, GPT-2 files): 5 min 13 s for the 90 steps (~3 s a step);
+train loss 0.45 at step 85 and 0.51 on the last batch, val loss lowest at 6.14 (step 50) and 6.68 at the end:
+the book's curve. With ``--init gpt2`` the training loss is still 6.06 after 10 epochs (val 6.66).
 """
 from __future__ import annotations
 
