@@ -312,8 +312,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
 
 # ------------------------------------------------------------------------------------------------------ head layout
 def split_heads(qkv: Tensor, n_head: int, n_kv_heads: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """qkv (B, T, (H + 2K) D) -> q (B, H, T, D), k (B, K, T, D), v (B, K, T, D), contiguous, in one op (the same
-    values as reshape + transpose + split; its backward writes d(qkv) directly)."""
+    """qkv (B, T, (H + 2K) D) -> q (B, H, T, D), k (B, K, T, D), v (B, K, T, D) (strided views), in one op: the
+    same as reshape + transpose + split, and its backward writes d(qkv) directly."""
     qkv = _t(qkv)
     kv = n_head if n_kv_heads is None else n_kv_heads
     if qkv.ndim != 3 or qkv.shape[-1] % (n_head + 2 * kv):

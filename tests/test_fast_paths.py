@@ -198,8 +198,6 @@ def test_split_and_merge_heads_match_composed_ops(h, kv):
     for fused in (True, False):
         x = ag.Tensor(x0.copy(), requires_grad=True)
         q, k, v = F.split_heads(x, h, kv) if fused else _split_composed(x, h, kv)
-        for a in (q, k, v):
-            assert fused is False or a.data.flags.c_contiguous
         y = F.merge_heads(q) if fused else q.transpose(0, 2, 1, 3).reshape(b, t, h * d)
         assert y.shape == (b, t, h * d)
         loss = (y * ag.Tensor(ry)).sum() + sum((a * ag.Tensor(r)).sum() for a, r in zip((q, k, v), rs))

@@ -145,8 +145,10 @@ def _matmul(a, b, out, c_dtype):
     dtype = np.result_type(a.dtype, b.dtype)
     if dtype not in (np.float16, np.float32, np.float64):
         return cp.matmul(a, b)
-    a = a.astype(dtype, copy=False)
-    b = b.astype(dtype, copy=False)
+    if a.dtype != dtype:
+        a = a.astype(dtype)
+    if b.dtype != dtype:
+        b = b.astype(dtype)
     M, K = a.shape[-2:]
     N = b.shape[-1]
     batch_shape = tuple(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))

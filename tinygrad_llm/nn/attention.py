@@ -141,7 +141,7 @@ class MultiHeadAttention(Module):
         h, kv, d = self.n_head, self.n_kv_heads, self.head_dim
         start = cache.length if cache is not None else 0
         gpu = type(x.data) is not np.ndarray
-        if gpu:   # one op: contiguous heads for the attention kernels, backward writes d(qkv) directly
+        if gpu:   # one op (views), its backward writes d(qkv) directly
             q, k, v = F.split_heads(self.qkv(x), h, kv)
         else:     # NumPy: views (the CPU attention reads them as they are)
             qkv = self.qkv(x).reshape(b, t, h + 2 * kv, d).transpose(0, 2, 1, 3)   # (B, H + 2K, T, D)
