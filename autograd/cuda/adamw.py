@@ -97,6 +97,23 @@ def _block_table(sizes: tuple[int, ...]):
     return tab
 
 
+_meta_cache: dict = {}
+
+
+def _device_meta(meta: np.ndarray):
+    """The pointer/size table on the current GPU, reused while the same bytes come back (parameters, moments and,
+    in a steady training loop, the pool's gradient buffers keep their addresses): no host-to-device copy per step.
+    Entries are immutable after upload, so a reused table always holds exactly these bytes."""
+    cp = require_cupy()
+    key = (cp.cuda.Device().id, meta.tobytes())
+    d = _meta_cache.get(key)
+    if d is None:
+        if len(_meta_cache) >= 16:
+            _meta_cache.clear()
+        d = _meta_cache[key] = cp.asarray(meta)
+    return d
+
+
 def _per_tensor(p, g, m, v, lr, b1, b2, eps, wd, step_size, inv_sqrt_bc2):
     """Fallback for odd layouts/dtypes: CuPy ops, same arithmetic."""
     cp = require_cupy()
@@ -158,7 +175,7 @@ def _launch_group(params, grads, exp_avgs, exp_avg_sqs, idx, targs, scal):
         meta[2, j] = exp_avgs[i].data.ptr
         meta[3, j] = exp_avg_sqs[i].data.ptr
     meta[4] = sizes
-    meta_d = cp.asarray(meta)
+    meta_d = _device_meta(meta)
     blk_t, blk_s, nblocks = _block_table(sizes)
     _mod.kernel("adamw_multi", targs)(
         (nblocks,), (THREADS,),
@@ -203,5 +220,5 @@ def scale_and_check(arrays, factor: float):
             blk_t, blk_s, nblocks = _block_table(sizes)
             _mod.kernel("scale_check_multi", targs)(
                 (nblocks,), (THREADS,),
-                (cp.asarray(meta), blk_t, blk_s, np.int32(nt), np.int32(CHUNK), np.float64(factor), f))
+                (_device_meta(meta), blk_t, blk_s, np.int32(nt), np.int32(CHUNK), np.float64(factor), f))
     return list(flags.values())

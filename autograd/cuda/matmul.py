@@ -127,12 +127,45 @@ def matmul(a, b, out=None, out_dtype=None):
     ``cupy.matmul``. Mixed float dtypes are promoted first. ``out_dtype=float32`` with float16 operands writes the
     float32 accumulator straight out (cuBLAS C type 32F: no float16 rounding and no separate cast)."""
     cp = require_cupy()
+    if out is None and a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype in _R_OF:
+        r = _matmul_2d(cp, a, b, out_dtype)     # the common case (Linear), with little Python per call
+        if r is not None:
+            return r
     if out_dtype is not None and np.dtype(out_dtype) != np.result_type(a.dtype, b.dtype):
         if not (np.dtype(out_dtype) == np.float32 and a.dtype == np.float16 and b.dtype == np.float16
                 and a.ndim >= 2 and b.ndim >= 2):
             return matmul(a, b).astype(out_dtype)
         return _matmul(a, b, out, np.dtype(np.float32))
     return _matmul(a, b, out, None)
+
+
+_R_OF = {np.dtype(np.float16): _R_16F, np.dtype(np.float32): _R_32F, np.dtype(np.float64): _R_64F}
+
+
+def _matmul_2d(cp, a, b, out_dtype):
+    """2-D a @ b of one float dtype straight to gemmEx; None when a layout or size needs the general path."""
+    M, K = a.shape
+    K2, N = b.shape
+    if K != K2 or M == 0 or N == 0 or K == 0:
+        return None
+    la, lb = _layout(a), _layout(b)
+    if la is None or lb is None:
+        return None
+    dt = _R_OF[a.dtype]
+    if out_dtype is None or out_dtype == a.dtype:
+        odt, dc = a.dtype, dt
+    elif out_dtype == np.float32 and a.dtype == np.float16:
+        odt, dc = np.dtype(np.float32), _R_32F
+    else:
+        return None
+    _, ct, st = _types(a.dtype)
+    out = cp.empty((M, N), odt)
+    cublas = _lib()
+    handle = cp.cuda.device.get_cublas_handle()
+    cublas.setPointerMode(handle, _POINTER_MODE_HOST)
+    cublas.gemmEx(handle, lb[0], la[0], N, M, K, _ONE[st].ctypes.data, b.data.ptr, dt, lb[1], a.data.ptr, dt,
+                  la[1], _ZERO[st].ctypes.data, out.data.ptr, dc, N, ct, _GEMM_DEFAULT)
+    return out
 
 
 def _matmul(a, b, out, c_dtype):
