@@ -311,15 +311,18 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool =
 
 
 # ------------------------------------------------------------------------------------------------------ head layout
-def split_heads(qkv: Tensor, n_head: int, n_kv_heads: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """qkv (B, T, (H + 2K) D) -> q (B, H, T, D), k (B, K, T, D), v (B, K, T, D) (strided views), in one op: the
-    same as reshape + transpose + split, and its backward writes d(qkv) directly."""
+def split_heads(qkv: Tensor, n_head: int, n_kv_heads: int | None = None,
+                contiguous: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """qkv (B, T, (H + 2K) D) -> q (B, H, T, D), k (B, K, T, D), v (B, K, T, D), in one op: the same as reshape +
+    transpose + split, and its backward writes d(qkv) directly. Strided views, or C-contiguous copies with
+    ``contiguous=True`` (what the flash attention kernel reads; costs one more (B, T, 3C) activation)."""
     qkv = _t(qkv)
     kv = n_head if n_kv_heads is None else n_kv_heads
     if qkv.ndim != 3 or qkv.shape[-1] % (n_head + 2 * kv):
         raise ValueError(f"split_heads: expected (B, T, (n_head + 2 n_kv_heads) * D) with n_head {n_head}, "
                          f"n_kv_heads {kv}, got shape {qkv.shape}")
-    return _nn.SplitHeads.apply(qkv, n_head=n_head, n_kv_heads=kv, head_dim=qkv.shape[-1] // (n_head + 2 * kv))
+    return _nn.SplitHeads.apply(qkv, n_head=n_head, n_kv_heads=kv, head_dim=qkv.shape[-1] // (n_head + 2 * kv),
+                                contiguous=bool(contiguous))
 
 
 def merge_heads(y: Tensor) -> Tensor:

@@ -187,8 +187,9 @@ def _split_composed(x, h, kv):
     return qkv.split([h, h + kv], axis=1)
 
 
+@pytest.mark.parametrize("contiguous", [False, True])
 @pytest.mark.parametrize("h,kv", [(4, 4), (4, 2), (2, 1)])
-def test_split_and_merge_heads_match_composed_ops(h, kv):
+def test_split_and_merge_heads_match_composed_ops(h, kv, contiguous):
     rng = np.random.default_rng(h * 10 + kv)
     b, t, d = 2, 5, 3
     x0 = rng.standard_normal((b, t, (h + 2 * kv) * d))
@@ -197,7 +198,9 @@ def test_split_and_merge_heads_match_composed_ops(h, kv):
     outs = []
     for fused in (True, False):
         x = ag.Tensor(x0.copy(), requires_grad=True)
-        q, k, v = F.split_heads(x, h, kv) if fused else _split_composed(x, h, kv)
+        q, k, v = F.split_heads(x, h, kv, contiguous) if fused else _split_composed(x, h, kv)
+        if fused and contiguous:
+            assert all(a.data.flags.c_contiguous for a in (q, k, v))
         y = F.merge_heads(q) if fused else q.transpose(0, 2, 1, 3).reshape(b, t, h * d)
         assert y.shape == (b, t, h * d)
         loss = (y * ag.Tensor(ry)).sum() + sum((a * ag.Tensor(r)).sum() for a, r in zip((q, k, v), rs))

@@ -381,18 +381,30 @@ class Attention(Function):
 
 # ------------------------------------------------------------------------------------------------------ head layout
 class SplitHeads(Function):
-    """qkv (B, T, (H + 2K) D) -> q (B, H, T, D), k (B, K, T, D), v (B, K, T, D): strided views of qkv.
+    """qkv (B, T, (H + 2K) D) -> q (B, H, T, D), k (B, K, T, D), v (B, K, T, D).
 
-    One op for the reshape + transpose + split (three ops and their backward before). Views, not copies: the node
-    keeps qkv alive anyway (its input), so contiguous copies would add a second (B, T, 3C) activation per layer
-    (+0.9 GB for GPT-2 at 8 x 1024 in float32); the attention kernels copy what they need transiently. Backward
-    writes d(qkv) with one strided copy per gradient (no concatenate, no transposed copy). Params: n_head,
-    n_kv_heads, head_dim.
+    One op for the reshape + transpose + split (three ops and their backward before). Backward writes d(qkv) with
+    one strided copy per gradient (no concatenate, no transposed copy). Params: n_head, n_kv_heads, head_dim,
+    contiguous. ``contiguous=False``: strided views of qkv (the node keeps qkv alive anyway, so copies add a second
+    (B, T, 3C) activation per layer: +0.9 GB for GPT-2 at 8 x 1024 in float32; the GEMM attention reads views).
+    ``contiguous=True``: C-contiguous heads, for the flash kernel (it reads contiguous rows; else it copies q, k, v
+    in its forward AND again in its backward); with K == H all three come from ONE copy into a (3, B, H, T, D)
+    buffer.
     """
+
+    contiguous = False
 
     def forward(self, x):
         b, t, _ = x.shape
         h, kv, d = self.n_head, self.n_kv_heads, self.head_dim
+        if self.contiguous:
+            xp = backend.xp_of(x)
+            if h == kv:
+                buf = xp.ascontiguousarray(x.reshape(b, t, 3, h, d).transpose(2, 0, 3, 1, 4))
+                return buf[0], buf[1], buf[2]
+            xt = x.reshape(b, t, h + 2 * kv, d).transpose(0, 2, 1, 3)
+            return (xp.ascontiguousarray(xt[:, :h]), xp.ascontiguousarray(xt[:, h:h + kv]),
+                    xp.ascontiguousarray(xt[:, h + kv:]))
         xt = x.reshape(b, t, h + 2 * kv, d).transpose(0, 2, 1, 3)
         return xt[:, :h], xt[:, h:h + kv], xt[:, h + kv:]
 

@@ -141,8 +141,9 @@ class MultiHeadAttention(Module):
         h, kv, d = self.n_head, self.n_kv_heads, self.head_dim
         start = cache.length if cache is not None else 0
         gpu = type(x.data) is not np.ndarray
-        if gpu:   # one op (views), its backward writes d(qkv) directly
-            q, k, v = F.split_heads(self.qkv(x), h, kv)
+        if gpu:   # one op, its backward writes d(qkv) directly; float16 (flash kernel): contiguous heads
+            qkv = self.qkv(x)
+            q, k, v = F.split_heads(qkv, h, kv, contiguous=qkv.dtype == np.float16)
         else:     # NumPy: views (the CPU attention reads them as they are)
             qkv = self.qkv(x).reshape(b, t, h + 2 * kv, d).transpose(0, 2, 1, 3)   # (B, H + 2K, T, D)
             q, k, v = qkv.split([h, h + kv], axis=1)
