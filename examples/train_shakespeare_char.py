@@ -17,6 +17,8 @@ What to expect:
   dropout), for which nanoGPT reports val loss ~1.88. Random-offset windows as nanoGPT's get_batch: every
   position is a window start (stride 1) and the loader shuffles them.
 - Untrained, the loss is ln(65) = 4.17; the character unigram entropy of the text is about 3.3 nats.
+- Measured here with ``--cpu`` on two CPU cores (shared with other jobs): val loss 1.92 after 2000 steps
+  (1.97 at step 1500), 4 min 37 s.
 
 Samples and a checkpoint go to ``--out-dir``; continue with ``tinygrad-llm generate --checkpoint out-shakespeare``.
 """
