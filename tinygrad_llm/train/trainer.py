@@ -50,6 +50,16 @@ __all__ = ["Trainer", "lm_loss"]
 Callback = Callable[["Trainer", dict], None]
 
 
+def _precision_setup(cfg: TrainConfig):
+    """(autocast dtype or None, GradScaler or None) for ``cfg.precision``; sets TF32 on GPUs."""
+    if backend.parse_device(cfg.device)[0] == "cuda":
+        from autograd import cuda as agcuda
+        agcuda.set_tf32(cfg.precision != "fp32")
+    if cfg.precision in ("mixed", "fp16"):
+        return "float16", ag.amp.GradScaler()
+    return None, None
+
+
 def lm_loss(model, x, y) -> ag.Tensor:
     """Mean next-token cross-entropy of ``model`` on inputs x (B, T) and targets y (B, T)."""
     if hasattr(model, "loss"):
@@ -81,9 +91,10 @@ class Trainer:
         self.tokens_seen = 0
         self.last_val: dict[str, float] = {}
         self._stop_requested = False
-        # mixed precision (issue 5) plugs in here: an object with scale(loss) -> Tensor, unscale(params) -> bool
-        # (divide the grads by the scale; False when any is inf/nan) and update(finite: bool); None = fp32 training
-        self.loss_scaler = None
+        # precision: "fp32" (no TF32 on GPUs), "tf32" (float32 weights, TF32 matrix products where the GPU has them),
+        # "mixed" / "fp16" (float16 matrix products under ag.amp.autocast, float32 master weights, dynamic loss
+        # scaling with ag.amp.GradScaler: a step with inf/NaN gradients is skipped and the scale lowered)
+        self.autocast_dtype, self.loss_scaler = _precision_setup(cfg)
 
         ckpt = self._find_resume()
         self.resumed_from = ckpt.path if ckpt is not None else None
@@ -157,6 +168,7 @@ class Trainer:
             "tokenizer": self.tokenizer.to_dict(),
             "train_config": self.config.to_dict(),
             "last_val": self.last_val,
+            "loss_scaler": self.loss_scaler.state_dict() if self.loss_scaler is not None else None,
         }
 
     def load_state(self, ckpt: Checkpoint | str) -> None:
@@ -198,6 +210,8 @@ class Trainer:
         self.step = int(st["step"])
         self.tokens_seen = int(st.get("tokens_seen", 0))
         self.last_val = dict(st.get("last_val") or {})
+        if self.loss_scaler is not None and st.get("loss_scaler"):
+            self.loss_scaler.load_state_dict(st["loss_scaler"])
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0); returns its folder."""
@@ -235,7 +249,8 @@ class Trainer:
             sync = (self.data_parallel.no_sync() if self.data_parallel is not None and not last
                     else contextlib.nullcontext())
             with sync:
-                loss = lm_loss(self.model, x, y)
+                with ag.amp.autocast(self.autocast_dtype):
+                    loss = lm_loss(self.model, x, y)
                 scaled = loss if cfg.grad_accum == 1 else loss * (1.0 / cfg.grad_accum)
                 if self.loss_scaler is not None:
                     scaled = self.loss_scaler.scale(scaled)
@@ -243,10 +258,10 @@ class Trainer:
             total = total + loss.data  # stays on the device: one host sync per step, below
         self._sync_grads()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        finite = self.loss_scaler.unscale(params) if self.loss_scaler is not None else True
+        finite = self.loss_scaler.unscale_and_check(params) if self.loss_scaler is not None else True
         gnorm = F_clip(params, cfg.grad_clip) if finite else float("inf")
         if self.loss_scaler is not None:
-            self.loss_scaler.update(finite and math.isfinite(gnorm))
+            self.loss_scaler.update()
         if math.isfinite(gnorm):  # a non-finite gradient skips the update (mixed precision overflow)
             self.optimizer.step()
         self.optimizer.zero_grad()
@@ -263,7 +278,8 @@ class Trainer:
         with ag.no_grad():
             for i in range(iters):
                 x, y = self.val_loader._fetch(self.val_loader.batch_indices(0, i))
-                total += float(lm_loss(self.model, self._to_device(x), self._to_device(y)).item())
+                with ag.amp.autocast(self.autocast_dtype):
+                    total += float(lm_loss(self.model, self._to_device(x), self._to_device(y)).item())
         self.model.train(was_training)
         loss = total / max(iters, 1)
         if self.world_size > 1:
