@@ -205,11 +205,9 @@ def _erf_array(x):
     if xp is not np:
         import cupyx.scipy.special
         return cupyx.scipy.special.erf(x)
-    try:
-        from scipy.special import erf  # exact when SciPy happens to be installed; not a dependency
-        return erf(x).astype(x.dtype, copy=False)
-    except ImportError:
-        return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+    # NumPy has no erf: Python's math.erf elementwise (exact; only the non-default exact GELU uses it). asarray
+    # because frompyfunc gives a bare Python float for a 0-d input.
+    return np.asarray(np.frompyfunc(math.erf, 1, 1)(x), dtype=x.dtype)
 
 
 class Erf(Function):
