@@ -156,9 +156,11 @@ def attention_backward_matmul(q, k, v, o, lse, do, causal, scale, chunk=None):
     return dq, dk, dv
 
 
-#: query rows per chunk in the causal GEMM version (0: off). TINYGRAD_LLM_ATTN_CHUNK overrides it. With T = 1024 and
-#: 256: the score matrices hold 10/16 of T x T (the masked triangle skipped), for a few more launches.
-CAUSAL_CHUNK = int(os.environ.get("TINYGRAD_LLM_ATTN_CHUNK", "256") or 0)
+#: query rows per chunk in the causal GEMM version (0: off, the default). TINYGRAD_LLM_ATTN_CHUNK sets it. With
+#: T = 1024 and 256 the score matrices hold 10/16 of T x T (the masked triangle skipped), but the step got SLOWER
+#: (GPT-2 tf32 on an H100, 2026-11-22: 70.2 ms/step off, 71.2 with 512, 88.7 with 256): the extra GEMM/copy
+#: launches and strided gathers cost more than the skipped triangle saves. Kept (tested) for longer contexts.
+CAUSAL_CHUNK = int(os.environ.get("TINYGRAD_LLM_ATTN_CHUNK", "0") or 0)
 
 
 def _forward_chunked(q, k, v, scale, C):
