@@ -62,6 +62,20 @@ class _NCCLWork(Work):
         return self.result
 
 
+def _unique_id_values(raw) -> np.ndarray:
+    """NCCL's 128-byte unique id as int8 values: CuPy returns it as bytes (CuPy 14) or as a tuple of ints (older)."""
+    if isinstance(raw, (bytes, bytearray)):
+        return np.frombuffer(bytes(raw), dtype=np.int8)
+    return np.array(raw, dtype=np.int64).astype(np.int8)
+
+
+def _unique_id_for(nccl, values):
+    """The id in the form this CuPy's NcclCommunicator takes: the same type its get_unique_id returns."""
+    if isinstance(nccl.get_unique_id(), (bytes, bytearray)):
+        return np.asarray(values, dtype=np.int64).astype(np.int8).tobytes()
+    return tuple(int(b) for b in values)
+
+
 class NCCLCommunicator(Communicator):
     """NCCL over CuPy arrays; ``device`` is this rank's GPU index (default: ``LOCAL_RANK`` mod GPU count)."""
 
@@ -80,7 +94,7 @@ class NCCLCommunicator(Communicator):
         cp.cuda.Device(self.device).use()
         self.stream = cp.cuda.Stream(non_blocking=True)
         self._avg_native = nccl.get_version() >= 21000
-        self.comm = nccl.NcclCommunicator(world_size, tuple(int(b) for b in unique_id), rank)
+        self.comm = nccl.NcclCommunicator(world_size, _unique_id_for(nccl, unique_id), rank)
         self._aborted = False
 
     @classmethod
@@ -90,7 +104,7 @@ class NCCLCommunicator(Communicator):
         _, nccl = import_nccl()
         uid = np.zeros(128, dtype=np.int8)
         if bootstrap.rank == 0:
-            uid[:] = np.array(nccl.get_unique_id(), dtype=np.int64).astype(np.int8)
+            uid[:] = _unique_id_values(nccl.get_unique_id())
         bootstrap.broadcast(uid, root=0)
         comm = cls(bootstrap.rank, bootstrap.world_size, uid.tolist(), device=device, timeout=timeout)
         comm.bootstrap = bootstrap
