@@ -31,88 +31,25 @@ CONFIGS = {
 PEAK_TFLOPS = {"fp32": 51.6, "tf32": 429.0, "mixed": 790.0}  # CuPy GEMM ceilings on one H100 (issue 5)
 
 
+def _config(c):
+    import tinygrad_llm as tl
+    return tl.GPTConfig(vocab_size=c["vocab_size"], context_length=c["context_length"], n_layer=c["n_layer"],
+                        n_head=c["n_head"], n_embd=c["n_embd"], dropout=0.0, qkv_bias=True, bias=True,
+                        tie_weights=True)
+
+
 def flops_per_token(c) -> float:
-    n = 12 * c["n_layer"] * c["n_embd"] ** 2 + c["vocab_size"] * c["n_embd"]
-    return 6 * n + 12 * c["n_layer"] * c["n_embd"] * c["context_length"]
+    from tinygrad_llm.bench import flops_per_token as fpt
+    return fpt(_config(c))
 
 
 # ---------------------------------------------------------------------------------------------------- ours
 def bench_ours(c, mode, steps, warmup, seed=0):
-    import autograd as ag
-    import tinygrad_llm as tl
-    from tinygrad_llm.optim import AdamW
-
+    """The package's own measurement (tinygrad_llm.bench, also `tinygrad-llm bench`)."""
+    from tinygrad_llm.bench import measure_training_speed
     device = "cpu" if mode == "cpu" else "cuda"
-    if device == "cuda":
-        import cupy as cp
-        from autograd import cuda as agcuda
-        agcuda.set_tf32(mode in ("tf32", "mixed"))
-    cfg = tl.GPTConfig(vocab_size=c["vocab_size"], context_length=c["context_length"], n_layer=c["n_layer"],
-                       n_head=c["n_head"], n_embd=c["n_embd"], dropout=0.0, qkv_bias=True, bias=True,
-                       tie_weights=True)
-    model = tl.GPT(cfg, seed=seed, device=device)
-    opt = AdamW(model, lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95))
-    scaler = ag.amp.GradScaler() if mode == "mixed" else None
-    params = model.parameters()
-    rng = np.random.default_rng(seed)
-    B, T, V = c["batch"], c["context_length"], c["vocab_size"]
-    batches = [(rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))) for _ in range(4)]
-    times, losses = [], []
-    peak = None
-    # timed steps first, then 2 more steps under the peak-memory hook: CuPy calls the hook's Python method on every
-    # allocation and pool.used_bytes() walks the free lists, which cost ~25-40 ms of host time per step here
-    for i in range(warmup + steps + 2):
-        if i == warmup + steps:
-            peak = _PeakMemory(device)
-        x, y = batches[i % len(batches)]
-        t0 = time.perf_counter()
-        if device == "cuda":
-            x, y = cp.asarray(x), cp.asarray(y)
-        if scaler is not None:
-            with ag.amp.autocast("float16"):
-                _, loss = model(x, y)
-            scaler.scale(loss).backward()
-            if scaler.unscale_and_check(params):
-                opt.step()
-            scaler.update()
-        else:
-            _, loss = model(x, y)
-            loss.backward()
-            opt.step()
-        opt.zero_grad()
-        losses.append(float(loss.item()))  # .item() synchronises the device
-        if warmup <= i < warmup + steps:
-            times.append(time.perf_counter() - t0)
-    return dict(step_s=statistics.median(times), peak_bytes=peak.peak(), losses=losses)
-
-
-class _PeakMemory:
-    """Peak bytes in use: CuPy's pool (tracked by a memory hook) on a GPU, the process's max RSS on the CPU."""
-
-    def __init__(self, device):
-        self.device = device
-        if device == "cuda":
-            import cupy as cp
-            from cupy.cuda import memory_hook
-
-            pool = cp.get_default_memory_pool()
-            outer = self
-
-            class Hook(memory_hook.MemoryHook):
-                name = "peak"
-
-                def malloc_postprocess(self, **kw):
-                    outer.max_used = max(outer.max_used, pool.used_bytes())
-
-            self.max_used = pool.used_bytes()
-            self.hook = Hook()
-            self.hook.__enter__()
-
-    def peak(self):
-        if self.device == "cuda":
-            return self.max_used
-        import resource
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    precision = "tf32" if mode == "cpu" else mode
+    return measure_training_speed(_config(c), c["batch"], device, precision, steps, warmup, seed)
 
 
 # ---------------------------------------------------------------------------------------------------- PyTorch

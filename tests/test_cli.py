@@ -167,3 +167,9 @@ def test_launch_two_ranks_equals_one_process(tmp_path):
     a, b = dp.model, one.model
     for k in a:
         np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-9, err_msg=k)
+
+
+def test_bench_measures_a_tiny_model(capsys):
+    assert main(["bench", "--preset", "micro", "--batch", "2", "--steps", "2", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and "ms/step" in out and "peak" in out
