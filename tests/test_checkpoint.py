@@ -117,3 +117,14 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "latest").write_text("../../etc\n")
     with pytest.raises(CheckpointError, match="latest"):
         load_checkpoint(tmp_path)
+
+
+def test_safetensors_header_length_that_looks_like_a_pickle_opcode_is_not_a_pickle(tmp_path):
+    """A safetensors file whose 8-byte header length starts 80 03 (896 bytes) must not be taken for a pickle."""
+    from tinygrad_llm.train.checkpoint import _sniff_foreign
+    f = tmp_path / "model.safetensors"
+    f.write_bytes((896).to_bytes(8, "little") + b"{" + b" " * 895)
+    assert _sniff_foreign(f) is None
+    p = tmp_path / "model.pkl"
+    p.write_bytes(b"\x80\x04\x95" + b"\x00" * 20)
+    assert "pickle" in _sniff_foreign(p)

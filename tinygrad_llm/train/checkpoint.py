@@ -257,8 +257,10 @@ def _sniff_foreign(path: Path) -> str | None:
     """Describe a file that is a pickle / PyTorch zip rather than one of ours, else None."""
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(9)
     except OSError:
+        return None
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header (its length can start 80 0N)
         return None
     if head[:1] == b"\x80" and len(head) > 1 and 2 <= head[1] <= 5:
         return "is a Python pickle file"
