@@ -127,36 +127,6 @@ def gelu_backward(x, gy):
     return d
 
 
-def gelu_forward_saving(x, b=None):
-    """(y, h, s): y = gelu(h) with h = x (+ b), written as y = h * s, s = sigmoid(2k (h + c h**3)) (the same tanh
-    approximation: (1 + tanh(u)) / 2 = sigmoid(2u)). Used on NumPy: saving h and s lets the backward take 9
-    passes over the data instead of about 20 (on CuPy the ops recompute instead, to save GPU memory)."""
-    xp = _xp(x)
-    h = x + b if b is not None else x
-    s = h * h
-    s *= _GELU_C * _GELU_K
-    s += _GELU_K
-    s *= h                        # u = k (h + c h**3)
-    xp.tanh(s, out=s)             # tanh is about twice as fast as exp in NumPy's float32 SIMD loops
-    s += 1
-    s *= 0.5                      # s = (1 + tanh(u)) / 2 = sigmoid(2u)
-    return h * s, h, s
-
-
-def gelu_backward_saved(h, s, gy):
-    """gx = gy * gelu'(h) from the saved h and s: gelu'(h) = s (1 + h (1 - s) 2k (1 + 3c h**2))."""
-    xp = _xp(h)
-    a = h * h
-    a *= 6 * _GELU_K * _GELU_C
-    a += 2 * _GELU_K
-    a *= h
-    a *= xp.subtract(1, s)
-    a += 1
-    a *= s
-    a *= gy
-    return a
-
-
 @_dispatch
 def bias_gelu_forward(x, b):
     """y = gelu(x + b); x (..., C), b (C,)."""
@@ -213,65 +183,6 @@ def layer_norm_backward(gy, x, w, mean, rstd):
     if w is not None:
         gw = gw.astype(w.dtype, copy=False)
     return gx, gw, gb.astype(x.dtype if w is None else w.dtype, copy=False)
-
-
-def layer_norm_forward_saving(x, w, b, eps):
-    """(y, rstd, xhat): layer_norm_forward that also returns xhat = (x - mean) * rstd (float32 at least), for the
-    NumPy path, whose backward then skips recomputing it and uses row dot products (GEMV) for the row means."""
-    acc = _acc(x.dtype)
-    C = x.shape[-1]
-    x2 = x.reshape(-1, C)
-    if x2.dtype != acc:
-        x2 = x2.astype(acc)
-    xhat = x2 - (x2.sum(axis=1) * (1.0 / C))[:, None]
-    var = np.einsum("ij,ij->i", xhat, xhat) if type(xhat) is np.ndarray else (xhat * xhat).sum(axis=1)
-    var *= 1.0 / C
-    var += eps
-    rstd = _xp(x).sqrt(var, out=var)
-    rstd = _xp(x).reciprocal(rstd, out=rstd)
-    xhat *= rstd[:, None]
-    if w is not None:
-        y = xhat * w
-        if b is not None:
-            y += b
-    elif b is not None:
-        y = xhat + b
-    else:
-        y = xhat.copy()
-    return y.astype(x.dtype, copy=False).reshape(x.shape), rstd, xhat
-
-
-def layer_norm_backward_saved(gy, xhat, w, rstd, has_b):
-    """(gx, gw, gb) from the saved xhat (N, C) and rstd (N,): gx = rstd (g - mean(g) - xhat mean(g xhat)), g = gy w;
-    gw = sum(gy xhat), gb = sum(gy) (None when there is no weight / bias)."""
-    C = xhat.shape[-1]
-    g2 = gy.reshape(-1, C)
-    if g2.dtype != xhat.dtype:
-        g2 = g2.astype(xhat.dtype)
-    p = g2 * xhat
-    gw = p.sum(axis=0) if w is not None else None
-    gb = g2.sum(axis=0) if has_b else None
-    if w is not None:
-        wa = w.astype(xhat.dtype, copy=False)
-        proj = p @ wa                       # row dot products: one GEMV each instead of a product and a sum
-        gmean = g2 @ wa
-        gx = g2 * wa
-    else:
-        proj = p.sum(axis=1)
-        gmean = g2.sum(axis=1)
-        gx = g2.copy()
-    proj *= 1.0 / C
-    gmean *= 1.0 / C
-    gx -= gmean[:, None]
-    _xp(xhat).multiply(xhat, proj[:, None], out=p)
-    gx -= p
-    gx *= rstd[:, None]
-    gx = gx.astype(gy.dtype, copy=False).reshape(gy.shape)
-    if w is not None:
-        gw = gw.astype(w.dtype, copy=False)
-    if gb is not None:
-        gb = gb.astype(gy.dtype if w is None else w.dtype, copy=False)
-    return gx, gw, gb
 
 
 @_dispatch
@@ -386,40 +297,6 @@ def cross_entropy_forward(logits, targets, ignore_index):
     return per_row.sum(), lse, count
 
 
-def cross_entropy_forward_saving(logits, targets, ignore_index):
-    """(loss_sum, count, e, inv_sum): cross_entropy_forward for the NumPy path, which also keeps e = exp(x - max)
-    (N, V) and 1/sum(e) (N,), so the backward is one pass: dlogits = scale * (e / sum - onehot)."""
-    xp = _xp(logits)
-    acc = _acc(logits.dtype)
-    n = logits.shape[0]
-    x = logits if logits.dtype == acc else logits.astype(acc)
-    m = x.max(axis=-1)
-    m = xp.where(xp.isfinite(m), m, 0)
-    e = x - m[:, None]
-    valid = targets != ignore_index
-    safe = xp.where(valid, targets, 0)
-    picked = e[xp.arange(n), safe]         # x[target] - max, read before exp overwrites e
-    xp.exp(e, out=e)
-    ssum = e.sum(axis=-1)
-    per_row = xp.log(ssum)
-    per_row -= picked
-    per_row *= valid
-    count = int(valid.sum())
-    return per_row.sum(), count, e, xp.reciprocal(ssum, out=ssum)
-
-
-def cross_entropy_backward_saved(e, inv_sum, targets, scale, ignore_index, dtype):
-    """dlogits (N, V) from the saved e and 1/sum(e): scale * (e / sum - onehot), zero rows for ignored targets."""
-    xp = _xp(e)
-    n = e.shape[0]
-    valid = targets != ignore_index
-    row = valid.astype(e.dtype)
-    row *= xp.asarray(scale, dtype=e.dtype)
-    d = e * (inv_sum * row)[:, None]
-    d[xp.arange(n), xp.where(valid, targets, 0)] -= row
-    return d.astype(dtype, copy=False)
-
-
 @_dispatch
 def cross_entropy_backward(logits, targets, lse, scale, ignore_index):
     """dlogits (N, V) = scale * (softmax(logits) - onehot(targets)), zero rows where the target is ignored.
@@ -439,90 +316,6 @@ def cross_entropy_backward(logits, targets, lse, scale, ignore_index):
     row_scale *= xp.asarray(scale, dtype=acc)
     d *= row_scale[:, None]
     return d.astype(logits.dtype, copy=False)
-
-
-# ------------------------------------------------------------------------------------------------------ attention
-_mask_cache: dict = {}
-
-
-def causal_bias(xp, tq: int, tk: int, dtype):
-    """(tq, tk) additive mask: 0 where query i may see key j (j <= i + tk - tq), -inf above that diagonal, so the
-    last query sees every key (the KV-cache case). Cached: adding it is far cheaper than boolean-mask assignment."""
-    key = (xp.__name__, _device_key(xp), tq, tk, np.dtype(dtype).str)
-    m = _mask_cache.get(key)
-    if m is None:
-        if len(_mask_cache) > 64:
-            _mask_cache.clear()
-        m = xp.triu(xp.full((tq, tk), -np.inf, dtype=dtype), k=1 + tk - tq)
-        _mask_cache[key] = m
-    return m
-
-
-def _device_key(xp):
-    return None if xp is np else xp.cuda.Device().id
-
-
-def _scores(q, k, causal, scale):
-    """s = q k^T * scale (+ causal bias), in float32 at least. q is scaled first: (Tq, D) is smaller than (Tq, Tk)."""
-    xp = _xp(q)
-    acc = _acc(q.dtype)
-    s = matmul(q * q.dtype.type(scale), k.swapaxes(-1, -2))
-    if s.dtype != acc:
-        s = s.astype(acc)
-    if causal and q.shape[-2] > 1:  # a single query (decoding with a KV cache) sees every key: nothing to mask
-        s += causal_bias(xp, q.shape[-2], k.shape[-2], acc)
-    return s
-
-
-def attention_probs_forward(q, k, v, causal, scale):
-    """(o, lse, p): the forward that also returns the probabilities p (B, H, Tq, Tk) (float32 at least); used on
-    NumPy, and by the generic attention_forward."""
-    xp = _xp(q)
-    s = _scores(q, k, causal, scale)
-    m = s.max(axis=-1, keepdims=True)
-    s -= m
-    xp.exp(s, out=s)
-    denom = s.sum(axis=-1, keepdims=True)
-    s /= denom
-    xp.log(denom, out=denom)
-    denom += m
-    o = matmul(s.astype(v.dtype, copy=False), v)
-    return o, denom[..., 0], s
-
-
-def attention_probs_backward(q, k, v, o, p, do, scale):
-    """(dq, dk, dv) from saved probabilities p: dv = p^T do, dp = do v^T, ds = p (dp - rowsum(do o)) * scale,
-    dq = ds k, dk = ds^T q."""
-    acc = p.dtype
-    dv = matmul(p.astype(q.dtype, copy=False).swapaxes(-1, -2), do)
-    ds = matmul(do, v.swapaxes(-1, -2))
-    if ds.dtype != acc:
-        ds = ds.astype(acc)
-    delta = (do.astype(acc, copy=False) * o.astype(acc, copy=False)).sum(axis=-1, keepdims=True)
-    ds -= delta
-    ds *= p
-    ds *= scale
-    ds = ds.astype(q.dtype, copy=False)
-    return matmul(ds, k), matmul(ds.swapaxes(-1, -2), q), dv.astype(v.dtype, copy=False)
-
-
-@_dispatch
-def attention_forward(q, k, v, causal, scale):
-    """(o, lse): o = softmax(q k^T * scale, causal-masked) v; q (B, H, Tq, D), k, v (B, H, Tk, D); o (B, H, Tq, D);
-    lse (B, H, Tq) in float32 at least. This generic version builds the (Tq, Tk) score matrix; the CUDA kernel
-    (flash-attention style) does not."""
-    o, lse, _ = attention_probs_forward(q, k, v, causal, scale)
-    return o, lse
-
-
-@_dispatch
-def attention_backward(q, k, v, o, lse, do, causal, scale):
-    """(dq, dk, dv), recomputing p = exp(s - lse) from the saved log-sum-exp (nothing (Tq, Tk) is kept)."""
-    xp = _xp(q)
-    p = _scores(q, k, causal, scale)
-    p -= lse[..., None]
-    xp.exp(p, out=p)
-    return attention_probs_backward(q, k, v, o, p, do, scale)
 
 
 # ------------------------------------------------------------------------------------------------------ embedding
@@ -568,20 +361,50 @@ def colsum(x, out_dtype=None):
     return r.astype(out_dtype or x.dtype, copy=False)
 
 
+def adamw_update(p, g, m, v, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                 step: int) -> None:
+    """One AdamW step on arrays, all in place (p, m, v; g is read only). ``step`` counts from 1::
+
+        p *= 1 - lr * weight_decay                     # decoupled decay (0 for Adam)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        p -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+    """
+    xp = _xp(p)
+    if g.dtype != m.dtype:                       # e.g. fp16 gradients with fp32 moments: square in fp32
+        g = g.astype(m.dtype)
+    if weight_decay != 0.0:
+        p *= 1.0 - lr * weight_decay
+    # one scratch array instead of a temporary per operation (the token embedding alone is 38M floats in GPT-2)
+    tmp = xp.empty_like(m)                       # (also keeps 0-d parameters as arrays, not NumPy scalars)
+    xp.multiply(g, 1.0 - beta1, out=tmp)
+    m *= beta1
+    m += tmp
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1.0 - beta2
+    v *= beta2
+    v += tmp
+    bias1 = 1.0 - beta1 ** step
+    bias2 = 1.0 - beta2 ** step
+    xp.sqrt(v, out=tmp)                          # denom = sqrt(v) / sqrt(bias2) + eps
+    tmp /= math.sqrt(bias2)
+    tmp += eps
+    xp.divide(m, tmp, out=tmp)
+    tmp *= lr / bias1
+    p -= tmp
+
+
 @_dispatch
 def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step) -> None:
     """One AdamW update of every (param, grad, m, v) quadruple, in place (decoupled weight decay)."""
-    bc1 = 1.0 - beta1 ** step
-    bc2 = 1.0 - beta2 ** step
-    step_size = lr / bc1
     for p, g, m, v in zip(params, grads, exp_avgs, exp_avg_sqs):
-        xp = _xp(p)
-        if weight_decay:
-            p *= 1.0 - lr * weight_decay
-        m *= beta1
-        m += (1.0 - beta1) * g
-        v *= beta2
-        v += (1.0 - beta2) * (g * g)
-        denom = xp.sqrt(v / bc2)
-        denom += eps
-        p -= step_size * (m / denom)
+        adamw_update(p, g, m, v, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay, step=step)
+
+
+# The attention array code and the NumPy fast paths that keep an intermediate for backward live in their own files;
+# they are part of this contract and re-exported here, so callers use one module (``K``).
+from .attention_kernels import (attention_backward, attention_forward, attention_probs_backward,  # noqa: E402
+                                attention_probs_forward, causal_bias)
+from .nn_kernels_saving import (cross_entropy_backward_saved, cross_entropy_forward_saving,  # noqa: E402
+                                gelu_backward_saved, gelu_forward_saving, layer_norm_backward_saved,
+                                layer_norm_forward_saving)

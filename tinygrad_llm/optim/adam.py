@@ -6,7 +6,6 @@ it: ``AdamW.update_fn = staticmethod(fused_fn)`` (same signature, per parameter)
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 import numpy as np
@@ -19,37 +18,8 @@ from .optimizer import Optimizer, _param_label, device_scope, grad_array
 __all__ = ["Adam", "AdamW", "param_groups_for_weight_decay"]
 
 
-def _adamw_update(p, g, m, v, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-                  step: int) -> None:
-    """One AdamW step on arrays, all in place (p, m, v; g is read only). ``step`` counts from 1::
-
-        p *= 1 - lr * weight_decay                     # decoupled decay (0 for Adam)
-        m = beta1 * m + (1 - beta1) * g
-        v = beta2 * v + (1 - beta2) * g * g
-        p -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
-    """
-    xp = xp_of(p)
-    if g.dtype != m.dtype:                       # e.g. fp16 gradients with fp32 moments: square in fp32
-        g = g.astype(m.dtype)
-    if weight_decay != 0.0:
-        p *= 1.0 - lr * weight_decay
-    # one scratch array instead of a temporary per operation (the token embedding alone is 38M floats in GPT-2)
-    tmp = xp.empty_like(m)                       # (also keeps 0-d parameters as arrays, not NumPy scalars)
-    xp.multiply(g, 1.0 - beta1, out=tmp)
-    m *= beta1
-    m += tmp
-    xp.multiply(g, g, out=tmp)
-    tmp *= 1.0 - beta2
-    v *= beta2
-    v += tmp
-    bias1 = 1.0 - beta1 ** step
-    bias2 = 1.0 - beta2 ** step
-    xp.sqrt(v, out=tmp)                          # denom = sqrt(v) / sqrt(bias2) + eps
-    tmp /= math.sqrt(bias2)
-    tmp += eps
-    xp.divide(m, tmp, out=tmp)
-    tmp *= lr / bias1
-    p -= tmp
+# the per-parameter update lives beside the multi-tensor one in the engine's kernels (one copy of the arithmetic)
+_adamw_update = _K.adamw_update
 
 
 class Adam(Optimizer):
