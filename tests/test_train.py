@@ -168,3 +168,22 @@ def test_real_sigint_stops_after_the_step(tmp_path):
     assert summary["interrupted"] and summary["step"] == 2
     assert load_checkpoint(tmp_path).step == 2
     assert signal.getsignal(signal.SIGINT) is before  # handler restored
+
+
+@pytest.mark.gpu
+def test_training_steps_on_the_gpu_match_the_cpu(tmp_path):
+    """Three trainer steps (forward, backward, clipping, AdamW) on CuPy give the CPU's parameters (float32, TF32
+    off: only the order of float32 sums differs), and the GPU run's checkpoint loads into a CPU trainer."""
+    text = _text()
+    kw = dict(max_steps=3, eval_every=0, model={"n_layer": 1, "n_head": 2, "n_embd": 32, "dropout": 0.0},
+              precision="fp32")
+    cpu = Trainer(_cfg(tmp_path / "cpu", **kw), text=text, log=lambda m: None)
+    gpu = Trainer(_cfg(tmp_path / "gpu", device="cuda", **kw), text=text, log=lambda m: None)
+    cpu.train()
+    gpu.train()
+    for (name, p), (_, q) in zip(cpu.model.named_parameters(), gpu.model.named_parameters()):
+        np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=1e-4, atol=1e-5, err_msg=name)
+    back = Trainer(_cfg(tmp_path / "back", resume=str(tmp_path / "gpu"), **kw), text=text, log=lambda m: None)
+    assert back.step == 3
+    _assert_bitwise(_params(back), {k: np.asarray(v) for k, v in
+                                    ((k, gpu.model.state_dict()[k].get()) for k in gpu.model.state_dict())})
