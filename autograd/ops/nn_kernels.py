@@ -335,12 +335,11 @@ def embedding_backward(ids, gy, num_embeddings):
         starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
         gw[s[starts]] = np.add.reduceat(gy[order], starts, axis=0)
     else:
-        import cupyx
         if gy.dtype == np.float16:  # accumulate repeated rows in float32 (and atomics on half are not everywhere)
             acc = xp.zeros(gw.shape, dtype=np.float32)
-            cupyx.scatter_add(acc, ids, gy.astype(np.float32))
+            xp.add.at(acc, ids, gy.astype(np.float32))
             return acc.astype(np.float16)
-        cupyx.scatter_add(gw, ids, gy)
+        xp.add.at(gw, ids, gy)  # atomic scatter-add (cupyx.scatter_add is deprecated for this in CuPy 14)
     return gw
 
 

@@ -180,11 +180,8 @@ class ScatterAdd(Function):
         out = xp.zeros(self.shape, dtype=g.dtype)
         if self.basic:
             out[self.index] = g
-        elif xp is np:
-            np.add.at(out, self.index, g)
-        else:
-            import cupyx
-            cupyx.scatter_add(out, self.index, g)
+        else:  # unbuffered: repeated indices add up (NumPy's and CuPy's ufunc.at)
+            xp.add.at(out, self.index, g)
         return out
 
     def backward(self, gy):
