@@ -6,8 +6,8 @@
 
 Stage s holds a contiguous run of blocks on ``devices[s]``; stage 0 also holds the embeddings, the last stage the
 final norm and the LM head. Each stage runs as its own piece of graph: its input is a leaf copy of the previous
-stage's output moved with a differentiable device copy (``StageCopy``: ``Tensor.to(device)`` plus CUDA event
-ordering between the two GPUs' streams, see ``autograd.backend.to_device``), so the backward of stage s ends by copying the
+stage's output moved with the engine's differentiable device copy (``Tensor.to(device)``, ordered against both
+GPUs' streams with CUDA events in ``autograd.backend.to_device``), so the backward of stage s ends by copying the
 input gradient back to stage s-1's device, and stage s-1's backward starts from it. That makes every
 (stage, micro-batch, forward/backward) an operation the schedule can order freely:
 
@@ -23,7 +23,7 @@ The result equals single-device training: the loss of micro-batch j is weighted 
 target tokens (those != ignore_index), so the summed gradients are exactly those of the whole batch's mean loss.
 Weight tying across devices: when ``lm_head.weight`` is ``tok_emb.weight`` and the last stage lives elsewhere, the
 head uses a copy of the embedding matrix made once per step; its gradient is added to the embedding's at the end.
-Every stage operation runs with its GPU as CuPy's current device (``device_scope``): CuPy computes only there.
+Every stage operation runs with its GPU as CuPy's current device (``backend.device_scope``): CuPy computes only there.
 """
 from __future__ import annotations
 
@@ -36,15 +36,8 @@ from autograd.grad_mode import no_grad
 from .data_parallel import unique_parameters
 
 
-# Cross-GPU copies with stream ordering and the current-device scope live in the engine (autograd.backend);
-# Tensor.to(device) is the differentiable copy between stages.
-device_copy = backend.to_device
-device_scope = backend.device_scope
-
-
-def to_device(t: Tensor, device: str) -> Tensor:
-    """``t.to(device)``: the engine's differentiable copy (its gradient is copied back to t's device)."""
-    return t.to(device)
+# Cross-GPU copies (ordered against both GPUs' streams) and the current-device scope are the engine's:
+# backend.to_device / backend.device_scope, and Tensor.to(device) as the differentiable copy between stages.
 
 
 class Stage:
@@ -69,7 +62,7 @@ class Stage:
             x = m.final_norm(x)
             w = self.head_weight if self.head_weight is not None else m.lm_head.weight
             if w is not m.lm_head.weight or backend.device_of(w.data) != backend.canonical_device(self.device):
-                x = F.linear(x, to_device(w, self.device), None)   # tied embedding living on stage 0
+                x = F.linear(x, w.to(self.device), None)   # tied embedding living on stage 0
             else:
                 x = m.lm_head(x)
         return x
@@ -225,8 +218,8 @@ class PipelineParallel:
         p = len(self.stages)
         # one host-to-device copy each, before any work is queued: a copy from host memory waits for the GPU
         # to go idle, which would stall the pipeline if done per micro-batch
-        idx = device_copy(idx, self.stages[0].device)
-        targets = device_copy(targets, self.stages[-1].device)
+        idx = backend.to_device(idx, self.stages[0].device)
+        targets = backend.to_device(targets, self.stages[-1].device)
         inputs: dict[tuple[int, int], Tensor] = {}    # (stage, micro) -> leaf input of stage (s > 0)
         outputs: dict[tuple[int, int], Tensor] = {}   # (stage, micro) -> stage output (loss for the last)
         losses = []
@@ -235,16 +228,16 @@ class PipelineParallel:
         if tied:
             # the head uses its own leaf copy of the embedding for the whole step: its gradient accumulates on the
             # last device (CuPy computes only on the current device) and is added to the embedding's once, below
-            last.head_weight = Tensor(device_copy(w.data, last.device), requires_grad=True)
+            last.head_weight = Tensor(backend.to_device(w.data, last.device), requires_grad=True)
         try:
             for tick in self.ticks:
                 for op, s, j in tick:
                     st = self.stages[s]
-                    with device_scope(st.device):
+                    with backend.device_scope(st.device):
                         self._run(op, s, j, st, p, idx, targets, n_valid, total, inputs, outputs, losses)
             if tied and last.head_weight.grad is not None:
-                g = device_copy(last.head_weight.grad.data, self.stages[0].device)
-                with device_scope(self.stages[0].device):
+                g = backend.to_device(last.head_weight.grad.data, self.stages[0].device)
+                with backend.device_scope(self.stages[0].device):
                     w.grad = Tensor(g) if w.grad is None else Tensor(w.grad.data + g)
         finally:
             last.head_weight = None
@@ -264,7 +257,7 @@ class PipelineParallel:
             else:
                 leaf = Tensor(outputs[(s - 1, j)].data, requires_grad=True)   # the cut between stages
                 inputs[(s, j)] = leaf
-                x = to_device(leaf, st.device)                               # differentiable device copy
+                x = leaf.to(st.device)                               # differentiable device copy
             out = st(x)
             if s == p - 1:
                 loss = F.cross_entropy(out, self._micro(targets, j), ignore_index=self.ignore_index)
@@ -281,14 +274,14 @@ class PipelineParallel:
         if g is None:                        # no gradient reached the cut (cannot happen for a GPT)
             g = Tensor(backend.xp_of(nxt.data).zeros_like(nxt.data))
         elif g.device != st.device:          # keep it on this stage's device whatever the engine did
-            g = Tensor(device_copy(g.data, st.device))
+            g = Tensor(backend.to_device(g.data, st.device))
         out.backward(g)
 
     def __call__(self, idx):
         """Inference forward of the whole batch through every stage: logits (B, T, V) on the last device."""
         with no_grad():
-            x = device_copy(idx.data if isinstance(idx, Tensor) else np.asarray(idx), self.devices[0])
+            x = backend.to_device(idx.data if isinstance(idx, Tensor) else np.asarray(idx), self.devices[0])
             for st in self.stages:
-                with device_scope(st.device):
-                    x = st(x if st.first else to_device(x, st.device))
+                with backend.device_scope(st.device):
+                    x = st(x if st.first else x.to(st.device))
             return x

@@ -13,7 +13,9 @@ import numpy as np
 from autograd.backend import xp_of
 from autograd.ops import nn_kernels as _K
 
-from .optimizer import Optimizer, _param_label, device_scope, grad_array
+from autograd.backend import device_scope
+
+from .optimizer import Optimizer, _param_label, grad_array
 
 __all__ = ["Adam", "AdamW", "param_groups_for_weight_decay"]
 

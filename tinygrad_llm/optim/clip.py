@@ -14,7 +14,9 @@ import numpy as np
 
 from autograd import backend
 
-from .optimizer import device_scope, grad_array
+from autograd.backend import device_scope
+
+from .optimizer import grad_array
 
 __all__ = ["clip_grad_norm", "grad_norm"]
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from autograd import backend
 
-__all__ = ["Optimizer", "grad_array", "device_scope", "split_state_dict", "merge_state_dict"]
+__all__ = ["Optimizer", "grad_array", "split_state_dict", "merge_state_dict"]
 
 
 def grad_array(p):
@@ -24,9 +24,6 @@ def grad_array(p):
     if isinstance(g, np.ndarray) or backend.is_cupy_array(g):
         return g
     return g.data
-
-
-device_scope = backend.device_scope  # the GPU of an array as CuPy's current device (no-op on the CPU)
 
 
 def _param_label(p, index: int) -> str:
@@ -134,7 +131,7 @@ class Optimizer:
                     if g.shape != p.data.shape:
                         raise ValueError(f"{type(self).__name__}: gradient of shape {tuple(g.shape)} for "
                                          f"{_param_label(p, i)}")
-                    with device_scope(p.data):
+                    with backend.device_scope(p.data):
                         self._update(p.data, g, self.state.setdefault(i, {}), group)
                 i += 1
         self.step_count += 1

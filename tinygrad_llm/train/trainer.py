@@ -227,14 +227,8 @@ class Trainer:
         return backend.to_device(a, self.config.device) if self.config.device != "cpu" else a
 
     def _sync_grads(self) -> None:
-        if self.world_size == 1:
-            return
-        if self.data_parallel is not None:
+        if self.data_parallel is not None:  # always set when world_size > 1 (see __init__)
             self.data_parallel.finish()
-            return
-        for p in self.model.parameters():
-            if p.grad is not None:
-                self.comm.all_reduce(p.grad.data, op="avg")
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns {"loss", "lr", "grad_norm"}."""
