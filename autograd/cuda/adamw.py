@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from ._common import LazyModule, ctypes_of, require_cupy
+from .registry import register
 
 CHUNK = 16384
 THREADS = 512
@@ -222,3 +223,7 @@ def scale_and_check(arrays, factor: float):
                 (nblocks,), (THREADS,),
                 (_device_meta(meta), blk_t, blk_s, np.int32(nt), np.int32(CHUNK), np.float64(factor), f))
     return list(flags.values())
+
+
+register("adamw_step", adamw_step)
+register("scale_and_check", scale_and_check)

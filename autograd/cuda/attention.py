@@ -18,6 +18,7 @@ import numpy as np
 
 from ._common import LazyModule, acc_dtype, contiguous, ctypes_of, require_cupy, row_threads
 from .matmul import matmul
+from .registry import register
 
 _SRC = r"""
 // limit of allowed keys for the query of this row (keys j <= lim)
@@ -243,3 +244,7 @@ def attention_backward(q, k, v, o, lse, do, causal, scale):
     if fa.supports_backward(q, k, v):
         return fa.flash_backward(q, k, v, o, lse, do, causal, scale)
     return attention_backward_matmul(q, k, v, o, lse, do, causal, scale)
+
+
+register("attention_forward", attention_forward)
+register("attention_backward", attention_backward)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import LazyModule, ctypes_of, require_cupy
+from .registry import register
 
 # contiguous arrays: a RawKernel with plain indices, 4 independent elements per thread (ElementwiseKernel's general
 # indexer costs about 1.6x on these memory-bound passes)
@@ -161,3 +162,9 @@ def bias_gelu_backward(x, b, gy):
     from .matmul import colsum   # one cuBLAS ones @ gx pass (CuPy's axis-0 sum ran at ~0.5 TB/s here)
     gb = colsum(gx.reshape(-1, C), out_dtype=b.dtype)
     return gx, gb
+
+
+register("gelu_forward", gelu_forward)
+register("gelu_backward", gelu_backward)
+register("bias_gelu_forward", bias_gelu_forward)
+register("bias_gelu_backward", bias_gelu_backward)

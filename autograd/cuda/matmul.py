@@ -21,6 +21,7 @@ import os
 import numpy as np
 
 from ._common import require_cupy
+from .registry import register
 
 # cuBLAS / CUDA enum values (stable across CUDA 11-13); read from cupy_backends when present.
 _OP_N, _OP_T = 0, 1
@@ -265,3 +266,7 @@ def colsum(x, out_dtype=None):
     cublas.gemmEx(handle, _OP_N, _OP_N, N, 1, M, _ONE[st].ctypes.data, x.data.ptr, dt, N, ones.data.ptr, dt, M,
                   _ZERO[st].ctypes.data, out.data.ptr, dc, N, ct, _GEMM_DEFAULT)
     return out
+
+
+register("matmul", matmul)
+register("colsum", colsum)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import LazyModule, acc_dtype, contiguous, ctypes_of, require_cupy, row_threads
+from .registry import register
 
 _SRC = r"""
 template <typename T, typename A>
@@ -336,3 +337,9 @@ def rms_norm_backward(gy, x, w, rstd):
     _check("rms_norm_backward", x, w)
     gx, gw, _ = _backward(gy, x, w, None, rstd, rms=True, want_gb=False)
     return gx, (gw.astype(w.dtype, copy=False) if w is not None else None)
+
+
+register("layer_norm_forward", layer_norm_forward)
+register("layer_norm_backward", layer_norm_backward)
+register("rms_norm_forward", rms_norm_forward)
+register("rms_norm_backward", rms_norm_backward)

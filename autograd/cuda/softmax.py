@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import LazyModule, acc_dtype, contiguous, ctypes_of, require_cupy, row_threads
+from .registry import register
 
 _SRC = r"""
 // online (m, s) over a strided row slice, then combined over the block: returns (M, S) in every thread
@@ -244,3 +245,9 @@ def cross_entropy_backward(logits, targets, lse, scale, ignore_index):
             (logits, tg, lse, dx, np.int32(V), np.int64(ignore_index),
              scale_arr if scale_arr is not None else np.uint64(0), np.float64(scale_val)))
     return dx
+
+
+register("softmax_forward", softmax_forward)
+register("softmax_backward", softmax_backward)
+register("cross_entropy_forward", cross_entropy_forward)
+register("cross_entropy_backward", cross_entropy_backward)
