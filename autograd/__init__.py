@@ -8,6 +8,7 @@ from . import amp, backend
 from . import functional
 from .backend import cuda_available
 from .backward import BackwardError, grad
+from .checkpoint import checkpoint
 from .function import Function
 from .grad_mode import enable_grad, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck, numerical_grad
@@ -19,6 +20,6 @@ from . import trace, viz
 
 __all__ = [
     "Tensor", "tensor", "zeros", "ones", "randn", "Function", "no_grad", "enable_grad", "is_grad_enabled",
-    "grad", "BackwardError", "backend", "cuda_available", "where", "matmul", "concatenate", "stack", "split",
+    "grad", "BackwardError", "checkpoint", "backend", "cuda_available", "where", "matmul", "concatenate", "stack", "split",
     "broadcast_to", "sum_to", "gradcheck", "gradgradcheck", "GradcheckError", "numerical_grad",
 ]

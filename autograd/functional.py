@@ -23,6 +23,7 @@ import numpy as np
 
 from . import amp as _amp
 from . import backend
+from .checkpoint import note_rng
 from .ops import nn as _nn
 from .ops import elementwise as _ew
 from .tensor import Tensor
@@ -202,6 +203,7 @@ def _keep_mask(shape, p: float, rng, like):
     """
     if type(like) is np.ndarray:
         r = rng if rng is not None else _default_rng
+        note_rng(r)                              # activation checkpointing replays this draw
         return r.random(shape, dtype=np.float32) >= p
     import cupy as cp
     if rng is None:
@@ -212,6 +214,7 @@ def _keep_mask(shape, p: float, rng, like):
             entry = (rng, cp.random.default_rng(int(rng.integers(0, 2**63 - 1))))
             _cupy_rngs[id(rng)] = entry
         gen = entry[1]
+    note_rng(gen)
     return gen.random(shape, dtype=cp.float32) >= p
 
 
