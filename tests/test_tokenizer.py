@@ -146,9 +146,11 @@ def test_round_trip_any_unicode(tok, text):
 @given(st.lists(st.sampled_from(["ab", " the", EOT, "é", "\n\n", "日本", "<|", "|>", "'s", " 42"]), max_size=20))
 def test_round_trip_with_special_tokens(tok, parts):
     text = "".join(parts)
-    ids = tok.encode(text)
+    ids = tok.encode(text, allowed_special="all")
     assert tok.decode(ids) == text
     assert ids.count(tok.eos_id) == text.count(EOT)
+    plain = tok.encode(text)                     # the default: special names are plain text
+    assert tok.eos_id not in plain and tok.decode(plain) == text
 
 
 def test_cache_does_not_change_results(tok):
@@ -170,19 +172,22 @@ def test_decode_accepts_numpy_and_replaces_bad_utf8(tok):
 # ------------------------------------------------------------------------------------------------ special tokens
 
 def test_special_tokens_split_before_pretokenization(tok):
-    ids = tok.encode(f"the{EOT}the")
+    ids = tok.encode(f"the{EOT}the", allowed_special="all")
     i = ids.index(tok.eos_id)
     assert tok.decode(ids[:i]) == "the" and tok.decode(ids[i + 1:]) == "the"
-    assert tok.encode(EOT) == [tok.eos_id]
+    assert tok.encode(EOT, allowed_special="all") == [tok.eos_id]
 
 
 def test_allowed_special_modes(tok):
     text = f"a{EOT}b"
-    assert tok.eos_id in tok.encode(text)
+    assert tok.eos_id in tok.encode(text, allowed_special="all")
     assert tok.eos_id in tok.encode(text, allowed_special={EOT})
     plain = tok.encode(text, allowed_special="none")
     assert tok.eos_id not in plain and tok.decode(plain) == text
-    assert tok.encode(text, allowed_special=set()) == plain
+    assert tok.encode(text, allowed_special=set()) == plain == tok.encode(text)
+    with pytest.raises(ValueError, match="contains the special token"):
+        tok.encode(text, disallowed_special="all")
+    assert tok.encode(text, allowed_special="all", disallowed_special="all") == tok.encode(text, allowed_special="all")
     with pytest.raises(ValueError, match="unknown special"):
         tok.encode(text, allowed_special={"<|nope|>"})
     with pytest.raises(ValueError, match="allowed_special must be"):
@@ -196,7 +201,7 @@ def test_several_special_tokens_and_training_ignores_them():
     v = tok.vocab_size
     assert v < 300                              # "hello world" runs out of pairs
     assert [tok.special_tokens[s] for s in specials] == [v - 3, v - 2, v - 1]
-    ids = tok.encode(f"x<|endoftext|>x<|pad|>{EOT}")
+    ids = tok.encode(f"x<|endoftext|>x<|pad|>{EOT}", allowed_special="all")
     assert ids[1:] == [v - 1, v - 2, v - 3]     # the longest special name wins
     for i in range(len(tok.merges)):            # "<|" never appears outside specials, so it was never merged
         assert b"<" not in tok.id_to_token(256 + i)

@@ -97,7 +97,7 @@ def test_known_merges_and_ids(tiny):
     assert tok.encode("!") == [0]                             # byte ids follow GPT-2's numbering, not byte values
     assert tok.encode("aaa") == [enc["aa"], enc["a"]]         # every occurrence, left to right, no overlap
     assert tok.encode("aaaa") == [enc["aa"], enc["aa"]]
-    assert tok.encode(f" the{EOT}") == [enc["Ġthe"], tok.eos_id]
+    assert tok.encode(f" the{EOT}", allowed_special="all") == [enc["Ġthe"], tok.eos_id]
     assert tok.token_to_id(" the") == enc["Ġthe"] and tok.id_to_token(enc["Ġthe"]) == b" the"
 
 

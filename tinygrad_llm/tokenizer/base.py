@@ -18,11 +18,13 @@ import os
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Union
+from types import MappingProxyType
+from typing import Any, Collection, Iterable, Literal, Mapping, Union
 
 FORMAT_NAME = "tinygrad-llm-tokenizer"
 
 PathLike = Union[str, os.PathLike]
+AllowedSpecial = Union[Literal["all", "none"], Collection[str]]
 
 
 class TokenizerFormatError(ValueError):
@@ -45,9 +47,13 @@ class Tokenizer(ABC):
         """Id of the end-of-text token, or None when the tokenizer has none."""
         return None
 
+    #: special token name -> id (empty when the tokenizer has none); subclasses with specials set their own
+    special_tokens: Mapping[str, int] = MappingProxyType({})
+
     @abstractmethod
-    def encode(self, text: str) -> list[int]:
-        """Text -> list of token ids."""
+    def encode(self, text: str, allowed_special: AllowedSpecial = ()) -> list[int]:
+        """Text -> list of token ids. Special-token names in ``text`` are plain text unless listed in
+        ``allowed_special`` (a set of names, or "all"): user text can never produce control tokens by default."""
 
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str:
@@ -155,6 +161,31 @@ def load_tokenizer(source: Union[PathLike, Mapping[str, Any]]) -> Tokenizer:
         return _REGISTRY[kind].from_dict(d)
     except TokenizerFormatError as e:
         raise TokenizerFormatError(f"{where}: {e}") from None
+
+
+def resolve_allowed(allowed_special: AllowedSpecial, specials: Collection[str], where: str) -> frozenset[str]:
+    """The special-token names ``encode`` may recognise: "all", "none" / empty, or a set of known names."""
+    if isinstance(allowed_special, str):
+        if allowed_special == "all":
+            return frozenset(specials)
+        if allowed_special == "none":
+            return frozenset()
+        raise ValueError(f"{where}: allowed_special must be 'all', 'none' or a set of special token names, got "
+                         f"the string {allowed_special!r} (wrap one name in a set: {{{allowed_special!r}}})")
+    allowed = frozenset(allowed_special or ())
+    unknown = allowed - set(specials)
+    if unknown:
+        raise ValueError(f"{where}: unknown special tokens {sorted(unknown)}; this tokenizer has {sorted(specials)}")
+    return allowed
+
+
+def check_disallowed(text: str, disallowed: Collection[str], where: str) -> None:
+    """Raise when ``text`` contains one of the ``disallowed`` special-token names (tiktoken's guard)."""
+    found = sorted(n for n in disallowed if n in text)
+    if found:
+        raise ValueError(f"{where}: the text contains the special token {found[0]!r}; pass "
+                         f"allowed_special={{{found[0]!r}}} (or 'all') to encode it as that token, or leave "
+                         "disallowed_special empty to encode it as plain text")
 
 
 def check_header(d: Mapping[str, Any], type_name: str, version: int) -> None:

@@ -6,7 +6,8 @@ Id layout (the same as GPT-2's, so GPT-2's files load without renumbering):
     ids 256 .. 256 + M - 1       merge i (rank i) creates token 256 + i = token(left) + token(right)
     ids 256 + M .. vocab_size-1  special tokens such as "<|endoftext|>" (GPT-2: 50256)
 
-Encoding: special tokens are split out first; the rest is cut into pre-tokens ("words") by the regex `pattern`
+Encoding: special tokens named in ``allowed_special`` are split out first (by default none: "<|endoftext|>" in
+user text is just text; pass ``allowed_special="all"`` for trusted text such as a training corpus); the rest is cut into pre-tokens ("words") by the regex `pattern`
 (GPT-2's by default); each word's UTF-8 bytes start as byte tokens and the lowest-rank adjacent pair present is merged
 (every non-overlapping occurrence, left to right) until no pair has a rank. That is GPT-2's own algorithm, so
 `from_gpt2_files` reproduces GPT-2's ids exactly. Words are cached, which makes repeated words nearly free.
@@ -29,17 +30,16 @@ from __future__ import annotations
 
 import heapq
 import operator
-from typing import Any, Collection, Iterable, Literal, Mapping, Union
+from typing import Any, Iterable, Mapping, Union
 
 import regex
 
-from .base import (FORMAT_NAME, PathLike, Tokenizer, TokenizerFormatError, check_header, check_ids, ids_to_list,
-                   lookup_ids, register_tokenizer)
+from .base import (FORMAT_NAME, AllowedSpecial, PathLike, Tokenizer, TokenizerFormatError, check_disallowed,
+                   check_header, check_ids, ids_to_list, lookup_ids, register_tokenizer, resolve_allowed)
 from .bpe_train import GPT2_PATTERN, count_words, train_merges
 from .gpt2_files import read_gpt2_files, write_gpt2_files
 
 EOT = "<|endoftext|>"
-AllowedSpecial = Union[Literal["all", "none"], Collection[str]]
 
 _CACHE_LIMIT = 200_000      # words kept in the encode cache before it is cleared (bounds memory on huge corpora)
 
@@ -173,24 +173,16 @@ class BPETokenizer(Tokenizer):
         return tid in self._special_by_id
 
     # ------------------------------------------------------------------------------------------------- encoding
-    def encode(self, text: str, allowed_special: AllowedSpecial = "all") -> list[int]:
-        """Text -> ids. `allowed_special`: "all" (default), "none" (special names are encoded as plain text), or a
-        set of special token names to recognise."""
+    def encode(self, text: str, allowed_special: AllowedSpecial = (),
+               disallowed_special: AllowedSpecial = ()) -> list[int]:
+        """Text -> ids. Special-token names in ``text`` are encoded as plain text unless named in
+        ``allowed_special`` ("all" or a set of names). ``disallowed_special`` ("all" or a set) makes text that
+        contains those names (and does not allow them) raise instead, as tiktoken does by default."""
         if not isinstance(text, str):
             raise TypeError(f"BPETokenizer.encode expects str, got {type(text).__name__}")
-        if allowed_special == "all":
-            allowed = frozenset(self.special_tokens)
-        elif allowed_special == "none" or not allowed_special:
-            allowed = frozenset()
-        elif isinstance(allowed_special, str):
-            raise ValueError(f"BPETokenizer.encode: allowed_special must be 'all', 'none' or a set of special "
-                             f"token names, got the string {allowed_special!r}")
-        else:
-            allowed = frozenset(allowed_special)
-            unknown = allowed - self.special_tokens.keys()
-            if unknown:
-                raise ValueError(f"BPETokenizer.encode: unknown special tokens {sorted(unknown)}; "
-                                 f"this tokenizer has {sorted(self.special_tokens)}")
+        allowed = resolve_allowed(allowed_special, self.special_tokens, "BPETokenizer.encode")
+        check_disallowed(text, resolve_allowed(disallowed_special, self.special_tokens, "BPETokenizer.encode")
+                         - allowed, "BPETokenizer.encode")
         if not allowed:
             return self.encode_ordinary(text)
         pat = self._special_pats.get(allowed)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
-from .base import FORMAT_NAME, Tokenizer, TokenizerFormatError, check_header, check_ids, ids_to_list, \
-    lookup_ids, register_tokenizer
+from .base import FORMAT_NAME, AllowedSpecial, Tokenizer, TokenizerFormatError, check_header, check_ids, \
+    ids_to_list, lookup_ids, register_tokenizer, resolve_allowed
 
 
 @register_tokenizer
@@ -51,7 +51,10 @@ class CharTokenizer(Tokenizer):
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, allowed_special: AllowedSpecial = ()) -> list[int]:
+        """Text -> ids (one per character). There are no special tokens: ``allowed_special`` may only be
+        empty, "all" or "none"."""
+        resolve_allowed(allowed_special, (), "CharTokenizer.encode")
         stoi = self.stoi
         try:
             return [stoi[c] for c in text]

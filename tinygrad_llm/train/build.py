@@ -46,8 +46,9 @@ def build_tokenizer(spec: str, text: str, vocab_size: int = 1024):
 
 
 def encode_corpus(tokenizer, text: str) -> np.ndarray:
-    """All of ``text`` as an int64 id array (1-D)."""
-    return np.asarray(tokenizer.encode(text), dtype=np.int64)
+    """All of ``text`` as an int64 id array (1-D); a corpus is trusted text, so "<|endoftext|>" separators in it
+    become the special token."""
+    return np.asarray(tokenizer.encode(text, allowed_special="all"), dtype=np.int64)
 
 
 def unigram_entropy(ids: np.ndarray) -> float:
