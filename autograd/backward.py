@@ -164,6 +164,8 @@ def backward_iter(roots: Sequence[Tensor], grads: Sequence, retain_graph: bool =
         inputs = fn.inputs
         if len(gin) != len(inputs):
             raise BackwardError(f"{fn.name}.backward returned {len(gin)} gradients for {len(inputs)} inputs")
+        if accumulate and "_retained" in fn.__dict__:  # Tensor.retain_grad(): an intermediate keeps its gradient
+            _store_retained(fn, grad_outputs, create_graph)
         yield fn, grad_outputs, gin
         for x, g in zip(inputs, gin):
             if not x.requires_grad or g is None:
@@ -180,6 +182,15 @@ def backward_iter(roots: Sequence[Tensor], grads: Sequence, retain_graph: bool =
         if not retain_graph:
             fn.release()
     return tuple(target_grads.get(i) for i in range(len(targets))) if targets is not None else None
+
+
+def _store_retained(fn, grad_outputs, create_graph: bool) -> None:
+    for index, ref in fn._retained:
+        t, g = ref(), grad_outputs[index]
+        if t is None:
+            continue
+        g = g if create_graph else Tensor(g.data.copy())
+        t.grad = g if t.grad is None else (t.grad + g if create_graph else Tensor(t.grad.data + g.data))
 
 
 def _edge_done(x, fn_deps, leaf_deps, ready, pending, deliver_to_leaf, g):

@@ -145,6 +145,13 @@ class Tensor:
             retain_graph = create_graph
         run_backward([self], [grad], retain_graph=retain_graph, create_graph=create_graph)
 
+    def retain_grad(self) -> "Tensor":
+        """Keep this intermediate's gradient in ``.grad`` after backward (a leaf keeps its gradient anyway)."""
+        if self.creator is not None:
+            import weakref
+            self.creator.__dict__.setdefault("_retained", []).append((self.out_index, weakref.ref(self)))
+        return self
+
     def register_post_accumulate_grad_hook(self, hook: Callable[["Tensor"], None]) -> Callable[[], None]:
         """Call ``hook(tensor)`` once this leaf's ``.grad`` holds its final value for the running backward.
 

@@ -126,8 +126,8 @@ def test_rule_falls_back_to_docstring():
 
     x = ag.Tensor(np.ones(2), requires_grad=True)
     (step,) = list(trace.backward_steps(Twice.apply(x).sum()))[1:]
-    assert step.rule == "y = 2x; dy/dx = 2."
-    assert "local rule:    y = 2x; dy/dx = 2." in str(step)
+    assert step.rule == "(no rule written) y = 2x; dy/dx = 2."
+    assert "local rule:    (no rule written) y = 2x; dy/dx = 2." in str(step)
 
 
 # ------------------------------------------------------------------------------------------------ DOT
@@ -216,10 +216,42 @@ def test_to_dot_is_valid_and_complete():
     assert len(tensors) == 8 + 6                          # 8 op outputs + x, y, W1, b1, W2, b2
     assert len(edges) == 8 + 13                           # one edge per output, one per input
     for name in ("W1", "b1", "W2", "b2", "x", "y"):
-        assert re.search(rf'label="{name} \(', text)
+        assert re.search(rf'label="\{{ {name} \(', text)
     assert 'label="MatMul"' in text and 'label="Tanh"' in text and "exponent=2" in text
     assert text.count("#c8e6c9") == 4 and text.count("#eeeeee") == 2   # 4 parameters, 2 constant leaves
     assert "mean=" in text                               # (4, 5) activations are summarized
+    assert "rankdir=LR" in text                          # 8 ops deep: left to right
+
+
+def test_to_dot_shows_data_and_grad_on_every_node_without_touching_grad():
+    loss, leaves = small_mlp()
+    text = viz.to_dot(loss, small=100)
+    boxes = [ln for ln in text.splitlines() if "shape=record" in ln]
+    assert len(boxes) == 14 and all("| data " in b and "| grad " in b for b in boxes)
+    assert all(leaf.grad is None for leaf in leaves)     # the drawing ran its own backward
+    assert "grad 1 }" in text                            # the root
+    ref, ref_leaves = small_mlp()
+    ref.backward()
+    b2 = [b for b in boxes if "{ b2 " in b][0]
+    assert trace.format_array(ref_leaves[3].grad, small=100) in b2
+    # intermediates: d loss / d(out - y) = 2 (out - y) / 8, and Sub and Add pass it on to out and to h @ W2
+    diff = loss.creator.inputs[0].creator.inputs[0]
+    want = "grad " + trace.format_array(2 * diff.data / 8, small=100, with_shape=False)
+    assert sum(want in b for b in boxes) == 3
+    loss.backward()                                      # still usable: the drawing kept the graph
+
+
+def test_to_dot_escapes_record_specials_and_goes_top_down_when_deep():
+    x = ag.Tensor(np.arange(20.0), requires_grad=True, name="x{a|b}<c>")
+    h = x
+    for _ in range(12):
+        h = (h * 0.5).tanh()
+    text = viz.to_dot(h.sum())
+    parse_dot(text)
+    assert "rankdir=TB" in text and "x\\{a\\|b\\}\\<c\\>" in text and "\\<mean=" in text
+    assert "rankdir=LR" in viz.to_dot(h.sum(), rankdir="LR")
+    with pytest.raises(ValueError, match="rankdir"):
+        viz.to_dot(h.sum(), rankdir="sideways")
 
 
 def test_to_dot_shows_grads_escapes_quotes_and_marks_freed_nodes(tmp_path):
@@ -229,7 +261,7 @@ def test_to_dot_shows_grads_escapes_quotes_and_marks_freed_nodes(tmp_path):
     text = viz.to_dot(loss)
     parse_dot(text)
     assert '\\"quoted\\"' in text and "\\\\ back" in text
-    assert "grad [2, 4]" in text
+    assert "grad [2, 4]" in text and "grad 1 }" in text
     assert text.count("-> f") == 2                        # Sum's input, Mul's input (x * x drawn once)
     loss.backward()                                       # frees the graph
     freed = viz.to_dot(loss)
@@ -281,3 +313,91 @@ def test_trace_and_dot_on_the_gpu():
     assert [s.op for s in steps] == ["Sum", "Tanh", "MatMul", "ToDevice"]
     assert "accumulated into w.grad" in str(steps[2])
     assert w.grad.device.startswith("cuda")
+
+
+# ------------------------------------------------------------------------------------------------ names, numbers, sums
+def test_names_from_attribute_context_and_dict():
+    x = ag.Tensor(np.array([1.0, 2.0]), requires_grad=True, name="x")
+    with trace.named():
+        h = x * 3.0
+        out = (h * h).sum()
+    assert h.name == "h" and out.name == "out" and x.name == "x"
+    g = trace.named({"k": x * 2.0}, z=x + 1.0)
+    assert isinstance(g, trace.named)
+    steps = list(trace.backward_steps(out))
+    assert [s.op for s in steps] == ["Sum", "Mul", "Mul"]
+    assert "-> output out ()" in str(steps[0]) and "input 0 (Mul-out(2,))" in str(steps[0])
+    assert "input 0 (h (2,))" in str(steps[1]) and "input 1 (h (2,))" in str(steps[1])
+    assert "-> output h (2,)" in str(steps[2]) and "accumulated into x.grad" in str(steps[2])
+    assert g.__class__ is trace.named
+    with pytest.raises(TypeError, match="'bad' is a list"):
+        trace.named(bad=[1.0])
+
+
+def test_small_is_read_at_call_time_and_full_prints_everything(monkeypatch):
+    a = np.arange(20.0)
+    assert trace.format_array(a).startswith("<shape=(20,)")
+    monkeypatch.setattr(trace, "SMALL", 50)
+    assert trace.format_array(a) == "[" + ", ".join(str(i) for i in range(20)) + "]"
+    monkeypatch.setattr(trace, "SMALL", 12)
+    big = np.arange(2000.0).reshape(40, 50)
+    assert len(re.findall(r"\d+", trace.format_array(big, full=True))) == 2000
+    steps = list(trace.backward_steps((ag.Tensor(big, requires_grad=True) * 2.0).sum()))
+    sent = [ln for ln in steps[1].format(full=True).splitlines() if "to input 0" in ln][0]
+    assert "mean=" in str(steps[1]) and sent.count("2") == 2000 and "..." not in sent
+
+
+def test_accumulation_is_shown_as_a_sum():
+    x = ag.Tensor(np.array([1.0, 2.0]), requires_grad=True, name="x")
+    h = x * 3.0
+    h.name = "h"
+    loss = (h * 2.0 + h.tanh()).sum()
+    steps = list(trace.backward_steps(loss))
+    by_op = {s.op: s for s in steps}
+    assert by_op["Mul"].op == "Mul"
+    h_step = [s for s in steps if s.output_labels == ["h"]][0]
+    assert len(h_step.contributions[0]) == 2
+    total = sum(c.data for _, c in h_step.contributions[0])
+    np.testing.assert_allclose(h_step.grad_outputs[0].numpy(), total)
+    np.testing.assert_allclose(total, 2.0 + (1 - np.tanh([3.0, 6.0]) ** 2))
+    text = str(h_step)
+    assert "the sum of 2 gradients" in text and "from step" in text and "      = [" in text
+    # a leaf used twice: the second delivery shows the running sum
+    w = ag.Tensor(np.array([0.5, -1.0]), requires_grad=True, name="w")
+    steps = list(trace.backward_steps((w * w).sum()))
+    assert "w.grad so far, the sum of 2: [1, -2]" in str(steps[-1])
+    np.testing.assert_array_equal(w.grad.numpy(), [1.0, -2.0])
+
+
+def test_internal_fields_do_not_leak_into_params():
+    from autograd import functional as F
+    logits = ag.Tensor(np.random.default_rng(0).standard_normal((3, 4)), requires_grad=True)
+    (step,) = list(trace.backward_steps(F.cross_entropy(logits, np.array([0, 1, 3]))))
+    assert "None" not in step.params and "lse" not in step.params and "ignore_index=-100" in step.params
+
+
+def test_retain_grad_keeps_intermediate_gradients():
+    x = ag.Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    h = (x * x).retain_grad()
+    loss = (h * 3.0).sum()
+    loss.backward(retain_graph=True)
+    np.testing.assert_array_equal(h.grad.numpy(), [3.0, 3.0])
+    loss.backward()                                   # accumulates, as a leaf's .grad does
+    np.testing.assert_array_equal(h.grad.numpy(), [6.0, 6.0])
+    np.testing.assert_array_equal(x.grad.numpy(), [12.0, -24.0])
+    y = ag.Tensor(np.array([2.0]), requires_grad=True)
+    k = (y * 5.0).retain_grad()
+    (g,) = ag.grad((k * k).sum(), [y])                # ag.grad does not fill .grad
+    assert k.grad is None and g.item() == 100.0
+    assert y.retain_grad() is y and y.grad is None     # a leaf: nothing changes
+
+
+def test_node_gradients_cover_intermediates_and_leave_grad_alone():
+    loss, leaves = small_mlp()
+    grads = trace.node_gradients(loss)
+    assert all(leaf.grad is None for leaf in leaves)
+    ref, ref_leaves = small_mlp()
+    ref.backward()
+    for leaf, want in zip(leaves, ref_leaves):
+        np.testing.assert_allclose(grads[trace.node_key(leaf)].numpy(), want.grad.numpy(), rtol=1e-12)
+    assert len(grads) == 8 + 4                         # every op output and every parameter
