@@ -1,4 +1,4 @@
-"""Fast paths of the training step against their composed slow paths (issue 5).
+"""Fast paths of the training step against their composed slow paths.
 
 - autocast ``F.linear``: one Linear op with ``compute_dtype`` (casts inside, gradients in each input's dtype)
   against the composed ``astype`` + Linear graph (CPU, float16 NumPy; and on CuPy);
@@ -221,34 +221,3 @@ def test_split_and_merge_heads_gradcheck_and_double_backward():
     assert x.grad is not None and np.all(np.isfinite(x.grad.numpy()))
     with pytest.raises(ValueError, match="split_heads"):
         F.split_heads(x, 3, 1)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
-@pytest.mark.parametrize("shape,chunk", [((2, 3, 600, 600, 16), 128), ((1, 2, 300, 500, 32), 64),
-                                         ((2, 2, 256, 256, 64), 128), ((3, 400, 400, 8), 100)])
-def test_causal_chunked_gemm_attention_matches_full(dtype, shape, chunk):
-    """Query-chunked causal GEMM attention (skips the masked triangle) against the one-pass GEMM version."""
-    cp = _cp()
-    from autograd import cuda as agcuda
-    from autograd.cuda import attention as at
-    seed = int(np.random.default_rng().integers(1 << 30))
-    rng = np.random.default_rng(seed)
-    *lead, tq, tk, d = shape
-    mk = lambda t: cp.asarray(rng.standard_normal(tuple(lead) + (t, d)).astype(dtype))
-    q, k, v, do = mk(tq), mk(tk), mk(tk), mk(tq)
-    q = cp.ascontiguousarray(q.swapaxes(-1, -2)).swapaxes(-1, -2)      # a strided view goes in too
-    before = agcuda.tf32_enabled()
-    agcuda.set_tf32(False)
-    try:
-        o1, l1 = at.attention_forward_matmul(q, k, v, True, 0.3, chunk=chunk)
-        o2, l2 = at.attention_forward_matmul(q, k, v, True, 0.3, chunk=0)
-        g1 = at.attention_backward_matmul(q, k, v, o1, l1, do, True, 0.3, chunk=chunk)
-        g2 = at.attention_backward_matmul(q, k, v, o2, l2, do, True, 0.3, chunk=0)
-    finally:
-        agcuda.set_tf32(before)
-    tol = {np.float64: 1e-10, np.float32: 1e-5, np.float16: 5e-3}[dtype]
-    for name, a, b in (("o", o1, o2), ("lse", l1, l2), ("dq", g1[0], g2[0]), ("dk", g1[1], g2[1]),
-                       ("dv", g1[2], g2[2])):
-        assert a.shape == b.shape and a.dtype == b.dtype, name
-        assert _rel(a.get(), b.get()) < tol, (name, seed)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import autograd as ag
 from tinygrad_llm import optim
-from tinygrad_llm.optim.adam import _adamw_update
+from tinygrad_llm.optim.adam import adamw_update
 
 
 def make_params(shapes, seed=0, dtype=np.float64):
@@ -106,7 +106,7 @@ def test_adamw_update_function_is_in_place():
     m, v = np.zeros(5), np.zeros(5)
     ids = (id(p), id(m), id(v))
     g0 = g.copy()
-    _adamw_update(p, g, m, v, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, step=1)
+    adamw_update(p, g, m, v, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, step=1)
     assert (id(p), id(m), id(v)) == ids and np.array_equal(g, g0)
     np.testing.assert_allclose(m, 0.1 * g0)
 
@@ -340,7 +340,42 @@ def test_gradient_accumulation_equals_big_batch():
     np.testing.assert_allclose(acc.grad.data, big.grad.data, rtol=1e-12, atol=1e-14)
 
 
+def test_adamw_fused_switch():
+    """fused=False is the per-parameter update; fused=True on CPU parameters is a clear error; other values refused."""
+    params = make_params([(3, 2)], seed=2)
+    ref = make_params([(3, 2)], seed=2)
+    for opt, ps in ((optim.AdamW(params, lr=0.1, fused=False), params), (optim.AdamW(ref, lr=0.1), ref)):
+        ps[0].grad = ag.Tensor(np.full((3, 2), 0.5))
+        opt.step()
+    np.testing.assert_array_equal(params[0].data, ref[0].data)
+    opt = optim.AdamW(make_params([(4,)]), lr=0.1, fused=True)
+    opt.params[0].grad = ag.Tensor(np.ones(4))
+    with pytest.raises(RuntimeError, match=r"fused=True.*float64 parameter of shape \(4,\) on the CPU"):
+        opt.step()
+    with pytest.raises(TypeError, match="fused must be None, True or False"):
+        optim.Adam(make_params([(4,)]), fused="yes")
+
+
 # ------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+def test_adamw_non_contiguous_gpu_param_takes_the_per_parameter_update():
+    """An F-order parameter view is not the kernel's: it goes through adamw_update, and matches NumPy."""
+    cp = ag.backend.cupy_module()
+    w0 = np.random.default_rng(3).standard_normal((6, 8)).astype(np.float32)
+    gpu = ag.Tensor(cp.asarray(np.asfortranarray(w0)), requires_grad=True)
+    assert not gpu.data.flags.c_contiguous
+    cpu = ag.Tensor(w0.copy(), requires_grad=True)
+    o1, o2 = optim.AdamW([cpu], lr=0.01), optim.AdamW([gpu], lr=0.01)
+    for _ in range(2):
+        g = np.random.default_rng(4).standard_normal((6, 8)).astype(np.float32)
+        cpu.grad, gpu.grad = ag.Tensor(g), ag.Tensor(cp.asarray(g))
+        o1.step(); o2.step()
+    np.testing.assert_allclose(cp.asnumpy(gpu.data), cpu.data, rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="fused=True"):
+        o3 = optim.AdamW([gpu], lr=0.01, fused=True)
+        o3.step()
+
+
 @pytest.mark.gpu
 def test_adamw_and_clip_on_cupy_match_numpy():
     cp = ag.backend.cupy_module()

@@ -5,8 +5,9 @@ per-tensor pointers (param, grad, m, v) and sizes go to the device as one small 
 table depends only on the sizes and is cached. Per element, in one pass (PyTorch's AdamW):
     p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
     p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-Groups are keyed by (param dtype, grad dtype, GPU); m and v have the param's dtype. A tensor that is not contiguous, or
-whose m/v dtype differs, is updated with CuPy ops (same arithmetic).
+Groups are keyed by (param dtype, grad dtype, GPU); m and v have the param's dtype. The kernel takes C-contiguous
+params and moments only (the optimizer sends any other tensor through its per-parameter update, the same formula
+in ``tinygrad_llm/optim/adam.py``); a gradient of another layout or dtype pair is made contiguous / cast here.
 """
 from __future__ import annotations
 
@@ -115,18 +116,10 @@ def _device_meta(meta: np.ndarray):
     return d
 
 
-def _per_tensor(p, g, m, v, lr, b1, b2, eps, wd, step_size, inv_sqrt_bc2):
-    """Fallback for odd layouts/dtypes: CuPy ops, same arithmetic."""
-    cp = require_cupy()
-    if wd:
-        p *= 1.0 - lr * wd
-    m *= b1
-    m += (1.0 - b1) * g
-    v *= b2
-    v += (1.0 - b2) * (g * g)
-    denom = cp.sqrt(v) * inv_sqrt_bc2
-    denom += eps
-    p -= step_size * (m / denom)
+def supports(p, m, v) -> bool:
+    """Whether the multi-tensor kernel takes this parameter with these moments (same float dtype, C-contiguous)."""
+    return (p.dtype in (np.float16, np.float32, np.float64) and m.dtype == p.dtype and v.dtype == p.dtype
+            and p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous)
 
 
 def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step) -> None:
@@ -148,17 +141,16 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weig
                              f"m {m.shape}, v {v.shape}")
         if p.size == 0:
             continue
+        if not supports(p, m, v):
+            raise ValueError(f"adamw_step: tensor {i}: the kernel needs C-contiguous param, exp_avg and exp_avg_sq "
+                             f"of one float dtype, got {p.dtype}/{m.dtype}/{v.dtype}, contiguous "
+                             f"{p.flags.c_contiguous}/{m.flags.c_contiguous}/{v.flags.c_contiguous}")
         targs = _targs(p.dtype, g.dtype)
-        ok = (targs is not None and m.dtype == p.dtype and v.dtype == p.dtype and p.flags.c_contiguous
-              and m.flags.c_contiguous and v.flags.c_contiguous)
-        if ok:
-            if not g.flags.c_contiguous:
-                with p.device:
-                    grads[i] = g = cp.ascontiguousarray(g)
-            groups.setdefault((targs, p.device.id), []).append(i)
-        else:
+        if targs is None or not g.flags.c_contiguous:
             with p.device:
-                _per_tensor(p, g, m, v, *scal)
+                grads[i] = g = cp.ascontiguousarray(g.astype(p.dtype, copy=False) if targs is None else g)
+            targs = _targs(p.dtype, g.dtype)
+        groups.setdefault((targs, p.device.id), []).append(i)
     for (targs, dev), idx in groups.items():
         with cp.cuda.Device(dev):   # one launch per (dtype pair, GPU): pointers of one launch live on one GPU
             _launch_group(params, grads, exp_avgs, exp_avg_sqs, idx, targs, scal)

@@ -12,17 +12,15 @@ The flash-attention kernel (flash_attention.py), when it handles the case, is ch
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from ._common import LazyModule, acc_dtype, contiguous, ctypes_of, require_cupy, row_threads
+from ._common import LazyModule, acc_dtype, ctypes_of, require_cupy, row_threads
 from .matmul import matmul
 from .registry import register
 
 _SRC = r"""
 // limit of allowed keys for the query of this row (keys j <= lim)
-// (row0, off): the rows here are queries row0 .. row0 + Tq - 1 of a query-chunk, and query i sees keys j <= i + off
+// (row0, off): the rows here are queries row0 .. row0 + Tq - 1, and query i sees keys j <= i + off
 __device__ __forceinline__ int key_limit(i64 row, int Tq, int Tk, int causal, int row0, int off) {
     if (!causal) return Tk - 1;
     const int i = row0 + (int)(row % Tq);
@@ -101,23 +99,10 @@ def _check(op, q, k, v, causal):
     ctypes_of(q.dtype)
 
 
-def _chunk_rows(q, causal, chunk):
-    """Query rows per chunk for the causal chunked version, or 0 (one pass over the full score matrix)."""
-    if chunk is None:
-        chunk = CAUSAL_CHUNK
-    Tq = q.shape[-2]
-    return chunk if causal and chunk > 0 and Tq >= 2 * chunk and q.ndim >= 2 else 0
-
-
-def attention_forward_matmul(q, k, v, causal, scale, chunk=None):
-    """(o, lse) through GEMMs + one fused masked-softmax row kernel; lse (..., Tq) float32 (float64 for float64).
-
-    Causal and long: query chunks of ``chunk`` rows (default CAUSAL_CHUNK) each multiply only the keys they can see,
-    so the fully masked upper triangle of the score matrix is neither computed nor stored."""
+def attention_forward_matmul(q, k, v, causal, scale):
+    """(o, lse) through GEMMs + one fused masked-softmax row kernel; lse (..., Tq) float32 (float64 for float64)."""
     cp = require_cupy()
     _check("attention_forward", q, k, v, causal)
-    if _chunk_rows(q, causal, chunk):
-        return _forward_chunked(q, k, v, scale, _chunk_rows(q, causal, chunk))
     Tq, Tk = q.shape[-2], k.shape[-2]
     acc = acc_dtype(q.dtype)
     lse = cp.empty(q.shape[:-1], acc)
@@ -131,12 +116,9 @@ def attention_forward_matmul(q, k, v, causal, scale, chunk=None):
     return o, lse
 
 
-def attention_backward_matmul(q, k, v, o, lse, do, causal, scale, chunk=None):
-    """(dq, dk, dv) through GEMMs + two fused row kernels (probabilities from lse; dS); causal and long: by query
-    chunks, as the forward."""
+def attention_backward_matmul(q, k, v, o, lse, do, causal, scale):
+    """(dq, dk, dv) through GEMMs + two fused row kernels (probabilities from lse; dS)."""
     _check("attention_backward", q, k, v, causal)
-    if _chunk_rows(q, causal, chunk):
-        return _backward_chunked(q, k, v, lse, do, scale, _chunk_rows(q, causal, chunk))
     Tq, Tk = q.shape[-2], k.shape[-2]
     acc = acc_dtype(q.dtype)
     do = do.astype(q.dtype, copy=False)
@@ -154,79 +136,6 @@ def attention_backward_matmul(q, k, v, o, lse, do, causal, scale, chunk=None):
         _mod.kernel("attn_dscores", _targs(q.dtype))((rows,), (threads,), (p, dp, np.int32(Tk), np.float64(scale)))
     dq = matmul(dp, k)
     dk = matmul(dp.swapaxes(-1, -2), q)
-    return dq, dk, dv
-
-
-#: query rows per chunk in the causal GEMM version (0: off, the default). TINYGRAD_LLM_ATTN_CHUNK sets it. With
-#: T = 1024 and 256 the score matrices hold 10/16 of T x T (the masked triangle skipped), but the step got SLOWER
-#: (GPT-2 tf32 on an H100, 2026-11-22: 70.2 ms/step off, 71.2 with 512, 88.7 with 256): the extra GEMM/copy
-#: launches and strided gathers cost more than the skipped triangle saves. Kept (tested) for longer contexts.
-CAUSAL_CHUNK = int(os.environ.get("TINYGRAD_LLM_ATTN_CHUNK", "0") or 0)
-
-
-def _forward_chunked(q, k, v, scale, C):
-    cp = require_cupy()
-    q, k, v = contiguous(q), contiguous(k), contiguous(v)   # once: chunk slices of these are single-stride views
-    Tq, Tk = q.shape[-2], k.shape[-2]
-    off = Tk - Tq
-    acc = acc_dtype(q.dtype)
-    batch = q.shape[:-2]
-    nb = int(np.prod(batch)) if batch else 1
-    o = cp.empty(q.shape, q.dtype)
-    lse = cp.empty(q.shape[:-1], acc)
-    kern = _mod.kernel("attn_softmax", _targs(q.dtype))
-    for r0 in range(0, Tq, C):
-        r1 = min(Tq, r0 + C)
-        kc = max(1, min(Tk, r1 + off))         # keys any query of this chunk can see
-        s = matmul(q[..., r0:r1, :], k[..., :kc, :].swapaxes(-1, -2))     # (..., r1 - r0, kc)
-        lse_c = cp.empty(batch + (r1 - r0,), acc)
-        kern((nb * (r1 - r0),), (row_threads(kc, 8),),
-             (s, lse_c, np.int32(r1 - r0), np.int32(kc), np.float64(scale), np.int32(1), np.int32(r0),
-              np.int32(off)))
-        o[..., r0:r1, :] = matmul(s, v[..., :kc, :])
-        lse[..., r0:r1] = lse_c
-    return o, lse
-
-
-def _backward_chunked(q, k, v, lse, do, scale, C):
-    cp = require_cupy()
-    q, k, v = contiguous(q), contiguous(k), contiguous(v)
-    do = contiguous(do.astype(q.dtype, copy=False))
-    Tq, Tk = q.shape[-2], k.shape[-2]
-    off = Tk - Tq
-    acc = acc_dtype(q.dtype)
-    batch = q.shape[:-2]
-    nb = int(np.prod(batch)) if batch else 1
-    lse = lse.astype(acc, copy=False)
-    probs = _mod.kernel("attn_probs", _targs(q.dtype))
-    dscores = _mod.kernel("attn_dscores", _targs(q.dtype))
-    dq = cp.empty(q.shape, q.dtype)
-    dk = dv = None
-    starts = list(range(0, Tq, C))
-    for r0 in reversed(starts):                # the last chunk sees every key: its dk, dv start the sums
-        r1 = min(Tq, r0 + C)
-        kc = max(1, min(Tk, r1 + off))
-        qc, doc = q[..., r0:r1, :], do[..., r0:r1, :]
-        kk, vv = k[..., :kc, :], v[..., :kc, :]
-        p = matmul(qc, kk.swapaxes(-1, -2))                              # (..., rows, kc)
-        rows, threads = nb * (r1 - r0), row_threads(kc, 8)
-        probs((rows,), (threads,), (p, cp.ascontiguousarray(lse[..., r0:r1]), np.int32(r1 - r0), np.int32(kc),
-                                    np.float64(scale), np.int32(1), np.int32(r0), np.int32(off)))
-        dv_c = matmul(p.swapaxes(-1, -2), doc)                           # (..., kc, D)
-        dp = matmul(doc, vv.swapaxes(-1, -2))
-        dscores((rows,), (threads,), (p, dp, np.int32(kc), np.float64(scale)))
-        dq[..., r0:r1, :] = matmul(dp, kk)
-        dk_c = matmul(dp.swapaxes(-1, -2), qc)
-        if dk is None:
-            if kc == Tk:
-                dk, dv = dk_c, dv_c
-            else:
-                dk, dv = cp.zeros(k.shape, k.dtype), cp.zeros(v.shape, v.dtype)
-                dk[..., :kc, :] += dk_c
-                dv[..., :kc, :] += dv_c
-        else:
-            dk[..., :kc, :] += dk_c
-            dv[..., :kc, :] += dv_c
     return dq, dk, dv
 
 

@@ -11,11 +11,25 @@ import numpy as np
 from ._common import LazyModule, ctypes_of, require_cupy
 from .registry import register
 
-# contiguous arrays: a RawKernel with plain indices, 4 independent elements per thread (ElementwiseKernel's general
-# indexer costs about 1.6x on these memory-bound passes)
-_RAW = r"""
+# GELU and its derivative, written once: shared by the raw kernels and the ElementwiseKernels below
+_GELU = r"""
 #define GELU_K 0.7978845608028654
 #define GELU_C 0.044715
+// gelu(h) = h/2 (1 + t), t = tanh(k (h + c h^3))
+template <typename A> __device__ __forceinline__ A gelu_f(A h) {
+    const A t = tanh((A)GELU_K * (h + (A)GELU_C * h * h * h));
+    return (A)0.5 * h * ((A)1 + t);
+}
+// gelu'(h) = (1 + t)/2 + h/2 (1 - t^2) k (1 + 3 c h^2)
+template <typename A> __device__ __forceinline__ A gelu_d(A h) {
+    const A t = tanh((A)GELU_K * (h + (A)GELU_C * h * h * h));
+    return (A)0.5 * ((A)1 + t) + (A)0.5 * h * ((A)1 - t * t) * (A)GELU_K * ((A)1 + (A)(3 * GELU_C) * h * h);
+}
+"""
+
+# contiguous arrays: a RawKernel with plain indices, 4 independent elements per thread (ElementwiseKernel's general
+# indexer costs about 1.6x on these memory-bound passes)
+_RAW = _GELU + r"""
 template <typename T, typename A>
 __global__ void gelu_fwd_raw(const T* __restrict__ x, const T* __restrict__ b, T* __restrict__ y, i64 n, int C,
                              int has_b) {
@@ -26,8 +40,7 @@ __global__ void gelu_fwd_raw(const T* __restrict__ x, const T* __restrict__ b, T
         if (i < n) {
             A h = ld(x, i);
             if (has_b) h += ld(b, i % C);
-            const A t = tanh((A)GELU_K * (h + (A)GELU_C * h * h * h));
-            st(y, i, (A)0.5 * h * ((A)1 + t));
+            st(y, i, gelu_f(h));
         }
     }
 }
@@ -41,10 +54,7 @@ __global__ void gelu_bwd_raw(const T* __restrict__ x, const T* __restrict__ b, c
         if (i < n) {
             A h = ld(x, i);
             if (has_b) h += ld(b, i % C);
-            const A t = tanh((A)GELU_K * (h + (A)GELU_C * h * h * h));
-            const A d = (A)0.5 * ((A)1 + t)
-                      + (A)0.5 * h * ((A)1 - t * t) * (A)GELU_K * ((A)1 + (A)(3 * GELU_C) * h * h);
-            st(gx, i, ld(gy, i) * d);
+            st(gx, i, ld(gy, i) * gelu_d(h));
         }
     }
 }
@@ -67,28 +77,18 @@ def _launch(name, x, b, args):
     C = x.shape[-1]
     _raw.kernel(name, f"{t},{a}")(grid, (_THREADS,), args + (np.int64(n), np.int32(C), np.int32(b is not None)))
 
+
+# strided / broadcast inputs: ElementwiseKernels over the same device functions
 _PRE = r"""
 template <typename U> struct Acc { typedef float type; };
 template <> struct Acc<double> { typedef double type; };
-#define GELU_K 0.7978845608028654
-#define GELU_C 0.044715
-"""
+""" + _GELU
 
 # h = x (or x + b, in the accumulation type A)
 _H = "typedef Acc<T>::type A;\nA h = (A)x;\n"
 _HB = "typedef Acc<T>::type A;\nA h = (A)x + (A)b;\n"
-
-# y = h/2 (1 + t), t = tanh(k (x + c x^3))
-_FWD = r"""
-A t = tanh((A)GELU_K * (h + (A)GELU_C * h * h * h));
-y = (T)((A)0.5 * h * ((A)1 + t));
-"""
-# gelu'(h) = (1 + t)/2 + h/2 (1 - t^2) k (1 + 3 c h^2)
-_BWD = r"""
-A t = tanh((A)GELU_K * (h + (A)GELU_C * h * h * h));
-A d = (A)0.5 * ((A)1 + t) + (A)0.5 * h * ((A)1 - t * t) * (A)GELU_K * ((A)1 + (A)(3 * GELU_C) * h * h);
-gx = (T)((A)gy * d);
-"""
+_FWD = "y = (T)gelu_f(h);\n"
+_BWD = "gx = (T)((A)gy * gelu_d(h));\n"
 
 _kernels: dict = {}
 

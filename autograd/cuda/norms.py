@@ -4,7 +4,7 @@ Forward: rows of up to 1024 elements take one warp each and stay in registers (o
 wider rows take one block each and are read three times (mean, variance, write), from L1 after the first.
 Statistics (mean, rstd) are kept in the accumulation type (float32 for float16/float32 inputs, float64 for float64).
 
-Backward (xhat = (x - mean) rstd, g = gy * w), one block per row (a warp-per-row variant exists, BWD_WARP):
+Backward (xhat = (x - mean) rstd, g = gy * w), one block per row:
     gx = rstd * (g - mean(g) - xhat * mean(g * xhat))        (RMSNorm: no mean(g) term, mean = 0)
     gw = sum over rows of gy * xhat,  gb = sum over rows of gy
 A grid of a few blocks per multiprocessor walks the rows; each thread owns the same columns in every row, so it
@@ -87,72 +87,6 @@ __global__ void norm_fwd_warp(const T* __restrict__ x, const T* __restrict__ w, 
     if (lane == 0) { mean_out[row] = mean; rstd_out[row] = rstd; }
 }
 
-// backward for rows of at most 32 * VPT elements (float accumulation): one warp per row, grid-stride over rows;
-// each lane owns columns lane + 32 j in every row, so its gw/gb partial sums stay in registers; the warps of a
-// block then add theirs in shared memory (atomics, nw-way contention) and the block writes part_*[block, C]
-template <typename T, int VPT>
-__global__ void norm_bwd_warp(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ w,
-                              const float* __restrict__ mean, const float* __restrict__ rstd, T* __restrict__ gx,
-                              float* __restrict__ part_w, float* __restrict__ part_b, i64 N, int C, int has_w,
-                              int rms, int do_part) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    float* s_gw = reinterpret_cast<float*>(smem_raw);
-    float* s_gb = s_gw + C;
-    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    if (do_part) {
-        for (int i = threadIdx.x; i < C; i += blockDim.x) { s_gw[i] = 0.f; s_gb[i] = 0.f; }
-        __syncthreads();
-    }
-    float pw[VPT], pb[VPT], wv[VPT];
-#pragma unroll
-    for (int j = 0; j < VPT; ++j) {
-        const int i = lane + 32 * j;
-        pw[j] = 0.f; pb[j] = 0.f;
-        wv[j] = (has_w && i < C) ? ld(w, i) : 1.f;
-    }
-    const float invC = 1.f / (float)C;
-    for (i64 row = (i64)blockIdx.x * nw + (threadIdx.x >> 5); row < N; row += (i64)gridDim.x * nw) {
-        const T* gyr = gy + row * C;
-        const T* xr = x + row * C;
-        const float mu = rms ? 0.f : mean[row];
-        const float rs = rstd[row];
-        float g[VPT], xh[VPT];
-        float s1 = 0.f, s2 = 0.f;
-#pragma unroll
-        for (int j = 0; j < VPT; ++j) {
-            const int i = lane + 32 * j;
-            const bool ok = i < C;
-            g[j] = ok ? ld(gyr, i) : 0.f;
-            xh[j] = ok ? (ld(xr, i) - mu) * rs : 0.f;
-            pw[j] += g[j] * xh[j];
-            pb[j] += g[j];
-            g[j] *= wv[j];
-            s1 += g[j];
-            s2 += g[j] * xh[j];
-        }
-        s1 = rms ? 0.f : warp_sum(s1) * invC;
-        s2 = warp_sum(s2) * invC;
-        T* gxr = gx + row * C;
-#pragma unroll
-        for (int j = 0; j < VPT; ++j) {
-            const int i = lane + 32 * j;
-            if (i < C) st(gxr, i, rs * (g[j] - s1 - xh[j] * s2));
-        }
-    }
-    if (do_part) {
-#pragma unroll
-        for (int j = 0; j < VPT; ++j) {
-            const int i = lane + 32 * j;
-            if (i < C) { atomicAdd(s_gw + i, pw[j]); atomicAdd(s_gb + i, pb[j]); }
-        }
-        __syncthreads();
-        for (int i = threadIdx.x; i < C; i += blockDim.x) {
-            part_w[(i64)blockIdx.x * C + i] = s_gw[i];
-            part_b[(i64)blockIdx.x * C + i] = s_gb[i];
-        }
-    }
-}
-
 // grid-stride over rows; partial gw/gb per block in shared memory (when part_w != 0), written to part_*[block, C]
 template <typename T, typename A>
 __global__ void norm_bwd(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ w,
@@ -199,12 +133,8 @@ __global__ void norm_bwd(const T* __restrict__ gy, const T* __restrict__ x, cons
 _TARGS = ["float,float", "half_t,float", "double,double"]
 _VPT = (4, 8, 16, 32)   # warp-per-row forward for C <= 32 * VPT
 _mod = LazyModule(_SRC, {"norm_fwd": _TARGS, "norm_bwd": _TARGS,
-                         "norm_fwd_warp": [f"{t},{v}" for t in _TARGS for v in _VPT],
-                         "norm_bwd_warp": [f"{t},{v}" for t in ("float", "half_t") for v in _VPT]})
+                         "norm_fwd_warp": [f"{t},{v}" for t in _TARGS for v in _VPT]})
 _SMEM_LIMIT = 48 * 1024
-# warp-per-row backward for C <= 1024 (float accumulation) when True; measured on an H100 at (8192, 768) float32 it
-# took 0.159 ms against 0.134 ms for the block-per-row kernel, so the block kernel is the default
-BWD_WARP = False
 _sm_count: dict[int, int] = {}
 
 
@@ -266,11 +196,7 @@ def _backward(gy, x, w, mean, rstd, rms, want_gb):
         z = cp.zeros((C,), acc)
         return gx, z, z
     threads = row_threads(C)
-    warp = BWD_WARP and acc == np.float32 and C <= 32 * _VPT[-1]
-    if warp:   # warp-per-row kernel: 8 warps a block
-        nblocks = int(min((N + 7) // 8, 8 * _num_sms()))
-    else:
-        nblocks = int(min(N, 4 * _num_sms()))
+    nblocks = int(min(N, 4 * _num_sms()))
     smem = 2 * C * np.dtype(acc).itemsize
     do_part = want_part and smem <= _SMEM_LIMIT
     if do_part:   # one allocation for both partials
@@ -283,13 +209,8 @@ def _backward(gy, x, w, mean, rstd, rms, want_gb):
     rstd_ = contiguous(rstd.astype(acc, copy=False))
     args = (gy, x, w_, mean_, rstd_, gx, part_w, part_b, np.int64(N), np.int32(C),
             np.int32(w is not None), np.int32(rms), np.int32(do_part))
-    if warp:
-        vpt = next(v for v in _VPT if C <= 32 * v)
-        k = _mod.kernel("norm_bwd_warp", f"{ctypes_of(x.dtype)[0]},{vpt}")
-        k((nblocks,), (256,), args, shared_mem=smem if do_part else 0)
-    else:
-        k = _mod.kernel("norm_bwd", _targs(x.dtype))
-        k((nblocks,), (threads,), args, shared_mem=smem if do_part else 0)
+    k = _mod.kernel("norm_bwd", _targs(x.dtype))
+    k((nblocks,), (threads,), args, shared_mem=smem if do_part else 0)
     gw = gb = None
     if do_part:
         # cuBLAS column sums (ones @ partials): CuPy's axis-0 reduction costs ~70 us of host time per call

@@ -1,27 +1,56 @@
 """Adam (L2 weight decay) and AdamW (decoupled weight decay), with PyTorch's semantics.
 
-The whole per-parameter update is one function, ``_adamw_update``, so a fused (multi-tensor) GPU kernel can replace
-it: ``AdamW.update_fn = staticmethod(fused_fn)`` (same signature, per parameter) or a subclass overriding
-``step`` (all parameters at once; per-parameter state is ``self.state[i]``, i in ``self.params`` order).
+The arithmetic of one update is ``adamw_update`` below, written once. On the GPU the same step can run as one
+multi-tensor CUDA kernel for all parameters (``autograd/cuda/adamw.py``, ``fused=True``, or automatically when the
+kernel is available); a replaced ``update_fn`` (same signature, per parameter) or a subclass overriding ``step``
+still sees per-parameter state in ``self.state[i]``, i in ``self.params`` order.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import numpy as np
 
-from autograd.backend import xp_of
-from autograd.ops import nn_kernels as _K
-
-from autograd.backend import device_scope
+from autograd.backend import device_scope, xp_of
+from autograd.cuda import kernel_for
 
 from .optimizer import Optimizer, _param_label, grad_array
 
-__all__ = ["Adam", "AdamW", "param_groups_for_weight_decay"]
+__all__ = ["Adam", "AdamW", "adamw_update", "param_groups_for_weight_decay"]
 
 
-# the per-parameter update lives beside the multi-tensor one in the engine's kernels (one copy of the arithmetic)
-_adamw_update = _K.adamw_update
+def adamw_update(p, g, m, v, *, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
+                 step: int) -> None:
+    """One AdamW step on arrays, all in place (p, m, v; g is read only). ``step`` counts from 1::
+
+        p *= 1 - lr * weight_decay                     # decoupled decay (0 for Adam)
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        p -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
+    """
+    xp = xp_of(p)
+    if g.dtype != m.dtype:                       # e.g. fp16 gradients with fp32 moments: square in fp32
+        g = g.astype(m.dtype)
+    if weight_decay != 0.0:
+        p *= 1.0 - lr * weight_decay
+    # one scratch array instead of a temporary per operation (the token embedding alone is 38M floats in GPT-2)
+    tmp = xp.empty_like(m)                       # (also keeps 0-d parameters as arrays, not NumPy scalars)
+    xp.multiply(g, 1.0 - beta1, out=tmp)
+    m *= beta1
+    m += tmp
+    xp.multiply(g, g, out=tmp)
+    tmp *= 1.0 - beta2
+    v *= beta2
+    v += tmp
+    bias1 = 1.0 - beta1 ** step
+    bias2 = 1.0 - beta2 ** step
+    xp.sqrt(v, out=tmp)                          # denom = sqrt(v) / sqrt(bias2) + eps
+    tmp /= math.sqrt(bias2)
+    tmp += eps
+    xp.divide(m, tmp, out=tmp)
+    tmp *= lr / bias1
+    p -= tmp
 
 
 class Adam(Optimizer):
@@ -29,27 +58,44 @@ class Adam(Optimizer):
     torch.optim.Adam. State per parameter: ``step`` (int), ``exp_avg``, ``exp_avg_sq``."""
 
     decoupled = False
-    update_fn = staticmethod(_adamw_update)
+    update_fn = staticmethod(adamw_update)
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, fused: bool | None = None):
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"{type(self).__name__}: betas must be in [0, 1), got {betas}")
         if eps <= 0:
             raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps}")
+        if fused not in (None, True, False):
+            raise TypeError(f"{type(self).__name__}: fused must be None, True or False, got {fused!r}")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        #: None: the multi-tensor CUDA kernel for GPU parameters when it is available; True: required (a clear error
+        #: for a parameter it cannot take); False: always the per-parameter ``update_fn``
+        self.fused = fused
+
+    def _kernel_takes(self, group, p, state) -> bool:
+        """Whether parameter ``p`` (its moments in ``state``) goes to the multi-tensor kernel this step."""
+        if self.fused is False or self.update_fn is not adamw_update:
+            return False
+        ok = (kernel_for("adamw_step", p) is not None and (self.decoupled or group["weight_decay"] == 0.0)
+              and p.dtype.itemsize >= 4 and p.flags.c_contiguous
+              and all(state[k].dtype == p.dtype and state[k].flags.c_contiguous for k in ("exp_avg", "exp_avg_sq")))
+        if not ok and self.fused:
+            where = "the CPU" if type(p) is np.ndarray else "the GPU"
+            raise RuntimeError(f"{type(self).__name__}(fused=True): the multi-tensor CUDA kernel cannot take a "
+                               f"{p.dtype} parameter of shape {tuple(p.shape)} on {where} (it needs CuPy and a GPU, "
+                               "a float32/float64 C-contiguous parameter, and decoupled or no weight decay)")
+        return ok
 
     def step(self) -> None:
-        """One update of every parameter with a gradient. On CuPy, AdamW-rule updates (decoupled decay, or no decay)
-        go to the multi-tensor kernel ``nn_kernels.adamw_step``: one launch per (group, step count, dtype, GPU)
-        instead of a dozen CuPy launches per parameter. Everything else (NumPy, a replaced ``update_fn``, L2 decay,
-        float16 parameters) takes the per-parameter path. Same arithmetic and the same state layout either way."""
-        if self.update_fn is not _adamw_update:
+        """One update of every parameter with a gradient: GPU parameters the kernel takes (see ``fused``) in one
+        launch per (group, step count, dtype, GPU); every other one through ``update_fn``. Same arithmetic and the
+        same state layout either way."""
+        if type(self)._update is not Adam._update:
             return super().step()
         batches: dict[tuple, tuple[list, list, list, list]] = {}
         i = 0
         for gi, group in enumerate(self.param_groups):
-            fused_group = self.decoupled or group["weight_decay"] == 0.0
             for p in group["params"]:
                 g = grad_array(p)
                 if g is not None and getattr(p, "requires_grad", True):
@@ -58,27 +104,23 @@ class Adam(Optimizer):
                         raise ValueError(f"{type(self).__name__}: gradient of shape {tuple(g.shape)} for "
                                          f"{_param_label(p, i)}")
                     state = self.state.setdefault(i, {})
-                    if fused_group and type(pd) is not np.ndarray and pd.dtype.itemsize >= 4:
-                        if "exp_avg" not in state:
-                            self._init_state(pd, state)
-                        state["step"] += 1
-                        m, v = state["exp_avg"], state["exp_avg_sq"]
-                        if m.dtype == pd.dtype and v.dtype == pd.dtype:
-                            b = batches.setdefault((gi, state["step"]), ([], [], [], []))
-                            b[0].append(pd); b[1].append(g); b[2].append(m); b[3].append(v)
-                        else:                                     # e.g. moments loaded in another dtype
-                            with device_scope(pd):
-                                self._apply(pd, g, state, group)
+                    if "exp_avg" not in state:
+                        self._init_state(pd, state)
+                    state["step"] += 1
+                    if self._kernel_takes(group, pd, state):
+                        b = batches.setdefault((gi, state["step"]), ([], [], [], []))
+                        for lst, a in zip(b, (pd, g, state["exp_avg"], state["exp_avg_sq"])):
+                            lst.append(a)
                     else:
                         with device_scope(pd):
-                            self._update(pd, g, state, group)
+                            self._apply(pd, g, state, group)
                 i += 1
         for (gi, t), (ps, gs, ms, vs) in batches.items():
             group = self.param_groups[gi]
             beta1, beta2 = group["betas"]
             wd = group["weight_decay"] if self.decoupled else 0.0
-            _K.adamw_step(ps, gs, ms, vs, float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
-                          float(wd), int(t))
+            kernel_for("adamw_step", ps[0])(ps, gs, ms, vs, float(group["lr"]), float(beta1), float(beta2),
+                                            float(group["eps"]), float(wd), int(t))
         self.step_count += 1
 
     def _init_state(self, p, state: dict[str, Any]) -> None:
@@ -115,7 +157,7 @@ class AdamW(Adam):
     decoupled = True
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01):
+                 weight_decay: float = 0.01, fused: bool | None = None):
         if hasattr(params, "named_parameters") and callable(params.named_parameters):
             params = param_groups_for_weight_decay(params.named_parameters(), weight_decay)
         else:
@@ -123,7 +165,7 @@ class AdamW(Adam):
             if items and isinstance(items[0], tuple) and len(items[0]) == 2 and isinstance(items[0][0], str):
                 items = param_groups_for_weight_decay(items, weight_decay)
             params = items
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused)
 
 
 def param_groups_for_weight_decay(named_params: Iterable[tuple[str, Any]], weight_decay: float) -> list[dict]:
