@@ -105,9 +105,9 @@ class BPETokenizer(Tokenizer):
             self._pat = regex.compile(pattern)
         except regex.error as e:
             raise TokenizerFormatError(f"invalid pre-tokenization pattern {pattern!r}: {e}") from None
-        self._ranks: dict[tuple[int, int], int] = {}
+        self._ranks: dict[tuple[int, int], tuple[int, int]] = {}    # pair -> (rank, id it creates)
         for rank, pair in enumerate(self.merges):
-            self._ranks.setdefault(pair, rank)      # a repeated pair can never apply twice; keep the first
+            self._ranks.setdefault(pair, (rank, 256 + rank))  # a repeated pair can never apply twice; keep the first
         self._byte_to_id = self.byte_ids            # index by byte value
         self._cache: dict[str, tuple[int, ...]] = {}
         self._special_pats: dict[frozenset[str], Any] = {}
@@ -224,56 +224,7 @@ class BPETokenizer(Tokenizer):
         ids = [b2i[b] for b in data]
         if len(ids) < 2:
             return tuple(ids)
-        return tuple(self._merge(ids))
-
-    def _merge(self, ids: list[int]) -> list[int]:
-        """Apply the merges to one word's byte ids, with GPT-2's result, in O(n log n).
-
-        GPT-2's bpe() repeatedly takes the lowest-rank adjacent pair and merges it everywhere, left to right; that
-        is O(n^2) per word (minutes on a 100 kB run of letters). Here a heap of (rank, position) over a linked list
-        pops the lowest rank, leftmost first, which gives the same result: a merge of rank r only creates pairs
-        that contain token 256 + r, and those all have ranks > r (merge k may only use ids < 256 + k).
-        """
-        ranks = self._ranks
-        n = len(ids)
-        tokens = list(ids)
-        nxt = list(range(1, n + 1))
-        nxt[-1] = -1
-        prv = list(range(-1, n - 1))
-        alive = [True] * n
-        heap = []
-        for i in range(n - 1):
-            r = ranks.get((tokens[i], tokens[i + 1]))
-            if r is not None:
-                heap.append((r, i))
-        heapq.heapify(heap)
-        while heap:
-            r, i = heapq.heappop(heap)
-            if not alive[i]:
-                continue
-            j = nxt[i]
-            if j == -1 or ranks.get((tokens[i], tokens[j])) != r:
-                continue                    # stale: the pair at i changed (a rank names exactly one pair)
-            tokens[i] = 256 + r
-            alive[j] = False
-            k = nxt[j]
-            nxt[i] = k
-            if k != -1:
-                prv[k] = i
-                r2 = ranks.get((tokens[i], tokens[k]))
-                if r2 is not None:
-                    heapq.heappush(heap, (r2, i))
-            p = prv[i]
-            if p != -1:
-                r2 = ranks.get((tokens[p], tokens[i]))
-                if r2 is not None:
-                    heapq.heappush(heap, (r2, p))
-        out = []
-        i = 0
-        while i != -1:
-            out.append(tokens[i])
-            i = nxt[i]
-        return out
+        return tuple(apply_merges(ids, self._ranks))
 
     def clear_cache(self) -> None:
         self._cache.clear()
@@ -327,3 +278,55 @@ class BPETokenizer(Tokenizer):
     def __repr__(self) -> str:
         return (f"BPETokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
                 f"special_tokens={list(self.special_tokens)})")
+
+
+def apply_merges(ids: list[int], ranks: Mapping[tuple[int, int], tuple[int, int]]) -> list[int]:
+    """Apply BPE merges to one word's symbol ids: repeatedly merge the lowest-rank adjacent pair, leftmost first.
+
+    ``ranks`` maps a pair of ids to (rank, id of the merged token). GPT-2's bpe() and Hugging Face's BPE model
+    both take the lowest-rank pair and merge it left to right; the naive loop is O(n^2) per word (minutes on a
+    100 kB run of letters). Here a heap of (rank, position) over a linked list gives the same result in
+    O(n log n): stale entries (the pair at a position changed) are skipped when popped.
+    """
+    n = len(ids)
+    if n < 2:
+        return list(ids)
+    tokens = list(ids)
+    nxt = list(range(1, n + 1))
+    nxt[-1] = -1
+    prv = list(range(-1, n - 1))
+    alive = [True] * n
+    heap = []
+    for i in range(n - 1):
+        m = ranks.get((tokens[i], tokens[i + 1]))
+        if m is not None:
+            heap.append((m[0], i))
+    heapq.heapify(heap)
+    while heap:
+        r, i = heapq.heappop(heap)
+        if not alive[i]:
+            continue
+        j = nxt[i]
+        m = ranks.get((tokens[i], tokens[j])) if j != -1 else None
+        if m is None or m[0] != r:
+            continue                    # stale: the pair at i changed (a rank names exactly one pair)
+        tokens[i] = m[1]
+        alive[j] = False
+        k = nxt[j]
+        nxt[i] = k
+        if k != -1:
+            prv[k] = i
+            m2 = ranks.get((tokens[i], tokens[k]))
+            if m2 is not None:
+                heapq.heappush(heap, (m2[0], i))
+        p = prv[i]
+        if p != -1:
+            m2 = ranks.get((tokens[p], tokens[i]))
+            if m2 is not None:
+                heapq.heappush(heap, (m2[0], p))
+    out = []
+    i = 0
+    while i != -1:
+        out.append(tokens[i])
+        i = nxt[i]
+    return out
