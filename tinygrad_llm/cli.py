@@ -111,6 +111,22 @@ register_command("bench", "training-speed benchmark", _configure_rest, _placehol
                  raw=True)
 
 
+def _configure_trace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="trace", help="folder for the pages (default ./trace)")
+    parser.add_argument("--graph", choices=("mlp", "attention", "both"), default="both")
+
+
+def _run_trace(args: argparse.Namespace) -> int:
+    from autograd.viz_html import write_examples
+    for path in write_examples(args.out, args.graph):
+        print(f"wrote {path}: open it in a browser and click 'next' through the backward pass")
+    return 0
+
+
+register_command("trace", "interactive backward-pass pages: a 2-layer MLP and one attention head", _configure_trace,
+                 _run_trace)
+
+
 # ---------------------------------------------------------------------------------------------- parser and main
 def build_parser() -> argparse.ArgumentParser:
     _load_plugins()

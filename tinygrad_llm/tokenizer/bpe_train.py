@@ -131,7 +131,8 @@ def train_merges(word_counts: Counter, n_merges: int, verbose: bool = False) -> 
                 pair_counts.pop(p, None)
         pair_counts.pop(pair, None)
 
-        if verbose and (len(merges) % 500 == 0 or len(merges) == n_merges):
-            print(f"bpe train: merge {len(merges)}/{n_merges} pair {pair} count {count} "
-                  f"({time.perf_counter() - t0:.1f}s)")
+        if verbose and (len(merges) <= 20 or len(merges) % 500 == 0 or len(merges) == n_merges):
+            show = lambda t: repr(t.decode("utf-8", "replace"))  # noqa: E731  (the text, spaces visible)
+            print(f"bpe train: merge {len(merges)}/{n_merges} {show(token_bytes[a])} + {show(token_bytes[b])} -> "
+                  f"{show(merged)} (ids {a} + {b} -> {new_id}) count {count} ({time.perf_counter() - t0:.1f}s)")
     return merges
