@@ -6,7 +6,9 @@
     tinygrad-llm tokenizer train|encode|decode ...
     tinygrad-llm plot --log out/metrics.jsonl
     tinygrad-llm launch --nproc 2 -- train ...
-    tinygrad-llm finetune classify|instruct ...   (tinygrad_llm.finetune)
+    tinygrad-llm finetune classify|instruct|dpo|evaluate ...   (tinygrad_llm.finetune)
+    tinygrad-llm serve --checkpoint out       # OpenAI-compatible HTTP server + chat page (tinygrad_llm.serve)
+    tinygrad-llm chat --checkpoint out        # chat in the terminal
     tinygrad-llm bench ...                        (benchmarks)
 
 Adding a subcommand. Each command is a pair of small functions registered by name::
@@ -49,7 +51,8 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 #: modules that add commands with register_command at import (each optional: skipped when not importable)
-PLUGINS = ["tinygrad_llm.train.commands", "tinygrad_llm.finetune.cli", "tinygrad_llm.bench"]
+PLUGINS = ["tinygrad_llm.train.commands", "tinygrad_llm.finetune.cli", "tinygrad_llm.serve.cli",
+           "tinygrad_llm.bench"]
 
 
 def register_command(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None],
@@ -135,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build, train and fine-tune GPT models from scratch on NumPy/CuPy. "
                     "Start with: tinygrad-llm train")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    order = ["train", "generate", "eval", "tokenizer", "plot", "launch", "finetune", "bench"]
+    order = ["train", "generate", "eval", "tokenizer", "plot", "launch", "finetune", "serve", "chat", "bench"]
     for name in sorted(COMMANDS, key=lambda n: (order.index(n) if n in order else len(order), n)):
         cmd = COMMANDS[name]
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)

@@ -1,10 +1,14 @@
-"""``tinygrad-llm finetune classify|instruct``: registered with ``tinygrad_llm.cli.register_command`` at import.
+"""``tinygrad-llm finetune classify|instruct|dpo|evaluate``: registered with ``tinygrad_llm.cli.register_command`` at import.
 
     tinygrad-llm finetune classify --data sms.tsv --init-from gpt2/ --epochs 5
     tinygrad-llm finetune classify --data sms.tsv --checkpoint out/           # a model from `tinygrad-llm train`
     tinygrad-llm finetune classify --demo --preset micro                       # synthetic data, no downloads
     tinygrad-llm finetune instruct --data instruction-data.json --init-from gpt2-medium/ --epochs 2
     tinygrad-llm finetune instruct --demo --preset micro --steps 30
+    tinygrad-llm finetune dpo --data instruction-data-with-preference.json --checkpoint out/instruct --beta 0.1
+    tinygrad-llm finetune evaluate --responses out/instruct/instruction-data-with-response.json \
+        --judge http://127.0.0.1:8000 [--model NAME]
+    tinygrad-llm finetune evaluate --mcq questions.jsonl --checkpoint out/instruct
 """
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-__all__ = ["configure", "run", "configure_classify", "configure_instruct", "run_classify_args", "run_instruct_args"]
+__all__ = ["configure", "run", "configure_classify", "configure_instruct", "configure_dpo", "configure_evaluate",
+           "run_classify_args", "run_instruct_args", "run_dpo_args", "run_evaluate_args"]
 
 
 def _common(p: argparse.ArgumentParser, out_default: str, epochs: int) -> None:
@@ -69,10 +74,40 @@ def configure_instruct(p: argparse.ArgumentParser) -> None:
     _common(p, "out/instruct", 2)
 
 
+def configure_dpo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="JSON list of {instruction, input, chosen, rejected} (e.g. the book's "
+                                  "instruction-data-with-preference.json)")
+    p.add_argument("--beta", type=float, default=0.1, help="DPO temperature: how far the policy may move from the "
+                                                           "reference (default 0.1)")
+    p.add_argument("--average-logprobs", action="store_true",
+                   help="average the response log-probabilities over its tokens (the book) instead of summing")
+    p.add_argument("--allowed-max-length", type=int, help="crop sequences to this many tokens (default: context)")
+    p.add_argument("--eval-batches", type=int, default=5, help="validation batches per evaluation")
+    p.add_argument("--log-every", type=int, default=1, help="print the step's loss, rewards, margin, accuracy")
+    _common(p, "out/dpo", 1)
+
+
+def configure_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--responses", help="JSON list of records with instruction/input/output and a model response")
+    p.add_argument("--judge", help="base URL of an OpenAI-compatible server (e.g. http://127.0.0.1:8000, or its "
+                                   "/v1/chat/completions URL)")
+    p.add_argument("--model", help="model name sent to the judge (default: the first of its /v1/models)")
+    p.add_argument("--response-key", default="model_response", help="field holding the response to score")
+    p.add_argument("--scores", help="output JSON (default: RESPONSES with '-scores' before .json)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per judge request")
+    p.add_argument("--mcq", help="JSON Lines of multiple-choice questions {question|context, choices, answer}")
+    p.add_argument("--checkpoint", help="the model to evaluate with --mcq (a fine-tuning or training checkpoint)")
+    p.add_argument("--init-from", help="or a Hugging Face GPT-2 folder for --mcq")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+
+
 def configure(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="task", metavar="TASK")
     configure_classify(sub.add_parser("classify", help="classification fine-tuning (spam / sentiment ...)"))
     configure_instruct(sub.add_parser("instruct", help="instruction fine-tuning on Alpaca-style JSON"))
+    configure_dpo(sub.add_parser("dpo", help="preference tuning (DPO) on chosen/rejected response pairs"))
+    configure_evaluate(sub.add_parser("evaluate", help="score responses with a judge endpoint, or multiple-choice "
+                                                       "accuracy by log-likelihood"))
 
 
 def _need_data(args: argparse.Namespace, kind: str):
@@ -133,13 +168,54 @@ def run_instruct_args(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_dpo_args(args: argparse.Namespace) -> int:
+    from .dpo import run_dpo, write_demo_preferences
+    _need_data(args, "JSON file of preference records")
+    data = args.data or write_demo_preferences(Path(tempfile.mkdtemp(prefix="tl-demo-")) / "preferences.json")
+    base = _base(args)
+    if args.lr is None and not base["preset"]:
+        base["lr"] = 5e-6                                   # the book's DPO learning rate
+    res = run_dpo(data, beta=args.beta, average_logprobs=args.average_logprobs,
+                  allowed_max_length=args.allowed_max_length, eval_batches=args.eval_batches,
+                  log_every=args.log_every, **base)
+    a = res["after"]
+    print(f"validation reward margin {a.get('val_reward_margin', 0.0):.4f}, accuracy "
+          f"{a.get('val_reward_accuracy', 0.0):.1%}; checkpoint {res['path']}")
+    return 0
+
+
+def run_evaluate_args(args: argparse.Namespace) -> int:
+    from ..cli import UserError
+    from .evaluate import run_judge, run_mcq
+    if bool(args.responses) == bool(args.mcq):
+        raise UserError("give --responses FILE --judge URL (judge scores) or --mcq FILE --checkpoint DIR "
+                        "(multiple-choice accuracy)")
+    if args.responses:
+        if not args.judge:
+            raise UserError("--responses needs --judge URL (an OpenAI-compatible server, e.g. tinygrad-llm serve)")
+        res = run_judge(args.responses, args.judge, model=args.model, response_key=args.response_key,
+                        out_path=args.scores, timeout=args.timeout)
+        print(f"scored {res['scored']} of {res['total']} responses; mean score {res['mean']:.2f}; "
+              f"scores {res['path']}")
+        return 0
+    if bool(args.checkpoint) == bool(args.init_from):
+        raise UserError("--mcq needs the model: --checkpoint DIR or --init-from DIR")
+    res = run_mcq(args.mcq, checkpoint=args.checkpoint, init_from=args.init_from, device=args.device)
+    print(f"{res['total']} questions: accuracy {res['accuracy']:.1%}, length-normalised {res['accuracy_norm']:.1%}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ..cli import UserError
     if args.task == "classify":
         return run_classify_args(args)
     if args.task == "instruct":
         return run_instruct_args(args)
-    raise UserError("choose a task: tinygrad-llm finetune classify ... | finetune instruct ... (--help for flags)")
+    if args.task == "dpo":
+        return run_dpo_args(args)
+    if args.task == "evaluate":
+        return run_evaluate_args(args)
+    raise UserError("choose a task: tinygrad-llm finetune classify | instruct | dpo | evaluate ... (--help for flags)")
 
 
 def _register() -> None:
@@ -147,7 +223,7 @@ def _register() -> None:
         from ..cli import register_command
     except ImportError:  # pragma: no cover - the CLI module not present
         return
-    register_command("finetune", "fine-tune a pretrained GPT (classify | instruct)", configure, run)
+    register_command("finetune", "fine-tune a pretrained GPT (classify | instruct | dpo | evaluate)", configure, run)
 
 
 _register()
