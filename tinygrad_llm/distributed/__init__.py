@@ -11,6 +11,7 @@ train.py``. CuPy and mpi4py are imported only when their backend is chosen.
 """
 from .comm import (Communicator, DistributedError, DistributedTimeoutError, SingleProcess, Work)
 from .data_parallel import DataParallel, unique_parameters
+from .zero import ShardedOptimizer
 from .runtime import (get_communicator, get_rank, get_world_size, gpu_device_for_rank, init_distributed,
                       is_main_process, launched_by_launcher, launched_by_mpi, local_rank, set_communicator)
 from .sharding import (all_reduce_mean, global_batch_rows, reduce_metrics, shard_batch, shard_indices, shard_range,
@@ -38,7 +39,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Communicator", "SingleProcess", "Work", "DistributedError", "DistributedTimeoutError", "DataParallel",
+    "Communicator", "SingleProcess", "Work", "DistributedError", "DistributedTimeoutError", "DataParallel", "ShardedOptimizer",
     "unique_parameters", "init_distributed", "get_communicator", "set_communicator", "get_rank",
     "get_world_size", "is_main_process", "local_rank", "gpu_device_for_rank", "launched_by_mpi",
     "launched_by_launcher", "shard_range", "shard_batch", "shard_indices", "global_batch_rows", "sharded_lm_batch",

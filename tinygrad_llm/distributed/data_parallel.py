@@ -60,6 +60,8 @@ class _Bucket:
         self.ready: set[int] = set()     # ids of params whose grad is final in this step
         self.buffer = None
         self.work: Work | None = None
+        self.shard_grad = None           # sharded optimizer: this rank's chunk of the averaged gradients
+        self.param_flags = None          # ... and, per parameter, whether any rank had a gradient
 
     def add(self, p: Tensor) -> None:
         self.params.append(p)
@@ -100,6 +102,43 @@ class _Bucket:
                     buf[self.numel + i] = 0
         return buf
 
+    def shard_range(self, rank: int, world_size: int) -> tuple[int, int]:
+        """The flat positions [lo, hi) of this bucket that ``rank`` owns under a sharded optimizer (equal chunks of
+        ``ceil(numel / world_size)``, the last ones short or empty)."""
+        n = -(-self.numel // world_size)
+        return min(rank * n, self.numel), min((rank + 1) * n, self.numel)
+
+    def reduce_scatter_grads(self, comm: Communicator) -> None:
+        """Average the gradients over ranks, keeping only this rank's chunk (``shard_grad``) and the per-parameter
+        flags; the parameters' own ``.grad`` are dropped (the full averaged gradient exists on no rank)."""
+        n = -(-self.numel // comm.world_size)
+        flat = self.pack(use_grad=True)
+        xp = backend.get_xp(self.device)
+        with _on_device(self.device):
+            grads = xp.zeros(n * comm.world_size, dtype=self.dtype)
+            grads[:self.numel] = flat[:self.numel]
+            flags = flat[self.numel:].copy()
+        self.shard_grad = comm.reduce_scatter(grads, "avg")
+        comm.all_reduce(flags, "sum")
+        self.param_flags = backend.to_numpy(flags) != 0
+        for p in self.params:
+            p.grad = None
+
+    def gather_data(self, comm: Communicator) -> None:
+        """After each rank updated its chunk of the parameters in place: give every rank every chunk."""
+        lo, hi = self.shard_range(comm.rank, comm.world_size)
+        n = -(-self.numel // comm.world_size)
+        xp = backend.get_xp(self.device)
+        with _on_device(self.device):
+            mine = xp.zeros(n, dtype=self.dtype)
+            for p, off in zip(self.params, self.offsets):
+                a, e = max(lo, off), min(hi, off + p.size)
+                if a < e:
+                    mine[a - lo:e - lo] = p.data.reshape(-1)[a - off:e - off]
+            gathered = comm.all_gather(mine).reshape(-1)
+        self.unpack_data(gathered)
+        self.shard_grad = None
+
     def unpack_grads(self, buf) -> None:
         """Every param's ``.grad`` becomes a view into the reduced buffer (no copy); None where no rank had one."""
         flags = backend.to_numpy(buf[self.numel:])
@@ -126,9 +165,11 @@ class DataParallel:
     """Wrap ``model`` for data-parallel training over ``comm`` (default: the process's communicator)."""
 
     def __init__(self, model, comm: Communicator | None = None, bucket_mb: float = 25.0,
-                 broadcast_parameters: bool = True, overlap: bool = True):
+                 broadcast_parameters: bool = True, overlap: bool = True, shard_optimizer: bool = False):
         self.module = model
         self.comm = comm if comm is not None else get_communicator()
+        #: ZeRO-1: finish() reduce-scatters, a ShardedOptimizer (distributed/zero.py) updates each rank's shard
+        self.shard_optimizer = shard_optimizer
         self.bucket_bytes = max(1, int(bucket_mb * 2 ** 20))
         self.overlap = overlap
         self.params = unique_parameters(model)
@@ -195,7 +236,7 @@ class DataParallel:
             self._sync = prev
 
     def _on_grad_ready(self, p: Tensor) -> None:
-        if not self._sync:
+        if not self._sync or self.shard_optimizer:     # sharded: reduce-scattered at finish()
             return
         b = self._where.get(id(p))
         if b is None:
@@ -236,7 +277,14 @@ class DataParallel:
         Call it after the backward of the last micro-step and before clipping / the optimizer step. Buckets that
         no hook completed (unused parameters) are packed and reduced now, so all ranks issue the same collectives.
         """
-        if self.comm.world_size == 1 or not self._sync:
+        if not self._sync:
+            return
+        if self.shard_optimizer:
+            with no_grad():
+                for b in self.buckets:
+                    b.reduce_scatter_grads(self.comm)
+            return
+        if self.comm.world_size == 1:
             return
         try:
             self._launch_in_order(force=True)

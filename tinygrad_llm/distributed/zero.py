@@ -1,0 +1,228 @@
+"""ZeRO stage 1: the optimizer's state sharded over data-parallel ranks.
+
+Plain data parallelism keeps a full copy of AdamW's two moments on every rank: 8 bytes per float32 parameter, twice
+the model itself. ZeRO-1 (Rajbhandari et al., 2020) gives each rank the state of 1/world_size of the parameters:
+
+    dp = DataParallel(model, comm, shard_optimizer=True)
+    opt = ShardedOptimizer(AdamW(model, lr=3e-4), dp)
+    loss.backward(); dp.finish()      # gradients reduce-scattered: each rank holds the average of its shard only
+    opt.clip_grad_norm(1.0)           # the global norm from every rank's shard (one scalar all-reduce)
+    opt.step()                        # each rank updates its shard, then the parameters are all-gathered
+    opt.zero_grad()
+
+Shards follow DataParallel's buckets: a bucket's flat buffer of n elements is cut into world_size equal chunks
+(padded), and rank r owns chunk r of every bucket. A parameter may straddle two ranks; each updates its own slice
+(AdamW is elementwise, so the slices' updates are the whole update). The wrapped optimizer's arithmetic is used
+unchanged, on "segment" parameters whose ``.data`` are views into the real parameters.
+
+The same communication as an all-reduce (a reduce-scatter and an all-gather move the same bytes), a rank's
+optimizer state divided by world_size, and the same result as unsharded training up to the order of the float
+sums in the reduction. ``state_dict()`` gathers the full state in the wrapped optimizer's own layout (every rank
+must call it), so a checkpoint resumes on any number of ranks, sharded or not.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+
+from autograd import backend
+
+from .data_parallel import DataParallel
+
+__all__ = ["ShardedOptimizer"]
+
+
+class _Segment:
+    """A slice of one parameter that this rank updates: ``data`` is a flat view into the parameter's array."""
+
+    __slots__ = ("data", "grad", "requires_grad", "name", "index", "start")
+
+    def __init__(self, data, name: str | None, index: int, start: int):
+        self.data, self.grad, self.requires_grad = data, None, True
+        self.name, self.index, self.start = name, index, start
+
+
+class ShardedOptimizer:
+    """Wrap an optimizer (AdamW, Adam, SGD ...) built over the model's parameters so that each rank of ``dp`` keeps
+    and updates only its shard of the state (see the module docstring)."""
+
+    def __init__(self, optimizer, dp: DataParallel):
+        if not isinstance(dp, DataParallel):
+            raise TypeError(f"ShardedOptimizer: dp must be a DataParallel, got {type(dp).__name__}")
+        self.optimizer, self.dp, self.comm = optimizer, dp, dp.comm
+        dp.shard_optimizer = True
+        index = {id(p): i for i, p in enumerate(optimizer.params)}
+        trainable = {id(p) for b in dp.buckets for p in b.params}
+        missing = [i for p, i in index.items() if p not in trainable]
+        if missing:
+            raise ValueError(f"ShardedOptimizer: optimizer parameters {sorted(missing)} are not trainable parameters "
+                             "of the DataParallel model")
+        # (segment, its bucket, its offset in this rank's chunk of the bucket, its parameter's slot in the bucket)
+        self.segments: list[tuple[_Segment, Any, int, int]] = []
+        group_of = {id(p): gi for gi, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        inner_groups: list[list[_Segment]] = [[] for _ in optimizer.param_groups]
+        for b in dp.buckets:
+            lo, hi = b.shard_range(self.comm.rank, self.comm.world_size)
+            for slot, (p, off) in enumerate(zip(b.params, b.offsets)):
+                a, e = max(lo, off), min(hi, off + p.size)
+                if id(p) not in index or a >= e:
+                    continue
+                seg = _Segment(p.data.reshape(-1)[a - off:e - off], getattr(p, "name", None), index[id(p)], a - off)
+                self.segments.append((seg, b, a - lo, slot))
+                inner_groups[group_of[id(p)]].append(seg)
+        # the same optimizer class and hyperparameters over this rank's segments (its arithmetic is untouched)
+        inner = copy.copy(optimizer)
+        inner.param_groups = [dict(g, params=segs) for g, segs in zip(optimizer.param_groups, inner_groups)]
+        inner.state, inner.step_count = {}, 0
+        self.inner = inner
+
+    # ------------------------------------------------------------------ the optimizer's face
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.optimizer.param_groups
+
+    @property
+    def params(self) -> list:
+        return self.optimizer.params
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.lr
+
+    @property
+    def step_count(self) -> int:
+        return self.inner.step_count
+
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.set_lr(lr)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad()
+        for seg, *_ in self.segments:
+            seg.grad = None
+
+    # ------------------------------------------------------------------ gradients of this rank's shard
+    def _attach_grads(self) -> None:
+        """Point every segment's grad at its slice of the reduce-scattered chunk (None where no rank had one)."""
+        for seg, b, pos, slot in self.segments:
+            if b.shard_grad is None:
+                raise RuntimeError("ShardedOptimizer: no reduced gradients: call dp.finish() after backward and "
+                                   "before clipping or step()")
+            seg.grad = b.shard_grad[pos:pos + seg.data.size] if b.param_flags[slot] else None
+
+    def grad_norm(self) -> float:
+        """The global L2 norm of the averaged gradients: each rank sums its shard's squares, one all-reduce."""
+        self._attach_grads()
+        local = 0.0
+        for seg, *_ in self.segments:
+            if seg.grad is not None:
+                g = seg.grad.astype(backend.xp_of(seg.grad).float64)
+                local += float(backend.xp_of(g).dot(g, g))
+        return math.sqrt(self.comm.all_reduce_scalars([local], "sum")[0])
+
+    def clip_grad_norm(self, max_norm: float | None) -> float:
+        """Scale the shard's gradients so the global norm is at most ``max_norm`` (PyTorch's rule: factor
+        ``max_norm / (norm + 1e-6)`` when below 1; nothing on a non-finite norm); returns the norm before."""
+        total = self.grad_norm()
+        if max_norm and math.isfinite(total):
+            coef = max_norm / (total + 1e-6)
+            if coef < 1.0:
+                for seg, *_ in self.segments:
+                    if seg.grad is not None:
+                        seg.grad *= coef
+        return total
+
+    def grads_finite(self) -> bool:
+        """True when every rank's shard of the gradients is finite (for loss-scaled training)."""
+        self._attach_grads()
+        bad = 0.0
+        for seg, *_ in self.segments:
+            if seg.grad is not None and not bool(backend.xp_of(seg.grad).isfinite(seg.grad).all()):
+                bad = 1.0
+        return self.comm.all_reduce_scalars([bad], "max")[0] == 0.0
+
+    # ------------------------------------------------------------------ the step
+    def step(self) -> None:
+        """Update this rank's shard with the wrapped optimizer's arithmetic, then all-gather the parameters."""
+        self._attach_grads()
+        for outer, inner in zip(self.optimizer.param_groups, self.inner.param_groups):
+            for k, v in outer.items():
+                if k != "params":
+                    inner[k] = v
+        self.inner.step()
+        self.optimizer.step_count = self.inner.step_count
+        for b in self.dp.buckets:
+            b.gather_data(self.comm)
+
+    # ------------------------------------------------------------------ state
+    def state_bytes(self) -> tuple[int, int]:
+        """(bytes of optimizer state on this rank, bytes over all ranks)."""
+        local = sum(v.nbytes for s in self.inner.state.values() for v in s.values() if hasattr(v, "nbytes"))
+        return local, int(self.comm.all_reduce_scalars([local], "sum")[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        """The full state in the wrapped optimizer's layout (collective: every rank must call it; all get it)."""
+        sd = self.optimizer.state_dict()          # groups and step; its own state is empty
+        sd["step"] = self.inner.step_count
+        params = self.optimizer.params
+        arrays, scalars = self._state_layout()
+        full = {i: {k: np.zeros(p.size, dtype=dt) for k, dt in arrays.items()} for i, p in enumerate(params)}
+        # column 0: "this parameter has state"; then one column per scalar (value + 1, so 0 means absent)
+        owned = np.zeros((len(params), 1 + len(scalars)))
+        for j, (seg, *_) in enumerate(self.segments):
+            entry = self.inner.state.get(j)
+            if not entry:
+                continue
+            owned[seg.index, 0] = 1.0
+            for c, key in enumerate(scalars, start=1):
+                if key in entry:
+                    owned[seg.index, c] = float(entry[key]) + 1.0
+            for key in arrays:
+                full[seg.index][key][seg.start:seg.start + seg.data.size] = backend.to_numpy(entry[key]).reshape(-1)
+        self.comm.all_reduce(owned.reshape(-1), "max")
+        state: dict[int, dict[str, Any]] = {}
+        for i, p in enumerate(params):
+            if owned[i, 0] == 0:
+                continue
+            entry = {}
+            for c, key in enumerate(scalars, start=1):
+                if owned[i, c] > 0:
+                    v = owned[i, c] - 1.0
+                    entry[key] = int(v) if v == int(v) else v
+            for key, arr in full[i].items():          # every element is owned by exactly one rank: sum = gather
+                self.comm.all_reduce(arr, "sum")
+                entry[key] = arr.reshape(p.shape)
+            state[i] = entry
+        sd["state"] = state
+        return sd
+
+    def _state_layout(self) -> tuple[dict[str, Any], list[str]]:
+        """The inner state's array keys (with dtypes) and scalar keys, merged over ranks (a rank may own none)."""
+        mine: dict[str, str] = {}
+        for s in self.inner.state.values():
+            for k, v in s.items():
+                mine[k] = str(np.dtype(v.dtype)) if hasattr(v, "shape") else "scalar"
+        merged: dict[str, str] = {}
+        for r in range(self.comm.world_size):
+            merged.update(self.comm.broadcast_object(mine if self.comm.rank == r else None, r))
+        arrays = {k: np.dtype(d) for k, d in sorted(merged.items()) if d != "scalar"}
+        return arrays, sorted(k for k, d in merged.items() if d == "scalar")
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        """Restore a full state (from ``state_dict()`` here, or from an unsharded optimizer): each rank keeps its
+        slices. Works for any number of ranks."""
+        self.optimizer.load_state_dict(sd)                     # checks groups and shapes, restores hyperparameters
+        full, self.optimizer.state = self.optimizer.state, {}
+        self.inner.state = {}
+        for j, (seg, *_) in enumerate(self.segments):
+            entry = full.get(seg.index)
+            if entry is None:
+                continue
+            self.inner.state[j] = {
+                k: (v.reshape(-1)[seg.start:seg.start + seg.data.size].copy() if hasattr(v, "shape") else v)
+                for k, v in entry.items()}
+        self.inner.step_count = int(sd.get("step", 0))
+        self.optimizer.step_count = self.inner.step_count
