@@ -198,6 +198,7 @@ def test_nccl_code_path_against_fake_cupy():
     out = res.stdout + res.stderr
     assert res.returncode == 0, out
     assert "OK fake-nccl all rank 0" in out and "OK fake-nccl all rank 1" in out, out
+    assert "OK fake-nccl zero1 rank 0" in out and "OK fake-nccl zero1 rank 1" in out, out   # ZeRO-1 over NCCL
 
 
 def test_nccl_timeout_aborts_against_fake_cupy():

@@ -62,6 +62,32 @@ def check_dp(comm):
     print(f"OK fake-nccl dp rank {r} ({len(dp.buckets)} buckets)", flush=True)
 
 
+def check_zero(comm):
+    """ZeRO-1 over NCCL's reduce-scatter and all-gather: sharded SGD with momentum == one process, full batch."""
+    from tinygrad_llm import optim
+    from tinygrad_llm.distributed import ShardedOptimizer
+    W, r = comm.world_size, comm.rank
+    ps = model_params(cp, seed=20 + r)
+    dp = DataParallel(ps, comm, bucket_mb=100 / 2 ** 20, shard_optimizer=True)
+    opt = ShardedOptimizer(optim.SGD(ps, lr=0.1, momentum=0.9), dp)
+    ref = model_params(np, seed=20)
+    ref_opt = optim.SGD(ref, lr=0.1, momentum=0.9)
+    for step in range(3):
+        rng = np.random.default_rng([4, step])
+        x, y = rng.standard_normal((4 * W, 6)), rng.standard_normal(4 * W)
+        xs, ys = shard_batch((x, y), r, W)
+        loss_fn(ps, cp.asarray(xs), cp.asarray(ys)).backward()
+        dp.finish()
+        opt.step()
+        opt.zero_grad()
+        loss_fn(ref, x, y).backward()
+        ref_opt.step()
+        ref_opt.zero_grad()
+    for p, q in zip(ps, ref):
+        assert np.abs(np.asarray(p.data) - q.data).max() < 1e-12
+    print(f"OK fake-nccl zero1 rank {r}", flush=True)
+
+
 def check_timeout(comm):
     ps = model_params(cp)
     dp = DataParallel(ps, comm)
@@ -87,6 +113,7 @@ def main():
         check_timeout(comm)
     check_collectives(comm, cp)
     check_dp(comm)
+    check_zero(comm)
     comm.barrier()
     print(f"OK fake-nccl all rank {comm.rank}", flush=True)
 

@@ -39,7 +39,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Communicator", "SingleProcess", "Work", "DistributedError", "DistributedTimeoutError", "DataParallel", "ShardedOptimizer",
+    "Communicator", "SingleProcess", "Work", "DistributedError", "DistributedTimeoutError", "DataParallel",
+    "ShardedOptimizer",
     "unique_parameters", "init_distributed", "get_communicator", "set_communicator", "get_rank",
     "get_world_size", "is_main_process", "local_rank", "gpu_device_for_rank", "launched_by_mpi",
     "launched_by_launcher", "shard_range", "shard_batch", "shard_indices", "global_batch_rows", "sharded_lm_batch",

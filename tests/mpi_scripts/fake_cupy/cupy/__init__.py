@@ -40,8 +40,8 @@ def _wrap(a):
     return a.view(ndarray) if isinstance(a, _np.ndarray) else a
 
 
-def asarray(a, dtype=None):
-    return _np.array(a, dtype=dtype).view(ndarray)
+def asarray(a, dtype=None, copy=None):
+    return _np.array(a, dtype=dtype).view(ndarray)       # always a copy: the fake has no aliasing to keep
 
 
 array = asarray
