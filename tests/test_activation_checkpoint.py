@@ -146,3 +146,63 @@ def test_checkpoint_on_gpu_float32_matches_plain():
                        [ag.backend.to_numpy(p.grad.data) for p in block.parameters()])
     for a, b in zip(*results):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- the GPT
+def _gpt_grads(family: str, every: int, dtype=np.float64, lora: bool = False, autocast=None, **extra):
+    import tinygrad_llm as tl
+    cfg = tl.GPTConfig(family=family, vocab_size=40, context_length=16, n_layer=3, n_head=2, n_embd=16,
+                       checkpoint_every=every, **extra)
+    model = tl.GPT(cfg, seed=0, dtype=dtype)
+    if lora:
+        from tinygrad_llm.finetune.lora import apply_lora
+        apply_lora(model, rank=2)
+    fired: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda t, n=name: fired.__setitem__(n, fired.get(n, 0) + 1))
+    idx = np.random.default_rng(0).integers(0, 40, (2, 9))
+    with ag.amp.autocast(autocast):
+        _, loss = model(idx, idx)
+    loss.backward()
+    grads = {n: p.grad.data.copy() for n, p in model.named_parameters() if p.grad is not None}
+    return loss.item(), grads, fired
+
+
+@pytest.mark.parametrize("family,extra", [
+    ("gpt2", dict(dropout=0.2)),                                   # dropout masks replayed
+    ("llama", dict(n_kv_heads=1)),
+    ("qwen3", dict(n_experts=4, n_experts_per_tok=2)),              # the router's aux loss keeps its gradient
+    ("gemma3", dict(layer_types=("sliding_attention", "sliding_attention", "full_attention"), sliding_window=4)),
+])
+@pytest.mark.parametrize("every", [1, 2])
+def test_gpt_checkpointing_gives_the_plain_gradients(family, extra, every):
+    loss0, g0, fired0 = _gpt_grads(family, 0, **extra)
+    loss1, g1, fired1 = _gpt_grads(family, every, **extra)
+    assert loss0 == loss1
+    assert g0.keys() == g1.keys()
+    for k in g0:
+        np.testing.assert_allclose(g1[k], g0[k], rtol=1e-10, atol=1e-12, err_msg=k)
+    # every parameter's accumulate hook fires once, as data parallel's bucketed all-reduce needs
+    assert fired1 == fired0 and set(fired1.values()) == {1}
+
+
+def test_gpt_checkpointing_with_lora_and_autocast():
+    for kw in (dict(lora=True), dict(dtype=np.float32, autocast="float16")):
+        loss0, g0, _ = _gpt_grads("gpt2", 0, **kw)
+        loss1, g1, _ = _gpt_grads("gpt2", 1, **kw)
+        assert loss0 == loss1 and g0.keys() == g1.keys()
+        for k in g0:
+            np.testing.assert_array_equal(g1[k], g0[k], err_msg=k)
+
+
+def test_checkpoint_every_is_validated_and_the_estimate_shrinks():
+    import tinygrad_llm as tl
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 0"):
+        tl.GPTConfig.preset("tiny", checkpoint_every=-1)
+    cfg = tl.GPTConfig.preset("gpt2-774m")
+    plain, ckpt = cfg.memory_estimate(8, "mixed"), cfg.memory_estimate(8, "mixed", checkpointing=True)
+    assert ckpt.activations < plain.activations / 3
+    assert ckpt.parameters == plain.parameters == 4 * cfg.num_parameters()
+    zero = cfg.memory_estimate(8, "mixed", world_size=4, shard_optimizer=True)
+    assert zero.optimizer == plain.optimizer // 4

@@ -71,7 +71,9 @@ def measure_training_speed(cfg, batch: int, device: str = "cpu", precision: str 
             times.append(time.perf_counter() - t0)
     peak_bytes = peak.close()
     step_s = statistics.median(times)
-    return dict(step_s=step_s, tokens_per_s=batch * T / step_s, peak_bytes=peak_bytes, losses=losses)
+    from .model.memory import measured_memory
+    return dict(step_s=step_s, tokens_per_s=batch * T / step_s, peak_bytes=peak_bytes, losses=losses,
+                memory=measured_memory(peak_bytes, model, opt))
 
 
 class PeakMemory:
@@ -113,11 +115,19 @@ def _configure(parser) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
+    parser.add_argument("--checkpointing", type=int, default=0, metavar="K",
+                        help="recompute every K-th block's activations in backward (0: off)")
+    parser.add_argument("--memory", action="store_true",
+                        help="print the memory estimate before the run and the measured peak split after it")
 
 
 def _run(args) -> int:
     from .model import GPTConfig
-    cfg = GPTConfig.preset(args.preset, dropout=0.0)
+    cfg = GPTConfig.preset(args.preset, dropout=0.0, checkpoint_every=args.checkpointing)
+    if args.memory:
+        est = cfg.memory_estimate(args.batch, args.precision, checkpointing=args.checkpointing)
+        print(f"estimate for batch {args.batch} x {cfg.context_length} ({args.precision}"
+              f"{', checkpointing' if args.checkpointing else ''}):\n{est}")
     r = measure_training_speed(cfg, args.batch, args.device, args.precision, args.steps, args.warmup)
     mfu = ""
     if args.peak_tflops:
@@ -125,6 +135,9 @@ def _run(args) -> int:
     print(f"{args.preset} on {args.device} ({args.precision}), batch {args.batch} x {cfg.context_length}: "
           f"{r['tokens_per_s']:,.0f} tokens/s, {1000 * r['step_s']:.1f} ms/step{mfu}, "
           f"peak {r['peak_bytes'] / 2**20:,.0f} MiB")
+    if args.memory:
+        what = "CuPy's pool" if args.device.startswith("cuda") else "the process's max RSS, interpreter included"
+        print(f"measured ({what}):\n{r['memory']}")
     return 0
 
 

@@ -1,0 +1,128 @@
+"""Where a training step's memory goes: an estimate before allocating anything, and the measured split.
+
+    est = memory_estimate(GPTConfig.preset("gpt2-774m"), batch=8, precision="mixed", checkpointing=True)
+    print(est)          # parameters, gradients, optimizer state, activations, total (MiB)
+
+The estimate counts what the engine keeps on a GPU (CPU runs keep more: the NumPy kernels save extra arrays):
+
+- parameters: float32 master weights, 4 bytes each; gradients: the same again (they exist whole at the end of
+  backward, also under ZeRO-1, whose reduce-scatter runs after it).
+- optimizer state: AdamW's two float32 moments, 8 bytes per parameter, divided by the world size under ZeRO-1.
+- activations, per block, with n = B·T·C elements of the residual stream and the saved tensors of each op:
+  the block input and the input of the second norm (float32, n each), the norms' outputs as the matrix products
+  save them (n each, in the compute dtype), q, k, v and the attention output (the float16/bfloat16 flash kernel
+  saves them plus a float32 log-sum-exp per row; the float32 path saves q, k, v as views of the fused projection and
+  the B·H·T·T probabilities instead of the log-sum-exp), the merged heads (n), and the MLP's saved hidden states
+  (GELU: its input and output, 2 × B·T·hidden; gated MLPs: gate, up, activation and product, 4 × B·T·hidden). Under
+  autocast every matrix product also saves its float16 copy of the weight.
+  With checkpointing only each checkpointed block's input is kept, and one block is alive again while it is
+  recomputed in backward.
+- the head: the final norm's input, the logits (B·T·V in the compute dtype) saved by cross-entropy, and in backward
+  the logits' gradient (the same size again) plus the head's float32 weight gradient.
+
+The peak is the larger of two moments: the start of backward (all activations, the head's backward temporaries,
+the first weight gradients) and its end (every gradient, no activations left).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["MemoryEstimate", "memory_estimate", "measured_memory"]
+
+_MIB = 2 ** 20
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes of one rank's training step, split by what holds them (``total``: the estimated peak)."""
+
+    parameters: int
+    gradients: int
+    optimizer: int
+    activations: int
+    total: int
+
+    def __str__(self) -> str:
+        rows = [("parameters", self.parameters), ("gradients", self.gradients), ("optimizer state", self.optimizer),
+                ("activations", self.activations), ("peak", self.total)]
+        return "\n".join(f"  {name:<16} {value / _MIB:>12,.0f} MiB" for name, value in rows)
+
+
+def _compute_bytes(precision: str) -> int:
+    if precision not in ("fp32", "tf32", "mixed", "bf16"):
+        raise ValueError(f"memory_estimate: precision must be fp32, tf32, mixed or bf16, got {precision!r}")
+    return 2 if precision in ("mixed", "bf16") else 4
+
+
+def _block_activation_bytes(cfg, batch: int, seq: int, precision: str) -> tuple[int, int]:
+    """(bytes a block keeps for backward, bytes of float16 weight copies it keeps under autocast)."""
+    cb = _compute_bytes(precision)
+    n = batch * seq * cfg.n_embd
+    d, h, kv = cfg.head_dim, cfg.n_head, cfg.n_kv_heads or cfg.n_head
+    q_elems, kv_elems = batch * seq * h * d, batch * seq * kv * d
+    rows = batch * h * seq
+    hidden = cfg.ffn_hidden_size if hasattr(cfg, "ffn_hidden_size") else _ffn_hidden(cfg)
+    saved = 2 * 4 * n                                   # block input, residual after attention (float32)
+    saved += 2 * cb * n                                 # the two norms' outputs, in the matrix products' dtype
+    if cb == 2:                                         # flash kernel: q, k, v, o contiguous + log-sum-exp
+        saved += cb * (2 * q_elems + 2 * kv_elems) + 4 * rows
+    else:                                               # GEMM attention: q, k, v views + probabilities
+        saved += cb * (q_elems + 2 * kv_elems) + 4 * rows * seq
+    saved += cb * q_elems                               # merged heads, input of the output projection
+    gated = cfg.mlp != "gelu"
+    saved += cb * batch * seq * hidden * (4 if gated else 2)
+    if cfg.post_norms:
+        saved += 2 * 4 * n
+    if cfg.qk_norm:
+        saved += cb * (q_elems + kv_elems)
+    weights = 0
+    if precision in ("mixed", "bf16"):
+        c = cfg.n_embd
+        weights = 2 * (c * (h + 2 * kv) * d + h * d * c + (3 if gated else 2) * c * hidden)
+    return saved, weights
+
+
+def _ffn_hidden(cfg) -> int:
+    if cfg.ffn_hidden:
+        return int(cfg.ffn_hidden)
+    if cfg.mlp == "gelu":
+        return 4 * cfg.n_embd
+    from .config import swiglu_hidden
+    return swiglu_hidden(cfg.n_embd)
+
+
+def memory_estimate(cfg, batch: int, precision: str = "tf32", checkpointing: bool | int = False,
+                    world_size: int = 1, shard_optimizer: bool = False, seq: int | None = None) -> MemoryEstimate:
+    """Estimate one rank's peak bytes when training ``GPT(cfg)`` on batches of (batch, seq) tokens (seq: the
+    context length by default). ``checkpointing``: True (every block) or k (every k-th block)."""
+    seq = cfg.context_length if seq is None else int(seq)
+    n_params = cfg.num_parameters()
+    params, grads = 4 * n_params, 4 * n_params
+    optimizer = 8 * n_params // (world_size if shard_optimizer else 1)
+    block, weights = _block_activation_bytes(cfg, batch, seq, precision)
+    every = int(checkpointing) if checkpointing is not True else 1
+    n_ckpt = cfg.n_layer // every if every else 0
+    input_bytes = 4 * batch * seq * cfg.n_embd
+    layers = (cfg.n_layer - n_ckpt) * (block + weights) + n_ckpt * input_bytes
+    if n_ckpt:
+        layers += block + weights                       # the block being recomputed
+    cb = _compute_bytes(precision)
+    logits = cb * batch * seq * cfg.vocab_size
+    head_forward = input_bytes + logits + 4 * batch * seq    # final norm input, logits, log-sum-exp
+    head_weight = cfg.vocab_size * cfg.n_embd
+    if precision in ("mixed", "bf16"):
+        head_forward += 2 * head_weight
+    activations = layers + head_forward
+    start_of_backward = params + optimizer + activations + logits + 4 * head_weight
+    end_of_backward = params + optimizer + grads
+    return MemoryEstimate(params, grads, optimizer, activations, max(start_of_backward, end_of_backward))
+
+
+def measured_memory(peak_bytes: int, model, optimizer) -> MemoryEstimate:
+    """Split a measured peak: parameters, gradients and optimizer state from their arrays, the rest activations
+    (and the allocator's temporaries)."""
+    params = sum(p.data.nbytes for p in model.parameters())
+    grads = params                                  # every float32 gradient is whole at the end of backward
+    state = getattr(optimizer, "inner", optimizer).state
+    opt = sum(v.nbytes for s in state.values() for v in s.values() if hasattr(v, "nbytes"))
+    return MemoryEstimate(params, grads, opt, max(0, peak_bytes - params - grads - opt), peak_bytes)
