@@ -29,7 +29,7 @@ class Tensor:
     gradients across backward calls until zeroed.
     """
 
-    __slots__ = ("data", "grad", "requires_grad", "creator", "out_index", "name", "_hooks", "__weakref__")
+    __slots__ = ("_data", "grad", "requires_grad", "creator", "out_index", "name", "_hooks", "__weakref__")
     __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__
 
     def __init__(self, data, requires_grad: bool = False, dtype=None, device: str | None = None, name: str | None = None):
@@ -40,7 +40,7 @@ class Tensor:
             arr = backend.to_device(arr, device)
         if requires_grad and arr.dtype.kind != "f":
             raise TypeError(f"only floating-point tensors can require grad, got dtype {arr.dtype}")
-        self.data = arr
+        self._data = arr
         self.grad: Tensor | None = None
         self.requires_grad = requires_grad
         self.creator = None
@@ -51,7 +51,7 @@ class Tensor:
     @classmethod
     def _from_op(cls, data, creator, index: int) -> "Tensor":
         t = cls.__new__(cls)
-        t.data = data
+        t._data = data
         t.grad = None
         t.requires_grad = True
         t.creator = creator
@@ -61,6 +61,21 @@ class Tensor:
         return t
 
     # ------------------------------------------------------------------ array facts
+    @property
+    def data(self):
+        """The values: a NumPy or CuPy array (PyTorch's ``.data`` is a Tensor; here it is the array itself)."""
+        return self._data
+
+    @data.setter
+    def data(self, value) -> None:
+        # a Tensor assigned here is unwrapped, so micrograd's and DeZero's ``p.data -= lr * p.grad`` (which Python
+        # runs as ``p.data = p.data - lr * p.grad``, a Tensor) keeps .data an array
+        if isinstance(value, Tensor):
+            value = value._data
+        if not (isinstance(value, np.ndarray) or backend.is_cupy_array(value)):
+            raise TypeError(f"Tensor.data must be a NumPy or CuPy array (or a Tensor), got {type(value).__name__}")
+        self._data = value
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self.data.shape
@@ -86,7 +101,36 @@ class Tensor:
         return self.creator is None
 
     def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
         return len(self.data)
+
+    def __iter__(self):
+        if self.ndim == 0:
+            raise TypeError("iteration over a 0-d tensor")
+        return (self[i] for i in range(len(self)))
+
+    def _one_value(self, what: str):
+        if self.data.size != 1:
+            raise RuntimeError(f"{what} of a tensor with {self.size} elements (shape {self.shape}) is ambiguous: "
+                               "it needs exactly one element (use .any(), .all() or .item() on one element)")
+        return self.data.reshape(()).item()
+
+    def __bool__(self) -> bool: return bool(self._one_value("bool()"))
+    def __float__(self) -> float: return float(self._one_value("float()"))
+    def __int__(self) -> int: return int(self._one_value("int()"))
+
+    def __index__(self) -> int:
+        if self.dtype.kind not in "iub":
+            raise TypeError(f"only integer tensors of one element can be used as an index, got dtype {self.dtype}")
+        return int(self._one_value("index"))
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.numpy()
+        return a if dtype is None else a.astype(dtype)
+
+    def __contains__(self, value) -> bool:
+        return bool((self.data == (value.data if isinstance(value, Tensor) else value)).any())
 
     def numpy(self) -> np.ndarray:
         """The values as a NumPy array (copied from the GPU when needed; no graph)."""
@@ -97,6 +141,9 @@ class Tensor:
         if self.data.size != 1:
             raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
         return self.data.reshape(()).item()
+
+    def numel(self) -> int:
+        return self.data.size
 
     def tolist(self):
         return self.numpy().tolist()
@@ -174,7 +221,14 @@ class Tensor:
     def __rmul__(self, other): return _ew.Mul.apply(other, self)
     def __truediv__(self, other): return _ew.Div.apply(self, other)
     def __rtruediv__(self, other): return _ew.Div.apply(other, self)
+    def __mod__(self, other): return _pw.Remainder.apply(self, other)
+    def __rmod__(self, other): return _pw.Remainder.apply(other, self)
+    def __floordiv__(self, other): return _pw.FloorDivide.apply(self, other)
+    def __rfloordiv__(self, other): return _pw.FloorDivide.apply(other, self)
     def __neg__(self): return _ew.Neg.apply(self)
+    def __pos__(self): return self
+    def __abs__(self): return _ew.Abs.apply(self)
+    def __round__(self, ndigits=None): return _pw.Round.apply(self, decimals=ndigits or 0)
     def __matmul__(self, other): return _la.matmul(self, other)
     def __rmatmul__(self, other): return _la.matmul(other, self)
 
@@ -186,7 +240,37 @@ class Tensor:
     def __rpow__(self, base):
         return _ew.Pow.apply(base, self)
 
-    # comparisons give boolean tensors and record no graph
+    # x += y: PyTorch's in-place semantics, see _inplace
+    def __iadd__(self, other): return self._inplace(other, Tensor.__add__, "+=")
+    def __isub__(self, other): return self._inplace(other, Tensor.__sub__, "-=")
+    def __imul__(self, other): return self._inplace(other, Tensor.__mul__, "*=")
+    def __itruediv__(self, other): return self._inplace(other, Tensor.__truediv__, "/=")
+    def __ipow__(self, other): return self._inplace(other, Tensor.__pow__, "**=")
+
+    def _inplace(self, other, op, symbol: str) -> "Tensor":
+        """``x op= y``. When no graph is recorded (nothing requires grad, or under ``no_grad``: an optimizer's
+        ``w -= lr * w.grad``) the result is written into x's own array, which keeps its shape and dtype. While a
+        graph is recorded, a leaf that requires grad raises (as in PyTorch: changing it would make its gradient
+        meaningless), and any other tensor is rebound to the new graph node (no aliasing, unlike PyTorch)."""
+        from .grad_mode import _GradMode
+        recording = _GradMode.enabled and (self.requires_grad or (isinstance(other, Tensor) and other.requires_grad))
+        if recording:
+            if self.is_leaf and self.requires_grad:
+                raise RuntimeError(f"x {symbol} ...: x is a leaf tensor that requires grad (shape {self.shape}) and "
+                                   "cannot be changed in place while a graph is recorded; update parameters under "
+                                   "`with ag.no_grad():`, or write `x = x + ...` for a new tensor")
+            return op(self, other)
+        result = op(self, other).data
+        if result.shape != self.shape:
+            raise ValueError(f"x {symbol} y: the result has shape {result.shape} but x has shape {self.shape}; an "
+                             "in-place op cannot change a tensor's shape")
+        if dtypes.category(result.dtype) > dtypes.category(self.dtype):
+            raise TypeError(f"x {symbol} y: the result is {result.dtype}, which cannot be stored in x of dtype "
+                            f"{self.dtype} in place")
+        self.data[...] = result
+        return self
+
+    # comparisons and logic give boolean (or integer) tensors and record no graph
     def _compare(self, other, op):
         other = other.data if isinstance(other, Tensor) else other
         return Tensor(op(self.data, other))
@@ -195,9 +279,24 @@ class Tensor:
     def __le__(self, other): return self._compare(other, lambda a, b: a <= b)
     def __gt__(self, other): return self._compare(other, lambda a, b: a > b)
     def __ge__(self, other): return self._compare(other, lambda a, b: a >= b)
-    def eq(self, other) -> "Tensor": return self._compare(other, lambda a, b: a == b)
-    def ne(self, other) -> "Tensor": return self._compare(other, lambda a, b: a != b)
-    __hash__ = object.__hash__  # tensors are graph nodes: identity, not value, decides equality in sets and dicts
+    def __eq__(self, other): return self._compare(other, lambda a, b: a == b)
+    def __ne__(self, other): return self._compare(other, lambda a, b: a != b)
+    def eq(self, other) -> "Tensor": return self == other
+    def ne(self, other) -> "Tensor": return self != other
+    __hash__ = object.__hash__  # tensors are graph nodes: identity decides membership in sets and dicts
+
+    def _logic(self, other, op, symbol: str):
+        other_kind = other.dtype.kind if isinstance(other, Tensor) else ("f" if isinstance(other, float) else "i")
+        if "f" in (self.dtype.kind, other_kind):
+            raise TypeError(f"{symbol} needs boolean or integer tensors, got dtype {self.dtype}"
+                            + (f" and {other.dtype}" if isinstance(other, Tensor) else ""))
+        return self._compare(other, op)
+
+    def __and__(self, other): return self._logic(other, lambda a, b: a & b, "&")
+    def __or__(self, other): return self._logic(other, lambda a, b: a | b, "|")
+    def __xor__(self, other): return self._logic(other, lambda a, b: a ^ b, "^")
+    __rand__, __ror__, __rxor__ = __and__, __or__, __xor__
+    def __invert__(self): return self._logic(0, lambda a, _: ~a, "~")
 
     def __getitem__(self, index):
         return _sh.getitem(self, index)
@@ -211,23 +310,64 @@ class Tensor:
     def relu(self): return _ew.Relu.apply(self)
     def abs(self): return _ew.Abs.apply(self)
     def clip(self, low=None, high=None): return _ew.Clip.apply(self, low=low, high=high)
+    clamp = clip
+    def maximum(self, other): return _ew.Maximum.apply(self, other)
+    def minimum(self, other): return _ew.Minimum.apply(self, other)
+    def pow(self, exponent): return self ** exponent
+    def sin(self): return _pw.Sin.apply(self)
+    def cos(self): return _pw.Cos.apply(self)
+    def log2(self): return _pw.Log2.apply(self)
+    def log10(self): return _pw.Log10.apply(self)
+    def floor(self): return _pw.Floor.apply(self)
+    def ceil(self): return _pw.Ceil.apply(self)
+    def round(self, decimals: int = 0): return _pw.Round.apply(self, decimals=decimals)
+    def sign(self): return _pw.Sign.apply(self)
+    def isnan(self): return _pw.isnan(self)
+    def isinf(self): return _pw.isinf(self)
+    def isfinite(self): return _pw.isfinite(self)
+    def logaddexp(self, other): return _pw.LogAddExp.apply(self, other)
+    def lerp(self, end, weight): return _pw.lerp(self, end, weight)
+    def remainder(self, other): return self % other
+    def floor_divide(self, other): return self // other
 
     # ------------------------------------------------------------------ reductions
     def sum(self, axis=None, keepdims: bool = False): return _rd.Sum.apply(self, axis=axis, keepdims=keepdims)
     def mean(self, axis=None, keepdims: bool = False): return _rd.Mean.apply(self, axis=axis, keepdims=keepdims)
-    def max(self, axis=None, keepdims: bool = False): return _rd.Max.apply(self, axis=axis, keepdims=keepdims)
-    def min(self, axis=None, keepdims: bool = False): return _rd.Min.apply(self, axis=axis, keepdims=keepdims)
+    def prod(self, axis=None, keepdims: bool = False): return _rd.Prod.apply(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims: bool = False):
+        """The largest value over ``axis`` (values only; see ``argmax``); ``x.max(other_tensor)`` is elementwise."""
+        if isinstance(axis, Tensor):
+            return _ew.Maximum.apply(self, axis)
+        return _rd.Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis=None, keepdims: bool = False):
+        """The smallest value over ``axis`` (values only; see ``argmin``); ``x.min(other_tensor)`` is elementwise."""
+        if isinstance(axis, Tensor):
+            return _ew.Minimum.apply(self, axis)
+        return _rd.Min.apply(self, axis=axis, keepdims=keepdims)
 
     def var(self, axis=None, keepdims: bool = False, ddof: int = 0):
         return _rd.Var.apply(self, axis=axis, keepdims=keepdims, ddof=ddof)
 
+    def std(self, axis=None, keepdims: bool = False, ddof: int = 0): return _rd.std(self, axis, keepdims, ddof)
+
     def logsumexp(self, axis=None, keepdims: bool = False):
         return _rd.LogSumExp.apply(self, axis=axis, keepdims=keepdims)
+
+    def cumsum(self, axis: int): return _rd.Cumsum.apply(self, axis=axis)
+    def argmax(self, axis=None, keepdims: bool = False): return _rd.argmax(self, axis, keepdims)
+    def argmin(self, axis=None, keepdims: bool = False): return _rd.argmin(self, axis, keepdims)
+    def any(self, axis=None, keepdims: bool = False): return _rd.any_true(self, axis, keepdims)
+    def all(self, axis=None, keepdims: bool = False): return _rd.all_true(self, axis, keepdims)
+    def sort(self, axis: int = -1, descending: bool = False): return _so.sort(self, axis, descending)
+    def argsort(self, axis: int = -1, descending: bool = False): return _so.argsort(self, axis, descending)
+    def topk(self, k: int, axis: int = -1, largest: bool = True): return _so.topk(self, k, axis, largest)
 
     # ------------------------------------------------------------------ shape
     def reshape(self, *shape): return _sh.reshape(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
     def view(self, *shape): return self.reshape(*shape)
-    def flatten(self): return _sh.reshape(self, (-1,))
+    def flatten(self, start_axis: int = 0, end_axis: int = -1): return _sh.flatten(self, start_axis, end_axis)
     def transpose(self, *axes): return _sh.transpose(self, axes[0] if len(axes) == 1 and not isinstance(axes[0], int) else (axes or None))
     def permute(self, *axes): return self.transpose(*axes)
     def swapaxes(self, a: int, b: int): return _sh.swapaxes(self, a, b)
@@ -237,11 +377,25 @@ class Tensor:
     def unsqueeze(self, axis: int): return _sh.unsqueeze(self, axis)
     def split(self, sections, axis: int = 0): return _sh.split(self, sections, axis)
     def astype(self, dtype): return _sh.astype(self, dtype)
+    def flip(self, axis): return _mv.flip(self, axis)
+    def roll(self, shifts, axis=None): return _mv.roll(self, shifts, axis)
+    def tile(self, reps): return _mv.tile(self, reps)
+    def repeat(self, *reps): return _mv.tile(self, reps[0] if len(reps) == 1 and not isinstance(reps[0], int) else reps)
+    def tril(self, diagonal: int = 0): return _mv.tril(self, diagonal)
+    def triu(self, diagonal: int = 0): return _mv.triu(self, diagonal)
+    def gather(self, axis: int, index): return _ix.gather(self, axis, index)
+    def scatter(self, axis: int, index, src): return _ix.scatter(self, axis, index, src)
+    def scatter_add(self, axis: int, index, src): return _ix.scatter_add(self, axis, index, src)
 
     @property
     def T(self): return _sh.transpose(self, None)
 
     def matmul(self, other): return _la.matmul(self, other)
+
+    # PyTorch's casts (defined last: inside the class body these names would shadow the builtins)
+    def float(self): return _sh.astype(self, np.float32)
+    def double(self): return _sh.astype(self, np.float64)
+    def long(self): return _sh.astype(self, np.int64)
 
     # ------------------------------------------------------------------ printing
     def __repr__(self) -> str:
@@ -262,21 +416,13 @@ def tensor(data, dtype=None, device: str | None = None, requires_grad: bool = Fa
     return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
 
 
-def zeros(shape, dtype=np.float32, device: str = "cpu", requires_grad: bool = False) -> Tensor:
-    return Tensor(backend.get_xp(device).zeros(shape, dtype=dtype), requires_grad=requires_grad, device=device)
 
-
-def ones(shape, dtype=np.float32, device: str = "cpu", requires_grad: bool = False) -> Tensor:
-    return Tensor(backend.get_xp(device).ones(shape, dtype=dtype), requires_grad=requires_grad, device=device)
-
-
-def randn(*shape, dtype=np.float32, device: str = "cpu", requires_grad: bool = False, seed: int | None = None) -> Tensor:
-    """Standard-normal samples (from a seeded NumPy generator when ``seed`` is given)."""
-    rng = np.random.default_rng(seed)
-    return Tensor(rng.standard_normal(shape).astype(dtype), requires_grad=requires_grad, device=device)
-
-
+from . import dtypes  # noqa: E402
 from .ops import elementwise as _ew  # noqa: E402  (ops subclass Function, which imports Tensor)
+from .ops import index as _ix  # noqa: E402
 from .ops import linalg as _la  # noqa: E402
+from .ops import movement as _mv  # noqa: E402
+from .ops import pointwise as _pw  # noqa: E402
 from .ops import reduce as _rd  # noqa: E402
 from .ops import shape as _sh  # noqa: E402
+from .ops import sort as _so  # noqa: E402

@@ -62,9 +62,10 @@ def test_squeeze_unsqueeze(data):
     check_op(lambda t: t.squeeze(), lambda a: np.squeeze(a), with_one)
 
 
-def test_squeeze_of_non_unit_axis_is_clear():
-    with pytest.raises(ValueError, match="squeeze: axis 0 of shape"):
-        ag.Tensor(np.ones((2, 1))).squeeze(0)
+def test_squeeze_of_non_unit_axis_keeps_it_like_pytorch():
+    x = ag.Tensor(np.ones((2, 1)))
+    assert x.squeeze(0).shape == (2, 1)
+    assert x.squeeze((0, 1)).shape == (2,)
 
 
 # ------------------------------------------------------------------------------------------------ getitem

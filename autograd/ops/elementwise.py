@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .. import backend
+from .. import backend, dtypes
 from ..function import Function
 from ..tensor import Tensor
 from .shape import sum_to
@@ -19,13 +19,19 @@ def _binary_shapes_check(name, x, y):
         raise ValueError(f"{name}: shapes {x.shape} and {y.shape} cannot be broadcast together") from None
 
 
+def _float(x):
+    """x itself when floating, else x as the default float dtype (exp, log ... of an integer tensor)."""
+    return x if x.dtype.kind == "f" else x.astype(dtypes.float_dtype(x.dtype))
+
+
 class _Binary(Function):
+    """Two operands, broadcast together and computed in their promoted dtype (``dtypes.result_type``)."""
     def forward(self, x, y):
-        try:
-            return self.compute(x, y)
-        except ValueError:
-            _binary_shapes_check(self.name, x, y)
-            raise
+        if x.dtype != y.dtype:
+            dtype = dtypes.result_type(x, y)
+            x, y = x.astype(dtype, copy=False), y.astype(dtype, copy=False)
+        _binary_shapes_check(self.name, x, y)
+        return self.compute(x, y)
 
 
 class Add(_Binary):
@@ -67,7 +73,7 @@ class Div(_Binary):
     """z = x / y; dz/dx = 1/y, dz/dy = -x/y**2."""
     rule = 'd(x/y)/dx = 1/y, d(x/y)/dy = -x/y^2'
     def compute(self, x, y):
-        return x / y
+        return _float(x) / _float(y)
 
     def backward(self, gz):
         x, y = self.inputs
@@ -87,7 +93,8 @@ class Neg(Function):
 
 
 class Pow(_Binary):
-    """z = x ** y (tensor exponent); dz/dx = y x**(y-1), dz/dy = z log x (taken as 0 where x <= 0)."""
+    """z = x ** y (tensor exponent); dz/dx = y x**(y-1) (0 where y = 0), dz/dy = z log x (0 where x = 0 and
+    y >= 0; nan for a negative base, where x**y is not a real function of y), as PyTorch."""
     rule = 'd(x^y)/dx = y x^(y-1), d(x^y)/dy = x^y log(x)'
     save_outputs = True
 
@@ -96,20 +103,26 @@ class Pow(_Binary):
 
     def backward(self, gz):
         x, y = self.inputs
-        gx = sum_to(gz * y * x ** (y - 1), x.shape) if self.needs_input_grad[0] else None
-        gy = None
+        gx = gy = None
+        if self.needs_input_grad[0]:
+            gx = sum_to(Where.apply(0.0, gz * y * x ** (y - 1), cond=y.data == 0), x.shape)
         if self.needs_input_grad[1]:
-            positive = x.data > 0
-            safe_log = Log.apply(where(positive, x, 1.0))
-            gy = sum_to(gz * self.output() * safe_log, y.shape)
+            xp = backend.xp_of(x.data)
+            zero_base = (x.data == 0) & (y.data >= 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                log_x = Log.apply(x)
+                gy = sum_to(Where.apply(0.0, gz * self.output() * log_x, cond=xp.broadcast_to(zero_base, gz.shape)),
+                            y.shape)
         return gx, gy
 
 
 class PowScalar(Function):
     """y = x ** c for a Python number c; dy/dx = c x**(c-1)."""
     rule = 'd(x^c)/dx = c x^(c-1)'
+    params = ("exponent",)
     def forward(self, x):
-        return x ** x.dtype.type(self.exponent) if x.dtype.kind == "f" else x ** self.exponent
+        dtype = dtypes.result_type(x, self.exponent)  # int_tensor ** 2 stays integer, ** 0.5 is float32
+        return x.astype(dtype, copy=False) ** dtype.type(self.exponent)
 
     def backward(self, gy):
         (x,) = self.inputs
@@ -129,7 +142,7 @@ class Exp(Function):
     save_outputs = True
 
     def forward(self, x):
-        return backend.xp_of(x).exp(x)
+        return backend.xp_of(x).exp(_float(x))
 
     def backward(self, gy):
         return gy * self.output()
@@ -139,7 +152,7 @@ class Log(Function):
     """y = log(x); dy/dx = 1/x."""
     rule = 'd log(x)/dx = 1/x'
     def forward(self, x):
-        return backend.xp_of(x).log(x)
+        return backend.xp_of(x).log(_float(x))
 
     def backward(self, gy):
         return gy / self.inputs[0]
@@ -151,7 +164,7 @@ class Sqrt(Function):
     save_outputs = True
 
     def forward(self, x):
-        return backend.xp_of(x).sqrt(x)
+        return backend.xp_of(x).sqrt(_float(x))
 
     def backward(self, gy):
         return gy / (self.output() * 2.0)
@@ -163,7 +176,7 @@ class Tanh(Function):
     save_outputs = True
 
     def forward(self, x):
-        return backend.xp_of(x).tanh(x)
+        return backend.xp_of(x).tanh(_float(x))
 
     def backward(self, gy):
         y = self.output()
@@ -172,8 +185,9 @@ class Tanh(Function):
 
 def _sigmoid_array(x):
     xp = backend.xp_of(x)
+    x = _float(x)
     # 0.5 * (1 + tanh(x / 2)) is sigmoid without overflow in exp for large |x|
-    return 0.5 * (xp.tanh(x * x.dtype.type(0.5)) + 1) if x.dtype.kind == "f" else 1 / (1 + xp.exp(-x))
+    return x.dtype.type(0.5) * (xp.tanh(x * x.dtype.type(0.5)) + 1)
 
 
 class Sigmoid(Function):
@@ -182,7 +196,7 @@ class Sigmoid(Function):
     save_outputs = True
 
     def forward(self, x):
-        return _sigmoid_array(x).astype(x.dtype, copy=False)
+        return _sigmoid_array(x)
 
     def backward(self, gy):
         y = self.output()
@@ -214,7 +228,7 @@ class Erf(Function):
     """y = erf(x); dy/dx = 2/sqrt(pi) exp(-x**2)."""
     rule = 'd erf(x)/dx = 2/sqrt(pi) exp(-x^2)'
     def forward(self, x):
-        return _erf_array(x)
+        return _erf_array(_float(x))
 
     def backward(self, gy):
         x = self.inputs[0]
@@ -232,8 +246,10 @@ class Gelu(Function):
     exact form dy/dx = Phi(x) + x phi(x).
     """
     rule = 'd gelu(x)/dx = Phi(x) + x phi(x)  (tanh form: (1+t)/2 + x/2 (1-t^2) k (1+3c x^2))'
+    params = ("approximate",)
     def forward(self, x):
         xp = backend.xp_of(x)
+        x = _float(x)
         if self.approximate == "tanh":
             inner = x.dtype.type(_GELU_K) * (x + x.dtype.type(_GELU_C) * x * x * x)
             return x.dtype.type(0.5) * x * (1 + xp.tanh(inner))
@@ -255,7 +271,7 @@ class Silu(Function):
     """y = x sigmoid(x); dy/dx = s (1 + x (1 - s)) with s = sigmoid(x)."""
     rule = 'd silu(x)/dx = s (1 + x (1 - s)),  s = sigmoid(x)'
     def forward(self, x):
-        return x * _sigmoid_array(x).astype(x.dtype, copy=False)
+        return _float(x) * _sigmoid_array(x)
 
     def backward(self, gy):
         x = self.inputs[0]
@@ -274,33 +290,40 @@ class Abs(Function):
         return gy * Tensor(backend.xp_of(x.data).sign(x.data).astype(gy.dtype))
 
 
+def _share_by_wins(gz: Tensor, x: Tensor, y: Tensor, x_wins):
+    """Send gz to x where ``x_wins``, to y elsewhere, half to each at ties (as the max/min reductions split ties)."""
+    xd, yd = x.data, y.data
+    share = x_wins.astype(gz.dtype) + (xd == yd).astype(gz.dtype) * gz.dtype.type(0.5)
+    share = Tensor(share)
+    return sum_to(gz * share, x.shape), sum_to(gz * (1.0 - share), y.shape)
+
+
 class Maximum(_Binary):
-    """z = max(x, y) elementwise; the gradient goes to x where x >= y, else to y."""
-    rule = 'd max(x,y)/dx = 1 where x >= y, d max(x,y)/dy = 1 elsewhere'
+    """z = max(x, y) elementwise; the gradient goes to the larger input, half to each at ties (as PyTorch)."""
+    rule = 'd max(x,y)/dx = 1 where x > y, 1/2 where x = y, else 0 (and the rest to y)'
     def compute(self, x, y):
         return backend.xp_of(x, y).maximum(x, y)
 
     def backward(self, gz):
         x, y = self.inputs
-        take_x = Tensor((x.data >= y.data).astype(gz.dtype))
-        return sum_to(gz * take_x, x.shape), sum_to(gz * (1.0 - take_x), y.shape)
+        return _share_by_wins(gz, x, y, x.data > y.data)
 
 
 class Minimum(_Binary):
-    """z = min(x, y) elementwise; the gradient goes to x where x <= y, else to y."""
-    rule = 'd min(x,y)/dx = 1 where x <= y, d min(x,y)/dy = 1 elsewhere'
+    """z = min(x, y) elementwise; the gradient goes to the smaller input, half to each at ties (as PyTorch)."""
+    rule = 'd min(x,y)/dx = 1 where x < y, 1/2 where x = y, else 0 (and the rest to y)'
     def compute(self, x, y):
         return backend.xp_of(x, y).minimum(x, y)
 
     def backward(self, gz):
         x, y = self.inputs
-        take_x = Tensor((x.data <= y.data).astype(gz.dtype))
-        return sum_to(gz * take_x, x.shape), sum_to(gz * (1.0 - take_x), y.shape)
+        return _share_by_wins(gz, x, y, x.data < y.data)
 
 
 class Clip(Function):
     """y = clip(x, low, high); dy/dx = 1 inside [low, high], else 0."""
     rule = 'd clip(x)/dx = 1 inside [low, high], else 0'
+    params = ("low", "high")
     def forward(self, x):
         return backend.xp_of(x).clip(x, self.low, self.high)
 
@@ -317,6 +340,7 @@ class Clip(Function):
 class Where(_Binary):
     """z = x where cond else y (cond is a boolean array, not differentiated)."""
     rule = 'd where(c,x,y)/dx = 1 where c, d where(c,x,y)/dy = 1 where not c'
+    params = ("cond",)
     def compute(self, x, y):
         return backend.xp_of(x, y).where(self.cond, x, y)
 

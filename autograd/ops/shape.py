@@ -1,11 +1,14 @@
 """Shape ops: reshape, transpose, broadcast, sum_to, getitem, concatenate, stack, split, astype, device copies."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .. import backend
 from ..function import Function
 from ..tensor import Tensor
+from .axes import AxisError, normalize_axis, normalize_permutation
 
 
 def _normalize_shape(shape):
@@ -17,6 +20,7 @@ def _normalize_shape(shape):
 class Reshape(Function):
     """y = x.reshape(shape); dy/dx reshapes the gradient back."""
     rule = "d reshape(x)/dx: reshape the gradient back to x's shape"
+    params = ("shape",)
     def forward(self, x):
         try:
             return x.reshape(self.shape)
@@ -38,6 +42,7 @@ def reshape(x: Tensor, shape) -> Tensor:
 class Transpose(Function):
     """y = x.transpose(axes); the gradient is transposed by the inverse permutation."""
     rule = 'd transpose(x)/dx: transpose the gradient by the inverse permutation'
+    params = ("axes",)
     def forward(self, x):
         try:
             return x.transpose(self.axes)
@@ -51,14 +56,17 @@ class Transpose(Function):
 
 
 def transpose(x: Tensor, axes=None) -> Tensor:
+    """Permute the axes (reverse them when ``axes`` is None), as NumPy's ``transpose``."""
     if axes is not None:
-        axes = tuple(int(a) % x.ndim for a in axes)
-        if len(axes) != x.ndim or sorted(axes) != list(range(x.ndim)):
-            raise ValueError(f"transpose: axes {axes} are not a permutation of the {x.ndim} axes of shape {x.shape}")
+        axes = normalize_permutation("transpose", axes, x.shape)
     return Transpose.apply(x, axes=axes)
 
 
 def swapaxes(x: Tensor, a: int, b: int) -> Tensor:
+    """Exchange axes ``a`` and ``b`` (PyTorch's ``transpose(a, b)``)."""
+    a, b = normalize_axis("swapaxes", a, x.shape), normalize_axis("swapaxes", b, x.shape)
+    if x.ndim == 0:
+        return x
     axes = list(range(x.ndim))
     axes[a], axes[b] = axes[b], axes[a]
     return transpose(x, axes)
@@ -67,6 +75,7 @@ def swapaxes(x: Tensor, a: int, b: int) -> Tensor:
 class BroadcastTo(Function):
     """y = broadcast_to(x, shape); the gradient sums over the broadcast axes."""
     rule = 'd broadcast(x)/dx: sum the gradient over the broadcast axes'
+    params = ("shape",)
     def forward(self, x):
         xp = backend.xp_of(x)
         try:
@@ -99,6 +108,7 @@ def _sum_to_array(a, shape):
 class SumTo(Function):
     """y = the sum of x down to ``shape`` (undoes broadcasting); the gradient broadcasts back."""
     rule = "d sum_to(x)/dx: broadcast the gradient back to x's shape"
+    params = ("shape",)
     def forward(self, x):
         return _sum_to_array(x, self.shape)
 
@@ -107,29 +117,45 @@ class SumTo(Function):
 
 
 def sum_to(x: Tensor, shape) -> Tensor:
-    """Reduce a broadcast gradient to an input's shape (identity when the shapes already match)."""
-    if x.shape == tuple(shape):
+    """Reduce a broadcast gradient to an input's shape (identity when the shapes already match); ``shape`` must
+    broadcast to ``x.shape``, else a clear error."""
+    shape = _normalize_shape(shape)
+    if x.shape == shape:
         return x
-    return SumTo.apply(x, shape=tuple(shape))
+    if len(shape) > x.ndim or any(s != 1 and s != t for s, t in zip(shape[::-1], x.shape[::-1])):
+        raise ValueError(f"sum_to: shape {shape} does not broadcast to the tensor's shape {x.shape}, so the tensor "
+                         "cannot be summed down to it")
+    return SumTo.apply(x, shape=shape)
 
 
 def squeeze(x: Tensor, axis=None) -> Tensor:
+    """Remove axes of size 1: all of them, or the given ones (an axis whose size is not 1 is kept, as PyTorch)."""
     if axis is None:
         return reshape(x, tuple(s for s in x.shape if s != 1))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    axes = {a % x.ndim for a in axes}
-    for a in axes:
-        if x.shape[a] != 1:
-            raise ValueError(f"squeeze: axis {a} of shape {x.shape} has size {x.shape[a]}, not 1")
-    return reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in axes))
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    axes = {normalize_axis("squeeze", a, x.shape) for a in axes}
+    if x.ndim == 0:
+        return x
+    return reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in axes or s != 1))
 
 
 def unsqueeze(x: Tensor, axis: int) -> Tensor:
-    if axis < 0:
-        axis += x.ndim + 1
+    """Insert an axis of size 1 at ``axis`` (in [-ndim - 1, ndim])."""
+    axis = normalize_axis("unsqueeze", axis, x.shape, extra=1)
     shape = list(x.shape)
     shape.insert(axis, 1)
     return reshape(x, tuple(shape))
+
+
+def flatten(x: Tensor, start_axis: int = 0, end_axis: int = -1) -> Tensor:
+    """Merge axes ``start_axis`` .. ``end_axis`` (inclusive) into one, as PyTorch's ``flatten``; 0-d gives (1,)."""
+    if x.ndim == 0:
+        normalize_axis("flatten", start_axis, x.shape), normalize_axis("flatten", end_axis, x.shape)
+        return reshape(x, (1,))
+    start, end = normalize_axis("flatten", start_axis, x.shape), normalize_axis("flatten", end_axis, x.shape)
+    if start > end:
+        raise ValueError(f"flatten: start axis {start_axis} comes after end axis {end_axis} (shape {x.shape})")
+    return reshape(x, x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
 
 
 # ---------------------------------------------------------------------------------------------------- indexing
@@ -161,6 +187,7 @@ def _normalize_index(index, shape):
 class GetItem(Function):
     """y = x[index] (slices, integer arrays, boolean masks); the gradient is scattered back, repeats added."""
     rule = 'd x[i]/dx: scatter the gradient into zeros at i (repeated indices add)'
+    params = ("index",)
     def forward(self, x):
         try:
             return x[self.index]
@@ -175,6 +202,7 @@ class GetItem(Function):
 class ScatterAdd(Function):
     """y = zeros(shape); y[index] += x (repeated indices add up). The backward of GetItem, and vice versa."""
     rule = 'd scatter_add(g)/dg: gather the gradient at the index'
+    params = ("index", "shape", "basic")
     def forward(self, g):
         xp = backend.xp_of(g)
         out = xp.zeros(self.shape, dtype=g.dtype)
@@ -196,6 +224,7 @@ def getitem(x: Tensor, index) -> Tensor:
 class Concatenate(Function):
     """y = concatenate(xs, axis); each input's gradient is its slice of gy."""
     rule = 'd concat(xs)/dx_k = the slice of the gradient where x_k sits'
+    params = ("axis",)
     def forward(self, *xs):
         xp = backend.xp_of(*xs)
         try:
@@ -215,13 +244,27 @@ class Concatenate(Function):
         return tuple(grads)
 
 
+def _joined(op: str, xs) -> list:
+    xs = list(xs)
+    if not xs:
+        raise ValueError(f"{op}: needs at least one tensor, got an empty sequence")
+    return xs
+
+
 def concatenate(xs, axis: int = 0) -> Tensor:
+    """Join tensors of one shape (outside ``axis``) along an existing ``axis``."""
+    xs = _joined("concatenate", xs)
+    shapes = [getattr(x, "shape", np.shape(x)) for x in xs]
+    if len(set(len(s) for s in shapes)) != 1 or not shapes[0]:
+        raise ValueError(f"concatenate: needs tensors with the same number of axes (at least one), got shapes {shapes}")
+    axis = normalize_axis("concatenate", axis, shapes[0])
     return Concatenate.apply(*xs, axis=axis)
 
 
 class Stack(Function):
     """y = stack(xs, axis); each input's gradient is gy at its position along ``axis``."""
     rule = 'd stack(xs)/dx_k = the gradient at position k along the axis'
+    params = ("axis",)
     def forward(self, *xs):
         xp = backend.xp_of(*xs)
         try:
@@ -235,12 +278,19 @@ class Stack(Function):
 
 
 def stack(xs, axis: int = 0) -> Tensor:
+    """Join tensors of one shape along a new ``axis`` (in [-ndim - 1, ndim])."""
+    xs = _joined("stack", xs)
+    shapes = [getattr(x, "shape", np.shape(x)) for x in xs]
+    axis = normalize_axis("stack", axis, shapes[0], extra=1)
+    if len(set(shapes)) != 1:
+        raise ValueError(f"stack: all inputs need one shape, got {shapes}")
     return Stack.apply(*xs, axis=axis)
 
 
 class Split(Function):
     """ys = split(x, sections, axis) with NumPy's meaning of ``sections`` (a count, or split points)."""
     rule = "d split(x)/dx = concatenate the parts' gradients"
+    params = ("sections", "axis")
     def forward(self, x):
         xp = backend.xp_of(x)
         try:
@@ -254,6 +304,10 @@ class Split(Function):
 
 
 def split(x: Tensor, sections, axis: int = 0) -> tuple[Tensor, ...]:
+    """NumPy's ``split``: ``sections`` is a count of equal parts or a list of split points along ``axis``."""
+    if x.ndim == 0:
+        raise ValueError("split: cannot split a 0-d tensor")
+    axis = normalize_axis("split", axis, x.shape)
     out = Split.apply(x, sections=sections, axis=axis)
     return out if isinstance(out, tuple) else (out,)
 
@@ -262,6 +316,7 @@ def split(x: Tensor, sections, axis: int = 0) -> tuple[Tensor, ...]:
 class Astype(Function):
     """y = x.astype(dtype); the gradient is cast back to x's dtype."""
     rule = "d astype(x)/dx = 1  (gradient cast back to x's dtype)"
+    params = ("dtype",)
     def forward(self, x):
         return x.astype(self.dtype)
 
@@ -282,6 +337,7 @@ def astype(x: Tensor, dtype) -> Tensor:
 class ToDevice(Function):
     """y = x copied to ``device``; the gradient is copied back (pipeline stages use this between GPUs)."""
     rule = "d to(x)/dx = 1  (gradient copied back to x's device)"
+    params = ("device",)
     def forward(self, x):
         return backend.to_device(x, self.device)
 

@@ -1,0 +1,139 @@
+"""The Python protocol of Tensor, decided like PyTorch: in-place operators, truth value, number conversions,
+elementwise ==, abs/round/%/// and friends, .data assignment, and errors that name the op and the user's shapes."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import autograd as ag
+
+
+def test_micrograd_sgd_line_keeps_data_an_array():
+    p = ag.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    (p * p).sum().backward()
+    p.data -= 0.1 * p.grad
+    assert type(p.data) is np.ndarray
+    np.testing.assert_allclose(p.data, [0.8, 1.6])
+    p.data = ag.Tensor(np.zeros(2))  # a Tensor assigned to .data is unwrapped
+    assert type(p.data) is np.ndarray
+    with pytest.raises(TypeError, match="Tensor.data must be a NumPy or CuPy array"):
+        p.data = [1.0, 2.0]
+
+
+def test_inplace_on_a_leaf_that_requires_grad_raises_like_pytorch():
+    x = ag.Tensor(np.ones(3), requires_grad=True)
+    for op in ("+=", "-=", "*=", "/="):
+        with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+            exec(f"x {op} 1", {"x": x})
+
+
+def test_inplace_under_no_grad_updates_the_parameter_in_place():
+    w = ag.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    (w * 3.0).sum().backward()
+    buffer = w.data
+    with ag.no_grad():
+        w -= 0.5 * w.grad
+    assert w.is_leaf and w.requires_grad and w.data is buffer  # PyTorch's `with no_grad(): w -= lr * w.grad`
+    np.testing.assert_allclose(w.data, [-0.5, 0.5])
+
+
+def test_inplace_on_plain_tensors_writes_into_them_and_keeps_dtype():
+    x = ag.Tensor(np.array([1, 2, 3]))
+    alias = x.data
+    x += 2
+    x *= 2
+    assert x.dtype == np.int64 and x.data is alias
+    np.testing.assert_array_equal(alias, [6, 8, 10])
+    with pytest.raises(TypeError, match="cannot be stored in x of dtype int64"):
+        x += 0.5  # PyTorch: result type Float can't be cast to Long
+    with pytest.raises(ValueError, match="in-place op cannot change a tensor's shape"):
+        y = ag.Tensor(np.ones(3))
+        y += np.ones((2, 3))
+
+
+def test_inplace_on_a_graph_node_rebinds_and_keeps_gradients_right():
+    x = ag.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = x * 2.0
+    y += x  # y = 3x
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [3.0, 3.0])
+
+
+def test_truth_value_like_pytorch():
+    assert bool(ag.tensor([0.0])) is False and bool(ag.tensor(0.0)) is False
+    assert bool(ag.tensor([[2.0]])) is True
+    with pytest.raises(RuntimeError, match=r"bool\(\) of a tensor with 2 elements .* is ambiguous"):
+        bool(ag.tensor([1.0, 2.0]))
+    with pytest.raises(RuntimeError, match="0 elements"):
+        bool(ag.Tensor(np.ones(0)))
+
+
+def test_number_conversions():
+    assert float(ag.tensor([2.5])) == 2.5 and int(ag.tensor(3.7)) == 3
+    assert [10, 20, 30][ag.tensor(1)] == 20 and list(range(ag.tensor(3))) == [0, 1, 2]
+    with pytest.raises(TypeError, match="only integer tensors"):
+        [1, 2][ag.tensor(1.0)]
+    with pytest.raises(RuntimeError, match="float"):
+        float(ag.tensor([1.0, 2.0]))
+    with pytest.raises(TypeError, match="len\\(\\) of a 0-d tensor"):
+        len(ag.tensor(1.0))
+    with pytest.raises(TypeError, match="iteration over a 0-d tensor"):
+        iter(ag.tensor(1.0))
+    assert [t.item() for t in ag.tensor([1.0, 2.0])] == [1.0, 2.0]
+    np.testing.assert_array_equal(np.asarray(ag.tensor([1, 2])), [1, 2])
+
+
+def test_comparisons_are_elementwise():
+    eq = ag.tensor(3.0) == 3.0
+    assert isinstance(eq, ag.Tensor) and eq.dtype == bool and bool(eq)
+    np.testing.assert_array_equal((ag.tensor([1, 2]) != ag.tensor([1, 3])).numpy(), [False, True])
+    t = ag.tensor([1.0])
+    assert {t: 1}[t] == 1  # identity hashing still serves dicts and sets
+    assert 2.0 in ag.tensor([1.0, 2.0]) and 5.0 not in ag.tensor([1.0, 2.0])
+
+
+def test_number_operators_match_python_and_pytorch():
+    a = np.array([-7.5, -3.0, 2.5, 7.0])
+    x = ag.Tensor(a)
+    np.testing.assert_array_equal(abs(x).numpy(), np.abs(a))
+    np.testing.assert_array_equal((x % 3).numpy(), [math.fmod(v, 3) % 3 for v in a])  # sign of the divisor
+    np.testing.assert_array_equal((x // 2).numpy(), [v // 2 for v in a])
+    np.testing.assert_array_equal((7 % ag.Tensor(np.array([2.0, -2.0]))).numpy(), [1.0, -1.0])
+    np.testing.assert_array_equal(round(ag.Tensor(np.array([0.5, 1.5, 2.5]))).numpy(), [0.0, 2.0, 2.0])
+    np.testing.assert_array_equal(round(ag.Tensor(np.array([1.234])), 2).numpy(), [1.23])
+    assert +x is x
+    np.testing.assert_array_equal((-x).numpy(), -a)
+    m = ag.Tensor(np.array([True, False]))
+    np.testing.assert_array_equal((~m).numpy(), [False, True])
+    np.testing.assert_array_equal((m & ag.Tensor(np.array([True, True]))).numpy(), [True, False])
+    np.testing.assert_array_equal((m | False).numpy(), [True, False])
+    with pytest.raises(TypeError, match="& needs boolean or integer tensors"):
+        x & x
+
+
+def test_remainder_gradients():
+    x = ag.Tensor(np.array([7.5, -3.2]), requires_grad=True)
+    y = ag.Tensor(np.array([2.0, 1.5]), requires_grad=True)
+    (x % y).sum().backward()
+    np.testing.assert_allclose(x.grad.numpy(), [1.0, 1.0])
+    np.testing.assert_allclose(y.grad.numpy(), -np.floor(np.array([7.5, -3.2]) / np.array([2.0, 1.5])))
+    assert ag.gradcheck(lambda a, b: a % b, [np.array([7.5, -3.2, 0.7]), np.array([2.0, 1.5, 0.3])])
+
+
+def test_errors_name_the_op_and_the_users_shapes():
+    with pytest.raises(ValueError, match=r"matmul: shapes \(4,\) and \(1, 2\)"):
+        ag.ones(4) @ ag.ones(1, 2)
+    with pytest.raises(ValueError, match=r"matmul: shapes \(2, 3\) and \(2,\)"):
+        ag.ones(2, 3) @ ag.ones(2)
+    with pytest.raises(ValueError, match=r"Add: shapes \(2,\) and \(3,\) cannot be broadcast"):
+        ag.ones(2) + ag.ones(3)
+    with pytest.raises(ValueError, match=r"reshape: cannot reshape a tensor of shape \(2, 3\)"):
+        ag.ones(2, 3).reshape(4)
+    with pytest.raises(ValueError, match=r"concatenate: shapes \[\(2, 3\), \(2, 4\)\] do not match"):
+        ag.concatenate([ag.ones(2, 3), ag.ones(2, 4)], axis=0)
+    with pytest.raises(TypeError, match="cannot make a Tensor from"):
+        ag.tensor({"a": 1})
+    with pytest.raises(ValueError, match="sum_to: shape \\(3, 1\\) does not broadcast to the tensor's shape"):
+        ag.sum_to(ag.ones(2, 3), (3, 1))
