@@ -289,6 +289,14 @@ def test_special_token_text_is_plain_text(served):
     assert service.engine.stats["errors"] == 0
 
 
+def test_instruction_tuning_format_is_the_served_chat_format(served):
+    # a model instruction-tuned on format_input + "### Response:" gets the same ids from the chat endpoint
+    entry = {"instruction": "Name a color.", "input": "sky"}
+    prompt = tl.finetune.format_input(entry) + tl.finetune.instruct.RESPONSE_HEADER
+    content = "Name a color.\n\n### Input:\nsky"
+    assert chat_ids(served, content) == served["tok"].encode(prompt)
+
+
 # ------------------------------------------------------------------------------------------------ units
 def test_stream_text_holds_back_stop_prefixes_and_partial_characters():
     tok = BPETokenizer.train("ab", 256 + 1)

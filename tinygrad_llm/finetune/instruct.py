@@ -35,17 +35,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..tokenizer.chat import ALPACA_INSTRUCTION, ALPACA_PREAMBLE, ALPACA_RESPONSE
+
 __all__ = ["format_input", "format_example", "RESPONSE_HEADER", "load_instruction_data", "split_instruction_data",
            "InstructionDataset", "collate", "generate_response", "generate_responses"]
 
-PREAMBLE = ("Below is an instruction that describes a task. "
-            "Write a response that appropriately completes the request.")
-RESPONSE_HEADER = "\n\n### Response:\n"
+# the same strings as the chat template "alpaca" (a served instruction-tuned model sees exactly this format)
+PREAMBLE, RESPONSE_HEADER = ALPACA_PREAMBLE, ALPACA_RESPONSE
 
 
 def format_input(entry: dict) -> str:
     """The instruction (and input, when non-empty) in Alpaca format, without the response header (the book's)."""
-    text = f"{PREAMBLE}\n\n### Instruction:\n{entry['instruction']}"
+    text = f"{PREAMBLE}{ALPACA_INSTRUCTION}{entry['instruction']}"
     if entry.get("input"):
         text += f"\n\n### Input:\n{entry['input']}"
     return text
