@@ -169,10 +169,37 @@ class ChatTemplate:
                              "chat_template_for(tokenizer), template.bind(tokenizer) or stop_ids_for(tokenizer)")
         return self.stop_ids_for(self.tokenizer)
 
+    @property
+    def jinja(self) -> str:
+        """The same template in Jinja, as ``tokenizer_config.json``'s ``chat_template`` (transformers'
+        ``apply_chat_template`` renders it to exactly ``render``'s text)."""
+        return _JINJA[self.style]
+
     def bind(self, tokenizer) -> "ChatTemplate":
         """This template with ``tokenizer`` attached (for ``stop_ids``)."""
         return ChatTemplate(self.name, self.style, self.stop_tokens, self.eos_token, tokenizer)
 
+
+_JINJA = {
+    "llama3": ("{{ '<|begin_of_text|>' }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + "
+               "'<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+               "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"),
+    "chatml": ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+               "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"),
+    "gemma": ("{{ '<bos>' }}{% set ns = namespace(system=none) %}{% for m in messages %}"
+              "{% if m['role'] == 'system' %}{% set ns.system = m['content'] | trim %}{% else %}"
+              "{% set content = m['content'] | trim %}{% if m['role'] == 'user' and ns.system is not none %}"
+              "{% set content = (ns.system + '\n\n' + content) | trim %}{% set ns.system = none %}{% endif %}"
+              "{{ '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n' + content + "
+              "'<end_of_turn>\n' }}{% endif %}{% endfor %}"
+              "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"),
+    "alpaca": ("{% set ns = namespace(pre=none) %}{% for m in messages %}{% if m['role'] == 'system' and ns.pre is "
+               "none %}{% set ns.pre = m['content'] %}{% endif %}{% endfor %}{{ '" + ALPACA_PREAMBLE + "' if ns.pre is "
+               "none else ns.pre }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '\n\n### Instruction:\n' + "
+               "m['content'] }}{% elif m['role'] == 'assistant' %}{{ '\n\n### Response:\n' + m['content'] + "
+               "'<|endoftext|>' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '\n\n### Response:\n' }}"
+               "{% endif %}"),
+}
 
 TEMPLATES: dict[str, ChatTemplate] = {
     "llama3": ChatTemplate("llama3", "llama3", ("<|eot_id|>", "<|end_of_text|>", "<|eom_id|>")),

@@ -102,13 +102,17 @@ def bpe_to_tokenizer_json(tok: BPETokenizer) -> dict[str, Any]:
 def save_pretrained(tok: Tokenizer, folder: PathLike, chat_template: str | None = None,
                     model_max_length: int | None = None) -> Path:
     """Write ``tok`` into a Hugging Face folder: ``tokenizer.json`` and ``tokenizer_config.json`` (bos/eos names,
-    the Jinja ``chat_template`` when given); a ``BPETokenizer`` also as GPT-2's ``vocab.json`` + ``merges.txt``."""
+    the Jinja ``chat_template``: by default the one of the chat markers the tokenizer has, none for a tokenizer
+    without them); a ``BPETokenizer`` also as GPT-2's ``vocab.json`` + ``merges.txt``."""
+    from .chat import chat_template_for
+    if chat_template is None and chat_template_for(tok).name != "alpaca":
+        chat_template = chat_template_for(tok).jinja
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(tok, BPETokenizer):
-        spec, eos, bos = bpe_to_tokenizer_json(tok), tok.eos_id, None
+        spec = bpe_to_tokenizer_json(tok)
         tok.to_gpt2_files(folder / "vocab.json", folder / "merges.txt")
-        eos_name = next((n for n, i in tok.special_tokens.items() if i == eos), None)
+        eos_name = next((n for n, i in tok.special_tokens.items() if i == tok.eos_id), None)
         bos_name = None
         atomic_write_text(folder / "tokenizer.json", json.dumps(spec, ensure_ascii=False) + "\n")
     elif isinstance(tok, HFTokenizer):
