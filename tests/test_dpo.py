@@ -157,7 +157,7 @@ def test_load_preference_data_errors(tmp_path):
     p.write_text("{not json")
     with pytest.raises(ValueError, match="neither a JSON list"):
         dpo.load_preference_data(p)
-    with pytest.raises(FileNotFoundError, match="preference data not found"):
+    with pytest.raises(FileNotFoundError, match="not found"):
         dpo.load_preference_data(tmp_path / "missing.json")
     p.write_text("\n".join(json.dumps(r) for r in dpo.demo_preferences(3)))      # JSON Lines
     assert len(dpo.load_preference_data(p)) == 3

@@ -34,7 +34,7 @@ import autograd as ag
 from autograd import Tensor
 from autograd import functional as F
 
-from .instruct import RESPONSE_HEADER, collate, format_input, split_instruction_data
+from .instruct import RESPONSE_HEADER, collate, format_input, load_records, split_instruction_data
 
 __all__ = ["load_preference_data", "PreferenceDataset", "collate_preferences", "sequence_logprobs",
            "dpo_loss", "preference_metrics", "evaluate_preferences", "frozen_copy", "demo_preferences",
@@ -43,27 +43,7 @@ __all__ = ["load_preference_data", "PreferenceDataset", "collate_preferences", "
 
 def load_preference_data(path: str) -> list[dict]:
     """A JSON list (or JSON Lines) of {"instruction", "input", "chosen", "rejected"} records; checks each one."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"preference data not found: {p}")
-    text = p.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            data = [json.loads(line) for line in text.splitlines() if line.strip()]
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}: neither a JSON list nor JSON Lines: {e}") from None
-    if not isinstance(data, list) or not data:
-        raise ValueError(f"{p}: expected a non-empty JSON list of records with instruction, input, chosen, rejected")
-    for i, r in enumerate(data):
-        missing = [k for k in ("instruction", "chosen", "rejected") if not isinstance(r, dict)
-                   or not isinstance(r.get(k), str)]
-        if missing:
-            raise ValueError(f"{p}: record {i} needs string fields {missing} (a preference record has "
-                             f"instruction, input, chosen, rejected), got {sorted(r) if isinstance(r, dict) else r}")
-        r.setdefault("input", "")
-    return data
+    return load_records(path, ("instruction", "chosen", "rejected"))
 
 
 class PreferenceDataset:

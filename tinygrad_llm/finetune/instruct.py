@@ -37,7 +37,8 @@ import numpy as np
 
 from ..tokenizer.chat import ALPACA_INSTRUCTION, ALPACA_PREAMBLE, ALPACA_RESPONSE
 
-__all__ = ["format_input", "format_example", "RESPONSE_HEADER", "load_instruction_data", "split_instruction_data",
+__all__ = ["format_input", "format_example", "RESPONSE_HEADER", "load_records", "load_instruction_data",
+           "split_instruction_data",
            "InstructionDataset", "collate", "generate_response", "generate_responses"]
 
 # the same strings as the chat template "alpaca" (a served instruction-tuned model sees exactly this format)
@@ -57,9 +58,11 @@ def format_example(entry: dict) -> tuple[str, str]:
     return format_input(entry) + RESPONSE_HEADER, str(entry.get("output", ""))
 
 
-def load_instruction_data(path: str | os.PathLike) -> list[dict]:
-    """A JSON list of {"instruction", "input", "output"} records (JSON Lines also accepted); checks each record."""
+def load_records(path: str | os.PathLike, fields: Sequence[str] = ("instruction", "output")) -> list[dict]:
+    """A JSON list (or JSON Lines) of records that each have the string ``fields``; "input" defaults to ""."""
     p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"data file not found: {p}")
     text = p.read_text(encoding="utf-8")
     try:
         data = json.loads(text)
@@ -68,14 +71,21 @@ def load_instruction_data(path: str | os.PathLike) -> list[dict]:
             data = [json.loads(line) for line in text.splitlines() if line.strip()]
         except json.JSONDecodeError as e:
             raise ValueError(f"{p}: neither a JSON list nor JSON Lines: {e}") from None
+    wanted = ", ".join(fields)
     if not isinstance(data, list) or not data:
-        raise ValueError(f"{p}: expected a non-empty JSON list of records with instruction / input / output")
+        raise ValueError(f"{p}: expected a non-empty JSON list of records with {wanted} (and input)")
     for i, r in enumerate(data):
-        if not isinstance(r, dict) or "instruction" not in r or "output" not in r:
-            raise ValueError(f"{p}: record {i} needs 'instruction' and 'output' keys ('input' may be empty), "
-                             f"got {r if not isinstance(r, dict) else sorted(r)}")
+        missing = [k for k in fields if not isinstance(r, dict) or not isinstance(r.get(k), str)]
+        if missing:
+            raise ValueError(f"{p}: record {i} needs string fields {missing} ('input' may be empty), "
+                             f"got {sorted(r) if isinstance(r, dict) else r}")
         r.setdefault("input", "")
     return data
+
+
+def load_instruction_data(path: str | os.PathLike) -> list[dict]:
+    """A JSON list of {"instruction", "input", "output"} records (JSON Lines also accepted); checks each record."""
+    return load_records(path, ("instruction", "output"))
 
 
 def split_instruction_data(data: list, train: float = 0.85, test: float = 0.10) -> tuple[list, list, list]:
