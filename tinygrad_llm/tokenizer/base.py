@@ -19,7 +19,7 @@ import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Collection, Iterable, Literal, Mapping, Union
+from typing import Any, Callable, Collection, Iterable, Literal, Mapping, Union
 
 FORMAT_NAME = "tinygrad-llm-tokenizer"
 
@@ -177,6 +177,39 @@ def resolve_allowed(allowed_special: AllowedSpecial, specials: Collection[str], 
     if unknown:
         raise ValueError(f"{where}: unknown special tokens {sorted(unknown)}; this tokenizer has {sorted(specials)}")
     return allowed
+
+
+_CACHE_LIMIT = 200_000      # words kept in an encode cache before it is cleared (bounds memory on huge corpora)
+
+
+def encode_around(text: str, pat, token_id: Callable[[Any], int], encode_ordinary: Callable[[str], list[int]]
+                  ) -> list[int]:
+    """Ids of ``text`` where each match of ``pat`` is one token (``token_id(match)``) and the text between
+    matches goes through ``encode_ordinary``."""
+    out: list[int] = []
+    start = 0
+    for m in pat.finditer(text):
+        if m.start() > start:
+            out.extend(encode_ordinary(text[start:m.start()]))
+        out.append(token_id(m))
+        start = m.end()
+    if start < len(text):
+        out.extend(encode_ordinary(text[start:]))
+    return out
+
+
+def encode_words(words: Iterable[str], cache: dict, encode_word: Callable[[str], tuple[int, ...]]) -> list[int]:
+    """The concatenated ids of pre-tokenized ``words``, each encoded once and remembered in ``cache``."""
+    out: list[int] = []
+    for word in words:
+        ids = cache.get(word)
+        if ids is None:
+            ids = encode_word(word)
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[word] = ids
+        out.extend(ids)
+    return out
 
 
 def check_disallowed(text: str, disallowed: Collection[str], where: str) -> None:

@@ -7,10 +7,11 @@ Id layout (the same as GPT-2's, so GPT-2's files load without renumbering):
     ids 256 + M .. vocab_size-1  special tokens such as "<|endoftext|>" (GPT-2: 50256)
 
 Encoding: special tokens named in ``allowed_special`` are split out first (by default none: "<|endoftext|>" in
-user text is just text; pass ``allowed_special="all"`` for trusted text such as a training corpus); the rest is cut into pre-tokens ("words") by the regex `pattern`
-(GPT-2's by default); each word's UTF-8 bytes start as byte tokens and the lowest-rank adjacent pair present is merged
-(every non-overlapping occurrence, left to right) until no pair has a rank. That is GPT-2's own algorithm, so
-`from_gpt2_files` reproduces GPT-2's ids exactly. Words are cached, which makes repeated words nearly free.
+user text is just text; pass ``allowed_special="all"`` for trusted text such as a training corpus); the rest is
+cut into pre-tokens ("words") by the regex `pattern` (GPT-2's by default); each word's UTF-8 bytes start as byte
+tokens and the lowest-rank adjacent pair present is merged (every non-overlapping occurrence, left to right) until
+no pair has a rank (``apply_merges``). That is GPT-2's own algorithm, so `from_gpt2_files` reproduces GPT-2's ids
+exactly. Words are cached, which makes repeated words nearly free.
 
 JSON format (``to_dict`` / ``save``), version 1:
 
@@ -35,13 +36,13 @@ from typing import Any, Iterable, Mapping, Union
 import regex
 
 from .base import (FORMAT_NAME, AllowedSpecial, PathLike, Tokenizer, TokenizerFormatError, check_disallowed,
-                   check_header, check_ids, ids_to_list, lookup_ids, register_tokenizer, resolve_allowed)
+                   check_header, check_ids, encode_around, encode_words, ids_to_list, lookup_ids, register_tokenizer,
+                   resolve_allowed)
 from .bpe_train import GPT2_PATTERN, count_words, train_merges
 from .gpt2_files import read_gpt2_files, write_gpt2_files
 
 EOT = "<|endoftext|>"
 
-_CACHE_LIMIT = 200_000      # words kept in the encode cache before it is cleared (bounds memory on huge corpora)
 
 
 @register_tokenizer
@@ -189,31 +190,11 @@ class BPETokenizer(Tokenizer):
         if pat is None:
             names = sorted(allowed, key=len, reverse=True)
             pat = self._special_pats[allowed] = regex.compile("|".join(regex.escape(n) for n in names))
-        out: list[int] = []
-        start = 0
-        for m in pat.finditer(text):
-            if m.start() > start:
-                out.extend(self.encode_ordinary(text[start:m.start()]))
-            out.append(self.special_tokens[m.group()])
-            start = m.end()
-        if start < len(text):
-            out.extend(self.encode_ordinary(text[start:]))
-        return out
+        return encode_around(text, pat, lambda m: self.special_tokens[m.group()], self.encode_ordinary)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode ignoring special tokens (their names become ordinary bytes)."""
-        cache = self._cache
-        out: list[int] = []
-        extend = out.extend
-        for word in self._pat.findall(text):
-            ids = cache.get(word)
-            if ids is None:
-                ids = self._encode_word(word)
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[word] = ids
-            extend(ids)
-        return out
+        return encode_words(self._pat.findall(text), self._cache, self._encode_word)
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         try:

@@ -21,15 +21,14 @@ from typing import Any, Iterable, Mapping
 import regex
 
 from .base import (FORMAT_NAME, AllowedSpecial, PathLike, Tokenizer, TokenizerFormatError, atomic_write_text,
-                   check_disallowed, check_header, ids_to_list, lookup_ids, read_json, register_tokenizer,
-                   resolve_allowed)
+                   check_disallowed, check_header, encode_around, encode_words, ids_to_list, lookup_ids, read_json,
+                   register_tokenizer, resolve_allowed)
 from .bpe import apply_merges
 from .gpt2_files import bytes_to_unicode, unicode_to_bytes
 from .hf_parts import decoder_steps, is_byte_level, make_normalizer, make_pre_tokenizer
 
 __all__ = ["HFTokenizer"]
 
-_CACHE_LIMIT = 200_000
 _BYTE_TOKEN = regex.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
 
@@ -208,31 +207,12 @@ class HFTokenizer(Tokenizer):
                 alts.append(("\\s*" if t.get("lstrip") else "") + f"({regex.escape(n)})"
                             + ("\\s*" if t.get("rstrip") else ""))
             pat = self._split_pats[names] = regex.compile("|".join(alts))
-        out: list[int] = []
-        start = 0
-        for m in pat.finditer(text):
-            if m.start() > start:
-                out.extend(self.encode_ordinary(text[start:m.start()]))
-            name = next(g for g in m.groups() if g is not None)
-            out.append(int(self.added[name]["id"]))
-            start = m.end()
-        if start < len(text):
-            out.extend(self.encode_ordinary(text[start:]))
-        return out
+        return encode_around(text, pat, lambda m: int(self.added[next(g for g in m.groups() if g)]["id"]),
+                             self.encode_ordinary)
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode with no added-token splitting (every name is spelled out)."""
-        out: list[int] = []
-        cache = self._cache
-        for word in self._pre([self._normalize(text)]):
-            ids = cache.get(word)
-            if ids is None:
-                ids = self._encode_word(word)
-                if len(cache) >= _CACHE_LIMIT:
-                    cache.clear()
-                cache[word] = ids
-            out.extend(ids)
-        return out
+        return encode_words(self._pre([self._normalize(text)]), self._cache, self._encode_word)
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         try:
