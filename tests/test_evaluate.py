@@ -90,6 +90,9 @@ def test_judge_cli_and_errors(judge, tmp_path, capsys):
     assert "mean score 85.00" in capsys.readouterr().out and out.is_file()
     assert main(["finetune", "evaluate", "--responses", str(path), "--judge", judge, "--model", "nope"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["finetune", "evaluate", "--responses", str(path)]) == 2                # no --judge
+    assert main(["finetune", "evaluate"]) == 2
+    assert "--responses" in capsys.readouterr().err
     with socket.socket() as s:                                         # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]

@@ -249,6 +249,36 @@ def long_served(served):
     service.close()
 
 
+def test_unknown_methods_and_garbage_get_json_errors(served):
+    status, data = raw(served["port"], "DELETE", "/v1/models", None)
+    assert status == 405 and "DELETE" in json.loads(data)["error"]["message"]
+    with socket.create_connection(("127.0.0.1", served["port"]), timeout=10) as sock:
+        sock.sendall(b"THIS IS NOT HTTP\r\n\r\n")
+        reply = sock.recv(4096)
+    assert b'{"error": {"message": "Bad request' in reply              # (no status line: HTTP/0.9 rules)
+    assert get_json(served["url"] + "/health")["status"] == "ok"
+
+
+def test_a_full_queue_is_refused(long_served):
+    from tinygrad_llm.serve import Engine, EngineBusy, SamplingParams
+    engine = Engine(long_served["model"], long_served["tok"], max_active=1, max_queue=1)
+    try:
+        slow = SamplingParams(max_tokens=4000, ignore_eos=True)
+        first = engine.submit([1, 2], slow)
+        for _ in range(200):                                            # bounded: until the worker took it
+            if engine.stats["tokens"]:
+                break
+            time.sleep(0.02)
+        waiting = engine.submit([1, 2], slow)                           # fills the queue of one
+        with pytest.raises(EngineBusy, match="already waiting"):
+            engine.submit([1, 2], slow)
+        first.cancel()
+        waiting.cancel()
+        assert first.wait(30).finish_reason == "cancelled" and waiting.wait(30).finish_reason == "cancelled"
+    finally:
+        engine.close()
+
+
 def test_client_disconnect_mid_stream_cancels_generation(long_served):
     served = long_served
     port, service = served["port"], served["service"]

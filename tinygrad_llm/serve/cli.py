@@ -15,7 +15,7 @@ __all__ = ["configure_serve", "run_serve", "configure_chat", "run_chat"]
 def _model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_argument_group("model (one of)")
     src.add_argument("--checkpoint", help="a checkpoint folder (or output folder) of tinygrad-llm train/finetune")
-    src.add_argument("--init-from", help="a Hugging Face GPT-2 folder")
+    src.add_argument("--init-from", help="a Hugging Face folder (GPT-2, Llama 3, Qwen3, Gemma 3)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--max-tokens", type=int, default=512, help="default answer length limit (default 512)")
 
@@ -43,7 +43,8 @@ def _load(args: argparse.Namespace):
     from ..cli import UserError
     from .chat import load_for_serving
     if bool(args.checkpoint) == bool(args.init_from):
-        raise UserError("give the model: --checkpoint DIR (tinygrad-llm checkpoint) or --init-from DIR (GPT-2 folder)")
+        raise UserError("give the model: --checkpoint DIR (tinygrad-llm checkpoint) or --init-from DIR "
+                        "(Hugging Face folder)")
     if args.max_tokens < 1:
         raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")
     return load_for_serving(args.checkpoint, args.init_from, args.device)
@@ -58,10 +59,15 @@ def _name(args: argparse.Namespace) -> str:
 
 def run_serve(args: argparse.Namespace) -> int:
     from .server import ChatService, make_server
+    from ..cli import UserError
     model, tok = _load(args)
     service = ChatService(model, tok, name=args.model_name or _name(args), max_tokens=args.max_tokens,
                           max_active=args.max_active)
-    server = make_server(service, args.host, args.port, quiet=not args.verbose)
+    try:
+        server = make_server(service, args.host, args.port, quiet=not args.verbose)
+    except OSError as e:
+        service.close()
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     host, port = server.server_address[:2]
     print(f"serving {service.name!r} ({service.template.name} chat template) on http://{host}:{port}/ "
           f"(OpenAI API under /v1); Ctrl-C stops", file=sys.stderr, flush=True)

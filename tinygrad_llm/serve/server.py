@@ -20,9 +20,11 @@ tokenizer's ``encode`` and the chat template guarantee it), so "<|endoftext|>" t
 """
 from __future__ import annotations
 
+import html
 import json
 import sys
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .engine import EngineBusy, Engine
@@ -81,6 +83,7 @@ class ChatService:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "tinygrad-llm"
+    timeout = 120                            # seconds a socket read or write may wait (a silent client goes)
     service: ChatService                     # set on the subclass made by make_server
     quiet = True
 
@@ -101,6 +104,21 @@ class Handler(BaseHTTPRequestHandler):
 
     def _error(self, e: P.APIError) -> None:
         self._json(e.status, P.error_body(e))
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The base class's own refusals (a malformed request line, an unknown method) as JSON errors too."""
+        self.close_connection = True
+        if code == 501:                      # an HTTP method we do not implement
+            code, message = 405, f"method {self.command!r} is not allowed here; use GET or POST"
+        e = P.APIError(code, message or explain or HTTPStatus(code).phrase, type="invalid_request_error")
+        self.send_response(code)
+        body = json.dumps(P.error_body(e)).encode("utf-8")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _body(self) -> dict:
         length = self.headers.get("Content-Length")
@@ -132,7 +150,8 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         s = self.service
         if path in ("/", "/index.html"):
-            self._send(200, PAGE.replace("__MODEL__", s.name).encode("utf-8"), "text/html; charset=utf-8")
+            page = PAGE.replace("__MODEL__", html.escape(s.name))
+            self._send(200, page.encode("utf-8"), "text/html; charset=utf-8")
         elif path == "/v1/models":
             self._json(200, P.models_body(s.name, s.created, s.context_length))
         elif path == "/health":
