@@ -17,10 +17,12 @@ Switches (environment variables, read at first use):
 """
 from __future__ import annotations
 
-from . import adamw, attention, elementwise, matmul, norms, softmax  # noqa: F401  (each registers its kernels)
+from . import adamw, attention, elementwise, matmul, norms, philox, softmax  # noqa: F401  (each registers its kernels)
+from .graph import CUDAGraph, GraphCaptureError, graph, is_capturing
 from .matmul import set_tf32, tf32_enabled
 from .registry import available, get_kernel, kernel_for, kernel_names, register
 
-__all__ = ["get_kernel", "kernel_for", "register", "set_tf32", "tf32_enabled", "available", "KERNEL_NAMES"]
+__all__ = ["get_kernel", "kernel_for", "register", "set_tf32", "tf32_enabled", "available", "KERNEL_NAMES",
+           "CUDAGraph", "GraphCaptureError", "graph", "is_capturing"]
 
 KERNEL_NAMES = kernel_names()

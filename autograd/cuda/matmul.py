@@ -11,6 +11,9 @@ Leading (batch) axes that can be described by one stride (stride 0 for a broadca
 Compute types: float64 -> CUBLAS_COMPUTE_64F; float32 -> CUBLAS_COMPUTE_32F_FAST_TF32 when TF32 is enabled, else
 CUBLAS_COMPUTE_32F; float16 in and out -> CUBLAS_COMPUTE_32F (float32 accumulation on tensor cores).
 
+Every GEMM goes through ``cublas.py`` (our ctypes binding to CuPy's libcublas, with a preallocated workspace), so
+these products can be recorded into a CUDA graph (``graph.py``); CuPy's own cuBLAS wrappers refuse stream capture.
+
 TF32 switch: on by default on GPUs of compute capability >= 8.0 (Ampere, Hopper); ``set_tf32(False)`` or the
 environment variable ``TINYGRAD_LLM_TF32=0`` (read at first use) turns it off, for full float32 products.
 """
@@ -20,20 +23,14 @@ import os
 
 import numpy as np
 
+from . import cublas as _cb
 from ._common import require_cupy
+from .cublas import COMPUTE_32F as _COMPUTE_32F, COMPUTE_32F_FAST_TF32 as _COMPUTE_32F_FAST_TF32
+from .cublas import COMPUTE_64F as _COMPUTE_64F, OP_N as _OP_N, OP_T as _OP_T
+from .cublas import R_16F as _R_16F, R_32F as _R_32F, R_64F as _R_64F
 from .registry import register
 
-# cuBLAS / CUDA enum values (stable across CUDA 11-13); read from cupy_backends when present.
-_OP_N, _OP_T = 0, 1
-_R_16F, _R_32F, _R_64F = 2, 0, 1
-_COMPUTE_32F, _COMPUTE_32F_FAST_TF32, _COMPUTE_64F = 68, 77, 70
-_GEMM_DEFAULT = -1
-_POINTER_MODE_HOST = 0
-
 _tf32: bool | None = None   # None: not decided yet (decided on first use from the device and the env var)
-_cublas = None
-_ONE = {np.float32: np.array(1.0, np.float32), np.float64: np.array(1.0, np.float64)}
-_ZERO = {np.float32: np.array(0.0, np.float32), np.float64: np.array(0.0, np.float64)}
 
 
 def set_tf32(enabled: bool) -> None:
@@ -56,14 +53,6 @@ def tf32_enabled() -> bool:
             except Exception:
                 _tf32 = False
     return _tf32
-
-
-def _lib():
-    global _cublas
-    if _cublas is None:
-        from cupy_backends.cuda.libs import cublas
-        _cublas = cublas
-    return _cublas
 
 
 def _layout(x):
@@ -161,11 +150,7 @@ def _matmul_2d(cp, a, b, out_dtype):
         return None
     _, ct, st = _types(a.dtype)
     out = cp.empty((M, N), odt)
-    cublas = _lib()
-    handle = cp.cuda.device.get_cublas_handle()
-    cublas.setPointerMode(handle, _POINTER_MODE_HOST)
-    cublas.gemmEx(handle, lb[0], la[0], N, M, K, _ONE[st].ctypes.data, b.data.ptr, dt, lb[1], a.data.ptr, dt,
-                  la[1], _ZERO[st].ctypes.data, out.data.ptr, dc, N, ct, _GEMM_DEFAULT)
+    _cb.gemm_ex(lb[0], la[0], N, M, K, b.data.ptr, dt, lb[1], a.data.ptr, dt, la[1], out.data.ptr, dc, N, ct, st)
     return out
 
 
@@ -196,10 +181,6 @@ def _matmul(a, b, out, c_dtype):
         return out
     dt, ct, st = _types(dtype)
     dc = _R_32F if c_dtype is not None else dt
-    cublas = _lib()
-    handle = cp.cuda.device.get_cublas_handle()
-    cublas.setPointerMode(handle, _POINTER_MODE_HOST)
-    one, zero = _ONE[st].ctypes.data, _ZERO[st].ctypes.data
 
     # batched A times 2-D B, A row-major contiguous: one GEMM with M' = batch * M
     if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous:
@@ -208,19 +189,16 @@ def _matmul(a, b, out, c_dtype):
         if opb is None:
             b = cp.ascontiguousarray(b)
             opb, ldb = _OP_N, N
-        cublas.gemmEx(handle, opb, _OP_N, N, Mt, K, one, b.data.ptr, dt, ldb, a.data.ptr, dt, K,
-                      zero, out.data.ptr, dc, N, ct, _GEMM_DEFAULT)
+        _cb.gemm_ex(opb, _OP_N, N, Mt, K, b.data.ptr, dt, ldb, a.data.ptr, dt, K, out.data.ptr, dc, N, ct, st)
         return out
 
     a2, opa, lda, sa = _prepare(a, batch_shape)
     b2, opb, ldb, sb = _prepare(b, batch_shape)
     if nbatch == 1:
-        cublas.gemmEx(handle, opb, opa, N, M, K, one, b2.data.ptr, dt, ldb, a2.data.ptr, dt, lda,
-                      zero, out.data.ptr, dc, N, ct, _GEMM_DEFAULT)
+        _cb.gemm_ex(opb, opa, N, M, K, b2.data.ptr, dt, ldb, a2.data.ptr, dt, lda, out.data.ptr, dc, N, ct, st)
     else:
-        cublas.gemmStridedBatchedEx(handle, opb, opa, N, M, K, one, b2.data.ptr, dt, ldb, sb,
-                                    a2.data.ptr, dt, lda, sa, zero, out.data.ptr, dc, N, M * N,
-                                    nbatch, ct, _GEMM_DEFAULT)
+        _cb.gemm_strided_batched_ex(opb, opa, N, M, K, b2.data.ptr, dt, ldb, sb, a2.data.ptr, dt, lda, sa,
+                                    out.data.ptr, dc, N, M * N, nbatch, ct, st)
     return out
 
 
@@ -259,12 +237,8 @@ def colsum(x, out_dtype=None):
     dc = {np.dtype(np.float16): _R_16F, np.dtype(np.float32): _R_32F, np.dtype(np.float64): _R_64F}[odt]
     ct, st = (_COMPUTE_64F, np.float64) if dtype == np.float64 else (_COMPUTE_32F, np.float32)
     ones = _ones(M, dtype)
-    cublas = _lib()
-    handle = cp.cuda.device.get_cublas_handle()
-    cublas.setPointerMode(handle, _POINTER_MODE_HOST)
     # column-major view: x is x^T (N, M), ld N; out^T (N, 1) = x^T @ ones (M, 1)
-    cublas.gemmEx(handle, _OP_N, _OP_N, N, 1, M, _ONE[st].ctypes.data, x.data.ptr, dt, N, ones.data.ptr, dt, M,
-                  _ZERO[st].ctypes.data, out.data.ptr, dc, N, ct, _GEMM_DEFAULT)
+    _cb.gemm_ex(_OP_N, _OP_N, N, 1, M, x.data.ptr, dt, N, ones.data.ptr, dt, M, out.data.ptr, dc, N, ct, st)
     return out
 
 

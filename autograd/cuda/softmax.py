@@ -217,7 +217,11 @@ def cross_entropy_forward(logits, targets, ignore_index):
     if N:
         _mod.kernel("xent_fwd", _targs(logits.dtype))(
             (N,), (row_threads(V, 8),), (logits, tg, loss, lse, np.int32(V), np.int64(ignore_index)))
-    count = int(cp.count_nonzero(tg != ignore_index)) if N else 0
+    from .graph import is_capturing
+    if is_capturing():   # a CUDA graph cannot read the count back: a device value >= 1 (same mean: see CrossEntropy)
+        count = cp.maximum(cp.count_nonzero(tg != ignore_index), 1).astype(acc)
+    else:
+        count = int(cp.count_nonzero(tg != ignore_index)) if N else 0
     return loss.sum(), lse, count
 
 
