@@ -192,30 +192,24 @@ def embedding(ids, weight: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------------------------------------ dropout
 _default_rng = np.random.default_rng()
-_cupy_rngs: dict = {}  # id(numpy Generator) -> (the Generator, the CuPy generator seeded from it)
 
 
 def _keep_mask(shape, p: float, rng, like):
     """Boolean keep-mask (True with probability 1 - p) on ``like``'s device.
 
-    NumPy: drawn from ``rng`` (a ``numpy.random.Generator``; a module default when None). CuPy: a CuPy generator
-    seeded once from ``rng`` (one draw) is kept for that Generator, so a freshly seeded rng reproduces the masks.
+    NumPy: drawn from ``rng`` (a ``numpy.random.Generator``; a module default when None). CuPy: a counter-based
+    Philox generator with its state in device memory (``autograd/cuda/philox.py``), seeded once from ``rng`` (one
+    draw) and kept for that Generator, so a freshly seeded rng reproduces the masks and a CUDA graph draws a new
+    mask at every replay.
     """
+    r = rng if rng is not None else _default_rng
     if type(like) is np.ndarray:
-        r = rng if rng is not None else _default_rng
         note_rng(r)                              # activation checkpointing replays this draw
         return r.random(shape, dtype=np.float32) >= p
-    import cupy as cp
-    if rng is None:
-        gen = cp.random
-    else:
-        entry = _cupy_rngs.get(id(rng))
-        if entry is None or entry[0] is not rng:
-            entry = (rng, cp.random.default_rng(int(rng.integers(0, 2**63 - 1))))
-            _cupy_rngs[id(rng)] = entry
-        gen = entry[1]
+    from .cuda.philox import generator_for
+    gen = generator_for(r)
     note_rng(gen)
-    return gen.random(shape, dtype=cp.float32) >= p
+    return gen.keep_mask(shape, p)
 
 
 def dropout(x: Tensor, p: float, training: bool = True, rng: np.random.Generator | None = None) -> Tensor:
