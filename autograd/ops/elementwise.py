@@ -104,12 +104,12 @@ class Pow(_Binary):
     def backward(self, gz):
         x, y = self.inputs
         gx = gy = None
-        if self.needs_input_grad[0]:
-            gx = sum_to(Where.apply(0.0, gz * y * x ** (y - 1), cond=y.data == 0), x.shape)
-        if self.needs_input_grad[1]:
-            xp = backend.xp_of(x.data)
-            zero_base = (x.data == 0) & (y.data >= 0)
-            with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore"):  # the masked 0 * inf and log(0) of PyTorch's rule
+            if self.needs_input_grad[0]:
+                gx = sum_to(Where.apply(0.0, gz * y * x ** (y - 1), cond=y.data == 0), x.shape)
+            if self.needs_input_grad[1]:
+                xp = backend.xp_of(x.data)
+                zero_base = (x.data == 0) & (y.data >= 0)
                 log_x = Log.apply(x)
                 gy = sum_to(Where.apply(0.0, gz * self.output() * log_x, cond=xp.broadcast_to(zero_base, gz.shape)),
                             y.shape)

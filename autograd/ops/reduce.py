@@ -1,7 +1,8 @@
 """Reductions with ``axis`` (int, tuple or None) and ``keepdims``: sum, mean, max, min, var, std, prod, logsumexp;
 the scan cumsum; and the non-differentiable any, all (``any_true``, ``all_true`` here), argmax, argmin.
 
-Over an empty axis, mean and var give nan (0/0) and sum gives 0, as in PyTorch; max and min raise. Integer and
+Over an empty axis, mean and var give nan (0/0) and sum gives 0, as in PyTorch; max and min raise. var with
+n - ddof <= 0 divides by 0: nan for n = 1, inf otherwise, in forward and backward alike. Integer and
 boolean tensors sum to int64; their mean and var are float32 (PyTorch raises there; NumPy gives float64).
 """
 from __future__ import annotations
@@ -37,8 +38,8 @@ def _count(shape, axes) -> int:
 
 
 def _ratio(a: float, n: int) -> float:
-    """a / n, nan for n = 0 (a mean over nothing), so backward never divides by zero."""
-    return a / n if n > 0 else float("nan")
+    """a / n, inf for n = 0 (as PyTorch's float division: the gradients become inf or nan, never an exception)."""
+    return a / n if n > 0 else float("inf")
 
 
 class _Reduction(Function):
@@ -114,7 +115,8 @@ class Var(_Reduction):
     def backward(self, gy):
         x = self.inputs[0]
         centered = x - x.mean(axis=self.axes, keepdims=True)
-        return _expand_back(gy, x.shape, self.axes) * centered * _ratio(2.0, self.denominator)
+        with np.errstate(invalid="ignore"):  # inf * 0 = nan when n - ddof <= 0
+            return _expand_back(gy, x.shape, self.axes) * centered * _ratio(2.0, self.denominator)
 
 
 class Prod(_Reduction):
