@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import backend
+from . import backend, dtypes
 from .grad_mode import _GradMode
 
 
@@ -92,24 +92,34 @@ class Function:
 
 
 def _as_tensors(inputs, op_name):
-    """Wrap non-Tensor inputs: Python scalars take the dtype and device of the first Tensor input."""
-    like = None
-    for x in inputs:
-        if isinstance(x, Tensor):
-            like = x
-            break
-    out = []
+    """Wrap non-Tensor inputs as Tensors. A Python scalar becomes a 0-d array of the dtype the op computes in
+    (``dtypes.result_type``: ``int_tensor + 1`` stays integer, ``int_tensor + 0.5`` is float32) on the device of
+    the Tensor inputs; arrays and lists become Tensors of their own dtype."""
+    out, scalars = [], []
     for x in inputs:
         if isinstance(x, Tensor):
             out.append(x)
-        elif isinstance(x, (int, float, bool)) and like is not None:
-            xp = backend.xp_of(like.data)
-            dtype = like.dtype if like.dtype.kind == "f" else backend.default_float_dtype()
-            out.append(Tensor(xp.asarray(x, dtype=dtype)))
         elif x is None:
             raise TypeError(f"{op_name}: got None where a Tensor was expected")
+        elif dtypes.is_scalar(x):
+            scalars.append(len(out))
+            out.append(x)
         else:
-            out.append(Tensor(x))
+            try:
+                out.append(Tensor(x))
+            except TypeError as e:
+                raise TypeError(f"{op_name}: {e}") from None
+    if scalars:
+        like = next((t for t in out if isinstance(t, Tensor)), None)
+        if like is None:
+            for i in scalars:
+                out[i] = Tensor(out[i])
+        else:
+            dtype = dtypes.result_type(*out)
+            xp = backend.xp_of(like.data)
+            with backend.device_scope(like.data):
+                for i in scalars:
+                    out[i] = Tensor(xp.asarray(out[i], dtype=dtype))
     return out
 
 
