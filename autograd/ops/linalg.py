@@ -40,6 +40,9 @@ def matmul(x: Tensor, y: Tensor) -> Tensor:
     """``x @ y``; a 1-D operand is treated as a row (left) or column (right) vector, as NumPy does."""
     x = x if isinstance(x, Tensor) else Tensor(x)
     y = y if isinstance(y, Tensor) else Tensor(y)
+    if x.ndim == 0 or y.ndim == 0 or x.shape[-1] != y.shape[-2 if y.ndim > 1 else 0]:  # the user's shapes
+        raise ValueError(f"matmul: shapes {x.shape} and {y.shape} do not fit (need (..., n, k) @ (..., k, m); "
+                         "a 1-D operand is a vector of k)")
     if x.ndim == 1 and y.ndim == 1:
         return squeeze(MatMul.apply(unsqueeze(x, 0), unsqueeze(y, 1)), (0, 1))
     if x.ndim == 1:
