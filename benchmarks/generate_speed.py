@@ -5,7 +5,8 @@
 
 Both models have GPT-2 124M's shape with random weights (speed does not depend on them), greedy decoding
 (temperature 0: argmax), the same prompt. Ours: ``tl.generate(..., use_cache=True)`` (prefill, then one token a
-step against the cache; the argmax runs on the host from the last position's logits). PyTorch: the same
+step against the cache; the argmax runs on the host from the last position's logits), twice: the decode step
+eager and replayed from a CUDA graph (``tinygrad_llm/model/graph_decode.py``; its capture is inside the timing). PyTorch: the same
 architecture with preallocated (B, H, T_max, D) key/value buffers written in place at each position, SDPA over the
 filled prefix, argmax on the GPU, no graph, no compile. Reported: new tokens per second over the whole call
 (prefill included) and ms per decode step, median of ``--repeat`` runs after one warm-up.
@@ -25,10 +26,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 SHAPE = dict(vocab_size=50257, context_length=1024, n_layer=12, n_head=12, n_embd=768)
 
 
-def bench_ours(batch, prompt, new, repeat, dtype):
+def bench_ours(batch, prompt, new, repeat, dtype, graphs=True):
+    """Ours with the decode step replayed from a CUDA graph (``graphs``) or eager (TINYGRAD_LLM_CUDA_GRAPHS=0)."""
     import cupy as cp
 
     import tinygrad_llm as tl
+    os.environ["TINYGRAD_LLM_CUDA_GRAPHS"] = "1" if graphs else "0"
     cfg = tl.GPTConfig(**SHAPE, dropout=0.0)
     model = tl.GPT(cfg, seed=0, dtype=np.dtype(dtype), device="cuda")
     idx = cp.asarray(np.random.default_rng(0).integers(0, SHAPE["vocab_size"], (batch, prompt)))
@@ -92,15 +95,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rows = []
     for b in args.batch:
-        ours = bench_ours(b, args.prompt, args.new, args.repeat, args.dtype)
+        eager = bench_ours(b, args.prompt, args.new, args.repeat, args.dtype, graphs=False)
+        graph = bench_ours(b, args.prompt, args.new, args.repeat, args.dtype, graphs=True)
         ref = None if args.no_torch else bench_torch(b, args.prompt, args.new, args.repeat, args.dtype)
-        rows.append((b, ours, ref))
-    print(f"\nGPT-2 124M shape, {args.dtype}, prompt {args.prompt}, {args.new} new tokens, greedy, KV cache")
-    print(f"{'batch':>5s} {'ours tok/s':>11s} {'ms/token':>9s} {'torch tok/s':>12s} {'ms/token':>9s} {'ratio':>6s}")
-    for b, ours, ref in rows:
-        r = f"{ref / ours:6.2f}" if ref else "     -"   # ours / torch in tokens/s
-        rt = f"{b * args.new / ref:12.0f} {1000 * ref / args.new:9.2f}" if ref else f"{'-':>12s} {'-':>9s}"
-        print(f"{b:5d} {b * args.new / ours:11.0f} {1000 * ours / args.new:9.2f} {rt} {r}")
+        rows.append((b, eager, graph, ref))
+    print(f"\nGPT-2 124M shape, {args.dtype}, prompt {args.prompt}, {args.new} new tokens, greedy, KV cache "
+          "(tokens/s over the whole call; ratio: ours graph / torch)")
+    print(f"{'batch':>5s} {'ours eager':>11s} {'ours graph':>11s} {'torch':>9s} {'ratio':>6s}")
+    for b, eager, graph, ref in rows:
+        tok = b * args.new
+        r = f"{ref / graph:6.2f}" if ref else "     -"
+        rt = f"{tok / ref:9.0f}" if ref else f"{'-':>9s}"
+        print(f"{b:5d} {tok / eager:11.0f} {tok / graph:11.0f} {rt} {r}")
 
 
 if __name__ == "__main__":

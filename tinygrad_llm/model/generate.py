@@ -17,6 +17,8 @@ import numpy as np
 
 from autograd import Tensor, backend, no_grad
 
+from .graph_decode import graph_decoder
+
 __all__ = ["generate", "sample_next"]
 
 
@@ -71,11 +73,14 @@ def generate(model, idx, max_new_tokens: int, temperature: float = 0.0, top_k: i
         with no_grad():
             fits = use_cache and seq.shape[1] <= ctx
             cache = model.new_cache(b, seq.shape[1] + max_new_tokens) if fits else None
+            decode = graph_decoder(model, cache)                   # None unless a GPU and a GPT-2-style model
             for _ in range(max_new_tokens):
                 t = seq.shape[1]
                 if cache is not None and t > ctx:
                     cache = None                                   # window full: recompute from now on
-                if cache is not None:
+                if cache is not None and decode is not None and t - cache.pos == 1:
+                    logits = decode(seq[:, -1:])                   # one new token: the step replayed as a CUDA graph
+                elif cache is not None:
                     logits = model(seq[:, cache.pos:], cache=cache, last_only=True)
                 else:
                     logits = model(seq[:, -ctx:], last_only=True)
