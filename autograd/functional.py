@@ -25,6 +25,7 @@ from . import amp as _amp
 from . import backend
 from .checkpoint import note_rng
 from .ops import nn as _nn
+from .ops import axes as _axes
 from .ops import elementwise as _ew
 from .tensor import Tensor
 
@@ -53,9 +54,7 @@ def _int_array(a, op: str, what: str, like: Tensor):
 
 
 def _check_axis(op: str, axis: int, ndim: int) -> int:
-    if not isinstance(axis, (int, np.integer)) or not -ndim <= axis < max(ndim, 1):
-        raise ValueError(f"{op}: axis {axis!r} is out of range for a tensor with {ndim} dimensions")
-    return int(axis) % max(ndim, 1)
+    return _axes.normalize_axis(op, axis, (1,) * ndim)
 
 
 # ------------------------------------------------------------------------------------------------------ activations
@@ -102,16 +101,23 @@ def bias_gelu(x: Tensor, b: Tensor) -> Tensor:
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
     """exp(x) / sum(exp(x)) over ``axis``, stable (max subtracted), float32 statistics for float16 inputs."""
     x = _t(x)
-    return _nn.Softmax.apply(x, axis=_check_axis("softmax", axis, x.ndim))
+    axis = _check_axis("softmax", axis, x.ndim)
+    if x.ndim == 0:  # PyTorch accepts a 0-d tensor: its softmax is 1
+        return softmax(x.reshape(1), 0).reshape(())
+    return _nn.Softmax.apply(x, axis=axis)
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
     """x - logsumexp(x) over ``axis``, stable."""
     x = _t(x)
-    return _nn.LogSoftmax.apply(x, axis=_check_axis("log_softmax", axis, x.ndim))
+    axis = _check_axis("log_softmax", axis, x.ndim)
+    if x.ndim == 0:
+        return log_softmax(x.reshape(1), 0).reshape(())
+    return _nn.LogSoftmax.apply(x, axis=axis)
 
 
-def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy of ``logits`` (N, V) or (B, T, V) against integer ``targets`` (N,) or (B, T).
 
     ``reduction='mean'`` averages over targets that are not ``ignore_index``; if every target is ignored the loss
@@ -122,6 +128,8 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
     logits = _t(logits)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if label_smoothing or _loss.is_probability_target(targets, logits):  # composed: see ops/loss.py
+        return _loss.cross_entropy_composed(logits, targets, ignore_index, reduction, label_smoothing)
     t = _int_array(targets, "cross_entropy", "targets (class indices)", logits)
     if logits.ndim < 2:
         raise ValueError(f"cross_entropy: logits must be (N, V) or (B, T, V), got shape {logits.shape}")
@@ -328,3 +336,15 @@ def merge_heads(y: Tensor) -> Tensor:
     if y.ndim != 4:
         raise ValueError(f"merge_heads: expected (B, H, T, D), got shape {y.shape}")
     return _nn.MergeHeads.apply(y)
+
+
+# ------------------------------------------------------------------------------------------------------ more ops
+from .ops import loss as _loss  # noqa: E402
+from .ops.activation import elu, hardswish, leaky_relu, logsigmoid, mish, softplus  # noqa: E402,F401
+from .ops.index import one_hot  # noqa: E402,F401
+from .ops.loss import (binary_cross_entropy, binary_cross_entropy_with_logits, l1_loss, mse_loss,  # noqa: E402,F401
+                       nll_loss)
+from .ops.movement import pad  # noqa: E402,F401
+
+__all__ += ["elu", "hardswish", "leaky_relu", "logsigmoid", "mish", "softplus", "one_hot", "binary_cross_entropy",
+            "binary_cross_entropy_with_logits", "l1_loss", "mse_loss", "nll_loss", "pad"]

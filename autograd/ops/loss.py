@@ -118,10 +118,10 @@ def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, pos_wei
     return _reduce("binary_cross_entropy_with_logits", losses if weight is None else losses * weight, reduction)
 
 
-def is_probability_target(target) -> bool:
-    """True for float targets: class probabilities (..., C), not class indices."""
+def is_probability_target(target, logits: Tensor) -> bool:
+    """True for float targets of the logits' shape: class probabilities (..., C), not class indices."""
     dtype = getattr(target, "dtype", None)
-    return dtype is not None and np.dtype(dtype).kind == "f"
+    return dtype is not None and np.dtype(dtype).kind == "f" and tuple(target.shape) == logits.shape
 
 
 def cross_entropy_composed(logits: Tensor, target, ignore_index: int = -100, reduction: str = "mean",
@@ -138,10 +138,8 @@ def cross_entropy_composed(logits: Tensor, target, ignore_index: int = -100, red
         raise ValueError(f"cross_entropy: logits need a class axis, got shape {x.shape}")
     log_p = x - x.logsumexp(axis=-1, keepdims=True)
     n_classes = x.shape[-1]
-    if is_probability_target(target):
+    if is_probability_target(target, x):
         q = _t(target)
-        if q.shape != x.shape:
-            raise ValueError(f"cross_entropy: probability targets of shape {q.shape} must match logits {x.shape}")
         if label_smoothing:
             q = q * (1.0 - label_smoothing) + label_smoothing / n_classes
         return _reduce("cross_entropy", -(q * log_p).sum(axis=-1), reduction)
