@@ -88,11 +88,13 @@ def sequence_logprobs(model, inputs, targets, average: bool = False, logits: Ten
     instead of running ``model``.
     """
     logits = model(inputs) if logits is None else logits
-    token_lp = -F.cross_entropy(logits, targets, reduction="none")       # (N, T), 0 where the target is -100
+    t = targets.data if isinstance(targets, Tensor) else targets
+    t = ag.backend.to_device(np.asarray(t) if not hasattr(t, "dtype") else t, logits.device)
+    token_lp = -F.cross_entropy(logits, t, reduction="none")             # (N, T), 0 where the target is -100
     total = token_lp.sum(axis=-1)
     if average:
-        t = targets.data if isinstance(targets, Tensor) else np.asarray(targets)
-        counts = np.maximum((np.asarray(t) != -100).sum(axis=-1), 1).astype(total.dtype)
+        xp = ag.backend.xp_of(t)
+        counts = xp.maximum((t != -100).sum(axis=-1), 1).astype(total.dtype)
         total = total / Tensor(counts)
     return total
 
@@ -105,10 +107,13 @@ def dpo_loss(policy_chosen: Tensor, policy_rejected: Tensor, ref_chosen, ref_rej
     """
     if beta <= 0:
         raise ValueError(f"dpo_loss: beta must be > 0, got {beta}")
-    rc = ref_chosen.data if isinstance(ref_chosen, Tensor) else ref_chosen
-    rr = ref_rejected.data if isinstance(ref_rejected, Tensor) else ref_rejected
-    chosen = (policy_chosen - Tensor(rc)) * beta
-    rejected = (policy_rejected - Tensor(rr)) * beta
+    def const(r) -> Tensor:                                # a reference value on the policy's device and dtype
+        a = r.data if isinstance(r, Tensor) else r
+        a = a if hasattr(a, "dtype") else np.asarray(a)
+        return Tensor(ag.backend.to_device(a, policy_chosen.device).astype(policy_chosen.dtype, copy=False))
+    rc, rr = const(ref_chosen), const(ref_rejected)
+    chosen = (policy_chosen - rc) * beta
+    rejected = (policy_rejected - rr) * beta
     z = chosen - rejected
     # -log sigmoid(z) = log(exp(0) + exp(-z)): a logsumexp is stable for any z and smooth at z = 0, where training
     # starts (relu(-z) + log(1 + exp(-|z|)) has a zero subgradient there)

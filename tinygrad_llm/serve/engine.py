@@ -163,6 +163,7 @@ class Engine:
         self.max_active = int(max_active)
         self._inbox: queue.Queue = queue.Queue(maxsize=max_queue)
         self._stop = threading.Event()
+        # counters, written by the worker thread only
         self.stats = {"requests": 0, "finished": 0, "cancelled": 0, "errors": 0, "tokens": 0}
         model.eval()
         self._thread = threading.Thread(target=self._loop, name="tinygrad-llm-engine", daemon=True)
@@ -182,7 +183,6 @@ class Engine:
             self._inbox.put_nowait(req)
         except queue.Full:
             raise EngineBusy(f"{self._inbox.maxsize} requests are already waiting; retry later") from None
-        self.stats["requests"] += 1
         return req
 
     def close(self, timeout: float = 5.0) -> None:
@@ -193,16 +193,14 @@ class Engine:
     def _loop(self) -> None:
         active: list[Request] = []
         while not self._stop.is_set():
-            if not active:
-                try:
-                    active.append(self._inbox.get(timeout=0.1))
-                except queue.Empty:
-                    continue
             while len(active) < self.max_active:
                 try:
-                    active.append(self._inbox.get_nowait())
+                    active.append(self._inbox.get(timeout=0.1) if not active else self._inbox.get_nowait())
+                    self.stats["requests"] += 1
                 except queue.Empty:
                     break
+            if not active:
+                continue
             for req in list(active):
                 try:
                     done = self._advance(req)
