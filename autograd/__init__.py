@@ -12,7 +12,7 @@ from .checkpoint import checkpoint
 from .function import Function
 from .grad_mode import enable_grad, is_grad_enabled, no_grad
 from .gradcheck import GradcheckError, gradcheck, gradgradcheck, numerical_grad
-from .tensor import Tensor, tensor
+from .tensor import Tensor, as_tensor, tensor
 from .ops.creation import (arange, eye, full, full_like, manual_seed, ones, ones_like, rand, randint, randn, zeros,
                            zeros_like)
 from .ops.einsum import einsum
@@ -33,6 +33,6 @@ __all__ = [
     "arange", "eye", "full", "full_like", "zeros_like", "ones_like", "rand", "randint", "manual_seed", "einsum",
     "gather", "scatter", "scatter_add", "one_hot", "flip", "roll", "tile", "pad", "tril", "triu", "isnan", "isinf",
     "isfinite", "lerp", "all", "any", "argmax", "argmin", "std", "flatten", "squeeze", "unsqueeze", "transpose",
-    "argsort", "sort", "topk", "concat",
+    "argsort", "sort", "topk", "concat", "as_tensor",
 ]
 concat = concatenate  # PyTorch's other name

@@ -416,6 +416,11 @@ def tensor(data, dtype=None, device: str | None = None, requires_grad: bool = Fa
     return Tensor(data, requires_grad=requires_grad, dtype=dtype, device=device)
 
 
+def as_tensor(x) -> Tensor:
+    """x itself when it is a Tensor, else a new leaf made from it (no copy of an ndarray)."""
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
 
 from . import dtypes  # noqa: E402
 from .ops import elementwise as _ew  # noqa: E402  (ops subclass Function, which imports Tensor)

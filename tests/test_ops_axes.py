@@ -31,7 +31,7 @@ AXIS_OPS = {
 @pytest.mark.parametrize("name", sorted(AXIS_OPS))
 @pytest.mark.parametrize("axis", [2, -3, 77])
 def test_out_of_range_axis_names_op_axis_and_shape(name, axis):
-    with pytest.raises(AxisError, match=rf"axis -?\d+ is out of range for a tensor of shape \((\d+, )*\d+\)") as e:
+    with pytest.raises(AxisError, match=r"axis -?\d+ is out of range for a tensor of shape \((\d+, )*\d+\)") as e:
         AXIS_OPS[name](axis)
     assert str(e.value).startswith(name + ":")
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 
 from .. import backend
 from ..function import Function
-from ..tensor import Tensor
+from ..tensor import Tensor, as_tensor
 from .elementwise import Sigmoid, Tanh, Where, _float
-
-
-def _t(x) -> Tensor:
-    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 class LeakyRelu(Function):
@@ -99,29 +95,29 @@ class Hardswish(Function):
 
 def leaky_relu(x: Tensor, negative_slope: float = 0.01) -> Tensor:
     """x for x > 0, else negative_slope * x."""
-    return LeakyRelu.apply(_t(x), negative_slope=float(negative_slope))
+    return LeakyRelu.apply(as_tensor(x), negative_slope=float(negative_slope))
 
 
 def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
     """x for x > 0, else alpha * (exp(x) - 1)."""
-    return Elu.apply(_t(x), alpha=float(alpha))
+    return Elu.apply(as_tensor(x), alpha=float(alpha))
 
 
 def softplus(x: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
     """log(1 + exp(beta x)) / beta, linear where beta x > threshold (PyTorch's defaults)."""
-    return Softplus.apply(_t(x), beta=float(beta), threshold=float(threshold))
+    return Softplus.apply(as_tensor(x), beta=float(beta), threshold=float(threshold))
 
 
 def logsigmoid(x: Tensor) -> Tensor:
     """log(sigmoid(x)), stable for large |x|."""
-    return LogSigmoid.apply(_t(x))
+    return LogSigmoid.apply(as_tensor(x))
 
 
 def mish(x: Tensor) -> Tensor:
     """x * tanh(softplus(x))."""
-    return Mish.apply(_t(x))
+    return Mish.apply(as_tensor(x))
 
 
 def hardswish(x: Tensor) -> Tensor:
     """x * relu6(x + 3) / 6 (MobileNetV3's cheap swish)."""
-    return Hardswish.apply(_t(x))
+    return Hardswish.apply(as_tensor(x))

@@ -7,7 +7,7 @@ import string
 
 from .. import backend
 from ..function import Function
-from ..tensor import Tensor
+from ..tensor import Tensor, as_tensor
 from .shape import broadcast_to, reshape
 
 
@@ -74,7 +74,7 @@ def einsum(equation: str, *operands) -> Tensor:
     """Einstein summation over Tensors, as ``numpy.einsum`` / ``torch.einsum`` (ellipsis included)."""
     if len(operands) == 1 and isinstance(operands[0], (list, tuple)):
         operands = tuple(operands[0])
-    xs = [x if isinstance(x, Tensor) else Tensor(x) for x in operands]
+    xs = [as_tensor(x) for x in operands]
     eq = _explicit(equation, [x.shape for x in xs])
     if any(x.requires_grad for x in xs) and any(len(set(t)) != len(t) for t in eq.split("->")[0].split(",")):
         raise NotImplementedError(f"einsum: {equation!r} repeats a letter inside one operand (a diagonal); that "

@@ -11,17 +11,18 @@ import numpy as np
 
 from .. import backend
 from ..function import Function
-from ..tensor import Tensor
+from ..tensor import Tensor, as_tensor
 from .axes import normalize_axis
 from .shape import GetItem, ScatterAdd
 
 
-def _index_array(op: str, index, like: Tensor):
+def integer_array(op: str, index, like: Tensor, what: str = "index"):
+    """An integer array (from a Tensor, ndarray or list) on ``like``'s device; a clear error for other dtypes."""
     a = index.data if isinstance(index, Tensor) else index
     if not hasattr(a, "dtype"):
         a = np.asarray(a)
     if a.dtype.kind not in "iu":
-        raise TypeError(f"{op}: index must be an integer tensor, got dtype {a.dtype}")
+        raise TypeError(f"{op}: {what} must be an integer tensor, got dtype {a.dtype}")
     if backend.device_of(a) != like.device:
         a = backend.to_device(a, like.device)
     return a
@@ -29,7 +30,7 @@ def _index_array(op: str, index, like: Tensor):
 
 def _along_axis(op: str, x: Tensor, axis, index) -> tuple:
     """The advanced-index tuple that picks ``x[..., index, ...]`` along ``axis`` (PyTorch's gather indexing)."""
-    idx = _index_array(op, index, x)
+    idx = integer_array(op, index, x)
     axis = normalize_axis(op, axis, x.shape)
     if idx.ndim != max(x.ndim, 1) and not (x.ndim == 0 and idx.ndim == 0):
         raise ValueError(f"{op}: index needs as many axes as the tensor ({x.ndim}), got index shape {idx.shape} "
@@ -58,7 +59,7 @@ def _along_axis(op: str, x: Tensor, axis, index) -> tuple:
 
 def gather(x: Tensor, axis: int, index) -> Tensor:
     """out[i][j] = x[index[i][j]][j] for axis 0 (and so on); out has index's shape. Gradient: scatter-add."""
-    x = x if isinstance(x, Tensor) else Tensor(x)
+    x = as_tensor(x)
     full, _ = _along_axis("gather", x, axis, index)
     if x.ndim == 0:
         return GetItem.apply(x, index=())
@@ -78,7 +79,7 @@ def _source(op: str, src, shape, like: Tensor) -> Tensor:
 def scatter_add(x: Tensor, axis: int, index, src) -> Tensor:
     """A copy of x with src[i][j] added at x[index[i][j]][j] (axis 0; repeated positions add up).
     Gradients: dx = g, dsrc = g gathered at index."""
-    x = x if isinstance(x, Tensor) else Tensor(x)
+    x = as_tensor(x)
     full, shape = _along_axis("scatter_add", x, axis, index)
     src = _source("scatter_add", src, shape, x)
     return x + ScatterAdd.apply(src, index=full, shape=x.shape, basic=False)
@@ -105,7 +106,7 @@ class Scatter(Function):
 
 def scatter(x: Tensor, axis: int, index, src) -> Tensor:
     """A copy of x with x[index[i][j]][j] = src[i][j] (axis 0); ``src`` a Tensor or a number."""
-    x = x if isinstance(x, Tensor) else Tensor(x)
+    x = as_tensor(x)
     full, shape = _along_axis("scatter", x, axis, index)
     return Scatter.apply(x, _source("scatter", src, shape, x), index=full)
 

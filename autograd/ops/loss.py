@@ -12,13 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from .. import backend
-from ..tensor import Tensor
+from ..tensor import Tensor, as_tensor
 from .activation import LogSigmoid
-from .index import gather
-
-
-def _t(x) -> Tensor:
-    return x if isinstance(x, Tensor) else Tensor(x)
+from .index import gather, integer_array
 
 
 def _reduce(op: str, losses: Tensor, reduction: str) -> Tensor:
@@ -38,7 +34,7 @@ def _same_shape(op: str, x: Tensor, target: Tensor) -> None:
 
 def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
     """(input - target)**2, reduced; input and target of one shape."""
-    x, t = _t(input), _t(target)
+    x, t = as_tensor(input), as_tensor(target)
     _same_shape("mse_loss", x, t)
     d = x - t
     return _reduce("mse_loss", d * d, reduction)
@@ -46,23 +42,17 @@ def mse_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
 
 def l1_loss(input: Tensor, target, reduction: str = "mean") -> Tensor:
     """|input - target|, reduced; input and target of one shape."""
-    x, t = _t(input), _t(target)
+    x, t = as_tensor(input), as_tensor(target)
     _same_shape("l1_loss", x, t)
     return _reduce("l1_loss", (x - t).abs(), reduction)
 
 
 def _class_targets(op: str, scores: Tensor, target):
     """Integer targets (...,) matching scores (..., C), as an array on scores' device."""
-    t = target.data if isinstance(target, Tensor) else target
-    if not hasattr(t, "dtype"):
-        t = np.asarray(t)
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"{op}: targets must be integer class indices, got dtype {t.dtype}")
+    t = integer_array(op, target, scores, "targets (class indices)")
     if scores.ndim < 1 or t.shape != scores.shape[:-1]:
         raise ValueError(f"{op}: targets of shape {t.shape} do not match input of shape {scores.shape} "
                          f"(expected targets of shape {scores.shape[:-1]}; classes on the last axis)")
-    if backend.device_of(t) != scores.device:
-        t = backend.to_device(t, scores.device)
     return t
 
 
@@ -79,7 +69,7 @@ def _masked_mean(op: str, losses: Tensor, valid, reduction: str, weights=None) -
 def nll_loss(log_probs: Tensor, target, weight=None, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     """-log_probs[..., target], optionally weighted per class (``weight`` (C,)); log_probs (..., C), target (...,).
     The weighted mean divides by the summed weights of the targets, as PyTorch."""
-    lp = _t(log_probs)
+    lp = as_tensor(log_probs)
     t = _class_targets("nll_loss", lp, target)
     xp = backend.xp_of(t)
     valid = t != ignore_index
@@ -99,7 +89,7 @@ def nll_loss(log_probs: Tensor, target, weight=None, ignore_index: int = -100, r
 def binary_cross_entropy(input: Tensor, target, weight=None, reduction: str = "mean") -> Tensor:
     """-(t log p + (1 - t) log(1 - p)) for probabilities p = ``input``; each log is clamped at -100 (PyTorch's
     guard, so p = 0 or 1 gives a finite loss)."""
-    p, t = _t(input), _t(target)
+    p, t = as_tensor(input), as_tensor(target)
     _same_shape("binary_cross_entropy", p, t)
     log_p = p.log().clip(-100.0, None)
     log_q = (1.0 - p).log().clip(-100.0, None)
@@ -110,7 +100,7 @@ def binary_cross_entropy(input: Tensor, target, weight=None, reduction: str = "m
 def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, pos_weight=None,
                                      reduction: str = "mean") -> Tensor:
     """binary_cross_entropy(sigmoid(x), t), stable for any x: (1 - t) x - (1 + (pos_weight - 1) t) logsigmoid(x)."""
-    x, t = _t(input), _t(target)
+    x, t = as_tensor(input), as_tensor(target)
     _same_shape("binary_cross_entropy_with_logits", x, t)
     log_sig = LogSigmoid.apply(x)
     scale = 1.0 if pos_weight is None else (pos_weight - 1.0) * t + 1.0
@@ -131,7 +121,7 @@ def cross_entropy_composed(logits: Tensor, target, ignore_index: int = -100, red
     Class-index targets (...,): (1 - s) nll + s mean_c(-log p_c) per target (s = ``label_smoothing``).
     Probability targets (..., C), same shape as logits: -sum_c q_c log p_c with q = (1 - s) target + s / C; the mean
     is over all rows (``ignore_index`` does not apply)."""
-    x = _t(logits)
+    x = as_tensor(logits)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     if x.ndim < 1:
@@ -139,7 +129,7 @@ def cross_entropy_composed(logits: Tensor, target, ignore_index: int = -100, red
     log_p = x - x.logsumexp(axis=-1, keepdims=True)
     n_classes = x.shape[-1]
     if is_probability_target(target, x):
-        q = _t(target)
+        q = as_tensor(target)
         if label_smoothing:
             q = q * (1.0 - label_smoothing) + label_smoothing / n_classes
         return _reduce("cross_entropy", -(q * log_p).sum(axis=-1), reduction)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from .. import backend
 from ..function import Function
-from ..tensor import Tensor
+from ..tensor import Tensor, as_tensor
 from .axes import normalize_axes, normalize_axis
 from .shape import reshape
-
-
-def _t(x) -> Tensor:
-    return x if isinstance(x, Tensor) else Tensor(x)
 
 
 class Flip(Function):
@@ -26,7 +22,7 @@ class Flip(Function):
 
 def flip(x: Tensor, axis) -> Tensor:
     """Reverse the order of elements along ``axis`` (an int or a tuple of ints; PyTorch's ``dims``)."""
-    x = _t(x)
+    x = as_tensor(x)
     return Flip.apply(x, axes=normalize_axes("flip", axis, x.shape))
 
 
@@ -45,7 +41,7 @@ class Roll(Function):
 
 def roll(x: Tensor, shifts, axis=None) -> Tensor:
     """Shift elements cyclically: ``shifts`` (int or tuple) along ``axis`` (int, tuple, or None = flattened)."""
-    x = _t(x)
+    x = as_tensor(x)
     if axis is None:
         if isinstance(shifts, (tuple, list)):
             raise ValueError(f"roll: without an axis, shifts must be one int, got {shifts!r}")
@@ -80,7 +76,7 @@ class Tile(Function):
 
 def tile(x: Tensor, reps) -> Tensor:
     """Repeat x ``reps`` times along each axis; fewer reps than axes repeat the trailing axes (NumPy's rule)."""
-    x = _t(x)
+    x = as_tensor(x)
     reps = (reps,) if isinstance(reps, int) else tuple(int(r) for r in reps)
     if any(r < 0 for r in reps):
         raise ValueError(f"tile: repetitions must be >= 0, got {reps}")
@@ -102,7 +98,7 @@ class Pad(Function):
 def pad(x: Tensor, pad, mode: str = "constant", value: float = 0.0) -> Tensor:
     """PyTorch's ``F.pad``: ``pad`` = (before, after) pairs starting from the LAST axis, e.g. (1, 1) pads the last
     axis by one on each side, (0, 0, 2, 0) adds two rows on top. Constant padding with non-negative widths."""
-    x = _t(x)
+    x = as_tensor(x)
     pad = tuple(int(p) for p in pad)
     if mode != "constant":
         raise NotImplementedError(f"pad: only mode='constant' is available, got mode={mode!r}")
@@ -139,9 +135,9 @@ class Triu(_Triangle):
 
 def tril(x: Tensor, diagonal: int = 0) -> Tensor:
     """The lower triangle of the last two axes (``diagonal`` > 0 keeps more, < 0 fewer); the rest is 0."""
-    return Tril.apply(_t(x), diagonal=int(diagonal))
+    return Tril.apply(as_tensor(x), diagonal=int(diagonal))
 
 
 def triu(x: Tensor, diagonal: int = 0) -> Tensor:
     """The upper triangle of the last two axes (``diagonal`` > 0 keeps fewer, < 0 more); the rest is 0."""
-    return Triu.apply(_t(x), diagonal=int(diagonal))
+    return Triu.apply(as_tensor(x), diagonal=int(diagonal))

@@ -10,7 +10,7 @@ import math
 
 from .. import backend
 from ..function import Function
-from ..tensor import Tensor
+from ..tensor import Tensor, as_tensor
 from .elementwise import Exp, _Binary, _float
 from .shape import sum_to
 
@@ -147,7 +147,7 @@ class LogAddExp(_Binary):
 def lerp(start, end, weight) -> Tensor:
     """start + weight (end - start), broadcasting; ``weight`` a Tensor or a number. Composed from add, sub, mul,
     so its gradients are theirs: (1 - weight), weight and (end - start)."""
-    start = start if isinstance(start, Tensor) else Tensor(start)
+    start = as_tensor(start)
     return start + (end - start) * weight
 
 

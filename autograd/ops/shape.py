@@ -8,7 +8,7 @@ import numpy as np
 from .. import backend
 from ..function import Function
 from ..tensor import Tensor
-from .axes import AxisError, normalize_axis, normalize_permutation
+from .axes import normalize_axis, normalize_permutation
 
 
 def _normalize_shape(shape):
