@@ -198,3 +198,7 @@ def test_dpo_cli_demo(tmp_path, capsys):
     assert code == 0
     assert "validation reward margin" in capsys.readouterr().out
     assert main(["finetune", "dpo", "--data", str(tmp_path / "missing.json"), "--preset", "micro"]) == 2
+    # --init-from also takes a fine-tuning output folder (the instruction-tuned checkpoint the book starts from)
+    data = dpo.write_demo_preferences(tmp_path / "p.json", n=16)
+    assert main(["finetune", "dpo", "--data", data, "--init-from", str(tmp_path / "o"), "--steps", "1",
+                 "--batch-size", "4", "--out-dir", str(tmp_path / "o2"), "--log-every", "0"]) == 0

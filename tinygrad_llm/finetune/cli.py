@@ -173,6 +173,9 @@ def run_dpo_args(args: argparse.Namespace) -> int:
     _need_data(args, "JSON file of preference records")
     data = args.data or write_demo_preferences(Path(tempfile.mkdtemp(prefix="tl-demo-")) / "preferences.json")
     base = _base(args)
+    if base["init_from"] and (Path(base["init_from"]) / "latest").is_file() \
+            or base["init_from"] and (Path(base["init_from"]) / "checkpoint.json").is_file():
+        base["checkpoint"], base["init_from"] = base["init_from"], None   # an instruction-tuned checkpoint folder
     if args.lr is None and not base["preset"]:
         base["lr"] = 5e-6                                   # the book's DPO learning rate
     res = run_dpo(data, beta=args.beta, average_logprobs=args.average_logprobs,
