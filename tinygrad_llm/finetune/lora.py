@@ -1,12 +1,14 @@
 """LoRA (low-rank adaptation, Hu et al. 2021; the book's appendix E): train a small update B·A beside frozen weights.
 
-    report = apply_lora(model, rank=8, alpha=16)      # qkv, proj and fc Linear layers -> LoRALinear; all else frozen
+    report = apply_lora(model, rank=8, alpha=16)      # qkv, proj, fc, gate, up Linears -> LoRALinear; rest frozen
     print(report)                                     # LoRA: 24 layers, trainable 294,912 of 124,734,720 (0.24%)
     ... train: only lora_A / lora_B get gradients and updates ...
     merge_lora(model)                                 # W += (alpha/r) (A B)^T; LoRALinear -> Linear again
 
-A ``LoRALinear`` keeps the wrapped Linear's own ``weight`` and ``bias`` Parameter objects (so parameter names,
-tied weights and checkpoints of the base are unchanged) and adds ``lora_A`` (in, r) and ``lora_B`` (r, out):
+A ``LoRALinear`` is a Linear (a subclass: every layer that calls a Linear, or its bias-free ``project``, runs the
+update without knowing about it). It keeps the wrapped Linear's own ``weight`` and ``bias`` Parameter objects (so
+parameter names, tied weights and checkpoints of the base are unchanged) and adds ``lora_A`` (in, r) and ``lora_B``
+(r, out):
 
     y = x W^T + b + (alpha / r) * (x A) B          x (..., in) -> y (..., out)
 
@@ -31,7 +33,7 @@ from ..nn.parameter import Parameter, as_generator
 
 __all__ = ["LoRALinear", "lora_linear", "apply_lora", "merge_lora", "lora_parameters", "LoRAReport", "DEFAULT_TARGETS"]
 
-DEFAULT_TARGETS = ("qkv", "proj", "fc")
+DEFAULT_TARGETS = ("qkv", "proj", "fc", "gate", "up")   # attention and MLP projections of every family
 
 
 def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
@@ -40,7 +42,7 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, 
     return F.linear(x, weight, bias) + ((x @ lora_A) @ lora_B) * scale
 
 
-class LoRALinear(Module):
+class LoRALinear(Linear):
     """A Linear plus a trainable low-rank update: x (..., in) -> (..., out). See the module docstring.
 
     ``weight`` (out, in) and ``bias`` (out,) are the wrapped layer's Parameters (frozen by ``apply_lora``);
@@ -48,7 +50,7 @@ class LoRALinear(Module):
     """
 
     def __init__(self, base: Linear, rank: int, alpha: float, rng=None):
-        super().__init__()
+        Module.__init__(self)   # not Linear.__init__: the base's Parameters are reused, nothing is allocated
         if not isinstance(base, Linear):
             raise TypeError(f"LoRALinear wraps a Linear, got {type(base).__name__}")
         if int(rank) < 1:
@@ -65,11 +67,18 @@ class LoRALinear(Module):
         self.lora_B = Parameter(backend.to_device(np.zeros((self.rank, self.out_features), dtype=dt), dev))
 
     def forward(self, x) -> Tensor:
+        return lora_linear(self._checked(x), self.weight, self.bias, self.lora_A, self.lora_B, self.scale)
+
+    def project(self, x) -> Tensor:
+        """The update without the bias (see ``Linear.project``)."""
+        return lora_linear(self._checked(x), self.weight, None, self.lora_A, self.lora_B, self.scale)
+
+    def _checked(self, x) -> Tensor:
         x = x if isinstance(x, Tensor) else Tensor(x)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"LoRALinear({self.in_features}, {self.out_features}): input's last axis has "
                              f"{x.shape[-1]} features (input shape {x.shape})")
-        return lora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scale)
+        return x
 
     def delta_weight(self):
         """The update folded into ``weight`` by merging: scale * (A B)^T, an (out, in) array."""
@@ -125,7 +134,7 @@ def apply_lora(model: Module, rank: int = 8, alpha: float = 16.0, target: Iterab
     for mod_name, parent in list(model.named_modules()):
         for attr, child in list(parent._modules.items()):
             full = f"{mod_name}.{attr}" if mod_name else attr
-            if type(child) is not Linear or not _matches(full, targets):
+            if not isinstance(child, Linear) or isinstance(child, LoRALinear) or not _matches(full, targets):
                 continue
             if targets == "all" and attr == "lm_head" and model_has_tied_head(model, child):
                 continue
@@ -133,7 +142,7 @@ def apply_lora(model: Module, rank: int = 8, alpha: float = 16.0, target: Iterab
             report.replaced.append(full)
     if not report.replaced:
         raise ValueError(f"apply_lora: no Linear layer matches target {target!r} "
-                         f"(Linear layers: {[n for n, m in model.named_modules() if type(m) is Linear][:6]} ...)")
+                         f"(Linear layers: {[n for n, m in model.named_modules() if isinstance(m, Linear)][:6]} ...)")
     if freeze:
         keep = tuple(keep_trainable)
         for name, p in model.named_parameters():
@@ -155,7 +164,7 @@ def lora_parameters(model: Module) -> list[tuple[str, Parameter]]:
 
 def merge_lora(model: Module, unfreeze: bool = False) -> Module:
     """Fold every LoRALinear's update into its base weight and put plain Linear layers back, in place; returns
-    ``model``, whose parameter names are then those of the original model (ready for ``export_gpt2`` or a
+    ``model``, whose parameter names are then those of the original model (ready for ``save_pretrained`` or a
     checkpoint). ``unfreeze`` sets ``requires_grad=True`` on every parameter afterwards."""
     for _, parent in list(model.named_modules()):
         for attr, child in list(parent._modules.items()):

@@ -1,4 +1,4 @@
-"""Neural-network building blocks on the autograd engine: Module, Parameter, layers, attention, transformer block.
+"""Neural-network building blocks on the autograd engine: Module, Parameter, generic layers, RoPE.
 
     import tinygrad_llm as tl
     layer = tl.nn.Linear(16, 32)
@@ -8,13 +8,10 @@ from .module import LoadResult, Module, ModuleList, Sequential, StateDictError
 from .parameter import Parameter, skip_init
 from . import parameter as init
 from .layers import GELU, Dropout, Embedding, Identity, LayerNorm, Linear, RMSNorm, SiLU
-from .rope import apply_rope, rope_tables
-from .attention import KVCache, LayerKVCache, MultiHeadAttention, repeat_kv
-from .transformer import FeedForward, SwiGLUFeedForward, TransformerBlock, make_norm, swiglu_hidden
+from .rope import RotaryEmbedding, apply_rope, rope_frequencies, rope_tables
 
 __all__ = [
     "Module", "ModuleList", "Sequential", "Parameter", "StateDictError", "LoadResult", "skip_init", "init",
     "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout", "GELU", "SiLU", "Identity",
-    "MultiHeadAttention", "KVCache", "LayerKVCache", "repeat_kv", "apply_rope", "rope_tables",
-    "FeedForward", "SwiGLUFeedForward", "TransformerBlock", "make_norm", "swiglu_hidden",
+    "apply_rope", "rope_tables", "rope_frequencies", "RotaryEmbedding",
 ]

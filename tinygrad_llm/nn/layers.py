@@ -45,6 +45,11 @@ class Linear(Module):
                              f"{x.shape[-1]} features, expected {self.in_features} (input shape {x.shape})")
         return F.linear(x, self.weight, self.bias)
 
+    def project(self, x) -> Tensor:
+        """x W^T without the bias, for callers that fuse the bias into the next op (GPT-2's MLP: F.bias_gelu).
+        Subclasses that change the product (LoRA) override both this and ``forward``."""
+        return F.linear(_as_tensor(x), self.weight, None)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
@@ -84,18 +89,20 @@ class LayerNorm(Module):
 
 
 class RMSNorm(Module):
-    """x / sqrt(mean(x^2) + eps) * weight over the last axis (fused), as in Llama. x (..., C) -> (..., C)."""
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis (fused), as in Llama. x (..., C) -> (..., C).
 
-    def __init__(self, normalized_shape: int, eps: float = 1e-5, dtype=np.float32):
+    ``unit_offset=True`` (Gemma): the gain is (1 + weight) and the weight starts at 0."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-5, dtype=np.float32, unit_offset: bool = False):
         super().__init__()
-        self.normalized_shape, self.eps = int(normalized_shape), float(eps)
-        self.weight = Parameter(np.ones((normalized_shape,), dtype=dtype))
+        self.normalized_shape, self.eps, self.unit_offset = int(normalized_shape), float(eps), bool(unit_offset)
+        self.weight = Parameter((np.zeros if unit_offset else np.ones)((normalized_shape,), dtype=dtype))
 
     def forward(self, x) -> Tensor:
-        return F.rms_norm(_as_tensor(x), self.weight, eps=self.eps)
+        return F.rms_norm(_as_tensor(x), self.weight + 1.0 if self.unit_offset else self.weight, eps=self.eps)
 
     def extra_repr(self) -> str:
-        return f"{self.normalized_shape}, eps={self.eps}"
+        return f"{self.normalized_shape}, eps={self.eps}" + (", unit_offset=True" if self.unit_offset else "")
 
 
 class Dropout(Module):
