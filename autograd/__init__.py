@@ -36,3 +36,7 @@ __all__ = [
     "argsort", "sort", "topk", "concat", "as_tensor",
 ]
 concat = concatenate  # PyTorch's other name
+
+from .methods import FUNCTIONS as _FUNCTIONS  # noqa: E402  ag.exp(x) ... as torch.exp(x)
+globals().update(_FUNCTIONS)
+__all__ += list(_FUNCTIONS)

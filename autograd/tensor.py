@@ -11,14 +11,17 @@ from . import backend
 def _to_array(data, dtype=None):
     """Turn user data into an ndarray. Python floats and float lists become float32; ints stay integer."""
     if isinstance(data, np.ndarray) or backend.is_cupy_array(data):
-        return data if dtype is None or data.dtype == dtype else data.astype(dtype)
-    if isinstance(data, np.generic):
-        return np.asarray(data, dtype=dtype)
-    arr = np.asarray(data, dtype=dtype)
-    if dtype is None and arr.dtype == np.float64:
-        arr = arr.astype(backend.default_float_dtype())
-    if arr.dtype == object:
-        raise TypeError(f"cannot make a Tensor from {type(data).__name__}: expected numbers, nested lists or an ndarray")
+        arr = data if dtype is None or data.dtype == dtype else data.astype(dtype)
+    else:
+        try:
+            arr = np.asarray(data, dtype=dtype)
+        except (TypeError, ValueError) as e:  # ragged nested lists, unparsable strings
+            raise TypeError(f"cannot make a Tensor from {type(data).__name__}: {e}") from None
+        if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.generic):
+            arr = arr.astype(backend.default_float_dtype())
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"cannot make a Tensor from {type(data).__name__} of dtype {arr.dtype}: expected bool, integer "
+                        "or float numbers (nested lists or an ndarray)")
     return arr
 
 

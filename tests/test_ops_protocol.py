@@ -137,3 +137,29 @@ def test_errors_name_the_op_and_the_users_shapes():
         ag.tensor({"a": 1})
     with pytest.raises(ValueError, match="sum_to: shape \\(3, 1\\) does not broadcast to the tensor's shape"):
         ag.sum_to(ag.ones(2, 3), (3, 1))
+
+
+def test_raw_numpy_errors_are_wrapped_with_the_op():
+    with pytest.raises(TypeError, match="cannot make a Tensor from list: setting an array element"):
+        ag.tensor([[1, 2], [3]])
+    with pytest.raises(TypeError, match="cannot make a Tensor from str of dtype <U3"):
+        ag.tensor("abc")
+    with pytest.raises(TypeError, match=r"Sub: numpy boolean subtract.*\(operands bool \(1,\) and bool \(1,\)\)"):
+        ag.tensor([True]) - ag.tensor([True])
+    with pytest.raises(ValueError, match="pow: Integers to negative integer powers .* int64 tensor"):
+        ag.tensor([2]) ** -1
+    with pytest.raises(TypeError, match="astype: 'foo' is not a dtype"):
+        ag.tensor([1.0]).astype("foo")
+    with pytest.raises(TypeError, match="Add: cannot make a Tensor from str"):
+        ag.tensor([1.0]) + "a"
+
+
+def test_methods_as_functions_like_torch():
+    from autograd.methods import NAMES
+    x = ag.Tensor(np.array([[0.5, 2.0], [1.5, 3.0]]))
+    np.testing.assert_allclose(ag.exp(x).numpy(), np.exp(x.data))
+    np.testing.assert_allclose(ag.sum(x, 1).numpy(), x.data.sum(1))
+    np.testing.assert_allclose(ag.exp([0.0, 1.0]).numpy(), np.exp([0.0, 1.0]), rtol=1e-6)
+    np.testing.assert_array_equal(ag.max(x, ag.Tensor(np.full((2, 2), 1.0))).numpy(), np.maximum(x.data, 1.0))
+    for name in NAMES:
+        assert getattr(ag, name).__name__ == name and name in ag.__all__

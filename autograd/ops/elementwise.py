@@ -31,7 +31,10 @@ class _Binary(Function):
             dtype = dtypes.result_type(x, y)
             x, y = x.astype(dtype, copy=False), y.astype(dtype, copy=False)
         _binary_shapes_check(self.name, x, y)
-        return self.compute(x, y)
+        try:
+            return self.compute(x, y)
+        except (TypeError, ValueError) as e:  # NumPy's message, with the op and the operands
+            raise type(e)(f"{self.name}: {e} (operands {x.dtype} {x.shape} and {y.dtype} {y.shape})") from None
 
 
 class Add(_Binary):
@@ -122,7 +125,10 @@ class PowScalar(Function):
     params = ("exponent",)
     def forward(self, x):
         dtype = dtypes.result_type(x, self.exponent)  # int_tensor ** 2 stays integer, ** 0.5 is float32
-        return x.astype(dtype, copy=False) ** dtype.type(self.exponent)
+        try:
+            return x.astype(dtype, copy=False) ** dtype.type(self.exponent)
+        except ValueError as e:  # an integer to a negative power
+            raise ValueError(f"pow: {e} (a {x.dtype} tensor ** {self.exponent!r}; use a float tensor)") from None
 
     def backward(self, gy):
         (x,) = self.inputs

@@ -325,7 +325,12 @@ class Astype(Function):
 
 
 def astype(x: Tensor, dtype) -> Tensor:
-    if x.dtype == np.dtype(dtype):
+    """x cast to ``dtype``; differentiable to float dtypes, recording nothing to integer or bool ones."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"astype: {dtype!r} is not a dtype") from None
+    if x.dtype == dtype:
         return x
     if np.dtype(dtype).kind != "f" and x.requires_grad:
         from ..grad_mode import no_grad
