@@ -285,3 +285,15 @@ def test_sliding_layers_see_only_their_window():
     assert not np.allclose(a[:, :w], b[:, :w])
     full = build("gemma3", n_layer=1, layer_types=["full_attention"])
     assert not np.allclose(full(idx).data[:, w:], full(other).data[:, w:])
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen3-moe"])
+def test_pipeline_stages_compute_the_family_forward(family):
+    """Pipeline stages run the model's own embedding (Gemma's scale) and head (soft-capping)."""
+    from tinygrad_llm.distributed.pipeline import PipelineParallel
+    ref, m = build(family, seed=4), build(family, seed=4)
+    idx = tokens(2, 6, seed=1)
+    ref.eval()
+    m.eval()
+    pipe = PipelineParallel(m, ["cpu", "cpu"], n_micro=2)
+    np.testing.assert_allclose(pipe(idx).numpy(), ref(idx).data, atol=1e-12)

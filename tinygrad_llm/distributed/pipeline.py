@@ -51,11 +51,7 @@ class Stage:
     def __call__(self, x, start: int = 0):
         m = self.model
         if self.first:                      # x: token ids (B, T) on this device
-            t = x.shape[1]
-            h = m.tok_emb(x)
-            if m.config.pos == "learned":
-                h = h + m.pos_emb.weight[start:start + t]
-            x = m.drop(h)
+            x = m.embed(x, start)
         for i in range(self.lo, self.hi):
             x = m.blocks[i](x)
         if self.last:
@@ -65,6 +61,7 @@ class Stage:
                 x = F.linear(x, w.to(self.device), None)   # tied embedding living on stage 0
             else:
                 x = m.lm_head(x)
+            x = m.soft_cap(x)
         return x
 
     def __repr__(self) -> str:
