@@ -104,3 +104,34 @@ def test_gradcheck_lora_linear():
     inputs = [ag.Tensor(a.copy(), requires_grad=True)
               for a in (x, lora.weight.data, lora.bias.data, lora.lora_A.data, lora.lora_B.data)]
     assert ag.gradcheck(lambda x, w, b, a, bb: lora_linear(x, w, b, a, bb, lora.scale), inputs)
+
+
+@pytest.mark.parametrize("family,extra", [("llama", {}), ("qwen3", dict(n_experts=3, moe_hidden=8)),
+                                          ("gemma3", {})])
+def test_lora_wraps_the_projections_of_every_family(family, extra):
+    cfg = tl.GPTConfig(family=family, vocab_size=40, context_length=12, n_layer=2, n_head=2, n_kv_heads=1,
+                       n_embd=16, ffn_hidden=24, **extra)
+    model = tl.GPT(cfg, seed=0, dtype=np.float64)
+    before = model(IDS).numpy()
+    report = apply_lora(model, rank=2, alpha=4)
+    names = set(report.replaced)
+    assert {"blocks.0.attn.qkv", "blocks.0.attn.proj"} <= names
+    mlp = [f"blocks.1.ffn.experts.2.{n}" for n in ("gate", "up", "proj")] if extra else ["blocks.1.ffn.gate",
+                                                                                         "blocks.1.ffn.up"]
+    assert set(mlp) <= names and not any("router" in n for n in names)
+    np.testing.assert_array_equal(model(IDS).numpy(), before)
+    for _, p in lora_parameters(model):
+        p.data[...] = np.random.default_rng(1).normal(0, 0.3, p.shape)
+    tuned = model(IDS).numpy()
+    assert not np.allclose(tuned, before)
+    merge_lora(model)
+    np.testing.assert_allclose(model(IDS).numpy(), tuned, atol=1e-10)
+
+
+def test_lora_on_gpt2_fc_runs_through_the_fused_bias_gelu():
+    """GPT-2's MLP fuses fc's bias into the GELU (fc.project): a LoRA fc changes the output through that path."""
+    model = small_gpt(dtype=np.float64)
+    before = model(IDS).numpy()
+    apply_lora(model, rank=2, alpha=4, target=("fc",))
+    model.blocks[0].ffn.fc.lora_B.data[...] = 0.5
+    assert not np.allclose(model(IDS).numpy(), before)
