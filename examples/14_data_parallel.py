@@ -1,12 +1,13 @@
 """Data-parallel training of a small GPT, written out so every distributed step is visible.
 
-Run it as N ranks (each rank is one process; on GPUs one per GPU):
+    python examples/14_data_parallel.py                    # the lesson: 2 CPU ranks vs 1 process, same losses
+    python -m tinygrad_llm.distributed.launch --nproc 2 examples/14_data_parallel.py          # CPU ranks (TCP)
+    python -m tinygrad_llm.distributed.launch --nproc 2 examples/14_data_parallel.py --device cuda   # NCCL
+    mpiexec -n 2 python examples/14_data_parallel.py                                           # MPI ranks
+    python examples/14_data_parallel.py --single                                               # one process
 
-    python -m tinygrad_llm.distributed.launch --nproc 2 examples/train_data_parallel.py          # CPU ranks (TCP)
-    python -m tinygrad_llm.distributed.launch --nproc 2 examples/train_data_parallel.py --device cuda   # NCCL
-    mpiexec -n 2 python examples/train_data_parallel.py                                           # MPI ranks
-    mpiexec --allow-run-as-root -n 2 python examples/train_data_parallel.py --device cuda         # Open MPI, root
-    python examples/train_data_parallel.py                                                        # one process
+Run bare, the lesson starts the training twice: as 2 ranks (each rank is one process; on GPUs one per GPU) through
+the launcher, and as one process with the same global batch, and compares their losses.
 
 What each rank does:
 1. ``init_distributed`` picks the backend from how it was started (MPI, the launcher's TCP store, NCCL for GPUs);
@@ -17,8 +18,9 @@ What each rank does:
 5. evaluation is sharded and its loss averaged over ranks; only rank 0 prints and writes checkpoints.
 Resume (``--resume``) works with any number of ranks as long as the global batch stays the same.
 
-The whole training (losses, final weights) is the same as one process with an N-times larger batch (the tests
-check this to 1e-10 in float64).
+What to expect: the same train and val losses, step by step, from 2 ranks and from one process (the global batch
+is the same, so the whole training is: the tests check it to 1e-10 in float64; here, float32, to ~1e-6), 30 steps
+(fast setting: 5) in a few seconds each.
 """
 from __future__ import annotations
 
@@ -30,10 +32,11 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from course import FAST, done, lesson, section  # noqa: E402  (also puts the repository on the path)
 
 import tinygrad_llm as tl  # noqa: E402
 from tinygrad_llm import distributed as dist  # noqa: E402
+from tinygrad_llm.distributed.runtime import launched_by_launcher, launched_by_mpi  # noqa: E402
 from tinygrad_llm.data import DataLoader, SlidingWindowDataset, default_corpus, train_val_split  # noqa: E402
 from tinygrad_llm.optim import AdamW  # noqa: E402
 from tinygrad_llm.tokenizer import CharTokenizer  # noqa: E402
@@ -50,7 +53,14 @@ def main() -> None:
     ap.add_argument("--out", default="out/data_parallel")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds before a stuck collective fails")
+    ap.add_argument("--single", action="store_true", help="train in this one process (no comparison)")
+    ap.add_argument("--ranks", type=int, default=2, help="ranks of the comparison run (run bare)")
     args = ap.parse_args()
+    if FAST and args.steps == 30:
+        args.steps = 5
+    if not (args.single or launched_by_mpi() or launched_by_launcher()):
+        compare(args)
+        return
 
     comm = dist.init_distributed("auto", timeout=args.timeout, device=args.device)
     rank, world = comm.rank, comm.world_size
@@ -112,7 +122,38 @@ def main() -> None:
                                                       "epoch": train.epoch, "index": train.index,
                                                       "world_size": world})
         print(f"checkpoint: {path}")
+    log(f"final train loss {train_loss:.6f}")
     comm.barrier()                                           # nobody exits while rank 0 is still writing
+
+
+def compare(args) -> None:
+    """The lesson: the same training as ``args.ranks`` ranks and as one process; their losses side by side."""
+    import re
+    import subprocess
+    import tempfile
+    lesson("Lesson 14: data parallelism (CPU ranks)",
+           "ranks, sharded batches, gradient all-reduce during backward, why N ranks = one process with N x the batch",
+           f"{args.ranks} ranks and 1 process print the same losses at every step (float32: to ~1e-6)")
+    here = os.path.abspath(__file__)
+    common = ["--steps", str(args.steps), "--global-batch", str(args.global_batch), "--block", str(args.block)]
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, cmd in [(f"{args.ranks} ranks", [sys.executable, "-m", "tinygrad_llm.distributed.launch",
+                                                   "--nproc", str(args.ranks), here]),
+                          ("1 process", [sys.executable, here, "--single"])]:
+            section(name)
+            out = subprocess.run(cmd + common + ["--out", os.path.join(tmp, name.replace(" ", "_"))],
+                                 capture_output=True, text=True, timeout=600, env={**os.environ, "COURSE_FAST": "0"})
+            if out.returncode != 0:
+                raise SystemExit(f"{name} failed:\n{out.stderr[-3000:]}")
+            text = re.sub(r"^\[rank 0\] ", "", out.stdout, flags=re.M)
+            print(text.rstrip())
+            runs[name] = [float(v) for v in re.findall(r"train loss ([0-9.]+)", text)]
+    a, b = runs.values()
+    diff = max(abs(x - y) for x, y in zip(a, b))
+    section("compared")
+    print(f"largest difference between the {args.ranks}-rank and the 1-process losses: {diff:.1e}")
+    done(f"{args.ranks} ranks = 1 process (losses differ by {diff:.1e})")
 
 
 def evaluate(model, val, comm, device, batches: int = 4) -> float:

@@ -1,0 +1,44 @@
+"""What every lesson shares: the import path, the fast setting, and how a lesson talks.
+
+A lesson runs from a checkout with or without ``pip install -e .``. ``COURSE_FAST=1`` in the environment (or
+``--fast`` on the command line) runs it with smaller settings, as the test suite does; the numbers it prints are
+then the ones ``tests/test_examples.py`` checks.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+try:
+    import autograd  # noqa: F401
+except ImportError:  # a checkout without `pip install -e .`: use the repository's copy
+    sys.path.insert(0, str(ROOT))
+
+#: smaller settings for the test suite (and for a first, quick look)
+FAST = os.environ.get("COURSE_FAST") == "1" or "--fast" in sys.argv
+if "--fast" in sys.argv:
+    sys.argv.remove("--fast")
+
+_T0 = time.perf_counter()
+
+
+def lesson(title: str, teaches: str, expect: str) -> None:
+    """The lesson's first lines: what it teaches and what the learner should see."""
+    print("=" * 100)
+    print(title + ("   [fast settings]" if FAST else ""))
+    print("-" * 100)
+    print("What it teaches:", teaches)
+    print("What to expect: ", expect)
+    print("=" * 100)
+
+
+def section(title: str) -> None:
+    print(f"\n--- {title} " + "-" * max(0, 95 - len(title)))
+
+
+def done(summary: str) -> None:
+    """The last line: the lesson's result and how long it took."""
+    print(f"\nDone in {time.perf_counter() - _T0:.1f} s: {summary}")
