@@ -12,7 +12,7 @@ import autograd as ag
 import tinygrad_llm as tl
 from test_nn import gradcheck_module, rand
 from tinygrad_llm.model import MLP, Attention, Block, MoE
-from tinygrad_llm.model.blocks import attention_mask, load_balancing_loss
+from tinygrad_llm.model.blocks import load_balancing_loss, window_keys
 
 F64 = np.float64
 
@@ -67,12 +67,18 @@ def test_attention_cache_matches_full_pass(family, kw):
         attn(x[:, :1], cache=cache)
 
 
-def test_sliding_window_mask_by_brute_force():
-    for start, tq, w in [(0, 6, 2), (3, 2, 3), (5, 1, 2), (0, 5, 1)]:
-        got = attention_mask(start, tq, w)
-        want = np.array([[j <= i and i - j < w for j in range(start + tq)] for i in range(start, start + tq)])
-        np.testing.assert_array_equal(got, want)
-    assert attention_mask(0, 5, None) is None and attention_mask(2, 3, 5) is None   # the window covers all keys
+@pytest.mark.parametrize("start,tq,w", [(0, 6, 2), (3, 2, 3), (5, 1, 2), (0, 5, 1), (2, 3, 5), (0, 4, 9),
+                                        (7, 3, 2), (9, 1, 4)])
+def test_sliding_window_keys_by_brute_force(start, tq, w):
+    """The keys kept and the mask (or bottom-right causal attention when None) give exactly j <= i, i - j < w."""
+    lo, mask = window_keys(start, tq, w)
+    tk = start + tq
+    want = np.array([[j <= i and i - j < w for j in range(tk)] for i in range(start, tk)])
+    assert not want[:, :lo].any()                                      # nothing dropped is visible
+    if mask is None:                                                   # causal over keys lo.. (is_causal's rule)
+        mask = np.array([[j - lo <= qi + (tk - lo - tq) for j in range(lo, tk)] for qi in range(tq)])
+    np.testing.assert_array_equal(mask, want[:, lo:])
+    assert window_keys(5, 1, 2)[0] == 4 and window_keys(0, 5, None) == (0, None)
 
 
 def test_attention_dropout_follows_seed_and_eval():

@@ -19,7 +19,7 @@ from ..nn.rope import RotaryEmbedding, apply_rope
 from .config import SLIDING, GPTConfig
 from .kv_cache import LayerKVCache
 
-__all__ = ["Attention", "MLP", "MoE", "Block", "make_norm", "attention_mask", "load_balancing_loss"]
+__all__ = ["Attention", "MLP", "MoE", "Block", "make_norm", "window_keys", "load_balancing_loss"]
 
 
 def make_norm(cfg: GPTConfig, width: int, dtype=np.float32) -> Module:
@@ -29,19 +29,23 @@ def make_norm(cfg: GPTConfig, width: int, dtype=np.float32) -> Module:
     return RMSNorm(width, eps=cfg.norm_eps, dtype=dtype, unit_offset=cfg.norm_unit_offset)
 
 
-def attention_mask(start: int, tq: int, window: int | None = None, xp=np):
-    """Which keys each query sees: queries at positions start .. start+tq-1, keys at 0 .. start+tq-1.
+def window_keys(start: int, tq: int, window: int | None = None, xp=np):
+    """Which keys the queries at positions start .. start+tq-1 see, of the keys at 0 .. start+tq-1: (lo, mask).
 
-    Key j is visible to the query at position i when j <= i and (with a sliding ``window`` W) j > i - W.
-    Returns None when that is plain causal attention (``is_causal=True`` says it without a mask: the window
-    reaches back past position 0), else a (tq, tk) bool array, True where attention is allowed.
+    Key j is visible to the query at position i when j <= i and (with a sliding ``window`` W) j > i - W. Keys
+    before ``lo`` are outside every query's window: the caller drops them (a decoding step then reads W keys, not
+    all of them). ``mask`` is None when, over the keys from lo on, each query sees exactly the keys up to itself
+    (``is_causal=True`` says it without a mask), else a (tq, start + tq - lo) bool array, True where allowed.
     """
     tk = start + tq
-    if window is None or window >= tk:
-        return None
+    if window is None:
+        return 0, None
+    lo = max(0, start - window + 1)
+    if tk - 1 - window < lo:              # even the last query's window begins at or before lo
+        return lo, None
     i = xp.arange(start, tk)[:, None]
-    j = xp.arange(tk)[None, :]
-    return (j <= i) & (j > i - window)
+    j = xp.arange(lo, tk)[None, :]
+    return lo, (j <= i) & (j > i - window)
 
 
 class Attention(Module):
@@ -95,7 +99,9 @@ class Attention(Module):
         if cache is not None:
             k_all, v_all = cache.append(k.data, v.data)
             k, v = Tensor(k_all), Tensor(v_all)
-        mask = attention_mask(start, t, self.window, backend.xp_of(q.data))
+        lo, mask = window_keys(start, t, self.window, backend.xp_of(q.data))
+        if lo:
+            k, v = k[:, :, lo:], v[:, :, lo:]
         p = self.dropout if self.attn_drop.active else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None,
                                            scale=self.scale, enable_gqa=True, rng=self.attn_drop.rng)
