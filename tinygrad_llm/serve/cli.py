@@ -18,6 +18,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--init-from", help="a Hugging Face folder (GPT-2, Llama 3, Qwen3, Gemma 3)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.add_argument("--max-tokens", type=int, default=512, help="default answer length limit (default 512)")
+    p.add_argument("--chat-template", help="llama3 | chatml | gemma | alpaca (default: the tokenizer's)")
 
 
 def configure_serve(p: argparse.ArgumentParser) -> None:
@@ -61,8 +62,8 @@ def run_serve(args: argparse.Namespace) -> int:
     from .server import ChatService, make_server
     from ..cli import UserError
     model, tok = _load(args)
-    service = ChatService(model, tok, name=args.model_name or _name(args), max_tokens=args.max_tokens,
-                          max_active=args.max_active)
+    service = ChatService(model, tok, name=args.model_name or _name(args), template=args.chat_template,
+                          max_tokens=args.max_tokens, max_active=args.max_active)
     try:
         server = make_server(service, args.host, args.port, quiet=not args.verbose)
     except OSError as e:
@@ -85,7 +86,7 @@ def run_chat(args: argparse.Namespace) -> int:
     from .chat import chat_loop
     from .server import ChatService
     model, tok = _load(args)
-    service = ChatService(model, tok, name=_name(args), max_tokens=args.max_tokens)
+    service = ChatService(model, tok, name=_name(args), template=args.chat_template, max_tokens=args.max_tokens)
     opts = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed}
     print(f"chatting with {service.name!r} ({service.template.name} template); /reset for a new conversation, "
           "/exit to leave", file=sys.stderr)

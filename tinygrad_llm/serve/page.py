@@ -1,7 +1,8 @@
 """The chat page served at ``/``: one self-contained HTML file (inline CSS and JavaScript, nothing fetched from
 elsewhere). It keeps the conversation in the browser, posts it to ``/v1/chat/completions`` with ``stream: true``
 and appends each server-sent ``data:`` chunk to the answer as it arrives. ``__MODEL__`` is replaced by the served
-model's name. Element ids (``#input``, ``#send``, ``#log``, ``.msg.assistant``) are stable for scripted use.
+model's name. Element ids (``#input``, ``#send``, ``#log``, ``.msg.assistant``) are stable for scripted use; an
+answer's bubble counts the streamed pieces it showed (``data-chunks``) and is marked ``data-done`` at the end.
 """
 
 __all__ = ["PAGE"]
@@ -98,6 +99,7 @@ async function ask(text) {
         const delta = chunk.choices[0].delta || {};
         if (delta.content) {
           answer += delta.content;
+          out.dataset.chunks = String(Number(out.dataset.chunks || 0) + 1);
           out.textContent = answer;
           log.scrollTop = log.scrollHeight;
         }

@@ -37,20 +37,19 @@ MAX_BODY = 1 << 20          # bytes of a request body
 
 
 class ChatService:
-    """What the handlers need: the engine, the tokenizer, the chat template, the served model's name."""
+    """What the handlers need: the engine, the tokenizer, the chat template, the served model's name.
+
+    ``template``: a template name ("llama3", "chatml", "gemma", "alpaca") or a model family; default: the one the
+    tokenizer's special tokens belong to.
+    """
 
     def __init__(self, model, tokenizer, name: str = "tinygrad-llm", template=None, max_tokens: int = 512,
                  max_active: int = 32, max_queue: int = 256):
         from ..tokenizer.chat import chat_template_for
         self.model, self.tokenizer, self.name = model, tokenizer, name
-        family = getattr(model.config, "family", None)
-        if template is None:
-            try:
-                template = chat_template_for(str(family), tokenizer) if family else chat_template_for(tokenizer)
-            except ValueError:
-                template = chat_template_for(tokenizer)
-        self.template = template
-        self.stop_ids = template.stop_ids_for(tokenizer)
+        # the tokenizer's special tokens tell its template (Llama 3, ChatML, Gemma; none: Alpaca, the book's)
+        self.template = chat_template_for(template if template is not None else tokenizer, tokenizer)
+        self.stop_ids = self.template.stop_ids_for(tokenizer)
         self.max_tokens = int(max_tokens)
         self.context_length = int(model.config.context_length)
         self.engine = Engine(model, tokenizer, max_active=max_active, max_queue=max_queue)
