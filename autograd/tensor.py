@@ -6,6 +6,7 @@ from typing import Callable
 import numpy as np
 
 from . import backend
+from .ops import axes as _axes
 
 
 def _to_array(data, dtype=None):
@@ -412,6 +413,12 @@ class Tensor:
         body = np.array2string(self.numpy(), precision=4, separator=", ", threshold=20, edgeitems=2,
                                prefix="Tensor(")
         return f"Tensor({body}, dtype={self.dtype}{extra})"
+
+
+for _name in ("sum", "mean", "prod", "max", "min", "var", "std", "logsumexp", "cumsum", "argmax", "argmin", "any",
+              "all", "sort", "argsort", "topk", "squeeze", "unsqueeze", "flatten", "split", "flip", "roll", "gather",
+              "scatter", "scatter_add"):  # x.sum(dim=1, keepdim=True) as in PyTorch, beside NumPy's names
+    setattr(Tensor, _name, _axes.torch_keywords(getattr(Tensor, _name)))
 
 
 def tensor(data, dtype=None, device: str | None = None, requires_grad: bool = False) -> Tensor:

@@ -82,3 +82,15 @@ def test_zero_dim_tensors_take_axis_0_and_minus_1_like_pytorch():
         s.sum(1)
     with pytest.raises(AxisError, match="softmax: axis 1"):
         F.softmax(s, axis=1)
+
+
+def test_pytorch_keyword_names_work_beside_numpys():
+    x = ag.Tensor(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(x.sum(dim=1, keepdim=True).numpy(), x.data.sum(1, keepdims=True))
+    np.testing.assert_array_equal(x.std(dim=1, correction=1).numpy(), x.data.std(1, ddof=1))
+    assert x.flatten(start_dim=0, end_dim=1).shape == (6,) and x.unsqueeze(dim=0).shape == (1, 2, 3)
+    assert ag.stack([x, x], dim=1).shape == (2, 2, 3) and ag.concat([x, x], dim=-1).shape == (2, 6)
+    assert F.softmax(x, dim=0).shape == (2, 3) and x.flip(dims=(0,)).shape == (2, 3)
+    assert x.argmax(dim=1).tolist() == [2, 2] and x.topk(1, dim=0)[1].tolist() == [[1, 1, 1]]
+    with pytest.raises(TypeError, match="sum: got both axis= and dim="):
+        x.sum(axis=0, dim=1)

@@ -5,6 +5,7 @@ A 0-d tensor accepts axis 0 and -1 (as PyTorch does): a reduction over it is the
 """
 from __future__ import annotations
 
+import functools
 import operator
 
 
@@ -51,3 +52,21 @@ def normalize_permutation(op: str, axes, shape) -> tuple[int, ...]:
     if len(set(out)) != len(out):
         raise ValueError(f"{op}: axes {axes} are not a permutation of the axes of shape {tuple(shape)}")
     return out
+
+
+#: PyTorch's keyword names for the same arguments: x.sum(dim=1, keepdim=True), x.flatten(start_dim=1) ...
+TORCH_KEYWORDS = {"dim": "axis", "dims": "axis", "keepdim": "keepdims", "start_dim": "start_axis",
+                  "end_dim": "end_axis", "correction": "ddof"}
+
+
+def torch_keywords(fn):
+    """Let ``fn`` also take PyTorch's keyword names (``TORCH_KEYWORDS``) for its NumPy-named arguments."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        for torch_name in TORCH_KEYWORDS.keys() & kwargs.keys():
+            name = TORCH_KEYWORDS[torch_name]
+            if name in kwargs:
+                raise TypeError(f"{fn.__name__}: got both {name}= and {torch_name}= (they are one argument)")
+            kwargs[name] = kwargs.pop(torch_name)
+        return fn(*args, **kwargs)
+    return call

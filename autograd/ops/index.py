@@ -12,7 +12,7 @@ import numpy as np
 from .. import backend
 from ..function import Function
 from ..tensor import Tensor, as_tensor
-from .axes import normalize_axis
+from .axes import normalize_axis, torch_keywords
 from .shape import GetItem, ScatterAdd
 
 
@@ -57,6 +57,7 @@ def _along_axis(op: str, x: Tensor, axis, index) -> tuple:
     return tuple(parts), idx.shape
 
 
+@torch_keywords
 def gather(x: Tensor, axis: int, index) -> Tensor:
     """out[i][j] = x[index[i][j]][j] for axis 0 (and so on); out has index's shape. Gradient: scatter-add."""
     x = as_tensor(x)
@@ -76,6 +77,7 @@ def _source(op: str, src, shape, like: Tensor) -> Tensor:
     return src if src.shape == tuple(shape) else src[tuple(slice(0, n) for n in shape)]
 
 
+@torch_keywords
 def scatter_add(x: Tensor, axis: int, index, src) -> Tensor:
     """A copy of x with src[i][j] added at x[index[i][j]][j] (axis 0; repeated positions add up).
     Gradients: dx = g, dsrc = g gathered at index."""
@@ -104,6 +106,7 @@ class Scatter(Function):
         return gx, gsrc
 
 
+@torch_keywords
 def scatter(x: Tensor, axis: int, index, src) -> Tensor:
     """A copy of x with x[index[i][j]][j] = src[i][j] (axis 0); ``src`` a Tensor or a number."""
     x = as_tensor(x)

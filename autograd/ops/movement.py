@@ -5,7 +5,7 @@ from __future__ import annotations
 from .. import backend
 from ..function import Function
 from ..tensor import Tensor, as_tensor
-from .axes import normalize_axes, normalize_axis
+from .axes import normalize_axes, normalize_axis, torch_keywords
 from .shape import reshape
 
 
@@ -20,6 +20,7 @@ class Flip(Function):
         return Flip.apply(gy, axes=self.axes)
 
 
+@torch_keywords
 def flip(x: Tensor, axis) -> Tensor:
     """Reverse the order of elements along ``axis`` (an int or a tuple of ints; PyTorch's ``dims``)."""
     x = as_tensor(x)
@@ -39,6 +40,7 @@ class Roll(Function):
         return Roll.apply(gy, shifts=back, axes=self.axes)
 
 
+@torch_keywords
 def roll(x: Tensor, shifts, axis=None) -> Tensor:
     """Shift elements cyclically: ``shifts`` (int or tuple) along ``axis`` (int, tuple, or None = flattened)."""
     x = as_tensor(x)

@@ -12,7 +12,7 @@ import numpy as np
 from .. import backend, dtypes
 from ..function import Function
 from ..tensor import Tensor
-from .axes import normalize_axes, normalize_axis
+from .axes import normalize_axes, normalize_axis, torch_keywords
 from .elementwise import Exp, Sqrt
 from .shape import broadcast_to, reshape
 
@@ -167,6 +167,7 @@ class LogSumExp(_Reduction):
         return _expand_back(gy, x.shape, self.axes) * Exp.apply(x - y)
 
 
+@torch_keywords
 def std(x: Tensor, axis=None, keepdims: bool = False, ddof: int = 0) -> Tensor:
     """sqrt(var(x)) over ``axis`` (NumPy's ``ddof``; PyTorch's default is ``correction=1``: pass ddof=1)."""
     normalize_axes("std", axis, x.shape)
@@ -207,11 +208,13 @@ def _index_reduction(x: Tensor, axis, keepdims: bool, op: str) -> Tensor:
     return Tensor(xp.expand_dims(out, ax) if keepdims else out)
 
 
+@torch_keywords
 def argmax(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """Index of the largest element (flat index when ``axis`` is None); int64, no gradient."""
     return _index_reduction(x, axis, keepdims, "argmax")
 
 
+@torch_keywords
 def argmin(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """Index of the smallest element (flat index when ``axis`` is None); int64, no gradient."""
     return _index_reduction(x, axis, keepdims, "argmin")
@@ -222,11 +225,13 @@ def _truth_reduction(x: Tensor, axis, keepdims: bool, op: str) -> Tensor:
     return Tensor(getattr(x.data.astype(bool, copy=False), op)(axis=axes, keepdims=keepdims))
 
 
+@torch_keywords
 def any_true(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """True where any element over ``axis`` is nonzero; a boolean tensor, no gradient."""
     return _truth_reduction(x, axis, keepdims, "any")
 
 
+@torch_keywords
 def all_true(x: Tensor, axis=None, keepdims: bool = False) -> Tensor:
     """True where every element over ``axis`` is nonzero; a boolean tensor, no gradient."""
     return _truth_reduction(x, axis, keepdims, "all")

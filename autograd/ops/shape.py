@@ -8,7 +8,7 @@ import numpy as np
 from .. import backend
 from ..function import Function
 from ..tensor import Tensor
-from .axes import normalize_axis, normalize_permutation
+from .axes import normalize_axis, normalize_permutation, torch_keywords
 
 
 def _normalize_shape(shape):
@@ -128,6 +128,7 @@ def sum_to(x: Tensor, shape) -> Tensor:
     return SumTo.apply(x, shape=shape)
 
 
+@torch_keywords
 def squeeze(x: Tensor, axis=None) -> Tensor:
     """Remove axes of size 1: all of them, or the given ones (an axis whose size is not 1 is kept, as PyTorch)."""
     if axis is None:
@@ -139,6 +140,7 @@ def squeeze(x: Tensor, axis=None) -> Tensor:
     return reshape(x, tuple(s for i, s in enumerate(x.shape) if i not in axes or s != 1))
 
 
+@torch_keywords
 def unsqueeze(x: Tensor, axis: int) -> Tensor:
     """Insert an axis of size 1 at ``axis`` (in [-ndim - 1, ndim])."""
     axis = normalize_axis("unsqueeze", axis, x.shape, extra=1)
@@ -147,6 +149,7 @@ def unsqueeze(x: Tensor, axis: int) -> Tensor:
     return reshape(x, tuple(shape))
 
 
+@torch_keywords
 def flatten(x: Tensor, start_axis: int = 0, end_axis: int = -1) -> Tensor:
     """Merge axes ``start_axis`` .. ``end_axis`` (inclusive) into one, as PyTorch's ``flatten``; 0-d gives (1,)."""
     if x.ndim == 0:
@@ -251,6 +254,7 @@ def _joined(op: str, xs) -> list:
     return xs
 
 
+@torch_keywords
 def concatenate(xs, axis: int = 0) -> Tensor:
     """Join tensors of one shape (outside ``axis``) along an existing ``axis``."""
     xs = _joined("concatenate", xs)
@@ -277,6 +281,7 @@ class Stack(Function):
         return tuple(GetItem.apply(gy, index=(slice(None),) * axis + (i,)) for i in range(len(self.inputs)))
 
 
+@torch_keywords
 def stack(xs, axis: int = 0) -> Tensor:
     """Join tensors of one shape along a new ``axis`` (in [-ndim - 1, ndim])."""
     xs = _joined("stack", xs)
@@ -303,6 +308,7 @@ class Split(Function):
         return concatenate(gys, axis=self.axis)
 
 
+@torch_keywords
 def split(x: Tensor, sections, axis: int = 0) -> tuple[Tensor, ...]:
     """NumPy's ``split``: ``sections`` is a count of equal parts or a list of split points along ``axis``."""
     if x.ndim == 0:

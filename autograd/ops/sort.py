@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import backend
 from ..tensor import Tensor
-from .axes import normalize_axis
+from .axes import normalize_axis, torch_keywords
 from .index import gather
 
 
@@ -18,6 +18,7 @@ def _argsort(a, axis: int, descending: bool):
     return xp.argsort(a, axis=axis, **({"kind": "stable"} if xp is np else {})).astype(np.int64, copy=False)
 
 
+@torch_keywords
 def argsort(x: Tensor, axis: int = -1, descending: bool = False) -> Tensor:
     """The int64 indices that sort x along ``axis`` (stable); no gradient."""
     ax = normalize_axis("argsort", axis, x.shape)
@@ -26,6 +27,7 @@ def argsort(x: Tensor, axis: int = -1, descending: bool = False) -> Tensor:
     return Tensor(_argsort(x.data, ax, descending))
 
 
+@torch_keywords
 def sort(x: Tensor, axis: int = -1, descending: bool = False) -> tuple[Tensor, Tensor]:
     """(values, indices): x sorted along ``axis`` (stable) and the int64 positions the values came from."""
     normalize_axis("sort", axis, x.shape)
@@ -33,6 +35,7 @@ def sort(x: Tensor, axis: int = -1, descending: bool = False) -> tuple[Tensor, T
     return (x if x.ndim == 0 else gather(x, axis, idx)), idx
 
 
+@torch_keywords
 def topk(x: Tensor, k: int, axis: int = -1, largest: bool = True) -> tuple[Tensor, Tensor]:
     """(values, indices) of the ``k`` largest (``largest=False``: smallest) elements along ``axis``, in sorted
     order."""
