@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from . import backend
+from .cuda import kernel_for
 
 
 class _AmpState:
@@ -78,8 +79,7 @@ class GradScaler:
         params = list(params)
         gpu = [p.grad.data for p in params if p.grad is not None and type(p.grad.data) is not np.ndarray]
         if gpu:
-            from .cuda import get_kernel
-            kern = get_kernel("scale_and_check")
+            kern = kernel_for("scale_and_check", gpu[0])
             if kern is not None:     # one multi-tensor launch per (dtype, GPU), one host sync per GPU
                 finite = not any(int(f.get()[0]) for f in kern(gpu, inv))
                 cpu = [p for p in params if p.grad is not None and type(p.grad.data) is np.ndarray]

@@ -42,8 +42,10 @@ def cuda_available() -> bool:
 
 
 def is_cupy_array(a) -> bool:
-    """True for a ``cupy.ndarray``, without importing CuPy when it was never used."""
-    return _cupy is not None and isinstance(a, _cupy.ndarray)
+    """True for a ``cupy.ndarray``; CuPy is imported only when such an array is first seen."""
+    if _cupy is None and (not type(a).__module__.startswith("cupy") or cupy_module() is None):
+        return False
+    return isinstance(a, _cupy.ndarray)
 
 
 def xp_of(*arrays):
@@ -171,6 +173,11 @@ def to_numpy(a) -> np.ndarray:
     if is_cupy_array(a):
         return a.get()
     return np.asarray(a)
+
+
+def acc_dtype(dtype):
+    """The dtype sums and statistics accumulate in: float64 for float64, else float32 (float16 sums overflow)."""
+    return np.float64 if dtype == np.float64 else np.float32
 
 
 def default_float_dtype():

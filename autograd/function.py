@@ -4,7 +4,7 @@ A subclass writes ``forward(self, *arrays)`` with the array module of its inputs
 both) and ``backward(self, *grad_outputs)`` that receives and returns Tensors built from differentiable ops. The
 engine runs backward under ``no_grad`` unless ``create_graph=True``, so every op whose backward is written in ops is
 differentiable twice for free. ``Fn.apply(*inputs, **params)`` builds ``Fn(**params)``, runs forward and, when a
-graph is being recorded, links the outputs to it.
+graph is being recorded, links the outputs to it; the op's parameters are declared in its ``params`` tuple.
 
 What a Function keeps alive: its input Tensors (to walk the graph), what forward stored on ``self`` for backward,
 and its outputs' arrays only when the class sets ``save_outputs = True``. All of it is released after backward unless
@@ -24,13 +24,27 @@ class Function:
     #: forward's outputs are needed in backward (exp, tanh, sigmoid ...): they are kept as arrays and given back by
     #: ``self.output(i)`` as Tensors that stand for the output node, so double backward still flows through them.
     save_outputs = False
-    #: ``False`` for fused ops whose backward is an array kernel: a double backward through them is a clear error.
+    #: ``False`` for an op whose backward is array code only (no Tensor-op form, no composed reference to
+    #: differentiate): a double backward through it is then a clear error naming the op.
     differentiable_twice = True
+
+    #: the names of the op's parameters: the keyword arguments of ``apply`` (``Sum.apply(x, axis=1)``), set on the
+    #: instance as attributes. A class attribute of the same name is the default; without one the parameter must
+    #: be given. An unknown or missing parameter is a TypeError naming the op.
+    params: tuple[str, ...] = ()
 
     # instance attributes set by apply(): inputs, _out_meta, _out_arrays, _released, _needs_input_grad
     def __init__(self, **params):
-        for k, v in params.items():
-            setattr(self, k, v)
+        cls = type(self)
+        unknown = [k for k in params if k not in cls.params]
+        if unknown:
+            takes = ", ".join(cls.params) if cls.params else "no parameters"
+            raise TypeError(f"{cls.__name__}: unknown parameter(s) {', '.join(unknown)} (it takes {takes})")
+        for k in cls.params:
+            if k in params:
+                setattr(self, k, params[k])
+            elif not hasattr(cls, k):
+                raise TypeError(f"{cls.__name__}: missing parameter {k!r} (it takes {', '.join(cls.params)})")
 
     def forward(self, *arrays):  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__}.forward is not written")

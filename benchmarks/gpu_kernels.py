@@ -1,4 +1,4 @@
-"""Time each autograd.cuda kernel against the plain CuPy composition (nn_kernels' generic code) and PyTorch.
+"""Time each autograd.cuda kernel against the plain CuPy composition (the fused ops' NumPy code) and PyTorch.
 
     python3 benchmarks/gpu_kernels.py            # GPT-2 124M shapes: B=8, T=1024, C=768, V=50304, H=12
     python3 benchmarks/gpu_kernels.py --small    # quicker, smaller shapes
@@ -61,7 +61,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import cupy as cp
     import autograd.cuda as gk
-    from autograd.ops import nn_kernels as nk
+    from autograd.ops.fused import attention as fa, cross_entropy as fce, gelu as fg, layer_norm as fln, softmax as fs
+    from tinygrad_llm.optim.adam import adamw_update
     from autograd.cuda import attention as at
     try:
         import torch
@@ -104,11 +105,12 @@ def main(argv=None):
     x = rs.standard_normal((N, 4 * C)).astype(np.float32)
     g = rs.standard_normal((N, 4 * C)).astype(np.float32)
     tx = tt(x) if torch else None
-    add("gelu fwd", R(lambda: gk.get_kernel("gelu_forward")(x)), R(lambda: nk.gelu_forward.generic(x)),
+    add("gelu fwd", R(lambda: gk.get_kernel("gelu_forward")(x)), R(lambda: fg.gelu_forward(x)),
         Rt(lambda: tF.gelu(tx, approximate="tanh")), 2 * x.nbytes, "GB/s")
-    add("gelu bwd", R(lambda: gk.get_kernel("gelu_backward")(x, g)), R(lambda: nk.gelu_backward.generic(x, g)),
+    s_gelu = fg.gelu_forward(x)[1]
+    add("gelu bwd", R(lambda: gk.get_kernel("gelu_backward")(x, g)), R(lambda: fg.gelu_backward(x, s_gelu, g)),
         float("nan"), 3 * x.nbytes, "GB/s")
-    x = g = tx = None
+    x = g = tx = s_gelu = None
 
     x = rs.standard_normal((N, C)).astype(np.float32)
     w = rs.standard_normal((C,)).astype(np.float32)
@@ -120,23 +122,17 @@ def main(argv=None):
         tgy = tt(gy)
         ty = tF.layer_norm(tx, (C,), tw, tb, 1e-5)
     add("layer_norm fwd", R(lambda: gk.get_kernel("layer_norm_forward")(x, w, b, 1e-5)),
-        R(lambda: nk.layer_norm_forward.generic(x, w, b, 1e-5)),
+        R(lambda: fln.layer_norm_forward(x, w, b, 1e-5)),
         Rt(lambda: tF.layer_norm(tx, (C,), tw, tb, 1e-5)), 2 * x.nbytes, "GB/s")
     add("layer_norm bwd", R(lambda: gk.get_kernel("layer_norm_backward")(gy, x, w, mean, rstd)),
-        R(lambda: nk.layer_norm_backward.generic(gy, x, w, mean, rstd)),
+        R(lambda: fln.layer_norm_backward(gy, x, w, rstd, True)),
         Rt(lambda: torch.autograd.grad(ty, (tx, tw, tb), tgy, retain_graph=True)), 3 * x.nbytes, "GB/s")
-    from autograd.cuda import norms
-    norms.BWD_WARP = not norms.BWD_WARP
-    add(f"layer_norm bwd ({'warp' if norms.BWD_WARP else 'block'}-per-row variant)",
-        R(lambda: gk.get_kernel("layer_norm_backward")(gy, x, w, mean, rstd)),
-        float("nan"), float("nan"), 3 * x.nbytes, "GB/s")
-    norms.BWD_WARP = not norms.BWD_WARP
     x = gy = None
 
     s = rs.standard_normal((B * H * T, T)).astype(np.float32)
     ts_ = tt(s) if torch else None
     add("softmax fwd (BHT, T)", R(lambda: gk.get_kernel("softmax_forward")(s)),
-        R(lambda: nk.softmax_forward.generic(s)), Rt(lambda: torch.softmax(ts_, -1)), 2 * s.nbytes, "GB/s")
+        R(lambda: fs.softmax_forward(s)), Rt(lambda: torch.softmax(ts_, -1)), 2 * s.nbytes, "GB/s")
     s = ts_ = None
 
     logits = rs.standard_normal((N, V)).astype(np.float32)
@@ -148,8 +144,8 @@ def main(argv=None):
         return gk.get_kernel("cross_entropy_backward")(logits, tgt, lse_, 1.0 / c_, -100)
 
     def cupy_ce():
-        l_, lse_, c_ = nk.cross_entropy_forward.generic(logits, tgt, -100)
-        return nk.cross_entropy_backward.generic(logits, tgt, lse_, 1.0 / c_, -100)
+        l_, c_, e_, inv_ = fce.cross_entropy_forward(logits, tgt, -100)
+        return fce.cross_entropy_backward(e_, inv_, tgt, 1.0 / c_, -100, logits.dtype)
 
     if torch:
         tl, ttg = tt(logits).requires_grad_(), tt(tgt)
@@ -187,7 +183,7 @@ def main(argv=None):
             print("  flash vs GEMM attention at full size, rel err o, lse, dq, dk, dv: "
                   + ", ".join(f"{e_:.2e}" for e_ in errs), flush=True)
         add(f"attention generic cupy fwd {np.dtype(dt).name}",
-            R(lambda: nk.attention_forward.generic(q, k, v, True, sc)), float("nan"), float("nan"), fl, "TFLOP/s")
+            R(lambda: fa.attention_forward(q, k, v, True, sc)), float("nan"), float("nan"), fl, "TFLOP/s")
 
     # AdamW over GPT-2 124M-like parameter shapes
     shapes = [(V, C), (1024, C)] + [s_ for _ in range(12 if not args.small else 2) for s_ in
@@ -200,7 +196,8 @@ def main(argv=None):
     nbytes = sum(p.nbytes for p in ps) * 7   # read p g m v, write p m v
     add(f"adamw_step {len(ps)} tensors {sum(p.size for p in ps)/1e6:.0f}M",
         R(lambda: gk.get_kernel("adamw_step")(ps, gs, ms, vs, 1e-4, 0.9, 0.95, 1e-8, 0.1, 10)),
-        R(lambda: nk.adamw_step.generic(ps, gs, ms, vs, 1e-4, 0.9, 0.95, 1e-8, 0.1, 10)),
+        R(lambda: [adamw_update(p, g, m, v, lr=1e-4, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=10)
+                   for p, g, m, v in zip(ps, gs, ms, vs)]),
         float("nan"), nbytes, "GB/s")
     if torch:
         tps = [torch.nn.Parameter(tt(p)) for p in ps]

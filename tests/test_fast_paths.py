@@ -13,7 +13,7 @@ import pytest
 
 import autograd as ag
 from autograd import functional as F
-from autograd.ops import nn as _nn
+from autograd.ops.fused.linear import Linear
 from tinygrad_llm import optim
 
 
@@ -39,7 +39,7 @@ def _linear_pair(xp, seed, bias=True, x16=False):
                 y = F.linear(x, w, b)
         else:
             args = (x.astype(np.float16), w.astype(np.float16)) + ((b.astype(np.float16),) if bias else ())
-            y = _nn.Linear.apply(*args)
+            y = Linear.apply(*args)
         (y * ag.Tensor(xp.asarray(r))).sum().backward()
         out.append((y, x, w, b))
     return out

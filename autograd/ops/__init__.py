@@ -1,4 +1,5 @@
-"""The differentiable ops, one module per family: elementwise, reduce, shape, linalg and nn (fused ops).
+"""The differentiable ops: primitive ops by family (elementwise, reduce, shape, linalg ...) and ``fused/``.
 
-Each op is a Function subclass with its forward on arrays and its hand-derived backward on Tensors, side by side.
+Each op is a Function subclass with its forward on arrays and its hand-derived backward on Tensors, side by side;
+a fused op (one file each under ``fused/``) adds its composed reference and its NumPy / CUDA array code.
 """

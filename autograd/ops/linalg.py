@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import backend
+from ..cuda import kernel_for
 from ..function import Function
 from ..tensor import Tensor
 from .shape import reshape, sum_to, swapaxes, unsqueeze, squeeze
@@ -14,13 +15,8 @@ class MatMul(Function):
         if x.ndim < 2 or y.ndim < 2 or x.shape[-1] != y.shape[-2]:
             raise ValueError(f"matmul: shapes {x.shape} and {y.shape} do not fit "
                              f"(need (..., n, k) @ (..., k, m))")
-        xp = backend.xp_of(x, y)
-        if xp.__name__ == "cupy":  # cuBLAS with TF32 / float16 tensor cores; transposed views are not copied
-            from ..cuda import get_kernel
-            mm = get_kernel("matmul")
-            if mm is not None:
-                return mm(x, y)
-        return xp.matmul(x, y)
+        kernel = kernel_for("matmul", x)   # CuPy: cuBLAS with TF32 / float16 tensor cores, views not copied
+        return kernel(x, y) if kernel is not None else backend.xp_of(x, y).matmul(x, y)
 
     def backward(self, gz):
         x, y = self.inputs

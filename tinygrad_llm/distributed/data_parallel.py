@@ -81,7 +81,7 @@ class _Bucket:
         xp = backend.get_xp(self.device)
         n_flags = len(self.params) if use_grad else 0
         missing = []
-        with _on_device(self.device):
+        with backend.device_scope(self.device):
             buf = xp.empty(self.numel + n_flags, dtype=self.dtype)
             for i, (p, off) in enumerate(zip(self.params, self.offsets)):
                 if p.dtype != self.dtype or p.device != self.device:
@@ -114,7 +114,7 @@ class _Bucket:
         n = -(-self.numel // comm.world_size)
         flat = self.pack(use_grad=True)
         xp = backend.get_xp(self.device)
-        with _on_device(self.device):
+        with backend.device_scope(self.device):
             grads = xp.zeros(n * comm.world_size, dtype=self.dtype)
             grads[:self.numel] = flat[:self.numel]
             flags = flat[self.numel:].copy()
@@ -129,7 +129,7 @@ class _Bucket:
         lo, hi = self.shard_range(comm.rank, comm.world_size)
         n = -(-self.numel // comm.world_size)
         xp = backend.get_xp(self.device)
-        with _on_device(self.device):
+        with backend.device_scope(self.device):
             mine = xp.zeros(n, dtype=self.dtype)
             for p, off in zip(self.params, self.offsets):
                 a, e = max(lo, off), min(hi, off + p.size)
@@ -149,16 +149,6 @@ class _Bucket:
         """Write broadcast values into the params' arrays in place (optimizers keep their references)."""
         for p, off in zip(self.params, self.offsets):
             p.data[...] = buf[off:off + p.size].reshape(p.shape)
-
-
-@contextmanager
-def _on_device(device: str):
-    if device.startswith("cuda"):
-        cp = backend.cupy_module()
-        with cp.cuda.Device(int(device.split(":")[1])):
-            yield
-    else:
-        yield
 
 
 class DataParallel:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from autograd.backend import is_cupy_array
+
 from .comm import Communicator, DEFAULT_TIMEOUT, Work, check_op, poll_until, timeout_error
 
 
@@ -24,10 +26,6 @@ def import_mpi():
             "Open MPI: pip install mpi4py), then start the ranks with mpiexec -n N python script.py"
         ) from e
     return MPI
-
-
-def _is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
 
 
 class _MPIWork(Work):
@@ -65,7 +63,7 @@ class MPICommunicator(Communicator):
 
     # ------------------------------------------------------------------ plumbing
     def _host(self, array, name: str) -> np.ndarray:
-        if _is_cupy(array):
+        if is_cupy_array(array):
             return np.ascontiguousarray(array.get())
         if not isinstance(array, np.ndarray):
             raise TypeError(f"MPI {name} needs a NumPy array, got {type(array).__name__}")
@@ -141,7 +139,7 @@ class MPICommunicator(Communicator):
 
 def _to_like(host: np.ndarray, like):
     """``host`` as an array of the same kind as ``like`` (CuPy when ``like`` is a CuPy array)."""
-    if _is_cupy(like):
+    if is_cupy_array(like):
         import cupy
         return cupy.asarray(host)
     return host

@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from autograd.backend import is_cupy_array
+
 from .comm import (Communicator, DEFAULT_TIMEOUT, DistributedError, DistributedTimeoutError, check_op,
                    timeout_error)
 
@@ -128,7 +130,7 @@ class TCPCommunicator(Communicator):
     # CuPy arrays are staged through host memory: slow, but it lets several ranks share one GPU (NCCL refuses
     # two ranks on the same GPU), which exercises multi-rank code paths on a machine with few GPUs.
     def all_reduce(self, array, op: str = "sum"):
-        if _is_cupy(array):
+        if is_cupy_array(array):
             host = array.get()
             self.all_reduce(host, op)
             array[...] = _like(host, array)
@@ -161,7 +163,7 @@ class TCPCommunicator(Communicator):
         return array
 
     def broadcast(self, array, root: int = 0):
-        if _is_cupy(array):
+        if is_cupy_array(array):
             host = array.get()
             self.broadcast(host, root)
             array[...] = _like(host, array)
@@ -187,7 +189,7 @@ class TCPCommunicator(Communicator):
         return array
 
     def all_gather(self, array):
-        if _is_cupy(array):
+        if is_cupy_array(array):
             return _like(self.all_gather(array.get()), array)
         a = self._host(array, "all_gather")
         out = np.empty((self.world_size,) + a.shape, dtype=a.dtype)
@@ -204,7 +206,7 @@ class TCPCommunicator(Communicator):
         return out
 
     def reduce_scatter(self, array, op: str = "sum"):
-        if _is_cupy(array):
+        if is_cupy_array(array):
             return _like(self.reduce_scatter(array.get(), op), array)
         a = self._host(array, "reduce_scatter")
         if a.ndim == 0 or a.shape[0] % self.world_size:
@@ -230,10 +232,6 @@ class TCPCommunicator(Communicator):
         if self._server is not None:
             self._server.close()
             self._server = None
-
-
-def _is_cupy(a) -> bool:
-    return type(a).__module__.startswith("cupy")
 
 
 def _like(host: np.ndarray, like):
