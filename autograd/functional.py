@@ -1,17 +1,10 @@
 """User-facing neural-network functions: ``from autograd import functional as F``.
 
 Activations, softmax family, cross-entropy, normalisations, embedding, dropout, masking, linear and attention.
-The heavy ones are single fused Functions (``autograd/ops/nn.py``) with hand-derived backward passes whose array
-code lives in ``autograd/ops/nn_kernels.py`` (NumPy/CuPy generic, CUDA kernels when registered).
-
-Double backward (``create_graph=True``): softmax, log_softmax, cross_entropy, gelu, bias_gelu, embedding, dropout,
-masked_fill and linear support it; layer_norm, rms_norm and scaled_dot_product_attention are first-order fused ops
-and raise a clear error (compose them from primitive ops for higher-order gradients).
-
-Speed and memory: on NumPy the fused ops keep an intermediate from forward when that makes backward cheaper
-(GELU's sigmoid factor, LayerNorm's normalised x, cross-entropy's exp(x - max), attention's probabilities), up to
-``autograd.ops.nn.SAVE_FOR_BACKWARD_LIMIT_BYTES`` per array; on CuPy they save only what the kernel-contract functions (docs/KERNELS.md)
-need (flash attention keeps the log-sum-exp, not the probabilities) and backward recomputes.
+The heavy ones are fused ops (``autograd/ops/fused/``, one file each): one node with a hand-derived backward, its
+NumPy code, and its CUDA kernel on the GPU. ``fused=False`` returns the same computation composed from primitive
+ops instead (the reference each fused op is tested against). Every op here is differentiable any number of times:
+under ``create_graph=True`` a fused op differentiates its composed reference.
 
 Shapes: B batch, T positions, C features, V vocabulary, H heads, D head size.
 """
@@ -24,9 +17,18 @@ import numpy as np
 from . import amp as _amp
 from . import backend
 from .checkpoint import note_rng
-from .ops import nn as _nn
 from .ops import axes as _axes
 from .ops import elementwise as _ew
+from .ops.fused import attention as _attention
+from .ops.fused import cross_entropy as _cross_entropy
+from .ops.fused import dropout as _dropout
+from .ops.fused import embedding as _embedding
+from .ops.fused import gelu as _gelu
+from .ops.fused import heads as _heads
+from .ops.fused import layer_norm as _layer_norm
+from .ops.fused import linear as _linear
+from .ops.fused import rms_norm as _rms_norm
+from .ops.fused import softmax as _softmax
 from .tensor import Tensor
 
 __all__ = [
@@ -63,11 +65,11 @@ def relu(x: Tensor) -> Tensor:
     return _ew.Relu.apply(_t(x))
 
 
-def gelu(x: Tensor, approximate: str = "tanh") -> Tensor:
-    """GELU. ``approximate='tanh'`` (GPT-2): one fused kernel forward and backward, still twice differentiable
-    (its backward switches to Tensor ops under create_graph); ``'none'``: the exact x * Phi(x) (erf)."""
+def gelu(x: Tensor, approximate: str = "tanh", fused: bool = True) -> Tensor:
+    """GELU. ``approximate='tanh'`` (GPT-2): one fused op (``fused=False``: composed from tanh and arithmetic);
+    ``'none'``: the exact x * Phi(x) (erf), a primitive op."""
     if approximate == "tanh":
-        return _nn.GeluTanh.apply(_t(x))
+        return _gelu.GeluTanh.apply(_t(x)) if fused else _gelu.gelu_reference(_t(x))
     if approximate == "none":
         return _ew.Gelu.apply(_t(x), approximate="none")
     raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
@@ -86,38 +88,38 @@ def tanh(x: Tensor) -> Tensor:
     return _ew.Tanh.apply(_t(x))
 
 
-def bias_gelu(x: Tensor, b: Tensor) -> Tensor:
-    """gelu(x + b) (tanh form) in one op; x (..., C), b (C,). Used by FeedForward after a bias-free matmul."""
+def bias_gelu(x: Tensor, b: Tensor, fused: bool = True) -> Tensor:
+    """gelu(x + b) (tanh form) in one op; x (..., C), b (C,). Used by the feed-forward after a bias-free matmul."""
     x, b = _t(x), _t(b)
     if b.ndim != 1 or x.ndim < 1 or b.shape[0] != x.shape[-1]:
         raise ValueError(f"bias_gelu: bias must have shape ({x.shape[-1] if x.ndim else '?'},) to match x of shape "
                          f"{x.shape}, got {b.shape}")
     if b.dtype != x.dtype and _amp.autocast_dtype() is not None:
         b = b.astype(x.dtype)  # float16 activations under autocast: keep the bias from promoting them to float32
-    return _nn.BiasGelu.apply(x, b)
+    return _gelu.BiasGelu.apply(x, b) if fused else _gelu.bias_gelu_reference(x, b)
 
 
 # ------------------------------------------------------------------------------------------------------ softmax family
-def softmax(x: Tensor, axis: int = -1) -> Tensor:
+def softmax(x: Tensor, axis: int = -1, fused: bool = True) -> Tensor:
     """exp(x) / sum(exp(x)) over ``axis``, stable (max subtracted), float32 statistics for float16 inputs."""
     x = _t(x)
     axis = _check_axis("softmax", axis, x.ndim)
     if x.ndim == 0:  # PyTorch accepts a 0-d tensor: its softmax is 1
-        return softmax(x.reshape(1), 0).reshape(())
-    return _nn.Softmax.apply(x, axis=axis)
+        return softmax(x.reshape(1), 0, fused).reshape(())
+    return _softmax.Softmax.apply(x, axis=axis) if fused else _softmax.softmax_reference(x, axis)
 
 
-def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+def log_softmax(x: Tensor, axis: int = -1, fused: bool = True) -> Tensor:
     """x - logsumexp(x) over ``axis``, stable."""
     x = _t(x)
     axis = _check_axis("log_softmax", axis, x.ndim)
     if x.ndim == 0:
-        return log_softmax(x.reshape(1), 0).reshape(())
-    return _nn.LogSoftmax.apply(x, axis=axis)
+        return log_softmax(x.reshape(1), 0, fused).reshape(())
+    return _softmax.LogSoftmax.apply(x, axis=axis) if fused else _softmax.log_softmax_reference(x, axis)
 
 
 def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: str = "mean",
-                  label_smoothing: float = 0.0) -> Tensor:
+                  fused: bool = True, label_smoothing: float = 0.0) -> Tensor:
     """Softmax cross-entropy of ``logits`` (N, V) or (B, T, V) against integer ``targets`` (N,) or (B, T).
 
     ``reduction='mean'`` averages over targets that are not ``ignore_index``; if every target is ignored the loss
@@ -146,7 +148,9 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
         if bad.any():
             raise ValueError(f"cross_entropy: target {int(t[bad][0])} is out of range [0, {V}) "
                              f"(ignore_index={ignore_index})")
-    return _nn.CrossEntropy.apply(logits, targets=t, ignore_index=ignore_index, reduction=reduction)
+    if not fused:
+        return _cross_entropy.cross_entropy_reference(logits, t, ignore_index, reduction)
+    return _cross_entropy.CrossEntropy.apply(logits, targets=t, ignore_index=ignore_index, reduction=reduction)
 
 
 # ------------------------------------------------------------------------------------------------------ norms
@@ -155,9 +159,10 @@ def _check_param(op: str, name: str, p: Tensor, x: Tensor) -> None:
         raise ValueError(f"{op}: {name} must have shape ({x.shape[-1]},) to match x of shape {x.shape}, got {p.shape}")
 
 
-def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5,
+               fused: bool = True) -> Tensor:
     """(x - mean) / sqrt(var + eps) * weight + bias over the last axis; x (..., C), weight and bias (C,) or None.
-    Statistics in float32 at least. First-order fused op."""
+    Statistics in float32 at least (``fused=False``: in x's dtype)."""
     x = _t(x)
     ins = [x]
     if weight is not None:
@@ -168,21 +173,25 @@ def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
         bias = _t(bias)
         _check_param("layer_norm", "bias", bias, x)
         ins.append(bias)
-    return _nn.LayerNorm.apply(*ins, has_w=weight is not None, has_b=bias is not None, eps=float(eps))
+    if not fused:
+        return _layer_norm.layer_norm_reference(x, weight, bias, float(eps))
+    return _layer_norm.LayerNorm.apply(*ins, has_w=weight is not None, has_b=bias is not None, eps=float(eps))
 
 
-def rms_norm(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6) -> Tensor:
-    """x / sqrt(mean(x**2) + eps) * weight over the last axis; x (..., C), weight (C,) or None. First-order fused."""
+def rms_norm(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6, fused: bool = True) -> Tensor:
+    """x / sqrt(mean(x**2) + eps) * weight over the last axis; x (..., C), weight (C,) or None."""
     x = _t(x)
-    if weight is None:
-        return _nn.RMSNorm.apply(x, eps=float(eps))
-    weight = _t(weight)
-    _check_param("rms_norm", "weight", weight, x)
-    return _nn.RMSNorm.apply(x, weight, eps=float(eps))
+    if weight is not None:
+        weight = _t(weight)
+        _check_param("rms_norm", "weight", weight, x)
+    if not fused:
+        return _rms_norm.rms_norm_reference(x, weight, float(eps))
+    ins = (x,) if weight is None else (x, weight)
+    return _rms_norm.RMSNorm.apply(*ins, eps=float(eps))
 
 
 # ------------------------------------------------------------------------------------------------------ embedding
-def embedding(ids, weight: Tensor) -> Tensor:
+def embedding(ids, weight: Tensor, fused: bool = True) -> Tensor:
     """Rows of ``weight`` (V, C) picked by integer ``ids`` (B, T) -> (B, T, C). Backward scatter-adds rows, so a
     repeated id collects the sum of its gradients. Out-of-range ids raise on the CPU (on the GPU the check would
     cost a host sync per call, so it is skipped)."""
@@ -195,7 +204,9 @@ def embedding(ids, weight: Tensor) -> Tensor:
         if lo < 0 or hi >= weight.shape[0]:
             raise IndexError(f"embedding: id {lo if lo < 0 else hi} is out of range [0, {weight.shape[0]}) for "
                              f"weight of shape {weight.shape}")
-    return _nn.Embedding.apply(weight, ids=ids)
+    if not fused:
+        return _embedding.embedding_reference(ids, weight)
+    return _embedding.Embedding.apply(weight, ids=ids)
 
 
 # ------------------------------------------------------------------------------------------------------ dropout
@@ -236,7 +247,7 @@ def dropout(x: Tensor, p: float, training: bool = True, rng: np.random.Generator
     scale = 0.0 if p == 1.0 else 1.0 / (1.0 - p)
     mask = keep.astype(x.dtype)
     mask *= x.dtype.type(scale)
-    return _nn.Dropout.apply(x, mask=mask)
+    return _dropout.Dropout.apply(x, mask=mask)
 
 
 # ------------------------------------------------------------------------------------------------------ masking
@@ -260,7 +271,7 @@ def masked_fill(x: Tensor, mask, value: float) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------ linear
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, fused: bool = True) -> Tensor:
     """x @ weight.T + bias; x (..., in), weight (out, in) as PyTorch and GPT-2 checkpoints store it (HF's Conv1D
     weights are (in, out): transpose them when loading), bias (out,) or None -> (..., out)."""
     x, weight = _t(x), _t(weight)
@@ -268,56 +279,94 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         raise ValueError(f"linear: x of shape {x.shape} does not fit weight of shape {weight.shape} "
                          "(expected x (..., in) and weight (out, in))")
     amp_dtype = _amp.autocast_dtype()
-    params = {}
+    compute_dtype = None
     if amp_dtype is not None and weight.dtype != amp_dtype and weight.dtype.kind == "f":
         # mixed precision: compute in float16 inside the op, keep float32 master weights; backward gives each input
         # its gradient in its own dtype (the GEMMs write float32 weight gradients directly)
-        params["compute_dtype"] = amp_dtype
-    if bias is None:
-        return _nn.Linear.apply(x, weight, **params)
-    bias = _t(bias)
-    if bias.shape != (weight.shape[0],):
-        raise ValueError(f"linear: bias must have shape ({weight.shape[0]},) for weight {weight.shape}, "
-                         f"got {bias.shape}")
-    return _nn.Linear.apply(x, weight, bias, **params)
+        compute_dtype = amp_dtype
+    if bias is not None:
+        bias = _t(bias)
+        if bias.shape != (weight.shape[0],):
+            raise ValueError(f"linear: bias must have shape ({weight.shape[0]},) for weight {weight.shape}, "
+                             f"got {bias.shape}")
+    if not fused:
+        return _linear.linear_reference(x, weight, bias, compute_dtype)
+    ins = (x, weight) if bias is None else (x, weight, bias)
+    return _linear.Linear.apply(*ins, compute_dtype=compute_dtype)
 
 
 # ------------------------------------------------------------------------------------------------------ attention
-def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, dropout_p: float = 0.0,
-                                 rng: np.random.Generator | None = None, scale: float | None = None) -> Tensor:
-    """softmax(q k^T * scale [+ causal mask]) v. q (B, H, Tq, D), k and v (B, H, Tk, D) -> (B, H, Tq, D).
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False,
+                                 rng: np.random.Generator | None = None, fused: bool = True) -> Tensor:
+    """softmax(q k^T * scale + mask) v, PyTorch's signature. q (B, H, Tq, D), k and v (B, Hk, Tk, D) -> (B, H, Tq, D).
 
-    ``causal``: query i may attend to keys j <= i + (Tk - Tq), so with a KV cache (Tq < Tk) the last query sees all
-    keys; needs Tq <= Tk. ``scale`` defaults to 1/sqrt(D). Without dropout this is one fused first-order op that
-    never keeps the (Tq, Tk) probabilities for backward; with ``dropout_p > 0`` (attention dropout, pass 0 in eval)
-    it is composed from matmul, masked_fill, softmax and dropout. Grouped-query attention: repeat k and v heads first.
+    ``attn_mask``: boolean (True = may attend) or additive float, broadcastable to (B, H, Tq, Tk); a float mask that
+    requires grad gets its gradient through the composed path. ``is_causal``: query i attends to keys
+    j <= i + (Tk - Tq), so with a KV cache (Tq < Tk) the last query sees all keys; needs Tq <= Tk. ``scale``
+    defaults to 1/sqrt(D). ``dropout_p > 0`` (attention dropout; pass 0 in eval) drops probabilities with ``rng``
+    (a ``numpy.random.Generator``) on the composed path. ``enable_gqa``: Hk may divide H (grouped-query attention);
+    each k/v head serves H/Hk query heads. Otherwise one fused op (``fused=False``: the composed reference).
     """
     q, k, v = _t(q), _t(k), _t(v)
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"scaled_dot_product_attention: q, k, v must be (B, H, T, D), got shapes {q.shape}, "
                          f"{k.shape}, {v.shape}")
+    if enable_gqa and k.shape == v.shape and k.shape[1] != q.shape[1] and q.shape[1] % max(k.shape[1], 1) == 0:
+        k, v = _repeat_heads(k, q.shape[1] // k.shape[1]), _repeat_heads(v, q.shape[1] // v.shape[1])
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(f"scaled_dot_product_attention: shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape} "
-                         "(need q (B, H, Tq, D) and k, v (B, H, Tk, D))")
+                         "(need q (B, H, Tq, D) and k, v (B, H, Tk, D); enable_gqa=True for fewer k/v heads)")
     tq, tk = q.shape[2], k.shape[2]
-    if causal and tq > tk:
+    if is_causal and tq > tk:
         raise ValueError(f"scaled_dot_product_attention: causal attention needs Tq <= Tk, got Tq={tq}, Tk={tk}")
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[3])
+    scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), got {dropout_p}")
-    if dropout_p == 0.0:
-        return _nn.Attention.apply(q, k, v, causal=bool(causal), scale=float(scale))
-    s = (q @ k.swapaxes(-1, -2)) * float(scale)
-    if causal:
-        xp = backend.xp_of(q.data)
-        s = masked_fill(s, xp.triu(xp.ones((tq, tk), dtype=bool), k=1 + tk - tq), -math.inf)
-    return dropout(softmax(s, axis=-1), dropout_p, training=True, rng=rng) @ v
+    mask = _attention_mask(attn_mask, q, (q.shape[0], q.shape[1], tq, tk))
+    if not fused or dropout_p > 0.0 or (isinstance(mask, Tensor) and mask.requires_grad):
+        drop = (lambda p: dropout(p, dropout_p, training=True, rng=rng)) if dropout_p > 0.0 else None
+        return _attention.attention_reference(q, k, v, mask, bool(is_causal), scale, dropout=drop)
+    bias = mask.data if isinstance(mask, Tensor) else mask
+    if bias is not None and bias.dtype == bool:   # True = may attend: 0 there, -inf elsewhere
+        xp = backend.xp_of(bias)
+        bias = xp.where(bias, q.dtype.type(0), q.dtype.type(-math.inf))
+    return _attention.Attention.apply(q, k, v, causal=bool(is_causal), scale=scale, bias=bias)
+
+
+def _attention_mask(attn_mask, q: Tensor, scores_shape):
+    """The mask on q's device (an array, or the Tensor itself when it needs a gradient), checked against the scores."""
+    if attn_mask is None:
+        return None
+    if not isinstance(attn_mask, Tensor):
+        m = attn_mask if hasattr(attn_mask, "dtype") else np.asarray(attn_mask)
+        attn_mask = Tensor(m) if m.dtype != bool else m
+    m = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
+    if m.dtype != bool and m.dtype.kind != "f":
+        raise TypeError(f"scaled_dot_product_attention: attn_mask must be boolean or float, got dtype {m.dtype}")
+    try:
+        if np.broadcast_shapes(m.shape, scores_shape) != tuple(scores_shape):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"scaled_dot_product_attention: attn_mask of shape {m.shape} does not broadcast to the "
+                         f"scores {tuple(scores_shape)} (B, H, Tq, Tk)") from None
+    if backend.device_of(m) != q.device:
+        m = backend.to_device(m, q.device)
+        attn_mask = Tensor(m) if isinstance(attn_mask, Tensor) else m
+    if isinstance(attn_mask, Tensor) and not attn_mask.requires_grad and m.dtype != q.dtype:
+        attn_mask = Tensor(m.astype(q.dtype))
+    return attn_mask
+
+
+def _repeat_heads(x: Tensor, n: int) -> Tensor:
+    """(B, K, T, D) -> (B, K n, T, D): each head repeated n times in a row (head j serves query heads j n .. )."""
+    b, kh, t, d = x.shape
+    return x.reshape(b, kh, 1, t, d).broadcast_to((b, kh, n, t, d)).reshape(b, kh * n, t, d)
 
 
 # ------------------------------------------------------------------------------------------------------ head layout
-def split_heads(qkv: Tensor, n_head: int, n_kv_heads: int | None = None,
-                contiguous: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def split_heads(qkv: Tensor, n_head: int, n_kv_heads: int | None = None, contiguous: bool = False,
+                fused: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """qkv (B, T, (H + 2K) D) -> q (B, H, T, D), k (B, K, T, D), v (B, K, T, D), in one op: the same as reshape +
     transpose + split, and its backward writes d(qkv) directly. Strided views, or C-contiguous copies with
     ``contiguous=True`` (what the flash attention kernel reads; costs one more (B, T, 3C) activation)."""
@@ -326,16 +375,18 @@ def split_heads(qkv: Tensor, n_head: int, n_kv_heads: int | None = None,
     if qkv.ndim != 3 or qkv.shape[-1] % (n_head + 2 * kv):
         raise ValueError(f"split_heads: expected (B, T, (n_head + 2 n_kv_heads) * D) with n_head {n_head}, "
                          f"n_kv_heads {kv}, got shape {qkv.shape}")
-    return _nn.SplitHeads.apply(qkv, n_head=n_head, n_kv_heads=kv, head_dim=qkv.shape[-1] // (n_head + 2 * kv),
-                                contiguous=bool(contiguous))
+    d = qkv.shape[-1] // (n_head + 2 * kv)
+    if not fused:
+        return _heads.split_heads_reference(qkv, n_head, kv, d)
+    return _heads.SplitHeads.apply(qkv, n_head=n_head, n_kv_heads=kv, head_dim=d, contiguous=bool(contiguous))
 
 
-def merge_heads(y: Tensor) -> Tensor:
+def merge_heads(y: Tensor, fused: bool = True) -> Tensor:
     """y (B, H, T, D) -> (B, T, H D) contiguous, in one op (transpose + reshape)."""
     y = _t(y)
     if y.ndim != 4:
         raise ValueError(f"merge_heads: expected (B, H, T, D), got shape {y.shape}")
-    return _nn.MergeHeads.apply(y)
+    return _heads.MergeHeads.apply(y) if fused else _heads.merge_heads_reference(y)
 
 
 # ------------------------------------------------------------------------------------------------------ more ops
