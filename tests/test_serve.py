@@ -1,14 +1,9 @@
 """The chat server on the loopback with a tiny random model: OpenAI-compatible bodies (streaming and not), greedy
 answers equal to tl.generate's, stop strings / tokens, max_tokens, seeds, concurrent clients, every malformed request
-answered with a 4xx JSON error, a client disconnecting mid-stream, special-token text as plain text, the terminal
-chat, and the two commands."""
+answered with a 4xx JSON error, a client disconnecting mid-stream, special-token text as plain text."""
 import http.client
 import json
-import os
-import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,7 +11,7 @@ import numpy as np
 import pytest
 
 import tinygrad_llm as tl
-from tinygrad_llm.serve import ChatService, StreamText, chat_loop, make_server
+from tinygrad_llm.serve import ChatService, StreamText, make_server
 from tinygrad_llm.serve.client import ClientError, get_json, post_json, stream_events
 from tinygrad_llm.tokenizer import BPETokenizer
 
@@ -371,58 +366,3 @@ def test_stream_text_holds_back_stop_prefixes_and_partial_characters():
     st = StreamText(tok, stop=["END"])
     st.push(tok.encode("E")[0])
     assert st.finish() == "E"                                           # at the end, held text is final
-
-
-def test_terminal_chat_loop(served):
-    out = []
-    lines = ["Name a color.\n", "/reset\n", "\n", "hello\n", "/exit\n", "never read\n"]
-    turns = chat_loop(served["service"], iter(lines), out.append, options={"max_tokens": 8})
-    text = "".join(out)
-    assert turns == 2
-    assert greedy(served, chat_ids(served, "Name a color."), 8) in text
-    assert greedy(served, chat_ids(served, "hello"), 8) in text
-    assert "(new conversation)" in text and "never read" not in text
-
-
-# ------------------------------------------------------------------------------------------------ commands
-@pytest.fixture(scope="module")
-def checkpoint(served, tmp_path_factory):
-    from tinygrad_llm.finetune import save_finetuned
-    return str(save_finetuned(tmp_path_factory.mktemp("serve") / "mymodel", served["model"], served["tok"], 1, {}))
-
-
-def _env():
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-def test_serve_command(checkpoint, served):
-    proc = subprocess.Popen([sys.executable, "-m", "tinygrad_llm", "serve", "--checkpoint", checkpoint,
-                             "--port", "0"], stderr=subprocess.PIPE, text=True, env=_env())
-    try:
-        port = None
-        for _ in range(50):                                             # bounded: the banner comes after loading
-            line = proc.stderr.readline()
-            m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-            if m:
-                port = int(m.group(1))
-                break
-        assert port, "no banner"
-        url = f"http://127.0.0.1:{port}"
-        assert get_json(url + "/v1/models")["data"][0]["id"] == "mymodel"
-        out = post_json(url + "/v1/completions", {"prompt": "hello", "max_tokens": 5, "model": "mymodel"})
-        assert out["choices"][0]["text"] == greedy(served, served["tok"].encode("hello"), 5)
-    finally:
-        proc.terminate()
-        proc.wait(20)
-
-
-def test_chat_command(checkpoint, served):
-    res = subprocess.run([sys.executable, "-m", "tinygrad_llm", "chat", "--checkpoint", checkpoint,
-                          "--max-tokens", "6"], input="Name a color.\n/exit\n", capture_output=True, text=True,
-                         timeout=120, env=_env())
-    assert res.returncode == 0, res.stderr
-    assert greedy(served, chat_ids(served, "Name a color."), 6) in res.stdout
-    res = subprocess.run([sys.executable, "-m", "tinygrad_llm", "serve"], capture_output=True, text=True,
-                         timeout=60, env=_env())
-    assert res.returncode == 2 and "--checkpoint" in res.stderr and "Traceback" not in res.stderr
