@@ -268,10 +268,10 @@ def test_a_full_queue_is_refused(long_served):
         with pytest.raises(EngineBusy, match="already waiting"):
             engine.submit([1, 2], slow)
         first.cancel()
-        waiting.cancel()
-        assert first.wait(30).finish_reason == "cancelled" and waiting.wait(30).finish_reason == "cancelled"
+        assert first.wait(30).finish_reason == "cancelled"
     finally:
         engine.close()
+    assert waiting.wait(30).finish_reason == "cancelled"                # closing finishes what still waits
 
 
 def test_client_disconnect_mid_stream_cancels_generation(long_served):

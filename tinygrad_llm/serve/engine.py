@@ -211,6 +211,11 @@ class Engine:
                     done = True
                 if done:
                     active.remove(req)
+        while True:                                  # closed: nobody may wait forever on a request
+            try:
+                active.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
         for req in active:
             req.cancel()
             req._finish("cancelled")
