@@ -203,7 +203,7 @@ def test_run_instruct_with_lora_writes_responses(tmp_path):
 def test_load_base_from_hf_folder(tmp_path):
     tok = BPETokenizer.train("hello world " * 30, 270)
     model = tl.GPT(tl.GPTConfig(vocab_size=tok.vocab_size, context_length=16, n_layer=1, n_head=2, n_embd=16), seed=3)
-    ft.export_gpt2(model, tmp_path / "gpt2", tokenizer=tok)
+    model.save_pretrained(tmp_path / "gpt2", tokenizer=tok)
     m2, tok2 = ft.load_base(init_from=str(tmp_path / "gpt2"), log=lambda s: None)
     ids = np.array([tok.encode("hello world hello")])
     np.testing.assert_array_equal(m2(ids).numpy(), model(ids).numpy())

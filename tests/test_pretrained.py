@@ -1,5 +1,6 @@
 """GPT-2 weights in the Hugging Face layout: an independent NumPy GPT-2 (HF names, Conv1D (in, out) weights)
-gives the reference logits for a checkpoint this test writes itself; export -> load round trips; clear errors."""
+gives the reference logits for a checkpoint this test writes itself; export -> load round trips; clear errors;
+the GPT-2 config.json fields that change the computation (honoured or refused)."""
 import json
 
 import numpy as np
@@ -7,13 +8,15 @@ import pytest
 from safetensors.numpy import save_file
 
 import tinygrad_llm as tl
-from tinygrad_llm.pretrained import PretrainedFormatError, export_gpt2, load_gpt2, load_gpt2_tokenizer
+from tinygrad_llm.model.hf import PretrainedFormatError, from_pretrained, save_pretrained
+from tinygrad_llm.tokenizer import from_pretrained as tokenizer_from_pretrained
 
 
 # ------------------------------------------------------------------------------------------------ reference
-def ref_gpt2_logits(w: dict, ids: np.ndarray, n_layer: int, n_head: int, eps: float = 1e-5) -> np.ndarray:
+def ref_gpt2_logits(w: dict, ids: np.ndarray, n_layer: int, n_head: int, eps: float = 1e-5,
+                    scale: bool = True) -> np.ndarray:
     """GPT-2 (Radford et al. 2019) written from its equations over HF tensor names, float64. ids (T,) -> (T, V)."""
-    w = {k: np.asarray(v, dtype=np.float64) for k, v in w.items()}
+    w = {k.removeprefix("transformer."): np.asarray(v, dtype=np.float64) for k, v in w.items()}
 
     def layer_norm(x, g, b):
         mu = x.mean(-1, keepdims=True)
@@ -33,7 +36,7 @@ def ref_gpt2_logits(w: dict, ids: np.ndarray, n_layer: int, n_head: int, eps: fl
         h = layer_norm(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"])
         qkv = h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]          # Conv1D: x @ W, W (in, out)
         q, k, v = (qkv[:, j * c:(j + 1) * c].reshape(t, n_head, d).transpose(1, 0, 2) for j in range(3))
-        s = q @ k.transpose(0, 2, 1) / np.sqrt(d)
+        s = q @ k.transpose(0, 2, 1) / (np.sqrt(d) if scale else 1.0)
         s = np.where(causal, -np.inf, s)
         a = np.exp(s - s.max(-1, keepdims=True))
         a /= a.sum(-1, keepdims=True)
@@ -102,11 +105,11 @@ def test_hf_layout_matches_independent_reference(tmp_path, prefix):
     ids = np.random.default_rng(1).integers(0, v, size=ctx)
     ref = ref_gpt2_logits(w, ids, n_layer, n_head)
 
-    m64 = load_gpt2(folder, dtype=np.float64)
+    m64 = from_pretrained(folder, dtype=np.float64)
     assert (m64.config.n_layer, m64.config.n_head, m64.config.n_embd, m64.config.vocab_size,
             m64.config.context_length) == (n_layer, n_head, c, v, ctx)
     np.testing.assert_allclose(logits_of(m64, ids), ref, rtol=0, atol=1e-5)
-    m32 = tl.pretrained.load_gpt2(folder / "model.safetensors")            # a file path works too
+    m32 = tl.from_pretrained(folder / "model.safetensors")            # a file path works too
     assert m32.dtype == np.float32
     np.testing.assert_allclose(logits_of(m32, ids), ref, rtol=1e-4, atol=1e-4)
     # the KV-cache path of generation sees the same weights: greedy tokens agree with the reference argmax
@@ -118,7 +121,7 @@ def test_no_config_infers_sizes_from_shapes(tmp_path):
     v, ctx, c = 11, 8, 768                     # n_embd 768 -> 12 heads (GPT-2 small's width)
     w = random_hf_weights(v, ctx, 1, c, seed=3)
     folder = write_hf(tmp_path / "noconf", w)
-    m = load_gpt2(folder, dtype=np.float64)
+    m = from_pretrained(folder, dtype=np.float64)
     assert (m.config.n_layer, m.config.n_head, m.config.vocab_size, m.config.context_length) == (1, 12, v, ctx)
     ids = np.arange(ctx) % v
     np.testing.assert_allclose(logits_of(m, ids), ref_gpt2_logits(w, ids, 1, 12), atol=1e-5, rtol=0)
@@ -128,8 +131,8 @@ def test_no_config_unknown_width_needs_n_head(tmp_path):
     w = random_hf_weights(10, 8, 1, 24)
     folder = write_hf(tmp_path / "odd", w)
     with pytest.raises(PretrainedFormatError, match="n_embd=24.*n_head"):
-        load_gpt2(folder)
-    m = load_gpt2(folder, n_head=3, dtype=np.float64)
+        from_pretrained(folder)
+    m = from_pretrained(folder, n_head=3, dtype=np.float64)
     ids = np.arange(8)
     np.testing.assert_allclose(logits_of(m, ids), ref_gpt2_logits(w, ids, 1, 3), atol=1e-5, rtol=0)
 
@@ -139,7 +142,7 @@ def test_missing_tensor_is_named_with_file(tmp_path):
     del w["h.1.mlp.c_fc.bias"]
     folder = write_hf(tmp_path / "missing", w, hf_config(20, 8, 2, 16, 2))
     with pytest.raises(PretrainedFormatError) as e:
-        load_gpt2(folder)
+        from_pretrained(folder)
     msg = str(e.value)
     assert "h.1.mlp.c_fc.bias" in msg and "model.safetensors" in msg and "missing" in msg
 
@@ -149,20 +152,20 @@ def test_misshaped_tensor_is_named_with_file(tmp_path):
     w["h.0.attn.c_attn.weight"] = w["h.0.attn.c_attn.weight"].T.copy()     # stored (out, in): wrong for Conv1D
     folder = write_hf(tmp_path / "shape", w, hf_config(20, 8, 2, 16, 2))
     with pytest.raises(PretrainedFormatError) as e:
-        load_gpt2(folder)
+        from_pretrained(folder)
     msg = str(e.value)
-    assert "h.0.attn.c_attn.weight" in msg and "model.safetensors" in msg and "(48, 16)" in msg
+    assert "h.0.attn.c_attn.weight" in msg and "model.safetensors" in msg and "[48, 16]" in msg
 
 
 def test_config_mismatch_and_missing_file_errors(tmp_path):
     w = random_hf_weights(20, 8, 2, 16)
     folder = write_hf(tmp_path / "cfg", w, hf_config(20, 8, 3, 16, 2))      # config says 3 layers
     with pytest.raises(PretrainedFormatError, match="h.2.ln_1.weight"):
-        load_gpt2(folder)
+        from_pretrained(folder)
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "pytorch_model.bin").write_bytes(b"\x80\x04")
     with pytest.raises(FileNotFoundError, match="model.safetensors.*pickle"):
-        load_gpt2(tmp_path / "empty")
+        from_pretrained(tmp_path / "empty")
 
 
 def gpt2_style(**kw):
@@ -182,16 +185,16 @@ def perturb(model, seed=0):
 def test_export_then_load_gives_identical_logits(tmp_path, tie):
     model = tl.GPT(gpt2_style(tie_weights=tie), seed=4)
     perturb(model)
-    folder = export_gpt2(model, tmp_path / "export")
+    folder = save_pretrained(model, tmp_path / "export")
     cfg = json.loads((folder / "config.json").read_text())
     assert cfg["model_type"] == "gpt2" and cfg["n_layer"] == 2 and cfg["tie_word_embeddings"] is tie
     from safetensors import safe_open
     with safe_open(str(folder / "model.safetensors"), framework="numpy") as f:
         keys = set(f.keys())
         assert f.metadata() == {"format": "pt"}
-        assert f.get_tensor("h.1.mlp.c_fc.weight").shape == (32, 128)            # Conv1D (in, out)
-    assert ("lm_head.weight" in keys) is (not tie) and "wte.weight" in keys
-    back = load_gpt2(folder)
+        assert f.get_tensor("transformer.h.1.mlp.c_fc.weight").shape == (32, 128)    # Conv1D (in, out)
+    assert ("lm_head.weight" in keys) is (not tie) and "transformer.wte.weight" in keys
+    back = from_pretrained(folder)
     assert back.config.tie_weights is tie
     ids = np.random.default_rng(0).integers(0, 61, size=(3, 16))
     np.testing.assert_array_equal(back(ids).numpy(), model(ids).numpy())
@@ -202,16 +205,17 @@ def test_export_then_load_gives_identical_logits(tmp_path, tie):
         np.testing.assert_allclose(model(ids[:1]).numpy()[0], ref, atol=1e-4, rtol=1e-4)
 
 
-def test_export_refuses_non_gpt2_models(tmp_path):
-    with pytest.raises(ValueError, match="rmsnorm"):
-        export_gpt2(tl.GPT(tl.GPTConfig.preset("llama-tiny")), tmp_path / "x")
-
+def test_export_refuses_what_gpt2_cannot_express(tmp_path):
+    with pytest.raises(ValueError, match="norm='rmsnorm'"):
+        save_pretrained(tl.GPT(gpt2_style(norm="rmsnorm")), tmp_path / "x")
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        save_pretrained(tl.GPT(gpt2_style(n_kv_heads=1)), tmp_path / "x")
 
 
 def test_models_without_biases_export_with_zero_biases(tmp_path):
     model = tl.GPT(tl.GPTConfig.preset("micro", vocab_size=50, qkv_bias=False, bias=False), seed=1)
     perturb(model)
-    back = load_gpt2(export_gpt2(model, tmp_path / "nobias"))
+    back = from_pretrained(save_pretrained(model, tmp_path / "nobias"))
     ids = np.random.default_rng(0).integers(0, 50, size=(2, 20))
     np.testing.assert_allclose(back(ids).numpy(), model(ids).numpy(), rtol=1e-5, atol=1e-5)
 
@@ -220,12 +224,19 @@ def test_tokenizer_files_round_trip(tmp_path):
     from tinygrad_llm.tokenizer import BPETokenizer
     tok = BPETokenizer.train("hello world, hello there. " * 20, 300)
     model = tl.GPT(gpt2_style(vocab_size=tok.vocab_size), seed=0)
-    folder = export_gpt2(model, tmp_path / "withtok", tokenizer=tok)
+    folder = save_pretrained(model, tmp_path / "withtok", tokenizer=tok)
     assert (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-    back = load_gpt2_tokenizer(folder)
+    back = tokenizer_from_pretrained(folder)
     text = "hello there world<|endoftext|>"
     assert back.encode(text) == tok.encode(text)
-    assert load_gpt2_tokenizer(tmp_path, required=False) is None
+    assert back.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+    for name in ("config.json", "generation_config.json"):      # only ids the vocabulary has
+        cfg = json.loads((folder / name).read_text())
+        assert cfg["eos_token_id"] == tok.eos_id < tok.vocab_size and cfg["bos_token_id"] is None
+    bare = json.loads((save_pretrained(model, tmp_path / "bare") / "config.json").read_text())
+    assert bare["eos_token_id"] is None and bare["bos_token_id"] is None      # never GPT-2's 50256 in 300 ids
+    with pytest.raises(ValueError, match=f"tokenizer has {tok.vocab_size} tokens"):
+        save_pretrained(tl.GPT(gpt2_style(vocab_size=200)), tmp_path / "small", tokenizer=tok)
 
 
 def test_bfloat16_checkpoint_loads(tmp_path):
@@ -246,6 +257,45 @@ def test_bfloat16_checkpoint_loads(tmp_path):
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
     (folder / "config.json").write_text(json.dumps(hf_config(30, 8, 1, 16, 2)))
-    m = load_gpt2(folder, dtype=np.float64)
+    m = from_pretrained(folder, dtype=np.float64)
     ids = np.arange(8)
     np.testing.assert_allclose(logits_of(m, ids), ref_gpt2_logits(widened, ids, 1, 2), atol=1e-5, rtol=0)
+
+
+def test_unscaled_attention_is_honoured(tmp_path):
+    """scale_attn_weights: false -> scores q k^T without 1/sqrt(D) (it used to load silently, logits off)."""
+    v, ctx, c, n_head = 40, 12, 32, 4
+    w = random_hf_weights(v, ctx, 2, c, seed=5)
+    folder = write_hf(tmp_path / "noscale", w, hf_config(v, ctx, 2, c, n_head, scale_attn_weights=False))
+    m = from_pretrained(folder, dtype=np.float64)
+    ids = np.arange(ctx) % v
+    ref = ref_gpt2_logits(w, ids, 2, n_head, scale=False)
+    np.testing.assert_allclose(logits_of(m, ids), ref, atol=1e-5, rtol=0)
+    assert np.abs(ref - ref_gpt2_logits(w, ids, 2, n_head)).max() > 1e-2     # the field matters
+    again = from_pretrained(save_pretrained(m, tmp_path / "again"), dtype=np.float64)
+    np.testing.assert_allclose(logits_of(again, ids), ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("scale_attn_by_inverse_layer_idx", True, "per-layer"),
+    ("activation_function", "relu", "tanh form"),
+    ("activation_function", "gelu", "tanh form"),
+    ("add_cross_attention", True, "cross-attention"),
+    ("some_new_switch", 1, "unknown gpt2 config fields"),
+])
+def test_fields_we_do_not_compute_are_refused(tmp_path, field, value, match):
+    w = random_hf_weights(20, 8, 1, 16)
+    folder = write_hf(tmp_path / "f", w, hf_config(20, 8, 1, 16, 2, **{field: value}))
+    with pytest.raises(PretrainedFormatError, match=match) as e:
+        from_pretrained(folder)
+    assert "config.json" in str(e.value) and field in str(e.value)
+    if field == "some_new_switch":                      # a caller may vouch for a field
+        assert from_pretrained(folder, ignore_fields=[field]).config.n_layer == 1
+
+
+def test_reorder_and_upcast_needs_float32(tmp_path):
+    w = random_hf_weights(20, 8, 1, 16)
+    folder = write_hf(tmp_path / "f", w, hf_config(20, 8, 1, 16, 2, reorder_and_upcast_attn=True))
+    assert from_pretrained(folder).dtype == np.float32
+    with pytest.raises(PretrainedFormatError, match="reorder_and_upcast_attn"):
+        from_pretrained(folder, dtype=np.float16)

@@ -5,9 +5,10 @@
     model = tl.GPT(cfg, seed=0)
     logits = model(idx)                                   # idx (B, T) int array -> (B, T, V) Tensor
     out = tl.generate(model, idx, max_new_tokens=20, temperature=0.8, top_k=40)
+    model = tl.from_pretrained("Llama-3.2-1B/")          # a Hugging Face folder; model.save_pretrained("out/")
 
 ``nn`` and ``model`` are imported at once; the other subpackages (tokenizer, data, optim, train, distributed,
-finetune, pretrained, cli) are imported the first time they are used (``tl.optim.AdamW``), so importing the
+finetune, cli) are imported the first time they are used (``tl.optim.AdamW``), so importing the
 package stays fast and a subpackage's optional dependencies (mpi4py, cupy) are only needed when it is used.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import importlib
 
 from . import model, nn
 from .model import GPT, GPTConfig, generate
+from .model.hf import from_pretrained
 
 __version__ = "0.1.0"
 
@@ -27,29 +29,19 @@ _LAZY = {
     "train": "tinygrad_llm.train",
     "distributed": "tinygrad_llm.distributed",
     "finetune": "tinygrad_llm.finetune",
-    "pretrained": ("tinygrad_llm.pretrained", "tinygrad_llm.finetune.pretrained"),
     "cli": "tinygrad_llm.cli",
 }
 
-__all__ = ["GPT", "GPTConfig", "generate", "nn", "model", *_LAZY]
+__all__ = ["GPT", "GPTConfig", "generate", "from_pretrained", "nn", "model", *_LAZY]
 
 
 def __getattr__(name: str):
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'tinygrad_llm' has no attribute {name!r}")
-    candidates = target if isinstance(target, tuple) else (target,)
-    for i, path in enumerate(candidates):
-        try:
-            mod = importlib.import_module(path)
-        except ModuleNotFoundError as e:
-            # only swallow "this candidate does not exist"; a missing dependency inside it must surface
-            if e.name != path or i == len(candidates) - 1:
-                raise
-            continue
-        globals()[name] = mod
-        return mod
-    raise AttributeError(name)  # pragma: no cover
+    mod = importlib.import_module(target)
+    globals()[name] = mod
+    return mod
 
 
 def __dir__():

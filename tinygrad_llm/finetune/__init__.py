@@ -1,7 +1,7 @@
-"""Fine-tuning: GPT-2 weights (Hugging Face layout), classification (book ch. 6), instructions (ch. 7), LoRA (app. E).
+"""Fine-tuning: classification (book ch. 6), instructions (ch. 7), LoRA (app. E), from pretrained weights.
 
     from tinygrad_llm import finetune as ft
-    model = ft.load_gpt2("gpt2/")                               # also tl.pretrained.load_gpt2
+    model = tl.from_pretrained("gpt2/")                         # any Hugging Face folder (tinygrad_llm.model.hf)
     clf = ft.GPTClassifier(model, num_classes=2)                 # last block + final norm + head trainable
     x, y = ft.collate(batch, pad_id=50256, mask_prompt=True)     # instruction batches, targets -100 where ignored
     print(ft.apply_lora(model, rank=8, alpha=16)); ...; ft.merge_lora(model)
@@ -17,14 +17,12 @@ from .common import eos_id_of, fit, load_base, save_finetuned
 from .instruct import (InstructionDataset, collate, format_example, format_input, generate_response,
                        generate_responses, load_instruction_data, split_instruction_data)
 from .lora import DEFAULT_TARGETS, LoRALinear, LoRAReport, apply_lora, lora_parameters, merge_lora
-from .pretrained import PretrainedFormatError, export_gpt2, load_gpt2, load_gpt2_tokenizer
 from . import demo
 from .dpo import dpo_loss, run_dpo, sequence_logprobs
 from .evaluate import load_mcq, mcq_accuracy, run_judge, score_responses
 from .run import balance_classes, load_classifier, run_classify, run_instruct, split_classification_data
 
 __all__ = [
-    "load_gpt2", "export_gpt2", "load_gpt2_tokenizer", "PretrainedFormatError",
     "GPTClassifier", "set_trainable", "read_labeled_file", "ClassificationDataset", "accuracy", "evaluate_loss",
     "classify_texts", "format_input", "format_example", "load_instruction_data", "split_instruction_data",
     "InstructionDataset", "collate", "generate_response", "generate_responses",

@@ -22,8 +22,8 @@ __all__ = ["configure", "run", "configure_classify", "configure_instruct", "conf
 
 def _common(p: argparse.ArgumentParser, out_default: str, epochs: int) -> None:
     src = p.add_argument_group("base model (exactly one)")
-    src.add_argument("--init-from", help="a Hugging Face GPT-2 folder: model.safetensors + config.json + "
-                                         "vocab.json/merges.txt (or encoder.json/vocab.bpe)")
+    src.add_argument("--init-from", help="a Hugging Face folder (GPT-2, Llama 3, Qwen3, Gemma 3): config.json + "
+                                         "*.safetensors + tokenizer.json (or GPT-2's vocab.json/merges.txt)")
     src.add_argument("--checkpoint", help="a checkpoint folder (or output folder) written by `tinygrad-llm train`")
     src.add_argument("--preset", help="a fresh random model of this preset (micro, tiny, ...): for trying it out")
     p.add_argument("--tokenizer", help="tokenizer JSON or GPT-2 files folder (default: the base model's; with "
@@ -97,7 +97,7 @@ def configure_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per judge request")
     p.add_argument("--mcq", help="JSON Lines of multiple-choice questions {question|context, choices, answer}")
     p.add_argument("--checkpoint", help="the model to evaluate with --mcq (a fine-tuning or training checkpoint)")
-    p.add_argument("--init-from", help="or a Hugging Face GPT-2 folder for --mcq")
+    p.add_argument("--init-from", help="or a Hugging Face folder (any family) for --mcq")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
 
 
@@ -127,7 +127,7 @@ def _base(args: argparse.Namespace) -> dict:
         raise UserError("give one base model: --init-from, --checkpoint or --preset")
     preset = args.preset or (None if given else ("micro" if args.demo else None))
     if not given and not preset:
-        raise UserError("no base model: --init-from DIR (GPT-2 weights), --checkpoint DIR or --preset NAME")
+        raise UserError("no base model: --init-from DIR (Hugging Face weights), --checkpoint DIR or --preset NAME")
     lr = args.lr if args.lr is not None else (1e-3 if preset else 5e-5)
     return dict(init_from=args.init_from, checkpoint=args.checkpoint, preset=preset, tokenizer=args.tokenizer,
                 out_dir=args.out_dir, epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size,

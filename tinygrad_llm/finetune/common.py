@@ -1,8 +1,8 @@
 """What both fine-tuning tasks share: where the base model and tokenizer come from, a small training loop, saving.
 
 Base model sources (``load_base``):
-- ``init_from``: a Hugging Face GPT-2 folder (``model.safetensors`` + ``config.json`` + ``vocab.json``/``merges.txt``
-  or ``encoder.json``/``vocab.bpe``), read by ``load_gpt2``;
+- ``init_from``: a Hugging Face folder of any supported family (``config.json`` + ``model.safetensors`` or shards +
+  ``tokenizer.json``, or GPT-2's ``vocab.json``/``merges.txt``), read by ``tinygrad_llm.from_pretrained``;
 - ``checkpoint``: a checkpoint written by ``tinygrad-llm train`` (its model config and tokenizer are inside);
 - ``preset``: a freshly initialised model of a ``GPTConfig`` preset (for demos and tests), with a byte-level BPE
   tokenizer trained on the fine-tuning texts (or the given one).
@@ -40,19 +40,19 @@ def load_base(init_from: str | None = None, checkpoint: str | None = None, prese
 
     ``tokenizer``: a Tokenizer object, a path (tokenizer JSON, or a folder with GPT-2 files), or None.
     """
-    from ..tokenizer import BPETokenizer, load_tokenizer
-    from .pretrained import load_gpt2, load_gpt2_tokenizer
+    from ..model.hf import from_pretrained
+    from ..tokenizer import BPETokenizer, from_pretrained as tokenizer_from_pretrained, load_tokenizer
     given = [n for n, v in (("init_from", init_from), ("checkpoint", checkpoint), ("preset", preset)) if v]
     if len(given) != 1:
         raise ValueError(f"fine-tuning needs exactly one base model: --init-from DIR (GPT-2 weights), --checkpoint "
                          f"DIR (a tinygrad-llm checkpoint) or --preset NAME (random init); got {given or 'none'}")
     if isinstance(tokenizer, (str, os.PathLike)):
         p = Path(tokenizer)
-        tokenizer = load_gpt2_tokenizer(p) if p.is_dir() else load_tokenizer(p)
+        tokenizer = tokenizer_from_pretrained(p) if p.is_dir() else load_tokenizer(p)
     if init_from:
-        model = load_gpt2(init_from, dtype=dtype, dropout=dropout)
-        tokenizer = tokenizer or load_gpt2_tokenizer(init_from)
-        log(f"loaded GPT-2 weights from {init_from}: {model.num_parameters():,} parameters")
+        model = from_pretrained(init_from, dtype=dtype, dropout=dropout)
+        tokenizer = tokenizer or tokenizer_from_pretrained(init_from)
+        log(f"loaded {model.config.family} weights from {init_from}: {model.num_parameters():,} parameters")
     elif checkpoint:
         from ..train.build import model_config_from_dict
         from ..train.checkpoint import load_checkpoint

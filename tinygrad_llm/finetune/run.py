@@ -194,8 +194,7 @@ def run_instruct(data: str, *, init_from: str | None = None, checkpoint: str | N
                                                              "history": hist["evals"]})
     log(f"saved {path}")
     if export_hf:
-        from .pretrained import export_gpt2
-        log(f"exported Hugging Face GPT-2 layout to {export_gpt2(model, export_hf, tokenizer=tok)}")
+        log(f"exported the Hugging Face layout to {model.save_pretrained(export_hf, tokenizer=tok)}")
     entries = test if num_responses is None else test[:num_responses]
     resp_path = Path(responses) if responses else out / "instruction-data-with-response.json"
     answered = generate_responses(model, tok, entries, resp_path, max_new_tokens, eos_id=pad)

@@ -27,22 +27,17 @@ def load_corpus(data: str | os.PathLike | None) -> str:
 # ------------------------------------------------------------------------------------------------ tokenizer
 def build_tokenizer(spec: str, text: str, vocab_size: int = 1024):
     """``"char"``: the characters of ``text``; ``"bpe"``: byte-level BPE trained on ``text`` to ``vocab_size``;
-    a path: a tokenizer JSON file, or a folder holding GPT-2's ``encoder.json`` + ``vocab.bpe``."""
-    from ..tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+    a path: a tokenizer JSON file (ours or Hugging Face's tokenizer.json), or a Hugging Face model folder
+    (tokenizer.json, or GPT-2's vocab.json + merges.txt / encoder.json + vocab.bpe)."""
+    from ..tokenizer import BPETokenizer, CharTokenizer, from_pretrained
     if spec == "char":
         return CharTokenizer.train(text)
     if spec == "bpe":
         return BPETokenizer.train(text, vocab_size)
-    p = Path(spec)
-    if p.is_dir():
-        enc, bpe = p / "encoder.json", p / "vocab.bpe"
-        if not (enc.is_file() and bpe.is_file()):
-            raise FileNotFoundError(f"tokenizer folder {str(p)!r} needs encoder.json and vocab.bpe (GPT-2 files)")
-        return BPETokenizer.from_gpt2_files(enc, bpe)
-    if not p.is_file():
+    if not Path(spec).exists():
         raise FileNotFoundError(f"tokenizer {spec!r}: expected 'char', 'bpe', a tokenizer JSON file or a folder "
-                                "with GPT-2's encoder.json and vocab.bpe")
-    return load_tokenizer(p)
+                                "with tokenizer.json (or GPT-2's files)")
+    return from_pretrained(spec)
 
 
 def encode_corpus(tokenizer, text: str) -> np.ndarray:

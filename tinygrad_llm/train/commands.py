@@ -48,7 +48,8 @@ _TRAIN_FLAGS = [
     ("--device", "device", str, "cpu | cuda | cuda:N"),
     ("--dtype", "dtype", str, "parameter dtype (float32)"),
     ("--precision", "precision", str, "fp32 | tf32 | mixed (GPU)"),
-    ("--init-from", "init_from", str, "start from pretrained weights (a GPT-2 safetensors folder)"),
+    ("--init-from", "init_from", str, "start from pretrained weights (a Hugging Face folder: GPT-2, Llama 3, Qwen3, "
+                                      "Gemma 3)"),
 ]
 _MODEL_FLAGS = [("--n-layer", "n_layer", int), ("--n-head", "n_head", int), ("--n-embd", "n_embd", int),
                 ("--dropout", "dropout", float)]
@@ -174,7 +175,10 @@ def load_model(checkpoint: str, device: str = "cpu"):
 
 # ---------------------------------------------------------------------------------------------- generate
 def configure_generate(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or an output folder: its latest)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="checkpoint folder (or an output folder: its latest)")
+    src.add_argument("--init-from", help="a Hugging Face folder (GPT-2, Llama 3, Qwen3, Gemma 3: config.json, "
+                                         "*.safetensors, tokenizer.json)")
     p.add_argument("--prompt", default="", help="text to continue (default: start of text)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
@@ -187,9 +191,17 @@ def configure_generate(p: argparse.ArgumentParser) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from ..model import generate
-    model, tok, _ = load_model(args.checkpoint, args.device)
+    if args.init_from:
+        from ..model.hf import from_pretrained
+        from ..tokenizer import from_pretrained as tokenizer_from_pretrained
+        model, tok = from_pretrained(args.init_from, device=args.device), tokenizer_from_pretrained(args.init_from)
+        model.eval()
+    else:
+        model, tok, _ = load_model(args.checkpoint, args.device)
     ctx = model.config.context_length
     ids = tok.encode(args.prompt) if args.prompt else []
+    if getattr(tok, "add_bos", False) and tok.bos_id is not None:
+        ids = [tok.bos_id] + ids                 # Llama and Gemma expect every text to start with it
     if len(ids) > ctx:
         raise UserError(f"the prompt is {len(ids)} tokens long, longer than the model's context of {ctx} tokens; "
                         "shorten it")

@@ -102,11 +102,12 @@ class Trainer:
         if text is None:
             text = build.load_corpus(cfg.data)
         if cfg.init_from and model is None and ckpt is None:
-            # continued pretraining / fine-tuning from released GPT-2 weights (a Hugging Face safetensors folder)
-            from ..pretrained import load_gpt2, load_gpt2_tokenizer
-            model = load_gpt2(cfg.init_from, dtype=np.dtype(cfg.dtype), dropout=cfg.model.get("dropout", 0.0))
+            # continued pretraining / fine-tuning from released weights (a Hugging Face folder, any family)
+            from ..model.hf import from_pretrained
+            from ..tokenizer import from_pretrained as tokenizer_from_pretrained
+            model = from_pretrained(cfg.init_from, dtype=np.dtype(cfg.dtype), dropout=cfg.model.get("dropout", 0.0))
             if tokenizer is None and cfg.tokenizer in ("bpe", "char"):
-                tokenizer = load_gpt2_tokenizer(cfg.init_from)
+                tokenizer = tokenizer_from_pretrained(cfg.init_from)
         if tokenizer is None and "tokenizer" in state:
             from ..tokenizer import load_tokenizer
             tokenizer = load_tokenizer(state["tokenizer"])
