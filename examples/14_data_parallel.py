@@ -32,15 +32,15 @@ import time
 
 import numpy as np
 
-from course import FAST, done, lesson, section  # noqa: E402  (also puts the repository on the path)
+from course import FAST, done, lesson, section  # (also puts the repository on the path)
 
-import tinygrad_llm as tl  # noqa: E402
-from tinygrad_llm import distributed as dist  # noqa: E402
-from tinygrad_llm.distributed.runtime import launched_by_launcher, launched_by_mpi  # noqa: E402
-from tinygrad_llm.data import DataLoader, SlidingWindowDataset, default_corpus, train_val_split  # noqa: E402
-from tinygrad_llm.optim import AdamW  # noqa: E402
-from tinygrad_llm.tokenizer import CharTokenizer  # noqa: E402
-from tinygrad_llm.train.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+import tinygrad_llm as tl
+from tinygrad_llm import distributed as dist
+from tinygrad_llm.distributed.runtime import launched_by_launcher, launched_by_mpi
+from tinygrad_llm.data import DataLoader, SlidingWindowDataset, default_corpus, train_val_split
+from tinygrad_llm.optim import AdamW
+from tinygrad_llm.tokenizer import CharTokenizer
+from tinygrad_llm.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 def main() -> None:

@@ -19,19 +19,17 @@ setting: 3).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import numpy as np
 
-from course import FAST, done, lesson  # noqa: E402  (also puts the repository on the path)
+from course import FAST, done, lesson  # (also puts the repository on the path)
 
-import tinygrad_llm as tl  # noqa: E402
-from tinygrad_llm.data import DataLoader, SlidingWindowDataset, default_corpus  # noqa: E402
-from tinygrad_llm.distributed.pipeline import PipelineParallel  # noqa: E402
-from tinygrad_llm.optim import AdamW  # noqa: E402
-from tinygrad_llm.tokenizer import CharTokenizer  # noqa: E402
+import tinygrad_llm as tl
+from tinygrad_llm.data import DataLoader, SlidingWindowDataset, default_corpus
+from tinygrad_llm.distributed.pipeline import PipelineParallel
+from tinygrad_llm.optim import AdamW
+from tinygrad_llm.tokenizer import CharTokenizer
 
 
 def main() -> None:

@@ -6,15 +6,14 @@ then the ones ``tests/test_examples.py`` checks.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-try:
-    import autograd  # noqa: F401
-except ImportError:  # a checkout without `pip install -e .`: use the repository's copy
+if importlib.util.find_spec("autograd") is None:  # a checkout without `pip install -e .`: the repository's copy
     sys.path.insert(0, str(ROOT))
 
 #: smaller settings for the test suite (and for a first, quick look)

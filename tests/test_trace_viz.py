@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +127,37 @@ def test_rule_falls_back_to_docstring():
     (step,) = list(trace.backward_steps(Twice.apply(x).sum()))[1:]
     assert step.rule == "(no rule written) y = 2x; dy/dx = 2."
     assert "local rule:    (no rule written) y = 2x; dy/dx = 2." in str(step)
+
+
+@pytest.mark.parametrize("op", ["Linear", "LayerNorm", "CrossEntropy", "Attention", "GeluTanh"])
+def test_every_fused_op_has_a_rule(op):
+    from autograd import functional as F
+    r = np.random.default_rng(0)
+    x = ag.Tensor(r.standard_normal((1, 1, 3, 4)), requires_grad=True)
+    w = ag.Tensor(r.standard_normal((5, 4)), requires_grad=True)
+    h = F.gelu(F.layer_norm(x, ag.Tensor(np.ones(4), requires_grad=True), ag.Tensor(np.zeros(4), requires_grad=True)))
+    logits = F.linear(F.scaled_dot_product_attention(h, h, h), w).reshape(3, 5)
+    steps = {s.op: s for s in trace.backward_steps(F.cross_entropy(logits, np.array([0, 1, 2])))}
+    assert op in steps, sorted(steps)
+    rule = steps[op].rule
+    assert not rule.startswith("(no rule") and "d" in rule, f"{op}: {rule}"
+
+
+
+
+def test_every_fused_function_has_a_rule():
+    import importlib
+    import pkgutil
+    fused = pytest.importorskip("autograd.ops.fused")
+    missing = []
+    for info in pkgutil.iter_modules(fused.__path__):
+        mod = importlib.import_module(f"{fused.__name__}.{info.name}")
+        for name, cls in vars(mod).items():
+            is_op = (isinstance(cls, type) and issubclass(cls, Function) and cls.__module__ == mod.__name__
+                     and "forward" in cls.__dict__)          # base classes without a forward are not ops
+            if is_op and trace.op_rule(cls).startswith("(no rule"):
+                missing.append(f"{info.name}.{name}")
+    assert not missing, f"fused ops without a `rule`: {missing}"
 
 
 # ------------------------------------------------------------------------------------------------ DOT
