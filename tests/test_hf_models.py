@@ -227,6 +227,9 @@ def test_command_line_accepts_any_family(tmp_path, capsys):
     prompt = tok.encode("hello")
     want = tl.generate(model, np.array([prompt]), 5, temperature=0.0)[0, len(prompt):]
     assert capsys.readouterr().out.strip() == ("hello" + tok.decode(want.tolist())).strip()
+    assert main(["generate", "--checkpoint", str(folder), "--prompt", "hello", "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0                  # a Hugging Face folder given as the checkpoint
+    assert capsys.readouterr().out.strip() == ("hello" + tok.decode(want.tolist())).strip()
     (tmp_path / "data.txt").write_text(text)
     assert main(["train", "--init-from", str(folder), "--data", str(tmp_path / "data.txt"), "--steps", "2",
                  "--batch-size", "2", "--block-size", "16", "--out-dir", str(tmp_path / "run"), "--eval-every", "2",

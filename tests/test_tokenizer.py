@@ -331,3 +331,10 @@ def test_bpe_bad_input_errors(tok):
         tok.token_to_id("zzzzzzzzzzzzzzzzzz")
     with pytest.raises(TokenizerFormatError, match="unknown tokenizer type"):
         load_tokenizer({"type": "sentencepiece"})
+
+
+def test_a_training_corpus_keeps_its_document_separators(tok):
+    """Corpora are trusted text: their "<|endoftext|>" separators become the token (user text never does)."""
+    from tinygrad_llm.train.build import encode_corpus
+    ids = encode_corpus(tok, f"one story{EOT}another")
+    assert list(ids).count(tok.eos_id) == 1 and tok.eos_id not in tok.encode(f"one story{EOT}another")

@@ -191,10 +191,11 @@ def configure_generate(p: argparse.ArgumentParser) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     from ..model import generate
-    if args.init_from:
-        from ..model.hf import from_pretrained
+    from ..model.hf import from_pretrained, is_hf_folder
+    folder = args.init_from or (args.checkpoint if is_hf_folder(args.checkpoint) else None)
+    if folder:
         from ..tokenizer import from_pretrained as tokenizer_from_pretrained
-        model, tok = from_pretrained(args.init_from, device=args.device), tokenizer_from_pretrained(args.init_from)
+        model, tok = from_pretrained(folder, device=args.device), tokenizer_from_pretrained(folder)
         model.eval()
     else:
         model, tok, _ = load_model(args.checkpoint, args.device)

@@ -10,8 +10,8 @@ to our parameters, ``safetensors_io`` reads memory-mapped files (float32 / float
 them, ``folder`` puts it together.
 """
 from .configs import config_from_hf, hf_from_config
-from .folder import KNOWN_N_HEAD, from_pretrained, read_config, save_pretrained
+from .folder import KNOWN_N_HEAD, from_pretrained, is_hf_folder, read_config, save_pretrained
 from .safetensors_io import PretrainedFormatError
 
-__all__ = ["from_pretrained", "save_pretrained", "config_from_hf", "hf_from_config", "read_config",
+__all__ = ["from_pretrained", "save_pretrained", "config_from_hf", "hf_from_config", "read_config", "is_hf_folder",
            "PretrainedFormatError", "KNOWN_N_HEAD"]

@@ -25,11 +25,18 @@ from .configs import config_from_hf, hf_from_config
 from .names import Entry, weight_plan, skipped
 from .safetensors_io import PretrainedFormatError, TensorFiles, copy_into, weight_files, write_sharded
 
-__all__ = ["from_pretrained", "save_pretrained", "read_config", "KNOWN_N_HEAD"]
+__all__ = ["from_pretrained", "save_pretrained", "read_config", "is_hf_folder", "KNOWN_N_HEAD"]
 
 # n_embd -> n_head of the four released GPT-2 sizes (a folder without config.json)
 KNOWN_N_HEAD = {768: 12, 1024: 16, 1280: 20, 1600: 25}
 _DTYPE_NAMES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def is_hf_folder(path: str | os.PathLike) -> bool:
+    """True for a Hugging Face model folder (config.json + safetensors weights), not one of our checkpoints."""
+    p = Path(path)
+    return p.is_dir() and (p / "config.json").is_file() and not (p / "checkpoint.json").exists() \
+        and ((p / "model.safetensors").is_file() or (p / "model.safetensors.index.json").is_file())
 
 
 def read_config(folder: Path, dropout: float = 0.0, ignore_fields=()) -> GPTConfig | None:

@@ -130,9 +130,7 @@ class TensorFiles:
         for i in range(0, bits.size, chunk.size):
             part = chunk[:min(chunk.size, bits.size - i)]
             _read_exactly(fh, memoryview(part.view(np.uint8)), f)
-            out = bits[i:i + part.size]
-            out[...] = part
-            out <<= 16
+            np.left_shift(part, np.uint32(16), out=bits[i:i + part.size])    # one pass: widen and shift
         return True
 
     def close(self) -> None:
@@ -156,9 +154,8 @@ def copy_into(dst: np.ndarray, src: np.ndarray, dtype: str) -> None:
     if dtype != "BF16":
         dst[...] = src
     elif dst.dtype == np.float32 and dst.flags.c_contiguous:
-        bits = dst.view(np.uint32)
-        bits[...] = src             # the 16 bits, zero-extended ...
-        bits <<= 16                 # ... become the top half: exactly the float32 of that bfloat16
+        # the 16 bits, zero-extended and shifted, are the top half: exactly the float32 of that bfloat16
+        np.left_shift(src, np.uint32(16), out=dst.view(np.uint32))
     else:
         dst[...] = (src.astype(np.uint32) << 16).view(np.float32)
 
