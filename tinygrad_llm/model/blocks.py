@@ -142,7 +142,7 @@ class MLP(Module):
         elif self.kind == "swiglu":
             h = F.silu(self.gate(x)) * self.up(x)
         else:
-            h = F.gelu(self.gate(x)) * self.up(x)
+            h = F.gelu(self.gate(x), approximate="tanh") * self.up(x)
         return self.drop(self.proj(h))
 
     def extra_repr(self) -> str:
