@@ -9,7 +9,7 @@ import pytest
 import tinygrad_llm as tl
 from tinygrad_llm.model.hf import PretrainedFormatError, config_from_hf, from_pretrained, hf_from_config
 from tinygrad_llm.model.hf.safetensors_io import TensorFiles, to_bf16_bits
-from tinygrad_llm.tokenizer import BPETokenizer, from_pretrained as tokenizer_from_pretrained
+from tinygrad_llm.tokenizer import BPETokenizer
 
 FAMILIES = {
     "gpt2": lambda: tl.GPTConfig(family="gpt2", vocab_size=300, context_length=32, n_layer=2, n_head=4, n_embd=32),

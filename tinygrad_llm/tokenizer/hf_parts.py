@@ -11,7 +11,7 @@ Each ``make_*`` takes the stage's JSON spec and returns a function; a type or an
 from __future__ import annotations
 
 import unicodedata
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import regex
 
@@ -20,7 +20,7 @@ from .bpe_train import GPT2_PATTERN
 
 __all__ = ["make_normalizer", "make_pre_tokenizer", "decoder_steps", "is_byte_level", "pattern_of"]
 
-Spec = "dict[str, Any] | None"
+Spec = Optional[dict[str, Any]]
 
 
 def _err(where: str, msg: str) -> TokenizerFormatError:

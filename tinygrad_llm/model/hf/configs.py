@@ -27,10 +27,13 @@ _INERT = {"architectures", "model_type", "transformers_version", "_name_or_path"
           "initializer_range", "use_cache", "return_dict", "output_hidden_states", "output_attentions",
           "tie_encoder_decoder", "is_encoder_decoder", "chunk_size_feed_forward", "problem_type", "id2label",
           "label2id", "task_specific_params", "tokenizer_class", "prefix", "finetuning_task", "_attn_implementation",
-          "attention_dropout", "cache_implementation", "max_window_layers", "pretraining_tp"}
+          "attention_dropout", "cache_implementation", "max_window_layers", "pretraining_tp",
+          "_attn_implementation_autoset", "keys_to_ignore_at_inference", "gradient_checkpointing", "output_past",
+          "_num_labels", "use_return_dict"}
 _INERT_BY_TYPE = {
     "gpt2": {"resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_type", "summary_use_proj", "summary_activation",
-             "summary_proj_to_labels", "summary_first_dropout", "n_ctx"},
+             "summary_proj_to_labels", "summary_first_dropout", "n_ctx",
+             "predict_special_tokens"},          # a GPT-1 relic in gpt2-medium/large/xl's files
 }
 _TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
@@ -107,6 +110,7 @@ def _gpt2(f: _Fields) -> dict:
     f.need("scale_attn_by_inverse_layer_idx", lambda v: not v, "per-layer 1/(layer+1) attention scaling is not "
            "implemented", False)
     f.need("add_cross_attention", lambda v: not v, "cross-attention is not part of a decoder-only model", False)
+    f.need("n_special", lambda v: not v, "extra special-token embeddings (GPT-1's) are not part of GPT-2", 0)
     # upcasting attention to float32 is what a float32 model computes anyway (from_pretrained refuses it otherwise)
     f.get("reorder_and_upcast_attn")
     c = int(f.get("n_embd", 768))

@@ -193,10 +193,13 @@ def weight_files(path: Path) -> list[Path]:
                             f"{str(path)!r}{hint}")
 
 
-def _stored(a: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "BF16":
-        return to_bf16_bits(a)
-    return np.ascontiguousarray(a, dtype={"F32": np.float32, "F16": np.float16, "F64": np.float64}[dtype])
+def _stored(a: np.ndarray, dtype: str, chunk: int = 1 << 20):
+    """The bytes of ``a`` stored as ``dtype``, converted a million elements at a time (bounded temporaries)."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    for i in range(0, max(flat.size, 1), chunk):
+        part = flat[i:i + chunk]
+        yield memoryview(to_bf16_bits(part) if dtype == "BF16" else
+                         np.ascontiguousarray(part, {"F32": np.float32, "F16": np.float16, "F64": np.float64}[dtype]))
 
 
 def write_safetensors(path: Path, tensors: Iterable[tuple[str, np.ndarray]], dtype: str = "F32",
@@ -218,7 +221,8 @@ def write_safetensors(path: Path, tensors: Iterable[tuple[str, np.ndarray]], dty
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
         for _, a in items:
-            f.write(_stored(a, dtype).tobytes())
+            for piece in _stored(a, dtype):
+                f.write(piece)
     tmp.replace(path)
     return offset
 
