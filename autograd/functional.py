@@ -71,7 +71,7 @@ def gelu(x: Tensor, approximate: str = "tanh", fused: bool = True) -> Tensor:
     if approximate == "tanh":
         return _gelu.GeluTanh.apply(_t(x)) if fused else _gelu.gelu_reference(_t(x))
     if approximate == "none":
-        return _ew.Gelu.apply(_t(x), approximate="none")
+        return _ew.Gelu.apply(_t(x))
     raise ValueError(f"gelu: approximate must be 'tanh' or 'none', got {approximate!r}")
 
 

@@ -241,36 +241,19 @@ class Erf(Function):
         return gy * (Exp.apply(-(x * x)) * (2.0 / math.sqrt(math.pi)))
 
 
-_GELU_K = math.sqrt(2.0 / math.pi)
-_GELU_C = 0.044715
-
-
 class Gelu(Function):
-    """GELU. approximate='tanh': y = x/2 (1 + tanh(k (x + c x**3))), GPT-2's form; approximate='none': y = x Phi(x).
-
-    Local rules: tanh form dy/dx = (1 + t)/2 + x/2 (1 - t**2) k (1 + 3 c x**2) with t = tanh(k (x + c x**3));
-    exact form dy/dx = Phi(x) + x phi(x).
-    """
-    rule = 'd gelu(x)/dx = Phi(x) + x phi(x)  (tanh form: (1+t)/2 + x/2 (1-t^2) k (1+3c x^2))'
-    params = ("approximate",)
+    """The exact GELU: y = x Phi(x), Phi the standard normal CDF; dy/dx = Phi(x) + x phi(x). GPT-2's tanh form is the
+    fused op of ``autograd/ops/fused/gelu.py`` (``F.gelu(x)``)."""
+    rule = 'd gelu(x)/dx = Phi(x) + x phi(x)'
     def forward(self, x):
-        xp = backend.xp_of(x)
         x = _float(x)
-        if self.approximate == "tanh":
-            inner = x.dtype.type(_GELU_K) * (x + x.dtype.type(_GELU_C) * x * x * x)
-            return x.dtype.type(0.5) * x * (1 + xp.tanh(inner))
         return x.dtype.type(0.5) * x * (1 + _erf_array(x * x.dtype.type(1 / math.sqrt(2.0))))
 
     def backward(self, gy):
         x = self.inputs[0]
-        if self.approximate == "tanh":
-            t = Tanh.apply((x + x * x * x * _GELU_C) * _GELU_K)
-            local = (t + 1.0) * 0.5 + x * 0.5 * (1.0 - t * t) * ((x * x * (3 * _GELU_C) + 1.0) * _GELU_K)
-        else:
-            cdf = (Erf.apply(x * (1 / math.sqrt(2.0))) + 1.0) * 0.5
-            pdf = Exp.apply(x * x * -0.5) * (1 / math.sqrt(2 * math.pi))
-            local = cdf + x * pdf
-        return gy * local
+        cdf = (Erf.apply(x * (1 / math.sqrt(2.0))) + 1.0) * 0.5
+        pdf = Exp.apply(x * x * -0.5) * (1 / math.sqrt(2 * math.pi))
+        return gy * (cdf + x * pdf)
 
 
 class Silu(Function):

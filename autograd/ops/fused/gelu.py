@@ -39,7 +39,7 @@ def bias_gelu_reference(x: Tensor, b: Tensor) -> Tensor:
 def gelu_forward(h):
     """(y, s): y = gelu(h) and the factor s = sigmoid(2u) that backward reads; same shape and dtype as h."""
     xp = backend.xp_of(h)
-    s = h * h
+    s = xp.multiply(h, h, out=xp.empty_like(h))   # out=: an array also for 0-d h (h * h would be a scalar)
     s *= GELU_C * GELU_K
     s += GELU_K
     s *= h                        # u = k (h + c h^3)
@@ -52,7 +52,7 @@ def gelu_forward(h):
 def gelu_backward(h, s, gy):
     """gx = gy * gelu'(h) from the saved h and s: gelu'(h) = s (1 + 2k h (1 - s) (1 + 3c h^2))."""
     xp = backend.xp_of(h)
-    a = h * h
+    a = xp.multiply(h, h, out=xp.empty_like(h))
     a *= 6 * GELU_K * GELU_C
     a += 2 * GELU_K
     a *= h
