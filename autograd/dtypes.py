@@ -79,6 +79,11 @@ def _combine(higher, lower):
 
 def result_type(*operands) -> np.dtype:
     """The dtype an op on ``operands`` (Tensors, arrays, Python or NumPy scalars) computes in; see the module doc."""
+    if len(operands) == 2 and is_scalar(operands[0]) != is_scalar(operands[1]):
+        # the common case, one tensor and one scalar: the scalar counts only when its category is higher
+        scalar, t = operands if is_scalar(operands[0]) else operands[::-1]
+        s = scalar_dtype(scalar)
+        return t.dtype if category(t.dtype) >= _CATEGORY[s.kind] else s
     dims, zeros, scalars = [], [], []
     for x in operands:
         if is_scalar(x):

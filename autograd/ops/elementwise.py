@@ -30,10 +30,10 @@ class _Binary(Function):
         if x.dtype != y.dtype:
             dtype = dtypes.result_type(x, y)
             x, y = x.astype(dtype, copy=False), y.astype(dtype, copy=False)
-        _binary_shapes_check(self.name, x, y)
         try:
             return self.compute(x, y)
         except (TypeError, ValueError) as e:  # NumPy's message, with the op and the operands
+            _binary_shapes_check(self.name, x, y)
             raise type(e)(f"{self.name}: {e} (operands {x.dtype} {x.shape} and {y.dtype} {y.shape})") from None
 
 
