@@ -96,6 +96,27 @@ def test_bad_family_configs_are_clear_errors(bad, match):
         tl.GPTConfig(**{**dict(n_layer=2, n_embd=8, n_head=2), **bad})
 
 
+def test_parameter_names_of_each_family():
+    """The names that checkpoints and the Hugging Face mapping rely on (model/gpt.py's docstring)."""
+    def names(family, **kw):
+        return [n for n, _ in build(family, n_layer=1, **kw).named_parameters()]
+    common = ["blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight"]
+    assert names("llama") == ["tok_emb.weight", "blocks.0.norm1.weight", *common, "blocks.0.norm2.weight",
+                              "blocks.0.ffn.gate.weight", "blocks.0.ffn.up.weight", "blocks.0.ffn.proj.weight",
+                              "final_norm.weight", "lm_head.weight"]
+    qk = ["blocks.0.attn.q_norm.weight", "blocks.0.attn.k_norm.weight"]
+    assert names("qwen3") == ["tok_emb.weight", "blocks.0.norm1.weight", *common, *qk, "blocks.0.norm2.weight",
+                              "blocks.0.ffn.gate.weight", "blocks.0.ffn.up.weight", "blocks.0.ffn.proj.weight",
+                              "final_norm.weight"]
+    experts = [f"blocks.0.ffn.experts.{e}.{w}.weight" for e in range(3) for w in ("gate", "up", "proj")]
+    assert names("qwen3-moe") == ["tok_emb.weight", "blocks.0.norm1.weight", *common, *qk, "blocks.0.norm2.weight",
+                                  "blocks.0.ffn.router.weight", *experts, "final_norm.weight", "lm_head.weight"]
+    assert names("gemma3", layer_types=None) == [
+        "tok_emb.weight", "blocks.0.norm1.weight", *common, *qk, "blocks.0.post_attn_norm.weight",
+        "blocks.0.norm2.weight", "blocks.0.ffn.gate.weight", "blocks.0.ffn.up.weight", "blocks.0.ffn.proj.weight",
+        "blocks.0.post_ffn_norm.weight", "final_norm.weight"]
+
+
 def test_head_size_independent_of_width():
     cfg = tl.GPTConfig(family="qwen3", n_embd=8, n_head=3, head_size=4, n_kv_heads=1)
     m = tl.GPT(cfg)

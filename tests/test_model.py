@@ -1,5 +1,6 @@
-"""tinygrad_llm.model: GPTConfig (presets, counts without weights, dicts), GPT (names, tying, init, forward against an
-independent NumPy implementation, loss, causality, gradcheck of every parameter, dropout seeding, state_dict)."""
+"""tinygrad_llm.model: GPTConfig (presets, counts without weights, dicts), GPT (names, tying, init, loss, causality,
+gradcheck of every parameter, dropout seeding, state_dict). The forward against an independent NumPy implementation
+of every family is in test_families.py."""
 from __future__ import annotations
 
 import json
@@ -137,63 +138,6 @@ def test_gpt2_initialisation():
 
 
 # ---------------------------------------------------------------------------------------------------- forward
-def reference_logits(sd, cfg, idx):
-    """An independent NumPy float64 implementation of GPT-2 / Llama-style forward, from a state_dict."""
-    sd = {k: np.asarray(v, dtype=np.float64) for k, v in sd.items()}
-    b, t = idx.shape
-    h, kv, d, c = cfg.n_head, cfg.kv_heads, cfg.head_dim, cfg.n_embd
-
-    def norm(x, name):
-        w = sd[name + ".weight"]
-        if cfg.norm == "rmsnorm":
-            return x / np.sqrt((x ** 2).mean(-1, keepdims=True) + cfg.norm_eps) * w
-        y = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + cfg.norm_eps) * w
-        return y + sd[name + ".bias"] if name + ".bias" in sd else y
-
-    def lin(x, name):
-        y = x @ sd[name + ".weight"].T
-        return y + sd[name + ".bias"] if name + ".bias" in sd else y
-
-    def rope(x):  # (B, heads, T, D): each (x1, x2) pair as one complex number times e^(i p theta^(-2j/D))
-        z = (x[..., :d // 2] + 1j * x[..., d // 2:]) * np.exp(
-            1j * np.arange(t)[:, None] * cfg.rope_theta ** (-np.arange(0, d, 2) / d))
-        return np.concatenate([z.real, z.imag], axis=-1)
-
-    x = sd["tok_emb.weight"][idx]
-    if cfg.pos == "learned":
-        x = x + sd["pos_emb.weight"][:t]
-    for n in range(cfg.n_layer):
-        p = f"blocks.{n}."
-        qkv = lin(norm(x, p + "norm1"), p + "attn.qkv")
-        q = qkv[..., :h * d].reshape(b, t, h, d).transpose(0, 2, 1, 3)
-        k = qkv[..., h * d:(h + kv) * d].reshape(b, t, kv, d).transpose(0, 2, 1, 3)
-        v = qkv[..., (h + kv) * d:].reshape(b, t, kv, d).transpose(0, 2, 1, 3)
-        if cfg.pos == "rope":
-            q, k = rope(q), rope(k)
-        k, v = np.repeat(k, h // kv, axis=1), np.repeat(v, h // kv, axis=1)
-        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(d) + np.triu(np.full((t, t), -np.inf), 1)
-        a = np.exp(s - s.max(-1, keepdims=True))
-        a /= a.sum(-1, keepdims=True)
-        x = x + lin((a @ v).transpose(0, 2, 1, 3).reshape(b, t, c), p + "attn.proj")
-        y = norm(x, p + "norm2")
-        if cfg.mlp == "gelu":
-            f = lin(y, p + "ffn.fc")
-            f = 0.5 * f * (1 + np.tanh(math.sqrt(2 / math.pi) * (f + 0.044715 * f ** 3)))
-        else:
-            g = lin(y, p + "ffn.gate")
-            f = g / (1 + np.exp(-g)) * lin(y, p + "ffn.up")
-        x = x + lin(f, p + "ffn.proj")
-    x = norm(x, "final_norm")
-    return x @ sd.get("lm_head.weight", sd["tok_emb.weight"]).T
-
-
-@pytest.mark.parametrize("style", ["gpt2", "llama"])
-def test_forward_matches_independent_numpy_reference(style):
-    m = tiny(style, seed=3)
-    idx = tokens(2, 6, seed=1)
-    np.testing.assert_allclose(m(idx).data, reference_logits(m.state_dict(), m.config, idx), atol=1e-10)
-
-
 def test_loss_is_cross_entropy_and_ignores_minus_100():
     m = tiny("gpt2")
     idx, tgt = tokens(2, 5, seed=1), tokens(2, 5, seed=2)
@@ -254,7 +198,7 @@ def test_gradcheck_whole_gpt_every_parameter(style, b, t, n_layer, seed):
         p.data += np.random.default_rng(seed).normal(0, 0.3, p.shape)
     idx, tgt = tokens(b, t, seed=seed + 1), tokens(b, t, seed=seed + 2)
     tgt[0, 0] = -100
-    assert gradcheck_module(m, [idx], loss_fn=lambda logits: m._loss(logits, tgt, -100), max_elements=200,
+    assert gradcheck_module(m, [idx], loss_fn=lambda logits: m._loss(logits, tgt, -100), max_elements=64,
                             atol=1e-6, rtol=1e-4)
 
 
