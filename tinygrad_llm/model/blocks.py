@@ -154,7 +154,7 @@ class MoE(Module):
 
         p = softmax(router x)                   (N, E) over the E experts, N = B T tokens
         chosen = the k most probable experts    (N, k)  (cfg.n_experts_per_tok)
-        w = p[chosen]  (/ their sum when cfg.norm_topk_prob)
+        w = p[chosen]  (/ their sum when cfg.norm_topk_prob: then w is the softmax over the chosen logits only)
         y = sum over the k chosen e of  w_e * expert_e(x)       each expert a gated MLP of width cfg.moe_hidden
 
     Only the chosen experts run, each on the rows routed to it (one Python step per expert, none per token):
