@@ -164,3 +164,14 @@ def test_gradient_has_each_inputs_dtype():
 def test_unsupported_dtype_is_a_clear_error():
     with pytest.raises(TypeError, match="complex128 is not supported"):
         dtypes.result_type(np.ones(2, np.complex128), 1.0)
+
+
+def test_joining_promotes_like_the_binary_ops():
+    f = ag.Tensor(np.ones(2, np.float32), requires_grad=True)
+    i = ag.Tensor(np.arange(2))
+    assert ag.concatenate([f, i]).dtype == np.float32 and ag.stack([i, f]).dtype == np.float32
+    d = ag.Tensor(np.ones(2, np.float64), requires_grad=True)
+    out = ag.stack([f, d])
+    assert out.dtype == np.float64
+    out.sum().backward()
+    assert f.grad.dtype == np.float32 and d.grad.dtype == np.float64

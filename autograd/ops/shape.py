@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from .. import backend
+from .. import backend, dtypes
 from ..function import Function
 from ..tensor import Tensor
 from .axes import normalize_axis, normalize_permutation, torch_keywords
@@ -224,12 +224,21 @@ def getitem(x: Tensor, index) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- joining
+def _promoted(xs):
+    """The arrays in their promoted dtype (``dtypes.result_type``: int64 and float32 join as float32, as PyTorch)."""
+    if all(x.dtype == xs[0].dtype for x in xs):
+        return xs
+    dtype = dtypes.result_type(*xs)
+    return [x.astype(dtype, copy=False) for x in xs]
+
+
 class Concatenate(Function):
     """y = concatenate(xs, axis); each input's gradient is its slice of gy."""
     rule = 'd concat(xs)/dx_k = the slice of the gradient where x_k sits'
     params = ("axis",)
     def forward(self, *xs):
         xp = backend.xp_of(*xs)
+        xs = _promoted(xs)
         try:
             return xp.concatenate(xs, axis=self.axis)
         except ValueError:
@@ -271,6 +280,7 @@ class Stack(Function):
     params = ("axis",)
     def forward(self, *xs):
         xp = backend.xp_of(*xs)
+        xs = _promoted(xs)
         try:
             return xp.stack(xs, axis=self.axis)
         except ValueError:
