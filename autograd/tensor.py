@@ -121,6 +121,14 @@ class Tensor(TensorProtocol):
     def tolist(self):
         return self.numpy().tolist()
 
+    def clone(self) -> "Tensor":
+        """A differentiable copy with its own memory (PyTorch's ``clone``)."""
+        return _sh.Copy.apply(self)
+
+    def contiguous(self) -> "Tensor":
+        """The tensor itself: reshapes of strided arrays copy when they must, so no call is needed here."""
+        return self
+
     def detach(self) -> "Tensor":
         """The same data as a new leaf that does not require grad (shares memory)."""
         return Tensor(self.data)
@@ -225,7 +233,10 @@ class Tensor(TensorProtocol):
     def relu(self): return _ew.Relu.apply(self)
     def abs(self): return _ew.Abs.apply(self)
     def clip(self, low=None, high=None): return _ew.Clip.apply(self, low=low, high=high)
-    clamp = clip
+    def clamp(self, min=None, max=None): return _ew.Clip.apply(self, low=min, high=max)  # noqa: A002 (PyTorch's)
+    def softmax(self, axis: int = -1): return _functional().softmax(self, axis)
+    def log_softmax(self, axis: int = -1): return _functional().log_softmax(self, axis)
+    def masked_fill(self, mask, value: float): return _functional().masked_fill(self, mask, value)
     def maximum(self, other): return _ew.Maximum.apply(self, other)
     def minimum(self, other): return _ew.Minimum.apply(self, other)
     def pow(self, exponent): return self ** exponent
@@ -328,8 +339,13 @@ class Tensor(TensorProtocol):
 
 for _name in ("sum", "mean", "prod", "max", "min", "var", "std", "logsumexp", "cumsum", "argmax", "argmin", "any",
               "all", "sort", "argsort", "topk", "squeeze", "unsqueeze", "flatten", "split", "flip", "roll", "gather",
-              "scatter", "scatter_add"):  # x.sum(dim=1, keepdim=True) as in PyTorch, beside NumPy's names
+              "scatter", "scatter_add", "softmax", "log_softmax"):  # x.sum(dim=1, keepdim=True) as in PyTorch, beside NumPy's names
     setattr(Tensor, _name, _axes.torch_keywords(getattr(Tensor, _name)))
+
+
+def _functional():
+    from . import functional  # F imports Tensor: resolved at call time
+    return functional
 
 
 def tensor(data, dtype=None, device: str | None = None, requires_grad: bool = False) -> Tensor:

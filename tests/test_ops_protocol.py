@@ -163,3 +163,18 @@ def test_methods_as_functions_like_torch():
     np.testing.assert_array_equal(ag.max(x, ag.Tensor(np.full((2, 2), 1.0))).numpy(), np.maximum(x.data, 1.0))
     for name in NAMES:
         assert getattr(ag, name).__name__ == name and name in ag.__all__
+
+
+def test_pytorch_method_spellings():
+    x = ag.Tensor(np.array([[-1.0, 2.0], [3.0, -4.0]]), requires_grad=True)
+    np.testing.assert_array_equal(x.clamp(min=0).numpy(), np.clip(x.data, 0, None))
+    np.testing.assert_array_equal(x.clamp(max=1.0).numpy(), np.clip(x.data, None, 1.0))
+    e = np.exp(x.data - x.data.max(1, keepdims=True))
+    np.testing.assert_allclose(x.softmax(dim=-1).numpy(), e / e.sum(1, keepdims=True))
+    np.testing.assert_allclose(x.log_softmax(-1).exp().numpy(), e / e.sum(1, keepdims=True))
+    np.testing.assert_array_equal(x.masked_fill(x.data < 0, 0.0).numpy(), np.maximum(x.data, 0))
+    c = x.clone()
+    assert c.data is not x.data and x.contiguous() is x
+    (c * 2.0).sum().backward()
+    np.testing.assert_array_equal(x.grad.numpy(), 2.0)
+    assert ag.gradcheck(lambda t: t.clone() * t, [x.data])

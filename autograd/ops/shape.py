@@ -329,6 +329,17 @@ def split(x: Tensor, sections, axis: int = 0) -> tuple[Tensor, ...]:
 
 
 # ---------------------------------------------------------------------------------------------------- casts, moves
+class Copy(Function):
+    """y = a copy of x in new memory; dy/dx = 1."""
+    rule = "d copy(x)/dx = 1"
+
+    def forward(self, x):
+        return x.copy()
+
+    def backward(self, gy):
+        return gy
+
+
 class Astype(Function):
     """y = x.astype(dtype); the gradient is cast back to x's dtype."""
     rule = "d astype(x)/dx = 1  (gradient cast back to x's dtype)"
