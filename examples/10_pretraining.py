@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="override the number of steps")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out-dir", default="out-pretrain")
+    ap.add_argument("--overwrite", action="store_true", help="replace a run already in --out-dir (the stand-in "
+                    "always does: it is the lesson's scratch run)")
     args = ap.parse_args(argv)
     if args.verdict and args.shakespeare:
         ap.error("choose one of --verdict and --shakespeare")
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         settings["max_steps"] = args.steps
         settings.pop("epochs", None)
-    cfg = TrainConfig(**settings, device=args.device, out_dir=args.out_dir)
+    cfg = TrainConfig(**settings, device=args.device, out_dir=args.out_dir,
+                      overwrite=args.overwrite or mode == "stand-in")
     trainer = Trainer(cfg, tokenizer=tok)
     if mode == "verdict" and args.init == "book":
         book_init(trainer.model, cfg.seed)

@@ -180,7 +180,7 @@ def test_12_finetune_classifier():
     assert base == pytest.approx({"majority class": 52.5, "count adjectives": 57.2,
                                   "count, flipped by 'not'": 79.8, "last clause with negation": 93.2}, abs=3)
     test_acc = number(r"test ([0-9.]+)%\n", out)
-    assert test_acc > base["count adjectives"] + 5      # learned more than counting words
+    assert test_acc > base["count adjectives"] + 10     # learned more than counting words
 
 
 def test_13_instructions_and_lora():
