@@ -18,9 +18,8 @@ Adding a subcommand. Each command is a pair of small functions registered by nam
     def run(args) -> int: ...                                   # 0 on success
     register_command("mycmd", "one-line help", configure, run)
 
-Modules listed in ``PLUGINS`` are imported (when present) before the parser is built and register their
-commands from there (``finetune`` and ``bench`` are placeholders until theirs exist), so no one edits a giant
-function. Bad inputs raise ``UserError`` (or the usual ValueError / FileNotFoundError / CheckpointError ...):
+Modules listed in ``PLUGINS`` are imported before the parser is built and register their commands from there, so
+no one edits a giant function. Bad inputs raise ``UserError`` (or the usual ValueError / FileNotFoundError / CheckpointError ...):
 ``main`` prints ONE line on stderr and returns 2; never a traceback (set TINYGRAD_LLM_DEBUG=1 to see one).
 """
 from __future__ import annotations
@@ -45,7 +44,7 @@ class Command:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
-    raw: bool = False  # run(Namespace(command=name, rest=[...])) with the unparsed arguments (launch, placeholders)
+    raw: bool = False  # run(Namespace(command=name, rest=[...])) with the unparsed arguments (launch)
 
 
 COMMANDS: dict[str, Command] = {}
@@ -72,50 +71,34 @@ def _load_plugins() -> None:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:
             if e.name and (mod == e.name or mod.startswith(e.name + ".")):
-                continue  # the plugin is not written (yet): its placeholder stays
+                continue  # an optional plugin that is not installed
             raise
 
 
-# ---------------------------------------------------------------------------------------------- placeholders
-def _placeholder(name: str, where: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise UserError(f"'{name}' is not available in this version yet (it will come from {where})")
-    return run
-
-
-def _configure_rest(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-
-
+# ---------------------------------------------------------------------------------------------- launch
 def _configure_launch(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("rest", nargs=argparse.REMAINDER,
-                        help="--nproc N [--master-addr A --master-port P] -- COMMAND... (e.g. -- tinygrad-llm train); "
+                        help="--nproc N [--master-addr A --master-port P --heartbeat-timeout S] -- COMMAND... "
+                             "(e.g. -- tinygrad-llm train, or train ..., or script.py); "
                              "see python -m tinygrad_llm.distributed.launch --help")
 
 
 def _run_launch(args: argparse.Namespace) -> int:
+    """``launch --nproc 2 train ...``, ``launch --nproc 2 -- tinygrad-llm train ...`` and ``launch ... script.py``;
+    a name that is none of these is a usage error naming the closest subcommand."""
     try:
         from .distributed.launch import main as launch_main
     except ImportError as e:
         raise UserError(f"'launch' needs tinygrad_llm.distributed ({e})") from None
-    rest = list(args.rest)
-    # "launch --nproc 2 train --steps 10" means: run this same command line tool on each rank
-    i = next((k for k, a in enumerate(rest) if a in COMMANDS and a != "launch"), None)
-    if i is not None and "--" not in rest[:i] and "-m" not in rest[:i]:
-        rest = rest[:i] + ["-m", "tinygrad_llm"] + rest[i:]
-    return int(launch_main(rest) or 0)
+    return int(launch_main(list(args.rest), commands=[n for n in COMMANDS if n != "launch"]) or 0)
 
 
 register_command("launch", "start N ranks of a command on this machine (data-parallel training)", _configure_launch,
                  _run_launch, raw=True)
-register_command("finetune", "fine-tune a pretrained GPT (classify | instruct)", _configure_rest,
-                 _placeholder("finetune", "tinygrad_llm.finetune"), raw=True)
-register_command("bench", "training-speed benchmark", _configure_rest, _placeholder("bench", "the benchmarks"),
-                 raw=True)
 
 
 def _configure_trace(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="trace", help="folder for the pages (default ./trace)")
+    parser.add_argument("--out", default="trace", help="folder for the pages")
     parser.add_argument("--graph", choices=("mlp", "attention", "both"), default="both")
 
 
@@ -131,9 +114,29 @@ register_command("trace", "interactive backward-pass pages: a 2-layer MLP and on
 
 
 # ---------------------------------------------------------------------------------------------- parser and main
+class _HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to a flag's help when it has a default worth showing and the text does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        d = action.default
+        if (d is None or d is False or d is argparse.SUPPRESS or "default" in text.lower() or not action.option_strings
+                or isinstance(d, (list, dict))):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """The parser of the command and of every subcommand (nested subparsers inherit the class): defaults shown."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     _load_plugins()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="tinygrad-llm",
         description="Build, train and fine-tune GPT models from scratch on NumPy/CuPy. "
                     "Start with: tinygrad-llm train")
@@ -150,12 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [UserError, ValueError, FileNotFoundError, IsADirectoryError,
                                        NotADirectoryError, PermissionError, UnicodeDecodeError, KeyError]
-    try:
-        from .train.checkpoint import CheckpointError
-        errs.append(CheckpointError)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(errs)
+    from .distributed.comm import DistributedTimeoutError   # a peer rank died or hangs: say so, no traceback
+    from .train.checkpoint import CheckpointError
+    return tuple(errs + [CheckpointError, DistributedTimeoutError])
 
 
 def main(argv: list[str] | None = None) -> int:

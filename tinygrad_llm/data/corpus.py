@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["default_corpus", "load_text"]
+__all__ = ["default_corpus", "load_text", "text_files"]
 
 
 def default_corpus() -> str:
@@ -39,22 +39,33 @@ def _read_utf8(path: Path) -> str:
         ) from None
 
 
+def _existing(p: Path) -> Path:
+    if not p.exists():
+        raise FileNotFoundError(f"corpus path {str(p)!r} does not exist")
+    return p
+
+
+def text_files(path: str | os.PathLike) -> list[Path]:
+    """The files a corpus path stands for: the file itself, or every ``*.txt`` file under a folder (subfolders
+    included, hidden ones skipped), sorted by relative path. ValueError for a folder without any."""
+    p = _existing(Path(path))
+    if not p.is_dir():
+        return [p]
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() == ".txt"
+                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    if not files:
+        raise ValueError(f"corpus folder {str(p)!r} contains no .txt files (searched its subfolders too)")
+    return files
+
+
 def load_text(path: str | os.PathLike) -> str:
-    """Load a corpus from a .txt file, or from every ``*.txt`` file in a folder (sorted by name, joined by "\\n\\n").
+    """Load a corpus from a .txt file, or from every ``*.txt`` file under a folder (``text_files``; joined by "\\n\\n").
 
     Raises FileNotFoundError for a missing path, ValueError for a folder with no .txt files, an empty corpus, or a
     file that is not valid UTF-8 (naming the file and the byte offset).
     """
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"corpus path {str(p)!r} does not exist")
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() == ".txt")
-        if not files:
-            raise ValueError(f"corpus folder {str(p)!r} contains no .txt files")
-        text = "\n\n".join(_read_utf8(f) for f in files)
-    else:
-        text = _read_utf8(p)
+    text = "\n\n".join(_read_utf8(f) for f in text_files(p)) if p.is_dir() else _read_utf8(_existing(p))
     if not text.strip():
         raise ValueError(f"corpus {str(p)!r} is empty (no non-whitespace text)")
     return text

@@ -8,21 +8,34 @@ The script calls ``init_distributed()`` and gets the right communicator.
 With several ranks, ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` default to
 cores / N (unless set), so CPU ranks do not oversubscribe the machine; under ``mpiexec`` set them yourself.
 
+The command: ``script.py args``, ``-m module args``, ``tinygrad-llm SUBCOMMAND args`` (run as ``-m tinygrad_llm``
+with this interpreter), or any other program on PATH (run as it is).
+
 Every line a rank prints is forwarded with a ``[rank i]`` prefix. When a rank fails (non-zero exit), the launcher
 terminates the others (SIGTERM, then SIGKILL after a grace period) and exits with that rank's code. The first
-Ctrl-C is passed on to every rank as SIGINT (the trainer then saves a checkpoint and exits); a second one, or a
-SIGTERM to the launcher, terminates them all.
+Ctrl-C, SIGTERM or SIGHUP is passed on to every rank (the trainer then saves a checkpoint and exits) and the
+launcher waits for them; a second one terminates them all.
+
+Heartbeats. Each rank that calls ``start_heartbeat()`` (the Trainer does with several ranks) touches a file every
+second from a background thread. A rank whose heartbeat stops for ``heartbeat_timeout`` seconds (stopped,
+swapping, stuck in native code) is reported at once, naming its pid and state, instead of the other ranks
+waiting silently for their collective's timeout.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
+from typing import Collection
 
 # the rank side of the launcher lives in runtime.py; re-exported here for ``from ...launch import init_distributed``
 from .runtime import get_rank, get_world_size, init_distributed  # noqa: F401
@@ -35,6 +48,99 @@ def free_port(addr: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+HEARTBEAT_ENV = "TINYGRAD_LLM_HEARTBEAT_DIR"
+_heartbeat: threading.Thread | None = None
+
+
+def start_heartbeat(interval: float = 1.0) -> bool:
+    """Rank side: touch ``$TINYGRAD_LLM_HEARTBEAT_DIR/rank_<RANK>`` every ``interval`` seconds from a daemon
+    thread (once per process). Returns False when not started by the launcher."""
+    global _heartbeat
+    folder = os.environ.get(HEARTBEAT_ENV)
+    if not folder or "RANK" not in os.environ:
+        return False
+    if _heartbeat is not None:
+        return True
+    path = Path(folder) / f"rank_{os.environ['RANK']}"
+
+    def beat() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                path.write_text(f"{time.time()}\n")
+            except OSError:  # the launcher is gone and removed the folder
+                return
+    path.write_text(f"{time.time()}\n")   # the first beat before returning: the launcher knows this rank beats
+    _heartbeat = threading.Thread(target=beat, name="tinygrad-llm-heartbeat", daemon=True)
+    _heartbeat.start()
+    return True
+
+
+def _process_state(pid: int) -> str:
+    """'stopped', 'running', 'sleeping' ... from /proc (Linux), else ''."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+    return {"R": "running", "S": "sleeping", "D": "in uninterruptible I/O", "T": "stopped", "t": "stopped (traced)",
+            "Z": "a zombie"}.get(state, state)
+
+
+def _check_heartbeats(folder: Path, procs: list[subprocess.Popen], timeout: float, reported: set, out,
+                      started: float) -> None:
+    """Report (once) each running rank whose heartbeat is older than ``timeout`` s; a rank that never beat counts
+    from the launch once another rank beats (they all run the same program)."""
+    now = time.time()
+    files = [folder / f"rank_{rank}" for rank in range(len(procs))]
+    anyone = any(f.is_file() for f in files)
+    for rank, (p, f) in enumerate(zip(procs, files)):
+        if p.poll() is not None or not anyone:
+            continue  # exited, or this program sends no heartbeats
+        try:
+            age = now - f.stat().st_mtime
+        except FileNotFoundError:
+            age = now - started
+        if age < timeout:
+            reported.discard(rank)
+        elif rank not in reported:
+            reported.add(rank)
+            state = _process_state(p.pid)
+            out.write(f"[launch] rank {rank} (pid {p.pid}{', ' + state if state else ''}) has sent no heartbeat "
+                      f"for {age:.0f} s: it is frozen; the other ranks wait for it in their next collective "
+                      "(Ctrl-C stops them all)\n")
+            out.flush()
+
+
+def rank_command(command: list[str], commands: Collection[str] = ()) -> list[str]:
+    """The argv of one rank for ``command`` (see the module doc); ValueError for a script or program that does not
+    exist. ``commands``: the ``tinygrad-llm`` subcommands (a bare one means ``tinygrad-llm NAME``; they are also
+    what a misspelling is compared with)."""
+    if not command:
+        raise ValueError("launch needs a command: launch --nproc 2 train.py [args] (or -m module, or tinygrad-llm ...)")
+    head = command[0]
+    if commands and head in commands:
+        command, head = ["tinygrad-llm", *command], "tinygrad-llm"
+    if Path(head).name == "tinygrad-llm" and not head.endswith(".py"):
+        sub = command[1] if len(command) > 1 else None
+        if commands and sub is not None and not sub.startswith("-") and sub not in commands:
+            raise ValueError(f"launch: unknown tinygrad-llm command {sub!r}{_did_you_mean(sub, commands)}")
+        return [sys.executable, "-m", "tinygrad_llm", *command[1:]]
+    if head.startswith("-") or Path(head).is_file():
+        return [sys.executable, *command]
+    if head.endswith(".py"):
+        raise ValueError(f"launch: no script {head!r}")
+    program = shutil.which(head)
+    if program is None:
+        hint = _did_you_mean(head, commands) if commands else ""
+        raise ValueError(f"launch: {head!r} is not a tinygrad-llm command, a script or a program on PATH{hint}")
+    return [program, *command[1:]]
+
+
+def _did_you_mean(word: str, choices: Collection[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else f" (commands: {', '.join(sorted(choices))})"
+
+
 def _forward(stream, prefix: str, out, lock: threading.Lock) -> None:
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace")
@@ -45,15 +151,18 @@ def _forward(stream, prefix: str, out, lock: threading.Lock) -> None:
 
 
 def launch(nproc: int, command: list[str], master_addr: str = "127.0.0.1", master_port: int | None = None,
-           env: dict | None = None, grace: float = 5.0, prefix_output: bool = True) -> int:
-    """Run ``python <command>`` as ``nproc`` ranks; return 0 when all succeed, else the first failure's code.
+           env: dict | None = None, grace: float = 5.0, prefix_output: bool = True,
+           heartbeat_timeout: float = 60.0, commands: Collection[str] = ()) -> int:
+    """Run ``command`` as ``nproc`` ranks; return 0 when all succeed, else the first failure's code.
 
-    ``command``: ``["script.py", args...]`` or ``["-m", "module", args...]``.
+    ``command``: ``["script.py", args...]``, ``["-m", "module", args...]``, ``["tinygrad-llm", sub, args...]``
+    or a program on PATH (``rank_command``). heartbeat_timeout: seconds without a heartbeat before a rank is
+    reported frozen (0: never).
     """
     if nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {nproc}")
-    if not command:
-        raise ValueError("launch needs a script (or -m module) to run")
+    argv = rank_command(list(command), commands)
+    beats = Path(tempfile.mkdtemp(prefix="tinygrad-llm-heartbeat-"))
     port = master_port or free_port(master_addr)
     base = dict(os.environ if env is None else env)
     if nproc > 1:
@@ -64,12 +173,14 @@ def launch(nproc: int, command: list[str], master_addr: str = "127.0.0.1", maste
             base.setdefault(var, share)
     base.update(WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR=master_addr,
                 MASTER_PORT=str(port), TINYGRAD_LLM_LAUNCHER="1", PYTHONUNBUFFERED="1")
-    lock = threading.Lock()
+    base[HEARTBEAT_ENV] = str(beats)
+    started = time.time()
+    lock = threading.RLock()   # re-entrant: the signal handler may run while the main thread holds it
     procs: list[subprocess.Popen] = []
     threads = []
     for rank in range(nproc):
         e = dict(base, RANK=str(rank), LOCAL_RANK=str(rank))
-        p = subprocess.Popen([sys.executable, *command], env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        p = subprocess.Popen(argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              start_new_session=True)   # own process group: we can end a rank and its children
         procs.append(p)
         t = threading.Thread(target=_forward, args=(p.stdout, f"[rank {rank}] " if prefix_output else "",
@@ -78,49 +189,67 @@ def launch(nproc: int, command: list[str], master_addr: str = "127.0.0.1", maste
         threads.append(t)
 
     code = 0
-    interrupted = False
-    old_term = _on_sigterm()
+    stopping = {"signal": None}    # the first stop signal, passed on to the ranks; they are then waited for
+    reported: set[int] = set()
+    last_check = time.monotonic()
+
+    def stop(sig) -> None:
+        if stopping["signal"] is not None:  # a second one: stop everything now
+            raise SystemExit(128 + int(sig))
+        stopping["signal"] = sig
+        with lock:
+            sys.stderr.write(f"[launch] {signal.Signals(sig).name}: passed on to every rank, which save and exit "
+                             "(again to kill them)\n")
+        _signal_all(procs, sig)   # the ranks are in their own sessions and did not get it
+
+    old = _on_signals(stop)
     try:
         while True:
             try:
                 states = [p.poll() for p in procs]
                 failed = [(r, c) for r, c in enumerate(states) if c not in (None, 0)]
-                if failed:
+                if failed and stopping["signal"] is None:
                     rank, code = failed[0]
                     with lock:
                         sys.stderr.write(f"[launch] rank {rank} exited with code {code}; stopping the other ranks\n")
                         sys.stderr.flush()
                     break
-                if all(c == 0 for c in states):
+                if all(c is not None for c in states):
+                    code = next((c for c in states if c), 0)
                     break
+                if heartbeat_timeout and time.monotonic() - last_check >= min(1.0, heartbeat_timeout / 2):
+                    last_check = time.monotonic()
+                    with lock:
+                        _check_heartbeats(beats, procs, heartbeat_timeout, reported, sys.stderr, started)
                 time.sleep(0.05)
             except KeyboardInterrupt:
-                if interrupted:            # second Ctrl-C: stop everything now
-                    code = 130
-                    break
-                # first Ctrl-C: pass it on (the ranks are in their own sessions and did not get it), so a trainer
-                # can finish its step and save a checkpoint; the loop then sees them exit
-                interrupted = True
-                with lock:
-                    sys.stderr.write("[launch] Ctrl-C: passed on to every rank (press again to kill them)\n")
-                _signal_all(procs, signal.SIGINT)
+                stop(signal.SIGINT)
+    except SystemExit as e:
+        code = int(e.code or 1)
     finally:
         _terminate(procs, grace)
         for t in threads:
             t.join(timeout=10.0)  # the ranks have exited: the pipes reach EOF soon (slow under load)
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        _restore_signals(old)
+        shutil.rmtree(beats, ignore_errors=True)
     return code
 
 
-def _on_sigterm():
-    """Make SIGTERM to the launcher end the ranks too (through the ``finally`` above); returns the old handler."""
+def _on_signals(stop):
+    """Route SIGTERM and SIGHUP to ``stop(signum)`` (Ctrl-C arrives as KeyboardInterrupt); returns the old handlers."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
+    old = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            sig = getattr(signal, name)
+            old[sig] = signal.signal(sig, lambda signum, frame: stop(signum))
+    return old
 
-    def handler(signum, frame):
-        raise SystemExit(128 + signum)
-    return signal.signal(signal.SIGTERM, handler)
+
+def _restore_signals(old: dict) -> None:
+    for sig, handler in old.items():
+        signal.signal(sig, handler)
 
 
 def _signal_all(procs: list[subprocess.Popen], sig) -> None:
@@ -161,25 +290,31 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--master-addr", default="127.0.0.1", help="rendezvous address (default 127.0.0.1)")
     p.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free one)")
     p.add_argument("--no-prefix", action="store_true", help="do not prefix output lines with [rank i]")
+    p.add_argument("--heartbeat-timeout", type=float, default=60.0,
+                   help="report a rank whose heartbeat stopped for this many seconds (0: off; default 60)")
     p.add_argument("-m", dest="module", default=None, help="run a module (like python -m) instead of a script")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="script.py and its arguments")
+    p.add_argument("command", nargs=argparse.REMAINDER,
+                   help="script.py and its arguments, or tinygrad-llm SUBCOMMAND ..., or a program on PATH")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The command line (also what ``tinygrad-llm launch`` calls with its arguments)."""
+def main(argv: list[str] | None = None, commands: Collection[str] = ()) -> int:
+    """The command line (also what ``tinygrad-llm launch`` calls, with its subcommand names as ``commands``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--":          # "tinygrad-llm launch -- --nproc 2 ..." passes its separator on
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     command = list(args.command)
     if command and command[0] == "--":
         command = command[1:]
     if args.module:
         command = ["-m", args.module, *command]
     if not command:
-        build_parser().error("give the script to run: launch --nproc 2 train.py [args] (or -m module [args])")
-    return launch(args.nproc, command, args.master_addr, args.master_port, prefix_output=not args.no_prefix)
+        parser.error("give the command to run: launch --nproc 2 train.py [args] (or -m module [args], "
+                     "or tinygrad-llm train [args])")
+    return launch(args.nproc, command, args.master_addr, args.master_port, prefix_output=not args.no_prefix,
+                  heartbeat_timeout=args.heartbeat_timeout, commands=commands)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     configure_dpo(sub.add_parser("dpo", help="preference tuning (DPO) on chosen/rejected response pairs"))
     configure_evaluate(sub.add_parser("evaluate", help="score responses with a judge endpoint, or multiple-choice "
                                                        "accuracy by log-likelihood"))
+    from .run import configure_predict
+    configure_predict(sub.add_parser("predict", help="classify texts with a `finetune classify` checkpoint"))
 
 
 def _need_data(args: argparse.Namespace, kind: str):
@@ -218,7 +220,10 @@ def run(args: argparse.Namespace) -> int:
         return run_dpo_args(args)
     if args.task == "evaluate":
         return run_evaluate_args(args)
-    raise UserError("choose a task: tinygrad-llm finetune classify | instruct | dpo | evaluate ... (--help for flags)")
+    if args.task == "predict":
+        from .run import run_predict
+        return run_predict(args)
+    raise UserError("choose a task: tinygrad-llm finetune classify | instruct | dpo | evaluate | predict ... (--help for flags)")
 
 
 def _register() -> None:

@@ -58,6 +58,10 @@ def load_base(init_from: str | None = None, checkpoint: str | None = None, prese
         from ..train.checkpoint import load_checkpoint
         from ..model.gpt import GPT
         ck = load_checkpoint(checkpoint)
+        if ck.get("classifier"):
+            raise ValueError(f"{ck.path} is a classifier checkpoint (its weights end in a class head, not a language "
+                             "model head); fine-tune from the language model it came from, or classify texts with "
+                             f"tinygrad-llm finetune predict --checkpoint {checkpoint} --text TEXT")
         if not ck.get("model_config"):
             raise ValueError(f"{ck.path}: the checkpoint has no model_config; is it a tinygrad-llm train checkpoint?")
         cfg = model_config_from_dict(ck["model_config"]).replace(dropout=dropout)

@@ -1,4 +1,5 @@
-"""The two fine-tuning runs end to end, as the CLI and the examples call them: ``run_classify``, ``run_instruct``.
+"""The fine-tuning runs end to end, as the CLI and the examples call them: ``run_classify``, ``run_instruct``; and
+``tinygrad-llm finetune predict`` (``run_predict``), which classifies texts with a ``run_classify`` checkpoint.
 
 Each reads its data, builds the base model (GPT-2 weights, a tinygrad-llm checkpoint or a preset), optionally wraps
 it with LoRA, trains with AdamW, reports metrics, saves a checkpoint in the trainer's format to ``out_dir`` (LoRA
@@ -17,7 +18,8 @@ from .instruct import (InstructionDataset, collate, format_example, generate_res
                        split_instruction_data)
 from .lora import apply_lora, merge_lora
 
-__all__ = ["run_classify", "run_instruct", "load_classifier", "split_classification_data", "balance_classes"]
+__all__ = ["run_classify", "run_instruct", "load_classifier", "split_classification_data", "balance_classes",
+           "configure_predict", "run_predict"]
 
 
 def balance_classes(texts: list, labels: list, seed: int = 123) -> tuple[list, list]:
@@ -113,22 +115,61 @@ def run_classify(data: str, val_data: str | None = None, test_data: str | None =
             "labels": names, "model": clf, "tokenizer": tok}
 
 
-def load_classifier(path: str, dtype=np.float32):
+def load_classifier(path: str, dtype=np.float32, device: str = "cpu"):
     """(classifier, tokenizer, info) from a ``run_classify`` checkpoint; info has labels, pool, max_length."""
     from ..model.gpt import GPT
     from ..tokenizer import load_tokenizer
-    from ..train.build import model_config_from_dict
+    from ..train.build import model_config_from_dict, require_device
     from ..train.checkpoint import load_checkpoint
+    require_device(device)
     ck = load_checkpoint(path)
     info = ck.get("classifier")
     if not info:
-        raise ValueError(f"{ck.path}: not a classifier checkpoint (no 'classifier' section)")
+        raise ValueError(f"{ck.path}: not a classifier checkpoint (no 'classifier' section: it was not written by "
+                         "`tinygrad-llm finetune classify`); for a language model use `tinygrad-llm generate`")
     gpt = GPT(model_config_from_dict(ck["model_config"]), seed=None, dtype=dtype, init=False)
     clf = GPTClassifier(gpt, info["num_classes"], trainable="all", pool=info["pool"])
     clf.pad_to = info["max_length"] if info["pool"] == "last" else None
     clf.load_state_dict(ck.model)
+    clf.to(device)
     clf.eval()
     return clf, load_tokenizer(ck["tokenizer"]), info
+
+
+def configure_predict(p) -> None:
+    """Flags of ``tinygrad-llm finetune predict``."""
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder (or output folder) written by "
+                                                       "`tinygrad-llm finetune classify`")
+    p.add_argument("--text", action="append", default=[], metavar="TEXT", help="a text to classify (repeatable)")
+    p.add_argument("--file", help="classify every non-empty line of this UTF-8 file ('-': standard input)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+
+
+def run_predict(args) -> int:
+    """``tinygrad-llm finetune predict``: one ``label<TAB>text`` line per text, in the order given."""
+    import sys
+    from ..cli import UserError
+    texts = list(args.text)
+    if args.file:
+        src = sys.stdin.read() if args.file == "-" else _read_lines_file(args.file)
+        texts += [line for line in src.splitlines() if line.strip()]
+    if not texts:
+        raise UserError("nothing to classify: give --text TEXT (repeatable) or --file FILE")
+    clf, tok, info = load_classifier(args.checkpoint, device=args.device)
+    from .classifier import classify_texts
+    for text, label in zip(texts, classify_texts(clf, tok, texts, info["labels"])):
+        print(f"{label}\t{text}")
+    return 0
+
+
+def _read_lines_file(path: str) -> str:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"--file {path!r}: no such file")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--file {path!r}: not UTF-8 text ({e})") from None
 
 
 def run_instruct(data: str, *, init_from: str | None = None, checkpoint: str | None = None,

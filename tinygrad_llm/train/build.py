@@ -7,21 +7,37 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .config import TrainConfig
 
-__all__ = ["load_corpus", "build_tokenizer", "encode_corpus", "build_loaders", "build_model_config",
+__all__ = ["load_corpus", "require_device", "build_tokenizer", "encode_corpus", "build_loaders", "build_model_config",
            "dropout_generators", "seed_generators", "rng_state", "set_rng_state", "unigram_entropy"]
 
 
 # ------------------------------------------------------------------------------------------------ text
-def load_corpus(data: str | os.PathLike | None) -> str:
-    """The training text: a .txt file, a folder of .txt files, or (None) the embedded default corpus."""
+def load_corpus(data: str | os.PathLike | None, log: Callable[[str], None] | None = None) -> str:
+    """The training text: a .txt file, every .txt file under a folder, or (None) the embedded default corpus.
+    ``log`` is told which files a folder gave."""
     from ..data import default_corpus, load_text
-    return default_corpus() if data is None else load_text(data)
+    from ..data.corpus import text_files
+    if data is None:
+        return default_corpus()
+    if log is not None and Path(data).is_dir():
+        files = [str(f.relative_to(data)) for f in text_files(data)]
+        shown = ", ".join(files[:20]) + (f", ... ({len(files) - 20} more)" if len(files) > 20 else "")
+        log(f"corpus: {len(files)} .txt file(s) under {data}: {shown}")
+    return load_text(data)
+
+
+def require_device(device: str) -> None:
+    """ValueError when ``device`` names a GPU this machine does not have (before anything is built on it)."""
+    from autograd import backend
+    if backend.parse_device(device)[0] == "cuda" and not backend.cuda_available():
+        raise ValueError(f"device {device!r}: no usable GPU here (CuPy is not installed or sees no CUDA device); "
+                         "use --device cpu, or install the 'gpu' extra on a machine with an NVIDIA GPU")
 
 
 # ------------------------------------------------------------------------------------------------ tokenizer
@@ -81,7 +97,9 @@ def build_loaders(ids: np.ndarray, cfg: TrainConfig, rank: int = 0, world_size: 
     val_bs = max(1, min(cfg.batch_size, len(val_ds) // world_size))
     if len(val_ds) < world_size:
         raise ValueError(f"validation split too short: {len(val_ds)} windows for {world_size} ranks")
-    val = DataLoader(val_ds, val_bs, shuffle=False, rank=rank, world_size=world_size)
+    # one process reads every val window (as `tinygrad-llm eval`); ranks need equal shards, so a last partial batch
+    # is dropped there
+    val = DataLoader(val_ds, val_bs, shuffle=False, drop_last=world_size > 1, rank=rank, world_size=world_size)
     return train, val, val_ids
 
 

@@ -45,7 +45,7 @@ MODEL_FILE = "model.safetensors"
 EXTRA_FILE = "optimizer.safetensors"
 META_FILE = "checkpoint.json"
 LATEST = "latest"
-_STEP_RE = re.compile(r"^step_(\d+)$")
+STEP_RE = re.compile(r"^step_(\d+)$")
 
 
 class CheckpointError(Exception):
@@ -189,7 +189,7 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
         return []
     found = []
     for p in out.iterdir():
-        m = _STEP_RE.match(p.name)
+        m = STEP_RE.match(p.name)
         if m and p.is_dir() and (p / META_FILE).is_file():
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
@@ -202,6 +202,8 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, state: dict[str, Any]
     state: a tree (see module doc); ``state["model"]`` is ``name -> array`` (NumPy or CuPy; copied to the host).
     keep_last: number of step folders to keep (None or 0 keeps all). Returns the checkpoint folder.
     """
+    if isinstance(step, bool) or int(step) != step or step < 0:
+        raise ValueError(f"save_checkpoint: step must be an integer >= 0, got {step!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = dict(state)
@@ -289,7 +291,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
             name = (p / LATEST).read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as e:
             raise CheckpointError(f"{p / LATEST}: cannot read ({e})") from None
-        if not _STEP_RE.match(name) or not (p / name).is_dir():
+        if not STEP_RE.match(name) or not (p / name).is_dir():
             raise CheckpointError(f"{p / LATEST}: points at {name!r}, which is not a checkpoint folder in {p}")
         return p / name
     ckpts = list_checkpoints(p)
@@ -357,8 +359,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{meta_path}: not a tinygrad-llm checkpoint (format {got!r}, expected {FORMAT!r})")
     for key, typ in (("step", int), ("files", dict), ("state", dict)):
-        if not isinstance(meta.get(key), typ):
+        if not isinstance(meta.get(key), typ) or isinstance(meta.get(key), bool):
             raise CheckpointError(f"{meta_path}: field {key!r} is missing or not a {typ.__name__}")
+    if meta["step"] < 0:
+        raise CheckpointError(f"{meta_path}: field 'step' is {meta['step']}; a step count is >= 0")
     files = meta["files"]
     model = _load_safetensors(folder / MODEL_FILE, files.get(MODEL_FILE, {}))
     extra = _load_safetensors(folder / EXTRA_FILE, files.get(EXTRA_FILE, {}))

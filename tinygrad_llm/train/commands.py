@@ -19,17 +19,17 @@ from .config import TrainConfig, load_config_file
 # ---------------------------------------------------------------------------------------------- train
 # flag -> (TrainConfig field, type, help); model-size flags go to TrainConfig.model
 _TRAIN_FLAGS = [
-    ("--preset", "preset", str, "GPT preset: micro, tiny, small, llama-tiny, gpt2-124m, ... (default tiny)"),
+    ("--preset", "preset", str, "GPT preset: micro, tiny, small, llama-tiny, gpt2-124m, ..."),
     ("--tokenizer", "tokenizer", str, "'bpe' (trained on the data), 'char', a tokenizer JSON, or a GPT-2 files folder"),
-    ("--vocab-size", "vocab_size", int, "BPE vocabulary size (default 1024)"),
+    ("--vocab-size", "vocab_size", int, "BPE vocabulary size"),
     ("--data", "data", str, "a .txt file or folder of .txt files (default: the embedded Python-docs corpus)"),
-    ("--val-fraction", "val_fraction", float, "held-out fraction at the end of the text (default 0.1)"),
-    ("--block-size", "block_size", int, "context length of the training windows (default 128)"),
+    ("--val-fraction", "val_fraction", float, "held-out fraction at the end of the text"),
+    ("--block-size", "block_size", int, "context length of the training windows"),
     ("--stride", "stride", int, "training window stride (default: block size / 4)"),
     ("--batch-size", "batch_size", int, "sequences per micro-batch (per rank)"),
     ("--grad-accum", "grad_accum", int, "micro-batches per optimizer step"),
     ("--steps", "max_steps", int, "optimizer steps"),
-    ("--epochs", "epochs", int, "train for this many passes over the data (sets --steps)"),
+    ("--epochs", "epochs", int, "train for this many passes over the data (instead of --steps)"),
     ("--lr", "lr", float, "peak learning rate"),
     ("--min-lr", "min_lr", float, "final learning rate of the cosine schedule (default lr/10)"),
     ("--warmup", "warmup", int, "linear warmup steps"),
@@ -41,13 +41,14 @@ _TRAIN_FLAGS = [
     ("--sample-every", "sample_every", int, "print a sample every N steps (0: only at the end)"),
     ("--sample-tokens", "sample_tokens", int, "tokens per sample"),
     ("--sample-prompt", "sample_prompt", str, "prompt of the samples"),
-    ("--checkpoint-every", "checkpoint_every", int, "save every N steps (always at the end and on Ctrl-C)"),
-    ("--keep-last", "keep_last", int, "checkpoints to keep"),
-    ("--out-dir", "out_dir", str, "output folder (checkpoints, metrics.jsonl)"),
+    ("--checkpoint-every", "checkpoint_every", int,
+     "save every N steps (0: only at the end; always at the end and on Ctrl-C, SIGTERM, SIGHUP)"),
+    ("--keep-last", "keep_last", int, "checkpoints to keep (0: all)"),
+    ("--out-dir", "out_dir", str, "the run folder (checkpoints, metrics.jsonl); one run per folder"),
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "cpu | cuda | cuda:N"),
     ("--dtype", "dtype", str, "parameter dtype (float32)"),
-    ("--precision", "precision", str, "fp32 | tf32 | mixed (GPU)"),
+    ("--precision", "precision", str, "fp32 | tf32 | mixed (mixed: GPUs only; slow on the CPU)"),
     ("--init-from", "init_from", str, "start from pretrained weights (a Hugging Face folder: GPT-2, Llama 3, Qwen3, "
                                       "Gemma 3)"),
 ]
@@ -57,29 +58,36 @@ _MODEL_FLAGS = [("--n-layer", "n_layer", int), ("--n-head", "n_head", int), ("--
 
 def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a .json or .toml file of TrainConfig fields (flags override it)")
+    defaults = TrainConfig()
     for flag, dest, typ, help in _TRAIN_FLAGS:
-        p.add_argument(flag, dest=dest, type=typ, default=None, help=help)
+        d = getattr(defaults, dest)
+        shown = f" (default: {d})" if d is not None and "default" not in help else ""
+        p.add_argument(flag, dest=dest, type=typ, default=None, help=help + shown)
     for flag, dest, typ in _MODEL_FLAGS:
         p.add_argument(flag, dest=f"model_{dest}", type=typ, default=None, help=f"model {dest} (overrides the preset)")
     p.add_argument("--resume", nargs="?", const="auto", default=None,
-                   help="resume from a checkpoint folder, or (no value) from --out-dir's latest")
+                   help="continue the run in --out-dir (no value), or resume from a checkpoint folder; only "
+                        "max_steps, epochs, the lr schedule, eval/sample/checkpoint settings, device and precision "
+                        "may change")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out-dir that holds another run, deleting that run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="on a GPU, run each step eagerly instead of replaying it from a CUDA graph")
 
 
 def _saved_config(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
     """On --resume, the resumed run's own config is the base (flags given now still override it)."""
-    from .checkpoint import CheckpointError, read_checkpoint_json
-    path = (args.out_dir or base.out_dir) if args.resume == "auto" else args.resume
-    try:
-        saved = read_checkpoint_json(path)["state"].get("train_config")
-    except CheckpointError:
-        if args.resume == "auto":
-            return base  # nothing to resume yet: a fresh run
-        raise
+    from .checkpoint import read_checkpoint_json
+    from .run_folder import resume_source
+    path, _ = resume_source(args.resume, args.out_dir or base.out_dir)   # the Trainer tells the user about it
+    if path is None:
+        return base  # nothing to resume yet: a fresh run
+    saved = read_checkpoint_json(path)["state"].get("train_config")
     if not isinstance(saved, dict):
         return base
-    known = set(TrainConfig.field_names())
-    return TrainConfig.from_dict({k: v for k, v in saved.items() if k in known and k != "resume"})
+    known = set(TrainConfig.field_names()) - {"resume", "overwrite"}
+    return TrainConfig.from_dict({k: v for k, v in saved.items() if k in known})
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -94,12 +102,18 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
              if getattr(args, f"model_{dest}") is not None}
     if model:
         over["model"] = {**base.model, **model}
+    if args.max_steps is not None and args.epochs is not None:
+        raise UserError("give --steps or --epochs, not both")
+    if args.max_steps is not None:
+        over["epochs"] = None      # --steps now wins over epochs a config file or the resumed run set
     if args.resume is not None:
         over["resume"] = args.resume
+    if args.overwrite:
+        over["overwrite"] = True
     if args.no_progress:
         over["progress"] = False
-    if over.get("grad_clip") == 0:
-        over["grad_clip"] = None
+    if getattr(args, "no_cuda_graphs", False):
+        over["cuda_graphs"] = False
     return TrainConfig.from_dict(over, base)
 
 
@@ -126,7 +140,8 @@ def run_train(args: argparse.Namespace) -> int:
     if trainer.is_main:
         m = trainer.model
         print(f"tinygrad-llm train: {m.num_parameters():,} parameters ({_describe(trainer)}), "
-              f"{trainer.num_tokens:,} tokens, {cfg.max_steps} steps of {cfg.batch_size}x{cfg.block_size} tokens"
+              f"{trainer.num_tokens:,} tokens, {trainer.config.max_steps} steps of {cfg.batch_size}x{cfg.block_size} "
+              "tokens"
               + (f" x {cfg.grad_accum} accum" if cfg.grad_accum > 1 else "")
               + (f" x {trainer.world_size} ranks" if trainer.world_size > 1 else "")
               + (f"; resuming at step {trainer.step}" if trainer.resumed_from else ""), file=sys.stderr)
@@ -162,8 +177,13 @@ def load_model(checkpoint: str, device: str = "cpu"):
     from ..model import GPT
     from ..tokenizer import load_tokenizer
     from .build import model_config_from_dict
+    from .build import require_device
     from .checkpoint import load_checkpoint
+    require_device(device)
     ckpt = load_checkpoint(checkpoint)
+    if ckpt.get("classifier"):
+        raise UserError(f"{ckpt.path} is a classifier (from `tinygrad-llm finetune classify`), not a language model; "
+                        f"classify texts with: tinygrad-llm finetune predict --checkpoint {checkpoint} --text TEXT")
     if not ckpt.get("model_config") or not ckpt.get("tokenizer"):
         raise UserError(f"{ckpt.path}: the checkpoint has no model_config/tokenizer (not written by the trainer)")
     model = GPT(model_config_from_dict(ckpt["model_config"]), init=False)
@@ -180,17 +200,28 @@ def configure_generate(p: argparse.ArgumentParser) -> None:
     src.add_argument("--init-from", help="a Hugging Face folder (GPT-2, Llama 3, Qwen3, Gemma 3: config.json, "
                                          "*.safetensors, tokenizer.json)")
     p.add_argument("--prompt", default="", help="text to continue (default: start of text)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=200, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, 0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens only")
+    p.add_argument("--top-p", type=float, default=None, help="sample within the top-p probability mass only")
+    p.add_argument("--num-samples", type=int, default=1, help="how many continuations")
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+
+
+def _check_generate_args(args: argparse.Namespace) -> None:
+    for ok, msg in ((args.max_new_tokens >= 0, "--max-new-tokens must be >= 0"),
+                    (args.num_samples >= 1, "--num-samples must be >= 1"),
+                    (args.temperature >= 0, "--temperature must be >= 0 (0: greedy)"),
+                    (args.top_k is None or args.top_k >= 1, "--top-k must be >= 1"),
+                    (args.top_p is None or 0 < args.top_p <= 1, "--top-p must be in (0, 1]")):
+        if not ok:
+            raise UserError(msg)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     from ..model import generate
+    _check_generate_args(args)
     from ..model.hf import from_pretrained, is_hf_folder
     folder = args.init_from or (args.checkpoint if is_hf_folder(args.checkpoint) else None)
     if folder:
@@ -209,8 +240,6 @@ def run_generate(args: argparse.Namespace) -> int:
     if not ids:
         eos = getattr(tok, "eos_id", None)
         ids = [eos] if eos is not None else (tok.encode("\n") or [0])
-    if args.max_new_tokens < 0:
-        raise UserError("--max-new-tokens must be >= 0")
     rng = np.random.default_rng(args.seed)
     for i in range(args.num_samples):
         out = generate(model, np.asarray([ids], dtype=np.int64), args.max_new_tokens, temperature=args.temperature,
@@ -270,7 +299,8 @@ def configure_tokenizer(p: argparse.ArgumentParser) -> None:
     t = sub.add_parser("train", help="train a tokenizer on a text and save it as JSON")
     t.add_argument("--data", default=None, help="text file or folder (default: the embedded corpus)")
     t.add_argument("--type", choices=["bpe", "char"], default="bpe")
-    t.add_argument("--vocab-size", type=int, default=1024)
+    t.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary size (at most: fewer when the "
+                                                               "text runs out of repeated pairs)")
     t.add_argument("--out", required=True, help="output JSON file")
     for name, help in (("encode", "text -> token ids"), ("decode", "token ids -> text")):
         s = sub.add_parser(name, help=help)
@@ -301,6 +331,9 @@ def run_tokenizer(args: argparse.Namespace) -> int:
         tok.save(args.out)
         print(f"saved a {args.type} tokenizer with {tok.vocab_size} tokens to {args.out} "
               f"({time.time() - t0:.1f} s)", file=sys.stderr)
+        if args.type == "bpe" and tok.vocab_size < args.vocab_size:
+            print(f"note: the text yields {tok.vocab_size} tokens of the {args.vocab_size} asked for (no pair of "
+                  "tokens repeats any more); more text gives more", file=sys.stderr)
         return 0
     tok = _get_tokenizer(args)
     data = " ".join(args.input) if args.input else sys.stdin.read()

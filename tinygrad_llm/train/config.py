@@ -1,20 +1,30 @@
 """TrainConfig: every knob of a training run, as a dataclass that reads from JSON/TOML files and CLI flags.
 
     cfg = TrainConfig(max_steps=200, batch_size=8)
-    cfg = TrainConfig.from_dict({"preset": "gpt-mini", "model": {"n_layer": 2}})   # unknown keys -> ValueError
-    cfg = load_config_file("run.toml")                                                # .json or .toml
+    cfg = TrainConfig.from_dict({"preset": "micro", "model": {"n_layer": 2}})   # unknown keys -> ConfigError
+    cfg = load_config_file("run.toml")                                            # .json or .toml
+
+Every field is checked once, in ``validate()`` (``from_dict`` and the Trainer call it): a bad value is one
+ConfigError naming the field. ``FIXED_ON_RESUME`` lists the fields a resumed run must keep (they define the
+weights, the tokenizer or the data stream); every other field may change on resume (max_steps, epochs, the
+learning-rate schedule, grad_clip, grad_accum, evaluation, samples, checkpoints, device, precision ...).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TrainConfig", "load_config_file", "ConfigError"]
+__all__ = ["TrainConfig", "load_config_file", "ConfigError", "FIXED_ON_RESUME"]
+
+#: fields that cannot change when a run is resumed: the model, its tokenizer, the data and its order
+FIXED_ON_RESUME = ("preset", "model", "init_from", "tokenizer", "vocab_size", "data", "val_fraction", "block_size",
+                   "stride", "batch_size", "seed", "dtype")
 
 
 class ConfigError(ValueError):
@@ -63,10 +73,11 @@ class TrainConfig:
     sample_every: int = 0               # 0 = only at the end
     sample_tokens: int = 120
     sample_prompt: str = ""
-    checkpoint_every: int = 500         # 0 = only at the end (and on Ctrl-C)
-    keep_last: int = 3
-    out_dir: str = "out"
+    checkpoint_every: int = 500         # 0 = only at the end (and on Ctrl-C / SIGTERM / SIGHUP)
+    keep_last: int = 3                  # checkpoints kept in out_dir (0 = all)
+    out_dir: str = "out"                # the run folder: checkpoints, metrics.jsonl (one run per folder)
     resume: str | None = None           # a checkpoint folder, an output folder (its 'latest'), or "auto" (out_dir)
+    overwrite: bool = False             # start afresh in an out_dir that holds another run, deleting that run
     # runtime
     seed: int = 1337
     device: str = "cpu"                 # "cpu", "cuda", "cuda:N"
@@ -74,6 +85,7 @@ class TrainConfig:
     precision: str = "tf32"             # GPU matrix products: "tf32" (float32 with TF32 tensor cores), "fp32",
     #                                     "mixed" (float16 compute, float32 master weights, loss scaling)
     progress: bool = True               # tqdm progress bar
+    cuda_graphs: bool = True            # on a GPU, record the optimizer step once as a CUDA graph and replay it
 
     # -------------------------------------------------------------------------------------------- conversions
     def to_dict(self) -> dict[str, Any]:
@@ -105,37 +117,87 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> "TrainConfig":
-        """Coerce list betas to a tuple and check ranges; raises ConfigError naming the field."""
-        def need(ok: bool, msg: str) -> None:
+        """Check every field (coercing list betas to a tuple); raises one ConfigError naming the field."""
+        def need(ok: bool, field: str, rule: str) -> None:
             if not ok:
-                raise ConfigError(msg)
-        ints = ("vocab_size", "block_size", "batch_size", "grad_accum", "max_steps", "warmup", "eval_every",
-                "eval_iters", "sample_every", "sample_tokens", "checkpoint_every", "keep_last", "seed")
-        for k in ints:
+                raise ConfigError(f"config {field} {rule}, got {getattr(self, field)!r}")
+
+        def is_int(v) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_num(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+        for k in ("vocab_size", "block_size", "batch_size", "grad_accum", "eval_iters"):
+            need(is_int(getattr(self, k)) and getattr(self, k) >= 1, k, "must be an integer >= 1")
+        for k in ("max_steps", "warmup", "eval_every", "sample_every", "sample_tokens", "checkpoint_every",
+                  "keep_last", "seed"):
+            need(is_int(getattr(self, k)) and getattr(self, k) >= 0, k, "must be an integer >= 0 (0 = off)"
+                 if k.endswith("_every") else "must be an integer >= 0")
+        for k in ("stride", "epochs"):
             v = getattr(self, k)
-            need(isinstance(v, int) and not isinstance(v, bool), f"config {k} must be an integer, got {v!r}")
-        for k in ("lr", "weight_decay", "val_fraction", "eps"):
-            v = getattr(self, k)
-            need(isinstance(v, (int, float)) and not isinstance(v, bool), f"config {k} must be a number, got {v!r}")
-        need(isinstance(self.model, dict), f"config model must be a mapping of GPTConfig overrides, got {self.model!r}")
+            need(v is None or (is_int(v) and v >= 1), k, "must be an integer >= 1 (or unset)")
+        need(is_num(self.lr) and self.lr > 0, "lr", "must be a number > 0")
+        need(self.min_lr is None or (is_num(self.min_lr) and 0 <= self.min_lr <= self.lr), "min_lr",
+             f"must be a number in [0, lr={self.lr}] (or unset: lr / 10)")
+        need(is_num(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be a number >= 0")
+        need(is_num(self.eps) and self.eps > 0, "eps", "must be a number > 0")
+        need(self.grad_clip is None or (is_num(self.grad_clip) and self.grad_clip >= 0), "grad_clip",
+             "must be a number > 0 (0 or unset: no clipping)")
+        if self.grad_clip == 0:
+            self.grad_clip = None
+        need(is_num(self.val_fraction) and 0.0 < self.val_fraction < 1.0, "val_fraction", "must be in (0, 1)")
         try:
             b1, b2 = (float(b) for b in self.betas)
         except (TypeError, ValueError):
             raise ConfigError(f"config betas must be two numbers, got {self.betas!r}") from None
+        need(0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0, "betas", "must be two numbers in [0, 1)")
         self.betas = (b1, b2)
-        need(self.block_size >= 1 and self.batch_size >= 1 and self.grad_accum >= 1,
-             "config block_size, batch_size and grad_accum must be >= 1")
-        need(self.max_steps >= 0, f"config max_steps must be >= 0, got {self.max_steps}")
-        need(0 <= self.warmup, f"config warmup must be >= 0, got {self.warmup}")
-        need(self.lr > 0, f"config lr must be > 0, got {self.lr}")
-        need(0.0 < self.val_fraction < 1.0, f"config val_fraction must be in (0, 1), got {self.val_fraction}")
-        need(self.schedule in ("cosine", "constant"), f"config schedule must be 'cosine' or 'constant', got "
-                                                       f"{self.schedule!r}")
-        need(self.eval_iters >= 1, "config eval_iters must be >= 1")
-        need(self.keep_last >= 0, "config keep_last must be >= 0")
-        need(self.precision in ("fp32", "tf32", "mixed", "fp16"),
-             f"config precision must be fp32, tf32 or mixed, got {self.precision!r}")
+        need(self.schedule in ("cosine", "constant"), "schedule", "must be 'cosine' or 'constant'")
+        need(self.precision in ("fp32", "tf32", "mixed", "fp16"), "precision", "must be fp32, tf32 or mixed")
+        need(self.dtype in ("float32", "float64"), "dtype", "must be 'float32' or 'float64' (parameter dtype)")
+        need(isinstance(self.device, str) and _is_device(self.device), "device", "must be 'cpu', 'cuda' or 'cuda:N'")
+        for k in ("tokenizer", "out_dir"):
+            need(isinstance(getattr(self, k), str) and getattr(self, k).strip() != "", k, "must be a non-empty string")
+        for k in ("data", "init_from", "resume"):
+            v = getattr(self, k)
+            need(v is None or (isinstance(v, str) and v.strip() != ""), k, "must be a path (a non-empty string)")
+        need(isinstance(self.sample_prompt, str), "sample_prompt", "must be a string")
+        for k in ("progress", "overwrite", "cuda_graphs"):
+            need(isinstance(getattr(self, k), bool), k, "must be true or false")
+        if self.resume and self.overwrite:
+            raise ConfigError("config resume and overwrite exclude each other: --resume continues the run in "
+                              "out_dir, --overwrite deletes it")
+        self._check_model()
         return self
+
+    def _check_model(self) -> None:
+        """``preset`` names a GPTConfig preset and ``model`` holds valid GPTConfig overrides."""
+        from ..model.config import GPTConfig
+        if not isinstance(self.model, dict):
+            raise ConfigError(f"config model must be a mapping of GPTConfig overrides, got {self.model!r}")
+        if self.preset is not None and self.preset not in GPTConfig.presets():
+            raise ConfigError(f"config preset {self.preset!r} is not a GPT preset; available: "
+                              f"{', '.join(GPTConfig.presets())}")
+        names = {f.name for f in dataclasses.fields(GPTConfig)}
+        unknown = sorted(set(self.model) - names)
+        if unknown:
+            raise ConfigError(f"config model has unknown GPTConfig field(s) {unknown}; known: {sorted(names)}")
+        try:
+            base = GPTConfig.preset(self.preset) if self.preset else GPTConfig()
+            dataclasses.replace(base, **{**self.model, "vocab_size": max(self.vocab_size, 1),
+                                         "context_length": self.model.get("context_length", self.block_size)})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config model {self.model!r}: {e}") from None
+
+
+def _is_device(device: str) -> bool:
+    from autograd import backend
+    try:
+        backend.parse_device(device)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

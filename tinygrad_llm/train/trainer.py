@@ -3,77 +3,57 @@
     from tinygrad_llm.train import Trainer, TrainConfig
     summary = Trainer(TrainConfig(max_steps=300, out_dir="out")).train()
 
-One step = ``grad_accum`` micro-batches of (B, T) tokens: forward, ``(loss / grad_accum).backward()``, then (data
-parallel) gradient averaging, global-norm clipping, the warmup+cosine learning rate, an AdamW step.
+Where each part lives: the optimizer step in ``step.py`` (``TrainStep``), evaluation and samples in
+``evaluation.py``, the checkpoint state and the resume rules in ``state.py``, the run folder (lock, one run per
+folder, the resume point) in ``run_folder.py``, the stop signals in ``signals.py``. This file builds the pieces
+and runs the loop: fetch ``grad_accum`` batches, call ``step_fn``, log, evaluate, sample, checkpoint.
 
-Exact resume. Everything random comes from state that the checkpoint stores: the data order is a function of
-(seed, epoch) plus the loader position, dropout masks come from the modules' generators (their states are saved),
-samples use a generator seeded from (seed, step), and the learning rate is a function of the step. So on CPU,
-training 2N steps equals training N, saving and resuming for N more, bitwise (tests/test_train.py).
+Stopping. Ctrl-C, SIGTERM and SIGHUP ask the loop to stop at the end of the current step, which then saves a
+checkpoint and returns; a KeyboardInterrupt raised inside a step (a second signal, or from a callback) rolls the
+data position and generators back to the step's start and saves the last completed step. Either way ``train()``
+returns normally with ``summary["interrupted"] = True`` (and ``summary["signal"]``, the signal's name).
 
-Ctrl-C. The first SIGINT asks the loop to stop at the end of the current step, which then saves a checkpoint and
-returns; a KeyboardInterrupt raised inside a step (a second Ctrl-C, or from a callback) rolls the data position and
-generators back to the step's start and saves the last completed step. Either way ``train()`` returns normally with
-``summary["interrupted"] = True``.
-
-Distributed (issue 6). Pass ``comm`` (a ``tinygrad_llm.distributed`` Communicator): each rank reads its shard of
-every global batch, rank 0 logs, samples and writes checkpoints, evaluation is averaged over ranks. Gradients are
-averaged by ``data_parallel``: an object with ``no_sync()`` (a context manager for the non-final micro-steps) and
-``finish()`` (complete the gradient all-reduce); by default ``tl.distributed.DataParallel(model, comm)`` is built,
-which broadcasts rank 0's weights and all-reduces gradient buckets while backward runs.
+Distributed. Pass ``comm`` (a ``tinygrad_llm.distributed`` Communicator): each rank reads its shard of every
+global batch, rank 0 takes the run folder, logs, samples and writes checkpoints, evaluation is averaged over ranks,
+and the ranks agree after every step whether to stop. Gradients are averaged by ``data_parallel``: an object with
+``no_sync()`` and ``finish()``; by default ``tl.distributed.DataParallel(model, comm)`` is built, which broadcasts
+rank 0's weights and all-reduces gradient buckets while backward runs.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import math
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-import autograd as ag
 from autograd import backend
-from autograd import functional as F
 
 from . import build
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, resolve_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .evaluation import sample_text, validation_loss
 from .metrics import MetricsLog
+from .run_folder import METRICS_FILE, RunFolder, RunFolderError, resume_source
+from .signals import StopSignals
+from .state import SCHEDULE_FIELDS, restore_state, resume_changes, trainer_state
+from .graph_step import GraphEval, is_graphed, train_step_for
+from .step import lm_loss, precision_setup
 
 __all__ = ["Trainer", "lm_loss"]
 
 Callback = Callable[["Trainer", dict], None]
 
 
-def _precision_setup(cfg: TrainConfig):
-    """(autocast dtype or None, GradScaler or None) for ``cfg.precision``; sets TF32 on GPUs."""
-    if backend.parse_device(cfg.device)[0] == "cuda":
-        from autograd import cuda as agcuda
-        agcuda.set_tf32(cfg.precision != "fp32")
-    if cfg.precision in ("mixed", "fp16"):
-        return "float16", ag.amp.GradScaler()
-    return None, None
-
-
-def lm_loss(model, x, y) -> ag.Tensor:
-    """Mean next-token cross-entropy of ``model`` on inputs x (B, T) and targets y (B, T)."""
-    if hasattr(model, "loss"):
-        return model.loss(x, y)
-    return F.cross_entropy(model(x), y)
-
-
 class Trainer:
     """Build everything from ``config`` (or use the given pieces), then ``train()``.
 
-    text: the training text (default: ``config.data`` or the embedded corpus). tokenizer / model: pre-built ones
-    (fine-tuning passes its own). comm / data_parallel: see the module doc. callbacks: ``fn(trainer, record)``
-    after every step (``record`` is the step's metrics dict); raising KeyboardInterrupt there stops cleanly.
-    log: where status lines go (default: tqdm.write on rank 0).
+    text: the training text (default: ``config.data`` or the embedded corpus). tokenizer / model: pre-built ones.
+    comm / data_parallel: see the module doc. callbacks: ``fn(trainer, record)`` after every step (``record`` is
+    the step's metrics dict); raising KeyboardInterrupt there stops cleanly. log: where status lines go (default:
+    tqdm.write on rank 0). The run folder is locked from construction until ``train()`` ends (or ``close()``).
     """
 
     def __init__(self, config: TrainConfig, *, text: str | None = None, tokenizer=None, model=None,
@@ -86,21 +66,34 @@ class Trainer:
         self.data_parallel = data_parallel
         self.callbacks = list(callbacks)
         self._log = log
-        self.out_dir = Path(cfg.out_dir)
+        self.folder = RunFolder(cfg.out_dir)
+        self.out_dir = self.folder.path
         self.step = 0
         self.tokens_seen = 0
         self.last_val: dict[str, float] = {}
-        self._stop_requested = False
-        # precision: "fp32" (no TF32 on GPUs), "tf32" (float32 weights, TF32 matrix products where the GPU has them),
-        # "mixed" / "fp16" (float16 matrix products under ag.amp.autocast, float32 master weights, dynamic loss
-        # scaling with ag.amp.GradScaler: a step with inf/NaN gradients is skipped and the scale lowered)
-        self.autocast_dtype, self.loss_scaler = _precision_setup(cfg)
+        self.metrics: MetricsLog | None = None
+        try:
+            self._build(text, tokenizer, model)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, text, tokenizer, model) -> None:
+        cfg = self.config
+        build.require_device(cfg.device)
+        if cfg.precision in ("mixed", "fp16") and backend.parse_device(cfg.device)[0] == "cpu":
+            self.log(f"warning: precision {cfg.precision!r} on the CPU: NumPy computes float16 matrix products "
+                     "without hardware support, many times slower than float32; use --precision fp32 on the CPU")
+        self.autocast_dtype, self.loss_scaler = precision_setup(cfg.precision, cfg.device)
 
         ckpt = self._find_resume()
         self.resumed_from = ckpt.path if ckpt is not None else None
+        self._take_folder(ckpt)
         state = ckpt.state if ckpt is not None else {}
+        changes = resume_changes(state.get("train_config"), cfg, str(ckpt.path)) if ckpt is not None else {}
+
         if text is None:
-            text = build.load_corpus(cfg.data)
+            text = build.load_corpus(cfg.data, log=self.log)
         if cfg.init_from and model is None and ckpt is None:
             # continued pretraining / fine-tuning from released weights (a Hugging Face folder, any family)
             from ..model.hf import from_pretrained
@@ -111,16 +104,21 @@ class Trainer:
         if tokenizer is None and "tokenizer" in state:
             from ..tokenizer import load_tokenizer
             tokenizer = load_tokenizer(state["tokenizer"])
-        self.tokenizer = tokenizer or build.build_tokenizer(cfg.tokenizer, text, cfg.vocab_size)
+        if tokenizer is None:
+            tokenizer = build.build_tokenizer(cfg.tokenizer, text, cfg.vocab_size)
+            if cfg.tokenizer == "bpe" and tokenizer.vocab_size < cfg.vocab_size:
+                self.log(f"note: the training text yields {tokenizer.vocab_size} BPE tokens of the "
+                         f"{cfg.vocab_size} asked for (no pair of tokens repeats any more)")
+        self.tokenizer = tokenizer
         ids = build.encode_corpus(self.tokenizer, text)
         self.train_loader, self.val_loader, self.val_ids = build.build_loaders(ids, cfg, self.rank, self.world_size)
         self.num_tokens = len(ids)
 
         if model is None:
-            GPT = _model_class()
+            from ..model import GPT
             mcfg = (build.model_config_from_dict(state["model_config"]) if "model_config" in state
                     else build.build_model_config(cfg, self.tokenizer.vocab_size))
-            model = GPT(mcfg, seed=cfg.seed) if _accepts(GPT, "seed") else GPT(mcfg)
+            model = GPT(mcfg, seed=cfg.seed)
         self.model = model
         self.model_config = getattr(model, "config", None)
         if getattr(self.model_config, "vocab_size", self.tokenizer.vocab_size) < self.tokenizer.vocab_size:
@@ -136,83 +134,99 @@ class Trainer:
         self.schedule = make_schedule(cfg.schedule, cfg.lr, min(cfg.warmup, cfg.max_steps), cfg.max_steps, cfg.min_lr)
         if ckpt is not None:
             self.load_state(ckpt)
+            self._announce(changes, state["train_config"])
         if self.world_size > 1 and self.data_parallel is None:
             # broadcasts rank 0's weights, then averages gradients in buckets overlapping backward
             from ..distributed import DataParallel
-            self.data_parallel = DataParallel(self.model, comm)
-        self.metrics = MetricsLog(self.out_dir / "metrics.jsonl",
-                                  resume_step=self.step if ckpt is not None else None) if self.is_main else None
+            self.data_parallel = DataParallel(self.model, self.comm)
+        #: one optimizer step, ``(batches, step) -> StepOutput``: any callable of that signature may replace it
+        #: (on a GPU, by default, the step recorded once as a CUDA graph and replayed: graph_step.py)
+        self.step_fn = train_step_for(self.model, self.optimizer, self.schedule, cuda_graphs=cfg.cuda_graphs,
+                                      log=self.log, grad_accum=cfg.grad_accum, grad_clip=cfg.grad_clip,
+                                      autocast_dtype=self.autocast_dtype, loss_scaler=self.loss_scaler,
+                                      data_parallel=self.data_parallel)
+        self._graph_eval = GraphEval(self.model, self.autocast_dtype) if is_graphed(self.step_fn) else None
+        if self.is_main:
+            self.metrics = MetricsLog(self.out_dir / METRICS_FILE, resume_step=self.step if ckpt is not None else None)
+        if self.world_size > 1:
+            from ..distributed.launch import start_heartbeat
+            start_heartbeat()  # lets the launcher name a frozen rank long before a collective times out
 
-    # ------------------------------------------------------------------------------------------ state
+    # ------------------------------------------------------------------------------------------ run folder
     def _find_resume(self) -> Checkpoint | None:
         r = self.config.resume
         if not r:
             return None
-        if r == "auto":
-            try:
-                resolve_checkpoint(self.out_dir)
-            except CheckpointError:
-                return None  # nothing to resume yet: start fresh
-            r = str(self.out_dir)
-        return load_checkpoint(r)
+        path, note = resume_source(r, self.out_dir)
+        if note:
+            self.log(note)
+        if path is None:
+            if r != "auto":
+                raise CheckpointError(f"{r}: no checkpoint here (no checkpoint.json, no 'latest', no step_* folders)")
+            self.log(f"nothing to resume in {self.out_dir}: starting a fresh run")
+            return None
+        return load_checkpoint(path)
 
+    def _take_folder(self, ckpt: Checkpoint | None) -> None:
+        """Rank 0 locks the run folder, removes a crash's left-overs and makes sure it holds no other run; every
+        rank learns whether that worked."""
+        cfg, error = self.config, None
+        if self.is_main:
+            try:
+                self.folder.lock()
+                gone = self.folder.clean_stale()
+                if gone:
+                    self.log(f"removed left-overs of an interrupted checkpoint write: {', '.join(gone)}")
+                here = ckpt is not None and ckpt.path.parent.resolve() == self.out_dir.resolve()
+                resuming = here or (ckpt is None and cfg.resume == "auto")
+                deleted = self.folder.claim(resuming=resuming, overwrite=cfg.overwrite)
+                if deleted:
+                    self.log(f"--overwrite: deleted the previous run in {self.out_dir} ({', '.join(deleted)})")
+            except (RunFolderError, OSError) as e:
+                error = e
+        if self.world_size > 1:
+            failed = self.comm.all_reduce_scalars([1.0 if error is not None else 0.0], op="max")[0] > 0
+            if failed and error is None:
+                raise RunFolderError(f"{self.out_dir}: rank 0 could not take the run folder (its message says why)")
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        """Release the run folder and close the metrics log (``train()`` does this when it ends)."""
+        if self.metrics is not None:
+            self.metrics.close()
+        self.folder.unlock()
+
+    def __del__(self) -> None:
+        folder = getattr(self, "folder", None)
+        if folder is not None:
+            folder.unlock()
+
+    # ------------------------------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything a checkpoint holds (arrays as NumPy/CuPy; save_checkpoint copies them to the host)."""
-        return {
-            "model": dict(self.model.state_dict()),
-            "model_config": build.model_config_to_dict(self.model_config) if self.model_config is not None else None,
-            "optimizer": self.optimizer.state_dict(),
-            "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "loader": self.train_loader.state_dict(),
-            "rng": build.rng_state(self.model),
-            "tokenizer": self.tokenizer.to_dict(),
-            "train_config": self.config.to_dict(),
-            "last_val": self.last_val,
-            "loss_scaler": self.loss_scaler.state_dict() if self.loss_scaler is not None else None,
-        }
+        """Everything a checkpoint holds (see ``state.trainer_state``)."""
+        getattr(self.step_fn, "sync_to_host", lambda: None)()   # a graphed step keeps its counters on the device
+        return trainer_state(self)
 
     def load_state(self, ckpt: Checkpoint | str) -> None:
-        """Restore model, optimizer, data position, generators and step from a checkpoint (or its path).
+        """Restore model, optimizer, data position, generators and step from a checkpoint (or its path); checked
+        fully first: a mismatched checkpoint raises CheckpointError and leaves the trainer as it was."""
+        restore_state(self, ckpt)
 
-        Everything is checked before anything changes: a mismatched checkpoint raises CheckpointError and leaves
-        the trainer as it was.
-        """
-        if not isinstance(ckpt, Checkpoint):
-            ckpt = load_checkpoint(ckpt)
-        st = ckpt.state
-        where = str(ckpt.path)
-        try:
-            have = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
-            got = {k: tuple(v.shape) for k, v in ckpt.model.items()}
-            if have != got:
-                diff = sorted(set(have) ^ set(got)) or [k for k in have if have[k] != got[k]]
-                raise ValueError(f"model tensors do not match this model (first differences: {diff[:5]})")
-            opt = st["optimizer"]
-            if len(opt["groups"]) != len(self.optimizer.param_groups):
-                raise ValueError("optimizer parameter groups do not match")
-            build.check_rng_state(self.model, st["rng"])
-            probe = self.train_loader.shard(self.rank, self.world_size)
-            loader_state = dict(st["loader"])
-            if int(loader_state.get("world_size", 1)) != self.world_size:
-                # resuming with a different number of ranks: keep the global position (samples consumed)
-                consumed = int(loader_state["index"]) * int(loader_state["batch_size"]) * int(loader_state["world_size"])
-                g = self.train_loader.batch_size * self.world_size
-                loader_state.update(world_size=self.world_size, batch_size=self.train_loader.batch_size,
-                                    index=consumed // g)
-            probe.load_state_dict(loader_state)
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{where}: cannot resume this run from it: {e}") from None
-        # all checks passed: apply
-        self.model.load_state_dict(ckpt.model)
-        self.optimizer.load_state_dict(opt)
-        self.train_loader.load_state_dict(loader_state)
-        build.set_rng_state(self.model, st["rng"])
-        self.step = int(st["step"])
-        self.tokens_seen = int(st.get("tokens_seen", 0))
-        self.last_val = dict(st.get("last_val") or {})
-        if self.loss_scaler is not None and st.get("loss_scaler"):
-            self.loss_scaler.load_state_dict(st["loss_scaler"])
+    def _announce(self, changes: dict, saved: dict) -> None:
+        """Say which settings differ from the resumed run's, and what a new learning-rate schedule does."""
+        if not changes:
+            return
+        self.log("resuming with changed settings: " + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in
+                                                              changes.items()))
+        if any(k in changes for k in SCHEDULE_FIELDS + ("epochs",)):
+            from ..optim import make_schedule
+            old = TrainConfig.from_dict({k: saved[k] for k in SCHEDULE_FIELDS if k in saved})
+            before = make_schedule(old.schedule, old.lr, min(old.warmup, old.max_steps), old.max_steps, old.min_lr)
+            what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items() if k in SCHEDULE_FIELDS)
+            self.log(f"the learning-rate schedule changes ({what}): from step {self.step} it follows the new one "
+                     f"(lr at step {self.step}: {float(before(self.step)):.3g} before, "
+                     f"{float(self.schedule(self.step)):.3g} now)")
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0); returns its folder."""
@@ -227,83 +241,31 @@ class Trainer:
     def _to_device(self, a: np.ndarray):
         return backend.to_device(a, self.config.device) if self.config.device != "cpu" else a
 
-    def _sync_grads(self) -> None:
-        if self.data_parallel is not None:  # always set when world_size > 1 (see __init__)
-            self.data_parallel.finish()
-
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns {"loss", "lr", "grad_norm"}."""
         cfg = self.config
-        lr = float(self.schedule(self.step))
-        self.optimizer.set_lr(lr)
-        total = 0.0
-        for micro in range(cfg.grad_accum):
-            x, y = self.train_loader.next_batch()
-            x, y = self._to_device(x), self._to_device(y)
-            last = micro == cfg.grad_accum - 1
-            sync = (self.data_parallel.no_sync() if self.data_parallel is not None and not last
-                    else contextlib.nullcontext())
-            with sync:
-                with ag.amp.autocast(self.autocast_dtype):
-                    loss = lm_loss(self.model, x, y)
-                scaled = loss if cfg.grad_accum == 1 else loss * (1.0 / cfg.grad_accum)
-                if self.loss_scaler is not None:
-                    scaled = self.loss_scaler.scale(scaled)
-                scaled.backward()
-            total = total + loss.data  # stays on the device: one host sync per step, below
-        self._sync_grads()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        finite = self.loss_scaler.unscale_and_check(params) if self.loss_scaler is not None else True
-        gnorm = F_clip(params, cfg.grad_clip) if finite else float("inf")
-        if self.loss_scaler is not None:
-            self.loss_scaler.update()
-        if math.isfinite(gnorm):  # a non-finite gradient skips the update (mixed precision overflow)
-            self.optimizer.step()
-        self.optimizer.zero_grad()
+        batches = [tuple(self._to_device(a) for a in self.train_loader.next_batch()) for _ in range(cfg.grad_accum)]
+        out = self.step_fn(batches, self.step)
         self.step += 1
         self.tokens_seen += cfg.batch_size * cfg.block_size * cfg.grad_accum * self.world_size
-        return {"loss": float(total) / cfg.grad_accum, "lr": lr, "grad_norm": gnorm}
+        # the host reads of the step's numbers: here, for the log
+        return {"loss": float(out.loss), "lr": float(out.lr), "grad_norm": float(out.grad_norm)}
 
     def evaluate(self, iters: int | None = None) -> dict[str, float]:
         """Mean val loss over the first ``iters`` (default eval_iters) val batches, and its perplexity."""
-        iters = min(iters or self.config.eval_iters, len(self.val_loader))
-        was_training = self.model.training
-        self.model.eval()
-        total = 0.0
-        with ag.no_grad():
-            for i in range(iters):
-                x, y = self.val_loader._fetch(self.val_loader.batch_indices(0, i))
-                with ag.amp.autocast(self.autocast_dtype):
-                    total += float(lm_loss(self.model, self._to_device(x), self._to_device(y)).item())
-        self.model.train(was_training)
-        loss = total / max(iters, 1)
-        if self.world_size > 1:
-            loss = self.comm.all_reduce_scalars([loss], op="avg")[0]
-        self.last_val = {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0))}
+        self.last_val = validation_loss(self.model, self.val_loader, iters or self.config.eval_iters,
+                                        self._to_device, self.autocast_dtype, self.comm, graph_eval=self._graph_eval)
         return dict(self.last_val)
 
     def sample(self, prompt: str | None = None, max_new_tokens: int | None = None, temperature: float = 0.8,
                top_k: int | None = 40) -> str:
-        """Generate text from ``prompt`` (default: config.sample_prompt, or the end-of-text token) with a generator
-        seeded from (seed, step), so sampling never disturbs the training randomness."""
-        from ..model import generate
-        prompt = self.config.sample_prompt if prompt is None else prompt
-        ids = self.tokenizer.encode(prompt) if prompt else []
-        if not ids:
-            eos = getattr(self.tokenizer, "eos_id", None)
-            ids = [eos] if eos is not None else (self.tokenizer.encode("\n") or [0])
-        n = max_new_tokens or self.config.sample_tokens
+        """Generate text from ``prompt`` (default: config.sample_prompt) with a generator seeded from (seed, step),
+        so sampling never disturbs the training randomness."""
         ctx = getattr(self.model_config, "context_length", self.config.block_size)
-        ids = ids[-ctx:]
-        idx = self._to_device(np.asarray([ids], dtype=np.int64))
-        was_training = self.model.training
-        self.model.eval()
-        kw = {"rng": np.random.default_rng([self.config.seed, self.step])} if _accepts(generate, "rng") else {}
-        out = generate(self.model, idx, n, temperature=temperature, top_k=top_k, **kw)
-        self.model.train(was_training)
-        out = backend.to_numpy(out.data if isinstance(out, ag.Tensor) else out)  # NumPy or CuPy ids
-        new = [int(t) for t in np.asarray(out)[0, len(ids):]]
-        return prompt + self.tokenizer.decode(new)
+        return sample_text(self.model, self.tokenizer, self.config.sample_prompt if prompt is None else prompt,
+                           max_new_tokens or self.config.sample_tokens, np.random.default_rng([self.config.seed,
+                                                                                                self.step]),
+                           self._to_device, ctx, temperature=temperature, top_k=top_k)
 
     def log(self, msg: str) -> None:
         if not self.is_main:
@@ -318,105 +280,72 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
         """Train until ``max_steps``; returns a summary dict (step, losses, timing, checkpoint, samples)."""
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def _train(self) -> dict[str, Any]:
         from tqdm import tqdm
         cfg = self.config
         t_start = time.time()
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.is_main),
                    dynamic_ncols=True, unit="step")
         interrupted, last_loss, tok_rate, samples = False, float("nan"), 0.0, []
-        old_handler = self._install_sigint()
-        try:
-            while self.step < cfg.max_steps and not self._stop_requested:
-                snapshot = (self.train_loader.state_dict(), build.rng_state(self.model))
-                t0 = time.time()
-                try:
-                    rec = self.train_step()
-                except KeyboardInterrupt:  # mid-step: roll back to the last completed step
-                    self.optimizer.zero_grad()
-                    self.train_loader.load_state_dict(snapshot[0])
-                    build.set_rng_state(self.model, snapshot[1])
-                    interrupted = True
-                    break
-                dt = max(time.time() - t0, 1e-9)
-                tok_rate = cfg.batch_size * cfg.block_size * cfg.grad_accum * self.world_size / dt
-                last_loss = rec["loss"]
-                record = {"step": self.step, "loss": rec["loss"], "lr": rec["lr"], "grad_norm": rec["grad_norm"],
-                          "tokens_per_s": round(tok_rate, 1), "tokens": self.tokens_seen}
-                bar.update(1)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.1e}", tok_s=f"{tok_rate:,.0f}")
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
-                    record.update(self.evaluate())
-                    self.log(f"step {self.step}: train loss {rec['loss']:.4f}, val loss {record['val_loss']:.4f}, "
-                             f"val ppl {record['val_ppl']:.2f}")
-                if self.metrics:
-                    self.metrics.log(**record)
-                if cfg.sample_every and self.step % cfg.sample_every == 0 and self.is_main:
-                    self.log(f"--- sample at step {self.step} ---\n{self.sample()}\n---")
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
-                    self.save()
-                try:
-                    for cb in self.callbacks:
-                        cb(self, record)
-                except KeyboardInterrupt:  # after a completed step: nothing to roll back
-                    interrupted = True
-                    break
-            interrupted = interrupted or self._stop_requested
-        finally:
-            bar.close()
-            self._restore_sigint(old_handler)
+        stop = StopSignals(self.log)
+        with stop:
+            try:
+                while self.step < cfg.max_steps:
+                    snapshot = (self.train_loader.state_dict(), build.rng_state(self.model))
+                    t0 = time.time()
+                    try:
+                        rec = self.train_step()
+                    except KeyboardInterrupt:  # mid-step: roll back to the last completed step
+                        self.optimizer.zero_grad()
+                        self.train_loader.load_state_dict(snapshot[0])
+                        build.set_rng_state(self.model, snapshot[1])
+                        interrupted = True
+                        break
+                    tok_rate = cfg.batch_size * cfg.block_size * cfg.grad_accum * self.world_size / max(
+                        time.time() - t0, 1e-9)
+                    last_loss = rec["loss"]
+                    record = {"step": self.step, **rec, "tokens_per_s": round(tok_rate, 1), "tokens": self.tokens_seen}
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", lr=f"{rec['lr']:.1e}", tok_s=f"{tok_rate:,.0f}")
+                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
+                        record.update(self.evaluate())
+                        self.log(f"step {self.step}: train loss {rec['loss']:.4f}, val loss {record['val_loss']:.4f} "
+                                 f"(first {self.config.eval_iters} val batches), val ppl {record['val_ppl']:.2f}")
+                    if self.metrics:
+                        self.metrics.log(**record)
+                    if cfg.sample_every and self.step % cfg.sample_every == 0 and self.is_main:
+                        self.log(f"--- sample at step {self.step} ---\n{self.sample()}\n---")
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.max_steps:
+                        self.save()
+                    try:
+                        for cb in self.callbacks:
+                            cb(self, record)
+                    except KeyboardInterrupt:  # after a completed step: nothing to roll back
+                        stop.request("KeyboardInterrupt")
+                    if stop.agree(self.comm):
+                        interrupted = True
+                        break
+            finally:
+                bar.close()
         if interrupted:
-            self.log(f"interrupted: saving a checkpoint at step {self.step}")
+            self.log(f"interrupted ({stop.name or 'KeyboardInterrupt'}): saving a checkpoint at step {self.step}")
         else:
-            val = self.evaluate()
+            val = self.evaluate(iters=len(self.val_loader))
             if self.metrics:
                 self.metrics.log(step=self.step, **val)
-            self.log(f"final: step {self.step}, val loss {val['val_loss']:.4f}, val ppl {val['val_ppl']:.2f}")
+            windows = min(len(self.val_loader.dataset), len(self.val_loader) * self.val_loader.batch_size
+                          * self.world_size)
+            self.log(f"final: step {self.step}, val loss {val['val_loss']:.4f}, val ppl {val['val_ppl']:.2f} "
+                     f"(all {windows} windows of the validation split)")
         path = self.save()
         if not interrupted and self.is_main and cfg.sample_tokens > 0:
             samples.append(self.sample())
-        if self.metrics:
-            self.metrics.close()
         return {"step": self.step, "train_loss": last_loss, **self.last_val, "tokens_per_s": tok_rate,
                 "elapsed_s": time.time() - t_start, "checkpoint": str(path) if path else None,
-                "interrupted": interrupted, "samples": samples}
-
-    def _install_sigint(self):
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def handler(signum, frame):
-            if self._stop_requested:  # second Ctrl-C: stop now (the step is rolled back)
-                raise KeyboardInterrupt
-            self._stop_requested = True
-            self.log("Ctrl-C: finishing this step, then saving a checkpoint (press again to stop at once)")
-        try:
-            return signal.signal(signal.SIGINT, handler)
-        except ValueError:
-            return None
-
-    @staticmethod
-    def _restore_sigint(old) -> None:
-        if old is not None:
-            signal.signal(signal.SIGINT, old)
-
-
-def F_clip(params, max_norm: float | None) -> float:
-    """Global-norm clipping when ``max_norm`` is set; returns the norm before clipping."""
-    from ..optim import clip_grad_norm, grad_norm
-    return clip_grad_norm(params, max_norm) if max_norm else grad_norm(params)
-
-
-def _model_class():
-    try:
-        from ..model import GPT
-    except ImportError:  # the package __init__ not written yet
-        from ..model.gpt import GPT
-    return GPT
-
-
-def _accepts(fn, name: str) -> bool:
-    import inspect
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
+                "interrupted": interrupted, "signal": (stop.name or "KeyboardInterrupt") if interrupted else None,
+                "samples": samples}
