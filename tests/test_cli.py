@@ -115,7 +115,7 @@ def test_truncated_checkpoint_exit(trained, tmp_path, capsys):
 def test_usage_errors(capsys):
     assert main([]) == 2
     assert main(["train", "--steps", "notanumber"]) == 2
-    assert main(["finetune", "classify"]) in (0, 2)  # placeholder until tinygrad_llm.finetune adds it
+    assert main(["finetune", "classify"]) == 2  # no --data, no --demo
 
 
 def test_resume_reuses_saved_config(tmp_path, capsys):

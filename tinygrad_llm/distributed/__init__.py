@@ -14,8 +14,7 @@ from .data_parallel import DataParallel, unique_parameters
 from .zero import ShardedOptimizer
 from .runtime import (get_communicator, get_rank, get_world_size, gpu_device_for_rank, init_distributed,
                       is_main_process, launched_by_launcher, launched_by_mpi, local_rank, set_communicator)
-from .sharding import (all_reduce_mean, global_batch_rows, reduce_metrics, shard_batch, shard_indices, shard_range,
-                       sharded_lm_batch)
+from .sharding import all_reduce_mean, reduce_metrics, shard_batch, shard_indices, shard_range
 
 
 def __getattr__(name):
@@ -43,7 +42,7 @@ __all__ = [
     "ShardedOptimizer",
     "unique_parameters", "init_distributed", "get_communicator", "set_communicator", "get_rank",
     "get_world_size", "is_main_process", "local_rank", "gpu_device_for_rank", "launched_by_mpi",
-    "launched_by_launcher", "shard_range", "shard_batch", "shard_indices", "global_batch_rows", "sharded_lm_batch",
+    "launched_by_launcher", "shard_range", "shard_batch", "shard_indices",
     "all_reduce_mean", "reduce_metrics", "MPICommunicator", "NCCLCommunicator", "TCPCommunicator",
     "PipelineParallel", "split_gpt", "balance_by_cost", "schedule_ops", "launch",
 ]

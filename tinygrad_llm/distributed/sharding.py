@@ -47,32 +47,6 @@ def shard_indices(n: int, rank: int, world_size: int, seed: int | None = None, e
     return order[rank::world_size]
 
 
-def global_batch_rows(step: int, global_batch: int, n_windows: int, seed: int = 0) -> np.ndarray:
-    """Window indices of global batch ``step`` (identical on every rank): a seeded permutation per epoch."""
-    per_epoch = n_windows // global_batch
-    if per_epoch == 0:
-        raise ValueError(f"{n_windows} windows cannot fill a global batch of {global_batch}")
-    epoch, k = divmod(step, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(n_windows)
-    return perm[k * global_batch:(k + 1) * global_batch]
-
-
-def sharded_lm_batch(tokens: np.ndarray, step: int, global_batch: int, block_size: int, rank: int,
-                     world_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Rank's ``(x, y)`` (each (global_batch / world_size, block_size)) of LM training step ``step``.
-
-    ``tokens`` is a 1-D token array cut into non-overlapping windows of ``block_size + 1``; the step's global batch
-    is a deterministic function of (seed, step), so it does not depend on the number of ranks or on restarts.
-    (A small stand-in until the data package's loader takes ``rank``/``world_size``.)
-    """
-    n_windows = (len(tokens) - 1) // block_size
-    rows = shard_batch(global_batch_rows(step, global_batch, n_windows, seed), rank, world_size)
-    starts = rows * block_size
-    idx = starts[:, None] + np.arange(block_size + 1)[None, :]
-    win = np.asarray(tokens)[idx]
-    return win[:, :-1], win[:, 1:]
-
-
 def all_reduce_mean(total: float, count: float, comm: Communicator | None = None) -> float:
     """Global mean from every rank's (sum, count): sharded evaluation's loss (sum of losses, number of tokens)."""
     comm = comm or get_communicator()
