@@ -244,6 +244,7 @@ class Handler(BaseHTTPRequestHandler):
 class Server(ThreadingHTTPServer):
     """One thread per connection; a client that hangs up is not an error worth a traceback."""
     daemon_threads = True
+    request_queue_size = 128                 # the listen backlog: many clients may connect at once (default 5)
 
     def handle_error(self, request, client_address) -> None:
         if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
