@@ -215,6 +215,9 @@ def run_dpo(data: str, *, init_from: str | None = None, checkpoint: str | None =
     pad = eos_id_of(tok)
     limit = min(allowed_max_length or model.config.context_length, model.config.context_length)
     train_ds, val_ds = PreferenceDataset(train, tok, limit + 1), PreferenceDataset(val, tok, limit + 1)
+    cut = sum(len(it[k]) > limit for it in train_ds.items for k in ("chosen", "rejected"))
+    if cut:
+        log(f"note: {cut} of {2 * len(train_ds)} training sequences are longer than {limit} tokens and are cropped")
     model.to(device)
     reference = frozen_copy(model)
     if lora_rank:
