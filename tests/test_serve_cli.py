@@ -89,3 +89,17 @@ def test_chat_command(checkpoint, served):
     res = subprocess.run([sys.executable, "-m", "tinygrad_llm", "serve"], capture_output=True, text=True,
                          timeout=60, env=_env())
     assert res.returncode == 2 and "--checkpoint" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_hugging_face_folder_is_served_like_a_checkpoint(served, tmp_path):
+    from tinygrad_llm.serve import load_for_serving
+    served["model"].save_pretrained(tmp_path / "hf", tokenizer=served["tok"])
+    model, tok = load_for_serving(init_from=str(tmp_path / "hf"), log=lambda s: None)
+    service = ChatService(model, tok, name="hf")
+    try:
+        assert service.template.name == served["service"].template.name
+        out = []
+        chat_loop(service, iter(["Name a color.\n"]), out.append, options={"max_tokens": 6})
+        assert greedy(served, chat_ids(served, "Name a color."), 6) in "".join(out)
+    finally:
+        service.close()
