@@ -224,6 +224,9 @@ class Tensor(TensorProtocol):
     def __getitem__(self, index):
         return _sh.getitem(self, index)
 
+    def __setitem__(self, index, value):
+        _sh.setitem(self, index, value)
+
     # ------------------------------------------------------------------ elementwise
     def exp(self): return _ew.Exp.apply(self)
     def log(self): return _ew.Log.apply(self)

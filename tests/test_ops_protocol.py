@@ -178,3 +178,38 @@ def test_pytorch_method_spellings():
     (c * 2.0).sum().backward()
     np.testing.assert_array_equal(x.grad.numpy(), 2.0)
     assert ag.gradcheck(lambda t: t.clone() * t, [x.data])
+
+
+@pytest.mark.parametrize("index,vshape", [((1,), (3,)), ((slice(None), 0), (2,)), ((slice(None), 0), ()),
+                                          ((np.array([0, 1]), np.array([2, 0])), (2,)), ((Ellipsis, 1), (1,))])
+def test_setitem_is_differentiable_on_graph_nodes(index, vshape):
+    rng = np.random.default_rng(0)
+
+    def fn(a, v):
+        y = a * 1.0
+        y[index] = v * 3.0
+        return y * a
+
+    assert ag.gradcheck(fn, [rng.standard_normal((2, 3)), rng.standard_normal(vshape)])
+
+
+def test_setitem_like_pytorch():
+    x = ag.zeros(2, 3)
+    buffer = x.data
+    x[0, 1] = 5.0
+    x[1] = ag.Tensor(np.array([1.0, 2.0, 3.0]))
+    x[x > 2.5] = -1.0  # a boolean mask
+    assert x.data is buffer  # written in place: nothing requires grad
+    np.testing.assert_array_equal(buffer, [[0, -1, 0], [1, 2, -1]])
+    w = ag.Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        w[0] = 2.0
+    with ag.no_grad():
+        w[0] = 2.0  # an update outside the graph, as in PyTorch
+    assert w.is_leaf and w.data[0] == 2.0
+    with pytest.raises(IndexError, match=r"setitem: cannot write .* of a tensor of shape \(2, 3\)"):
+        x[5] = 1.0
+
+
+def test_clip_of_integers_with_float_bounds_is_float32():
+    assert ag.tensor([1, 5]).clip(0.5, 2.5).dtype == np.float32 and ag.tensor([1, 5]).clip(0, 2).dtype == np.int64

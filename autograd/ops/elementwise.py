@@ -314,7 +314,9 @@ class Clip(Function):
     rule = 'd clip(x)/dx = 1 inside [low, high], else 0'
     params = ("low", "high")
     def forward(self, x):
-        return backend.xp_of(x).clip(x, self.low, self.high)
+        bounds = [b for b in (self.low, self.high) if b is not None]
+        dtype = dtypes.result_type(x, *bounds) if bounds else x.dtype  # int_tensor.clip(0.5) is float32
+        return backend.xp_of(x).clip(x.astype(dtype, copy=False), self.low, self.high)
 
     def backward(self, gy):
         x = self.inputs[0].data

@@ -223,6 +223,57 @@ def getitem(x: Tensor, index) -> Tensor:
     return GetItem.apply(x, index=_normalize_index(index, x.shape))
 
 
+class SetItem(Function):
+    """y = a copy of x with y[index] = v (v broadcast to the indexed shape); dx = g with zeros at the index,
+    dv = g[index] summed to v's shape."""
+    rule = "d setitem(x, v)/dx = 1 outside the index, d/dv = the gradient at the index"
+    params = ("index",)
+
+    def forward(self, x, v):
+        out = x.copy()
+        try:
+            out[self.index] = v
+        except (IndexError, ValueError) as e:
+            raise type(e)(f"setitem: cannot write a value of shape {v.shape} at {self.index!r} of a tensor of shape "
+                          f"{x.shape}: {e}") from None
+        return out
+
+    def backward(self, gy):
+        x, v = self.inputs
+        gx = gv = None
+        if self.needs_input_grad[0]:
+            keep = backend.xp_of(gy.data).ones(gy.shape, dtype=gy.dtype)
+            keep[self.index] = 0
+            gx = gy * Tensor(keep)
+        if self.needs_input_grad[1]:
+            picked = GetItem.apply(gy, index=self.index)
+            gv = sum_to(picked, v.shape) if picked.shape != v.shape else picked
+        return gx, gv
+
+
+def setitem(x: Tensor, index, value) -> None:
+    """``x[index] = value`` with PyTorch's rules (see ``Tensor._inplace``): written into x's array when no graph
+    is recorded; while recording, x becomes the output of a SetItem node (an error for a leaf requiring grad)."""
+    from ..grad_mode import _GradMode
+    index = _normalize_index(index, x.shape)
+    recording = _GradMode.enabled and (x.requires_grad or (isinstance(value, Tensor) and value.requires_grad))
+    if not recording:
+        v = value.data if isinstance(value, Tensor) else value
+        try:
+            x.data[index] = v
+        except (IndexError, ValueError, TypeError) as e:
+            raise type(e)(f"setitem: cannot write {type(v).__name__} at {index!r} of a tensor of shape {x.shape}: "
+                          f"{e}") from None
+        return
+    if x.is_leaf and x.requires_grad:
+        raise RuntimeError(f"x[...] = v: x is a leaf tensor that requires grad (shape {x.shape}) and cannot be "
+                           "changed in place while a graph is recorded; write under `with ag.no_grad():`")
+    before = Tensor._from_op(x.data, x.creator, x.out_index) if x.creator is not None else Tensor(x.data)
+    v = value if isinstance(value, Tensor) else Tensor(backend.xp_of(x.data).asarray(value, dtype=x.dtype))
+    after = SetItem.apply(before, v.astype(x.dtype) if v.dtype != x.dtype else v, index=index)
+    x._data, x.creator, x.out_index, x.requires_grad = after.data, after.creator, after.out_index, True
+
+
 # ---------------------------------------------------------------------------------------------------- joining
 def _promoted(xs):
     """The arrays in their promoted dtype (``dtypes.result_type``: int64 and float32 join as float32, as PyTorch)."""
