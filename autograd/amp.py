@@ -104,6 +104,11 @@ class GradScaler:
             total = s if total is None else total + s
         return True if total is None else bool(math.isfinite(float(backend.to_numpy(total))))
 
+    def skip_step(self) -> None:
+        """Count this step as overflowed although this process's gradients were finite (another data-parallel rank
+        found inf or NaN): ``update()`` then backs off like every other rank."""
+        self._found_inf = True
+
     def update(self) -> None:
         """Lower the scale after an overflow; raise it after ``growth_interval`` clean steps."""
         if not self.enabled:

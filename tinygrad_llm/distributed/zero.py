@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from autograd import backend
+from autograd import Tensor, backend
 
 from .data_parallel import DataParallel
 
@@ -111,7 +111,7 @@ class ShardedOptimizer:
             if b.shard_grad is None:
                 raise RuntimeError("ShardedOptimizer: no reduced gradients: call dp.finish() after backward and "
                                    "before clipping or step()")
-            seg.grad = b.shard_grad[pos:pos + seg.data.size] if b.param_flags[slot] else None
+            seg.grad = Tensor(b.shard_grad[pos:pos + seg.data.size]) if b.param_flags[slot] else None
 
     def grad_norm(self) -> float:
         """The global L2 norm of the averaged gradients: each rank sums its shard's squares, one all-reduce."""
@@ -119,8 +119,9 @@ class ShardedOptimizer:
         local = 0.0
         for seg, *_ in self.segments:
             if seg.grad is not None:
-                g = seg.grad.astype(backend.xp_of(seg.grad).float64)
-                local += float(backend.xp_of(g).dot(g, g))
+                xp = backend.xp_of(seg.grad.data)
+                g = seg.grad.data.astype(xp.float64)
+                local += float(xp.dot(g, g))
         return math.sqrt(self.comm.all_reduce_scalars([local], "sum")[0])
 
     def clip_grad_norm(self, max_norm: float | None) -> float:
@@ -132,17 +133,18 @@ class ShardedOptimizer:
             if coef < 1.0:
                 for seg, *_ in self.segments:
                     if seg.grad is not None:
-                        seg.grad *= coef
+                        seg.grad.data *= coef
         return total
 
-    def grads_finite(self) -> bool:
-        """True when every rank's shard of the gradients is finite (for loss-scaled training)."""
+    def unscale_and_check(self, scaler) -> bool:
+        """``scaler.unscale_and_check`` over this rank's shard, with every rank agreeing: False (skip the step, and
+        the scaler backs off) when any rank's shard holds inf or NaN."""
         self._attach_grads()
-        bad = 0.0
-        for seg, *_ in self.segments:
-            if seg.grad is not None and not bool(backend.xp_of(seg.grad).isfinite(seg.grad).all()):
-                bad = 1.0
-        return self.comm.all_reduce_scalars([bad], "max")[0] == 0.0
+        local = scaler.unscale_and_check([seg for seg, *_ in self.segments])
+        finite = self.comm.all_reduce_scalars([0.0 if local else 1.0], "max")[0] == 0.0
+        if not finite:
+            scaler.skip_step()
+        return finite
 
     # ------------------------------------------------------------------ the step
     def step(self) -> None:
