@@ -17,7 +17,7 @@ __all__ = ["load_for_serving", "chat_loop"]
 
 def load_for_serving(checkpoint: str | None = None, init_from: str | None = None, device: str = "cpu",
                      log: Callable[[str], None] | None = None):
-    """(model, tokenizer) from a tinygrad-llm checkpoint (training or fine-tuning) or a Hugging Face GPT-2 folder,
+    """(model, tokenizer) from a tinygrad-llm checkpoint (training or fine-tuning) or a Hugging Face folder,
     in eval mode on ``device``."""
     from ..finetune.common import load_base
     log = log or (lambda s: print(s, file=sys.stderr))

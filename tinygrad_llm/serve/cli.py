@@ -25,7 +25,7 @@ def configure_serve(p: argparse.ArgumentParser) -> None:
     _model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only; "
                                                        "0.0.0.0 exposes the server to the network)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port)")
     p.add_argument("--model-name", help="the model id clients use (default: the checkpoint folder's name)")
     p.add_argument("--max-active", type=int, default=32, help="requests generated in turn at the same time")
     p.add_argument("--verbose", action="store_true", help="log every HTTP request")
