@@ -213,3 +213,8 @@ def test_setitem_like_pytorch():
 
 def test_clip_of_integers_with_float_bounds_is_float32():
     assert ag.tensor([1, 5]).clip(0.5, 2.5).dtype == np.float32 and ag.tensor([1, 5]).clip(0, 2).dtype == np.int64
+
+
+def test_where_shape_error_names_all_three_shapes():
+    with pytest.raises(ValueError, match=r"where: cond, x and y of shapes \(3,\), \(2,\) and \(\) cannot be broadcast"):
+        ag.where(ag.Tensor(np.ones(3, bool)), ag.ones(2), 0.0)

@@ -350,4 +350,10 @@ def where(cond, x, y) -> Tensor:
         raise TypeError(f"where: cond must be a boolean array or Tensor, got {getattr(cond, 'dtype', type(cond))}")
     if not isinstance(x, Tensor) and not isinstance(y, Tensor):
         x = Tensor(x)
+    shapes = [cond.shape] + [np.shape(v.data if isinstance(v, Tensor) else v) for v in (x, y)]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError(f"where: cond, x and y of shapes {shapes[0]}, {shapes[1]} and {shapes[2]} cannot be "
+                         "broadcast together") from None
     return Where.apply(x, y, cond=cond)
