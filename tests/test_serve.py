@@ -214,6 +214,9 @@ def test_more_bad_requests_and_the_server_still_serves(served):
         post_json(url + "/v1/completions", {"prompt": long})
     assert e.value.status == 400 and e.value.body["error"]["param"] == "prompt"
     with pytest.raises(ClientError) as e:
+        post_json(url + "/v1/completions", {"prompt": ""})
+    assert e.value.status == 400 and "empty" in e.value.body["error"]["message"]
+    with pytest.raises(ClientError) as e:
         post_json(url + "/v1/completions", {"prompt": ["a", "b"]})
     assert e.value.status == 400 and e.value.body["error"]["param"] == "prompt"
     status, data = raw(port, "POST", "/v1/nothing", b"{}")
