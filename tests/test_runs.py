@@ -63,6 +63,11 @@ def test_overwrite_replaces_the_old_run_entirely(tmp_path):
     assert max(r["step"] for r in read_metrics(tmp_path / "metrics.jsonl")) == 2
 
 
+def test_resume_auto_into_a_new_folder_starts_a_fresh_run(tmp_path):
+    summary = Trainer(_cfg(tmp_path / "new", max_steps=2, resume="auto"), text=_text(), log=_quiet).train()
+    assert summary["step"] == 2 and load_checkpoint(tmp_path / "new").step == 2
+
+
 def test_resume_and_overwrite_together_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="overwrite"):
         _cfg(tmp_path, resume="auto", overwrite=True).validate()

@@ -166,6 +166,8 @@ def resume_source(resume: str, out_dir: str | os.PathLike) -> tuple[Path | None,
     """Where ``resume`` (``"auto"``, an output folder, or a checkpoint folder / checkpoint.json) resumes from:
     (checkpoint folder or None when an output folder holds none yet, a note to show the user or None)."""
     p = Path(out_dir) if resume == "auto" else Path(resume)
+    if resume == "auto" and not p.exists():
+        return None, None
     if p.is_dir() and not (p / META_FILE).exists():
         return RunFolder(p).resume_point()
     return p, None
