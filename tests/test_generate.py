@@ -1,5 +1,5 @@
-"""tl.generate: KV cache against recomputation (tokens and logits, GPT-2 and Llama style, across the context
-window), greedy / top-k / top-p / temperature / eos semantics, batching, modes, and the GPU path."""
+"""tl.generate: KV cache against recomputation (tokens and logits, GPT-2, Llama, Qwen3-MoE and Gemma 3 with
+sliding-window layers, across the context window), greedy / top-k / top-p / temperature / eos semantics, batching, modes, and the GPU path."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +12,12 @@ from tinygrad_llm.model import sample_next
 GPT2 = dict(vocab_size=37, context_length=16, n_layer=2, n_head=4, n_embd=32, qkv_bias=True)
 LLAMA = dict(vocab_size=37, context_length=16, n_layer=2, n_head=4, n_kv_heads=2, n_embd=32, bias=False,
              qkv_bias=False, tie_weights=False, norm="rmsnorm", mlp="swiglu", pos="rope")
-STYLES = {"gpt2": GPT2, "llama": LLAMA}
+QWEN3_MOE = dict(vocab_size=37, context_length=16, n_layer=2, n_head=4, n_kv_heads=2, n_embd=32, family="qwen3",
+                 head_size=12, n_experts=4, n_experts_per_tok=2, moe_hidden=16, norm_topk_prob=True)
+GEMMA3 = dict(vocab_size=37, context_length=16, n_layer=3, n_head=4, n_kv_heads=1, n_embd=32, family="gemma3",
+              head_size=8, layer_types=["sliding_attention", "sliding_attention", "full_attention"], sliding_window=5,
+              rope_local_theta=10000.0, query_pre_attn_scalar=8.0, final_logit_softcap=20.0)
+STYLES = {"gpt2": GPT2, "llama": LLAMA, "qwen3-moe": QWEN3_MOE, "gemma3": GEMMA3}
 
 
 def model(style="gpt2", seed=0, scale=5.0, **kw):
@@ -28,7 +33,7 @@ def prompt(b=3, t=4, seed=0, v=37):
     return np.random.default_rng(seed).integers(0, v, (b, t))
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama"])
+@pytest.mark.parametrize("style", list(STYLES))
 @pytest.mark.parametrize("t0,new", [(4, 8), (5, 20)])         # the second one runs past the 16-token window
 @pytest.mark.parametrize("scale", [1.0, 3.0])
 def test_cache_equals_recompute(style, t0, new, scale):
@@ -43,7 +48,7 @@ def test_cache_equals_recompute(style, t0, new, scale):
     np.testing.assert_allclose(la, lb, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("style", ["gpt2", "llama"])
+@pytest.mark.parametrize("style", list(STYLES))
 def test_cache_equals_recompute_when_sampling(style):
     m = model(style)
     kw = dict(temperature=0.9, top_k=10, top_p=0.95)
@@ -124,9 +129,10 @@ def test_sample_next_respects_top_k_and_top_p():
 
 
 @pytest.mark.gpu
-def test_generate_on_gpu_matches_cpu():
+@pytest.mark.parametrize("style", ["llama", "qwen3-moe", "gemma3"])
+def test_generate_on_gpu_matches_cpu(style):
     import cupy as cp
-    m = model("llama")
+    m = model(style, scale=1.0 if style != "llama" else 5.0)
     cpu = tl.generate(m, prompt(), 6, temperature=0.8, top_k=5, rng=1)
     m.to("cuda")
     gpu = tl.generate(m, cp.asarray(prompt()), 6, temperature=0.8, top_k=5, rng=1)
