@@ -60,8 +60,8 @@ class Attention(Module):
     Hugging Face's separate q_proj, k_proj, v_proj concatenate onto it). Scores are scaled by ``cfg.attn_scale``.
     A layer of type "sliding_attention" sees only the last ``cfg.sliding_window`` positions and rotates with
     ``cfg.rope_local_theta`` when set (Gemma 3), unscaled; full layers with ``cfg.rope_theta`` and
-    ``cfg.rope_scaling``. Dropout: on the
-    attention probabilities and on the output, each with its own seeded generator (``seed``, ``seed + 1``).
+    ``cfg.rope_scaling``. Dropout: on the attention probabilities and on the output, each with its own seeded
+    generator (``seed``, ``seed + 1``).
     """
 
     def __init__(self, cfg: GPTConfig, layer_idx: int = 0, dtype=np.float32, seed: int | None = None):
@@ -160,7 +160,7 @@ class MoE(Module):
     Only the chosen experts run, each on the rows routed to it (one Python step per expert, none per token):
     the rows are sorted by expert, gathered once, cut into one slice per expert, and the weighted results are
     gathered back into token order and summed over the k choices. Gradients reach the router through w; the
-    choice itself is discrete. Parameters: ``router.weight`` (E, C), ``experts.E.{gate,up,proj}.weight``.
+    choice itself is discrete. Parameters: ``router.weight`` (E, C), ``experts.M.{gate,up,proj}.weight``.
     """
 
     def __init__(self, cfg: GPTConfig, dtype=np.float32, seed: int | None = None):
