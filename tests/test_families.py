@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import tinygrad_llm as tl
 from test_nn import gradcheck_module
@@ -67,6 +69,25 @@ def test_tiny_family_presets_build_and_run(name):
 def test_family_fields_count_agrees_with_the_model(family):
     m = build(family)
     assert m.config.num_parameters() == m.num_parameters()
+
+
+@settings(deadline=None, max_examples=15)
+@given(family=st.sampled_from(["gpt2", "llama", "qwen3", "gemma3"]), heads=st.sampled_from([(2, 1), (2, 2), (4, 2)]),
+       head_size=st.sampled_from([None, 2, 6]), bias=st.booleans(), qkv_bias=st.booleans(), tie=st.booleans(),
+       norm=st.sampled_from(["layernorm", "rmsnorm"]), qk_norm=st.booleans(), post_norms=st.booleans(),
+       mlp=st.sampled_from(["gelu", "swiglu", "geglu"]), experts=st.sampled_from([0, 3]))
+def test_count_without_weights_equals_the_model_for_any_combination(family, heads, head_size, bias, qkv_bias, tie,
+                                                                    norm, qk_norm, post_norms, mlp, experts):
+    if experts and mlp == "gelu":
+        mlp = "swiglu"
+    kw = dict(vocab_size=7, context_length=5, n_layer=2, n_embd=8, n_head=heads[0], n_kv_heads=heads[1],
+              head_size=head_size, bias=bias, qkv_bias=qkv_bias, tie_weights=tie, norm=norm, qk_norm=qk_norm,
+              post_norms=post_norms, mlp=mlp, n_experts=experts, moe_hidden=3, family=family,
+              norm_unit_offset=family == "gemma3" and norm == "rmsnorm")
+    cfg = tl.GPTConfig(**kw)
+    m = tl.GPT(cfg)
+    assert cfg.num_parameters() == m.num_parameters()
+    assert m(tokens(1, 5, v=7)).shape == (1, 5, 7)
 
 
 def test_family_fills_only_the_fields_left_unset():
