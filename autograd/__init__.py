@@ -33,9 +33,9 @@ __all__ = [
     "arange", "eye", "full", "full_like", "zeros_like", "ones_like", "rand", "randint", "manual_seed", "einsum",
     "gather", "scatter", "scatter_add", "one_hot", "flip", "roll", "tile", "pad", "tril", "triu", "isnan", "isinf",
     "isfinite", "lerp", "all", "any", "argmax", "argmin", "std", "flatten", "squeeze", "unsqueeze", "transpose",
-    "argsort", "sort", "topk", "concat", "as_tensor",
+    "argsort", "sort", "topk", "concat", "cat", "as_tensor",
 ]
-concat = concatenate  # PyTorch's other name
+concat = cat = concatenate  # PyTorch's other names
 
 from .methods import FUNCTIONS as _FUNCTIONS  # noqa: E402  ag.exp(x) ... as torch.exp(x)
 globals().update(_FUNCTIONS)

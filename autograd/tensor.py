@@ -134,7 +134,10 @@ class Tensor(TensorProtocol):
         return Tensor(self.data)
 
     def to(self, device: str) -> "Tensor":
-        """A differentiable copy on ``device`` ('cpu', 'cuda', 'cuda:N'); returns self when already there."""
+        """A differentiable copy on ``device`` ('cpu', 'cuda', 'cuda:N'); returns self when already there.
+        A dtype instead (``x.to(np.float64)``, as PyTorch's ``.to(dtype)``) casts like ``astype``."""
+        if not isinstance(device, str):
+            return _sh.astype(self, device)
         if backend.device_of(self.data) == backend.canonical_device(device):
             return self
         from .ops.shape import ToDevice
@@ -301,7 +304,23 @@ class Tensor(TensorProtocol):
     def permute(self, *axes): return self.transpose(*axes)
     def swapaxes(self, a: int, b: int): return _sh.swapaxes(self, a, b)
     def broadcast_to(self, shape): return _sh.broadcast_to(self, tuple(shape))
-    def expand(self, *shape): return _sh.broadcast_to(self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+    def expand(self, *shape):
+        """broadcast_to, where -1 keeps an axis' size (PyTorch's ``expand``)."""
+        shape = tuple(shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape)
+        lead = len(shape) - self.ndim
+        return _sh.broadcast_to(self, tuple(self.shape[i - lead] if s == -1 and i >= lead else s
+                                            for i, s in enumerate(shape)))
+
+    def dim(self) -> int: return self.ndim
+
+    def zero_(self) -> "Tensor":
+        """Fill with zeros in place (``p.grad.zero_()``), under the rules of ``x[...] = v``."""
+        self[...] = 0
+        return self
+
+    def fill_(self, value) -> "Tensor":
+        self[...] = value
+        return self
     def squeeze(self, axis=None): return _sh.squeeze(self, axis)
     def unsqueeze(self, axis: int): return _sh.unsqueeze(self, axis)
     def split(self, sections, axis: int = 0): return _sh.split(self, sections, axis)

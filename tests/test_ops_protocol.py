@@ -218,3 +218,25 @@ def test_clip_of_integers_with_float_bounds_is_float32():
 def test_where_shape_error_names_all_three_shapes():
     with pytest.raises(ValueError, match=r"where: cond, x and y of shapes \(3,\), \(2,\) and \(\) cannot be broadcast"):
         ag.where(ag.Tensor(np.ones(3, bool)), ag.ones(2), 0.0)
+
+
+def test_more_pytorch_spellings():
+    x = ag.Tensor(np.array([[1.0], [2.0]]))
+    assert x.expand(-1, 3).shape == (2, 3) and x.expand(4, -1, 3).shape == (4, 2, 3)
+    assert x.dim() == 2 and x.to(np.float32).dtype == np.float32 and ag.cat([x, x]).shape == (4, 1)
+    g = ag.Tensor(np.ones(3))
+    buffer = g.data
+    assert g.zero_() is g and g.data is buffer and not g.data.any()
+    np.testing.assert_array_equal(g.fill_(2.5).numpy(), 2.5)
+    with pytest.raises(RuntimeError, match="leaf tensor that requires grad"):
+        ag.Tensor(np.ones(2), requires_grad=True).zero_()
+
+
+def test_division_by_zero_and_log_of_zero_are_quiet_like_pytorch():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = ag.Tensor(np.array([1.0, 0.0, -1.0])) / 0.0
+        assert out.numpy()[0] == np.inf and np.isnan(out.numpy()[1])
+        assert ag.Tensor(np.array([0.0])).log().item() == -np.inf
+        assert np.isnan(ag.Tensor(np.array([-1.0])).sqrt().item())

@@ -76,7 +76,8 @@ class Div(_Binary):
     """z = x / y; dz/dx = 1/y, dz/dy = -x/y**2."""
     rule = 'd(x/y)/dx = 1/y, d(x/y)/dy = -x/y^2'
     def compute(self, x, y):
-        return _float(x) / _float(y)
+        with np.errstate(divide="ignore", invalid="ignore"):  # x / 0 is inf or nan, silently, as in PyTorch
+            return _float(x) / _float(y)
 
     def backward(self, gz):
         x, y = self.inputs
@@ -102,7 +103,8 @@ class Pow(_Binary):
     save_outputs = True
 
     def compute(self, x, y):
-        return x ** y
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return x ** y
 
     def backward(self, gz):
         x, y = self.inputs
@@ -158,7 +160,8 @@ class Log(Function):
     """y = log(x); dy/dx = 1/x."""
     rule = 'd log(x)/dx = 1/x'
     def forward(self, x):
-        return backend.xp_of(x).log(_float(x))
+        with np.errstate(divide="ignore", invalid="ignore"):  # log(0) = -inf, log(-1) = nan
+            return backend.xp_of(x).log(_float(x))
 
     def backward(self, gy):
         return gy / self.inputs[0]
@@ -170,7 +173,8 @@ class Sqrt(Function):
     save_outputs = True
 
     def forward(self, x):
-        return backend.xp_of(x).sqrt(_float(x))
+        with np.errstate(invalid="ignore"):
+            return backend.xp_of(x).sqrt(_float(x))
 
     def backward(self, gy):
         return gy / (self.output() * 2.0)
