@@ -141,15 +141,34 @@ def browser(tmp_path):
             proc.kill()
 
 
+def open_page(cdp: DevTools, url: str) -> None:
+    cdp.call("Page.enable")
+    cdp.call("Page.navigate", url=url)
+    for _ in range(100):                                           # bounded: up to 10 s
+        if cdp.js("document.readyState") == "complete" and cdp.js("!!document.getElementById('input')"):
+            return
+        time.sleep(0.1)
+
+
+def press_enter(cdp: DevTools) -> None:
+    for kind in ("keyDown", "keyUp"):
+        cdp.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13,
+                 text="\r" if kind == "keyDown" else "")
+
+
+def wait_for(cdp: DevTools, expr: str, tries: int = 300):
+    for _ in range(tries):                                         # bounded: tries / 10 seconds
+        value = cdp.js(expr)
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"the page never had {expr}")
+
+
 def test_chat_page_streams_the_answer(chat_server, browser, tmp_path):
     service, url = chat_server
     cdp = browser
-    cdp.call("Page.enable")
-    cdp.call("Page.navigate", url=url)
-    for _ in range(100):
-        if cdp.js("document.readyState") == "complete" and cdp.js("!!document.getElementById('input')"):
-            break
-        time.sleep(0.1)
+    open_page(cdp, url)
     assert cdp.js("document.title") == "tinygrad-llm chat: page-test"
     # record every text the answer bubble shows while it streams
     cdp.js("""window.__seen = [];
@@ -158,13 +177,8 @@ def test_chat_page_streams_the_answer(chat_server, browser, tmp_path):
           .observe(document.getElementById('log'), {subtree: true, childList: true, characterData: true});
         document.getElementById('max_tokens').value = '24'; document.getElementById('input').focus(); true""")
     cdp.call("Input.insertText", text=QUESTION)                    # typed into the focused box
-    for kind in ("keyDown", "keyUp"):
-        cdp.call("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter", windowsVirtualKeyCode=13,
-                 text="\r" if kind == "keyDown" else "")
-    for _ in range(300):                                           # bounded: up to 30 s
-        if cdp.js("(document.querySelector('.msg.assistant') || {dataset: {}}).dataset.done") == "1":
-            break
-        time.sleep(0.1)
+    press_enter(cdp)
+    wait_for(cdp, "(document.querySelector('.msg.assistant') || {dataset: {}}).dataset.done")
     answer = cdp.js("document.querySelector('.msg.assistant').textContent")
     user = cdp.js("document.querySelector('.msg.user').textContent")
     seen = cdp.js("window.__seen")
@@ -182,3 +196,43 @@ def test_chat_page_streams_the_answer(chat_server, browser, tmp_path):
     path = tmp_path / "chat_page.png"
     path.write_bytes(shot)
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 5000
+
+
+@pytest.fixture(scope="module")
+def long_server():
+    """An untrained model with a long context: its answers run on for seconds unless stopped."""
+    tok = BPETokenizer.train((QUESTION + " " + ANSWER + " ") * 20, 300)
+    model = tl.GPT(tl.GPTConfig.preset("micro", vocab_size=tok.vocab_size, context_length=4096), seed=0)
+    service = ChatService(model, tok, name="long", max_tokens=3000)
+    server = make_server(service, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield service, f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+    service.close()
+
+
+def test_stop_button_ends_the_stream_and_the_generation(long_server, browser):
+    service, url = long_server
+    ids = service.chat_ids([{"role": "user", "content": "hello"}])
+    greedy = tl.generate(service.model, np.asarray([ids]), 200)[0, len(ids):].tolist()
+    assert service.tokenizer.eos_id not in greedy                  # the answer would go on
+    cdp = browser
+    open_page(cdp, url)
+    cdp.js("document.getElementById('max_tokens').value = '3000'; document.getElementById('input').focus(); true")
+    cdp.call("Input.insertText", text="hello")
+    press_enter(cdp)
+    wait_for(cdp, "(document.querySelector('.msg.assistant') || {dataset: {}}).dataset.chunks")
+    assert cdp.js("document.getElementById('send').textContent") == "Stop"
+    cdp.js("document.getElementById('send').click(); true")
+    assert wait_for(cdp, "document.querySelector('.msg.assistant').dataset.stopped") == "1"
+    shown = cdp.js("document.querySelector('.msg.assistant').textContent")
+    for _ in range(200):                                           # bounded: the worker notices the closed stream
+        if service.engine.stats["cancelled"]:
+            break
+        time.sleep(0.05)
+    made = service.engine.stats["tokens"]
+    assert service.engine.stats["cancelled"] == 1 and made < 3000
+    full = tl.generate(service.model, np.asarray([ids]), made)[0, len(ids):].tolist()
+    assert shown and service.tokenizer.decode(full).startswith(shown)   # what it showed is the answer's start
+    assert cdp.js("document.getElementById('send').textContent") == "Send"

@@ -2,7 +2,8 @@
 elsewhere). It keeps the conversation in the browser, posts it to ``/v1/chat/completions`` with ``stream: true``
 and appends each server-sent ``data:`` chunk to the answer as it arrives. ``__MODEL__`` is replaced by the served
 model's name. Element ids (``#input``, ``#send``, ``#log``, ``.msg.assistant``) are stable for scripted use; an
-answer's bubble counts the streamed pieces it showed (``data-chunks``) and is marked ``data-done`` at the end.
+answer's bubble counts the streamed pieces it showed (``data-chunks``) and is marked ``data-done`` at the end
+(and ``data-stopped`` when the Stop button, the Send button while an answer streams, cut it short).
 """
 
 __all__ = ["PAGE"]
@@ -35,7 +36,6 @@ PAGE = """<!doctype html>
              border-radius: 8px; }
   button { padding: 0 18px; border: 0; border-radius: 8px; background: var(--accent); color: #fff; font: inherit;
            cursor: pointer; }
-  button:disabled { opacity: 0.5; cursor: default; }
 </style>
 </head>
 <body>
@@ -54,7 +54,7 @@ PAGE = """<!doctype html>
 "use strict";
 const log = document.getElementById("log"), input = document.getElementById("input");
 const send = document.getElementById("send"), form = document.getElementById("form");
-let history = [];
+let history = [], controller = null;        // controller: the answer being streamed (Stop aborts it)
 
 function bubble(role, text) {
   const div = document.createElement("div");
@@ -69,14 +69,15 @@ async function ask(text) {
   history.push({role: "user", content: text});
   bubble("user", text);
   const out = bubble("assistant streaming", "");
-  send.disabled = true;
+  controller = new AbortController();
+  send.textContent = "Stop";
   let answer = "";
   try {
     const body = {model: document.getElementById("model").textContent, messages: history, stream: true,
                   temperature: Number(document.getElementById("temperature").value),
                   max_tokens: Number(document.getElementById("max_tokens").value)};
     const resp = await fetch("/v1/chat/completions", {method: "POST", headers: {"Content-Type": "application/json"},
-                                                     body: JSON.stringify(body)});
+                                                     body: JSON.stringify(body), signal: controller.signal});
     if (!resp.ok) {
       const err = await resp.json().catch(() => ({error: {message: resp.statusText}}));
       throw new Error(err.error ? err.error.message : resp.statusText);
@@ -107,25 +108,32 @@ async function ask(text) {
     }
     history.push({role: "assistant", content: answer});
   } catch (e) {
-    history.pop();
-    bubble("error", "Error: " + e.message);
+    if (e.name === "AbortError") {           // Stop: the server sees the connection close and stops generating
+      out.dataset.stopped = "1";
+      history.push({role: "assistant", content: answer});
+    } else {
+      history.pop();
+      bubble("error", "Error: " + e.message);
+    }
   } finally {
     out.classList.remove("streaming");
     out.dataset.done = "1";
-    send.disabled = false;
+    controller = null;
+    send.textContent = "Send";
     input.focus();
   }
 }
 
 form.addEventListener("submit", (ev) => {
   ev.preventDefault();
+  if (controller) { controller.abort(); return; }
   const text = input.value.trim();
-  if (!text || send.disabled) return;
+  if (!text) return;
   input.value = "";
   ask(text);
 });
 input.addEventListener("keydown", (ev) => {
-  if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); form.requestSubmit(); }
+  if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); if (!controller) form.requestSubmit(); }
 });
 document.getElementById("clear").addEventListener("click", () => { history = []; log.textContent = ""; });
 input.focus();
