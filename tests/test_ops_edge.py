@@ -86,3 +86,9 @@ def test_every_op_has_a_rule_for_the_step_through(module):
     assert ops
     for op in ops:
         assert isinstance(getattr(op, "rule", None), str) and op.rule, op.__name__
+
+
+def test_float16_mean_does_not_overflow_its_sum():
+    x = ag.Tensor(np.full(64, 60000.0, dtype=np.float16))
+    assert x.mean().dtype == np.float16 and x.mean().item() == 60000.0
+    assert np.isnan(ag.Tensor(np.ones(0)).var().item())

@@ -65,8 +65,9 @@ class Mean(_Reduction):
     def compute(self, x):
         x = x.astype(dtypes.float_dtype(x.dtype), copy=False)
         self.count = _count(x.shape, self.axes)
-        with np.errstate(invalid="ignore"):  # 0/0 = nan over an empty axis
-            return x.sum(axis=self.axes, keepdims=self.keepdims) / x.dtype.type(self.count)
+        if self.count == 0:  # 0/0, without NumPy's "mean of empty slice" warning
+            return backend.xp_of(x).full(_reduced_shape(x.shape, self.axes, self.keepdims), np.nan, dtype=x.dtype)
+        return x.mean(axis=self.axes, keepdims=self.keepdims)  # float16: NumPy accumulates in float32
 
     def backward(self, gy):
         return _expand_back(gy, self.inputs[0].shape, self.axes) * _ratio(1.0, self.count)
@@ -106,11 +107,11 @@ class Var(_Reduction):
         x = x.astype(dtypes.float_dtype(x.dtype), copy=False)
         n = _count(x.shape, self.axes)
         self.denominator = max(n - self.ddof, 0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = x.sum(axis=self.axes, keepdims=True) / x.dtype.type(max(n, 1))
-            centered = x - mean
-            total = (centered * centered).sum(axis=self.axes, keepdims=self.keepdims)
-            return total / x.dtype.type(self.denominator)
+        if self.denominator > 0:
+            return x.var(axis=self.axes, keepdims=self.keepdims, ddof=self.ddof)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 = nan, s/0 = inf, quietly
+            centered = x - x.mean(axis=self.axes, keepdims=True) if n else x
+            return (centered * centered).sum(axis=self.axes, keepdims=self.keepdims) / x.dtype.type(0)
 
     def backward(self, gy):
         x = self.inputs[0]
