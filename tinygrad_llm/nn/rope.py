@@ -49,9 +49,11 @@ def rope_frequencies(head_dim: int, theta: float = 10000.0, scaling: dict | None
 
 
 def rope_tables(head_dim: int, context_length: int, theta: float = 10000.0, dtype=np.float32,
-                scaling: dict | None = None):
-    """(cos, sin), each (context_length, head_dim // 2), computed in float64 and cast to ``dtype``."""
-    angles = np.arange(context_length, dtype=np.float64)[:, None] * rope_frequencies(head_dim, theta, scaling)
+                scaling: dict | None = None, start: int = 0):
+    """(cos, sin), each (context_length, head_dim // 2), for positions start .. start+context_length-1, computed
+    in float64 and cast to ``dtype``."""
+    positions = np.arange(start, start + context_length, dtype=np.float64)
+    angles = positions[:, None] * rope_frequencies(head_dim, theta, scaling)
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
@@ -98,16 +100,15 @@ class RotaryEmbedding(Module):
 
     def __init__(self, head_dim: int, theta: float = 10000.0, scaling: dict | None = None):
         super().__init__()
-        self.head_dim, self.theta = int(head_dim), float(theta)
-        self.inv_freq = rope_frequencies(head_dim, theta, scaling)
+        rope_frequencies(head_dim, theta, scaling)          # a bad head size or scaling fails here, not later
+        self.head_dim, self.theta, self.scaling = int(head_dim), float(theta), scaling
         self._last = (None, None)
 
     def tables(self, start: int, t: int, like):
         key = (start, t, like.dtype, backend.device_of(like))
         if self._last[0] != key:
-            angles = np.arange(start, start + t, dtype=np.float64)[:, None] * self.inv_freq
-            cos, sin = (backend.to_device(f(angles).astype(like.dtype), key[3]) for f in (np.cos, np.sin))
-            self._last = (key, (cos, sin))
+            tables = rope_tables(self.head_dim, t, self.theta, like.dtype, self.scaling, start)
+            self._last = (key, tuple(backend.to_device(a, key[3]) for a in tables))
         return self._last[1]
 
     def extra_repr(self) -> str:
