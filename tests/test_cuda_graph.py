@@ -89,6 +89,29 @@ def test_graph_step_unsupported_on_cpu():
     assert reason is not None and ("GPU" in reason or "CuPy" in reason)
 
 
+def test_train_step_for_falls_back_to_eager_on_cpu():
+    import tinygrad_llm as tl
+    from tinygrad_llm.train.graph_step import train_step_for
+    from tinygrad_llm.train.step import TrainStep
+    cfg = tl.GPTConfig(vocab_size=32, context_length=8, n_layer=1, n_head=2, n_embd=16)
+    model = tl.GPT(cfg)
+    opt = tl.optim.AdamW(model, lr=1e-3)
+    logs = []
+    step = train_step_for(model, opt, lambda s: 1e-3, cuda_graphs=True, log=logs.append, grad_clip=1.0)
+    assert isinstance(step, TrainStep) and logs == []       # no GPU: the eager step, nothing to announce
+    x = np.random.default_rng(0).integers(0, 32, (2, 8))
+    out = step([(x, x)], 0)
+    assert np.isfinite(float(out.loss)) and np.isfinite(out.grad_norm)
+
+
+def test_decode_graph_unsupported_on_cpu():
+    import tinygrad_llm as tl
+    from tinygrad_llm.model.graph_decode import decode_unsupported_reason, graph_decoder
+    model = tl.GPT(tl.GPTConfig(vocab_size=32, context_length=8, n_layer=1, n_head=2, n_embd=16))
+    assert decode_unsupported_reason(model) is not None
+    assert graph_decoder(model, model.new_cache(1, 8)) is None
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 gpu = pytest.mark.gpu
 
@@ -239,8 +262,8 @@ def test_graphed_steps_with_dropout_equal_eager():
 def test_graphed_steps_equal_eager_mixed():
     pe, le, ne, _, se = _run(False, precision="mixed", steps=6)
     pg, lg, ng, _, sg = _run(True, precision="mixed", steps=6)
-    _close(pe, pg, 1e-4)
-    np.testing.assert_allclose(lg, le, rtol=1e-5)
+    _close(pe, pg, 3e-3)       # two eager runs differ by ~2.4e-4 here (H200): float16 atomics in attention's backward
+    np.testing.assert_allclose(lg, le, rtol=1e-3)
     assert (sg.scale_value, sg._clean_steps, sg.skipped_steps) == (se.scale_value, se._clean_steps, se.skipped_steps)
     assert sg.skipped_steps == 0 and sg.scale_value == 2.0 ** 18   # grown after steps 3 and 6 (growth_interval 3)
 
@@ -293,3 +316,35 @@ def test_graphed_decode_equals_eager(batch, monkeypatch):
     ids_g, log_g = tl.generate(model, idx, 20, return_logits=True)
     assert np.array_equal(ids_g, ids_e)
     np.testing.assert_allclose(log_g, log_e, rtol=1e-4, atol=1e-4)
+
+
+@gpu
+def test_trainer_graphs_its_steps_and_checkpoints_the_device_state(tmp_path):
+    """The trainer on a GPU captures its step once (dropout, gradient accumulation, clipping, mixed precision) and
+    replays it; evaluation replays too; the checkpoint holds the device's step count and loss scale; the result is
+    the eager trainer's (cuda_graphs=False) within the eager run's own spread."""
+    from tinygrad_llm.train import Trainer, TrainConfig
+    from tinygrad_llm.train.graph_step import is_graphed
+    rng = np.random.default_rng(0)
+    text = "\n".join(" ".join(rng.choice(["the cat", "a dog", "sees", "eats", "the moon."], 4)) for _ in range(300))
+    kw = dict(preset="micro", model={"n_layer": 1, "n_head": 2, "n_embd": 32, "dropout": 0.1}, tokenizer="char",
+              block_size=16, batch_size=4, max_steps=6, lr=3e-3, warmup=2, eval_every=3, eval_iters=2,
+              sample_every=0, sample_tokens=0, checkpoint_every=3, grad_accum=2, progress=False, seed=3,
+              device="cuda", precision="mixed")
+    logs = []
+    g = Trainer(TrainConfig(out_dir=str(tmp_path / "g"), **kw), text=text, log=logs.append)
+    assert is_graphed(g.step_fn)
+    g.train()
+    assert not [m for m in logs if "CUDA graph off" in m], logs
+    assert g.step_fn.graphed.captures == 1 and g._graph_eval.failed is None
+    e = Trainer(TrainConfig(out_dir=str(tmp_path / "e"), cuda_graphs=False, **kw), text=text, log=lambda m: None)
+    assert not is_graphed(e.step_fn)
+    e.train()
+    assert g.optimizer.step_count == e.optimizer.step_count
+    assert g.loss_scaler.state_dict() == e.loss_scaler.state_dict()
+    _close({k: v.get() for k, v in e.model.state_dict().items()}, {k: v.get() for k, v in g.model.state_dict().items()},
+           3e-3)
+    np.testing.assert_allclose(g.last_val["val_loss"], e.last_val["val_loss"], rtol=1e-2)
+    back = Trainer(TrainConfig(out_dir=str(tmp_path / "g"), resume="auto", **kw), text=text, log=lambda m: None)
+    assert back.step == 6 and back.optimizer.step_count == g.optimizer.step_count
+    assert back.loss_scaler.state_dict() == g.loss_scaler.state_dict()
