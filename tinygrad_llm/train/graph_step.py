@@ -38,7 +38,7 @@ from autograd.cuda.graph import CUDAGraph, GraphCaptureError, copy_into
 
 from .step import StepOutput, lm_loss
 
-__all__ = ["GraphTrainStep", "GraphEval", "DeviceValue", "unsupported_reason", "train_step_for"]
+__all__ = ["GraphTrainStep", "GraphEval", "DeviceValue", "unsupported_reason", "train_step_for", "is_graphed"]
 
 
 class DeviceValue:
@@ -293,6 +293,11 @@ class _GraphOrEager:
             self.graphed.sync_to_host()
 
 
+def is_graphed(step_fn) -> bool:
+    """Whether ``step_fn`` (from ``train_step_for``) replays CUDA graphs (or will try to at its first call)."""
+    return isinstance(step_fn, GraphTrainStep) or (isinstance(step_fn, _GraphOrEager) and step_fn.graphed is not None)
+
+
 def train_step_for(model, optimizer, schedule: Callable[[int], float], *, cuda_graphs: bool = True,
                    log: Callable[[str], None] | None = None, **kw):
     """The trainer's step: a CUDA-graph step when ``cuda_graphs`` and ``unsupported_reason`` allows it (falling back
@@ -311,16 +316,17 @@ def train_step_for(model, optimizer, schedule: Callable[[int], float], *, cuda_g
 
 class GraphEval:
     """The forward loss of ``loss_fn(model, x, y)`` in eval mode under no_grad, replayed from a CUDA graph (one per
-    batch shape) and summed on the device: ``mean_loss(batches)`` reads the sum once, at the end."""
+    batch shape) and summed on the device: ``mean_loss(batches)`` reads the sums once, at the end."""
 
     def __init__(self, model, autocast_dtype: str | None = None, loss_fn: Callable = lm_loss):
         self.model, self.autocast_dtype, self.loss_fn = model, autocast_dtype, loss_fn
         self._graphs: dict = {}
+        self.failed: str | None = None      # why capture failed: then every batch runs eagerly
 
     def _region(self, x, y, acc) -> None:
         with ag.no_grad(), ag.amp.autocast(self.autocast_dtype):
             loss = self.loss_fn(self.model, x, y)
-        acc += loss.data.astype(acc.dtype)
+        acc += loss.data.astype(acc.dtype) * len(x)       # weighted by its windows, as validation_loss does
 
     def _entry(self, x, y):
         key = (tuple(x.shape), str(x.dtype), tuple(y.shape), str(y.dtype))
@@ -336,22 +342,29 @@ class GraphEval:
         return entry
 
     def mean_loss(self, batches) -> float:
-        """Mean loss over ``batches``: (x, y) pairs of (B, T) int arrays of one shape, NumPy or CuPy."""
+        """Mean loss per window over ``batches``: (x, y) pairs of (B, T) int arrays, NumPy or CuPy."""
         was = self.model.training
         self.model.eval()
         try:
-            acc, n = None, 0
+            used, n, eager = {}, 0, 0.0
             for x, y in batches:
-                g, xs, ys, a = self._entry(x, y)
-                if acc is None:
-                    acc = a
+                n += len(x)
+                if self.failed is None:
+                    try:
+                        g, xs, ys, acc = self._entry(x, y)
+                    except GraphCaptureError as e:
+                        self.failed = str(e)
+                if self.failed is not None:          # the eager forward, same weighting
+                    cp = backend.cupy_module()
+                    with ag.no_grad(), ag.amp.autocast(self.autocast_dtype):
+                        eager += float(self.loss_fn(self.model, cp.asarray(x), cp.asarray(y)).item()) * len(x)
+                    continue
+                if id(acc) not in used:
                     acc[...] = 0
-                elif a is not acc:
-                    raise ValueError("GraphEval.mean_loss: the batches of one call must share one shape")
+                    used[id(acc)] = acc
                 copy_into(xs, x)
                 copy_into(ys, y)
                 g.replay()
-                n += 1
-            return float(acc.get()) / n if n else 0.0
+            return (eager + sum(float(a.get()) for a in used.values())) / n if n else 0.0
         finally:
             self.model.train(was)
