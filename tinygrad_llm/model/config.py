@@ -152,6 +152,11 @@ class GPTConfig:
                                              f" got {kind!r}")
             missing = _ROPE_SCALING_KEYS[kind] - set(self.rope_scaling)
             need(not missing, f"rope_scaling of type {kind!r} lacks {sorted(missing)}")
+            bad = sorted(k for k in _ROPE_SCALING_KEYS[kind] if not isinstance(self.rope_scaling[k], (int, float))
+                         or self.rope_scaling[k] <= 0)
+            need(not bad, f"rope_scaling's {bad} must be positive numbers, got {self.rope_scaling}")
+            need(kind != "llama3" or self.rope_scaling["high_freq_factor"] > self.rope_scaling["low_freq_factor"],
+                 "rope_scaling: high_freq_factor must exceed low_freq_factor")
             need(self.pos == "rope", "rope_scaling needs pos='rope'")
         if self.layer_types is not None:
             need(len(self.layer_types) == self.n_layer,
