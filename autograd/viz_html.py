@@ -107,11 +107,18 @@ def page_data(root: Tensor | Sequence[Tensor], title: str = "backward pass") -> 
                          "backward(retain_graph=True) first")
     producer = {b: a for a, b in g.edges if a.startswith("f")}
     fn_of = {fid: fn for fid, fn in g.ops}
+    op_outputs: dict[str, list[str]] = {}         # op -> its output tensors
+    for a, b in g.edges:
+        if a.startswith("f"):
+            op_outputs.setdefault(a, []).append(b)
     consumers: dict[str, list[str]] = {}          # tensor -> the outputs of the ops it feeds
+    edges = []                                    # tensor -> tensor: input -> output of one op
     for a, b in g.edges:
         if b.startswith("f"):
-            outs = [o for f, o in g.edges if f == b]
-            consumers.setdefault(a, []).extend(o for o in outs if o not in consumers.get(a, []))
+            for o in op_outputs.get(b, []):
+                edges.append([a, o])
+                if o not in consumers.setdefault(a, []):
+                    consumers[a].append(o)
     by_key = {g.keys[t]: t for t in g.tensors}
     layout = _layout(g, consumers)
     nodes = []
@@ -132,7 +139,6 @@ def page_data(root: Tensor | Sequence[Tensor], title: str = "backward pass") -> 
         nodes.append({"id": tid, "label": label, "op": op, "params": params, "kind": kind,
                       "shape": list(shape), "dtype": str(dtype),
                       "value": _array(t.data) if t is not None else None, **layout["boxes"][tid]})
-    edges = [[a, o] for a, f in g.edges if f.startswith("f") for ff, o in g.edges if ff == f]
     steps = []
     seed = [{"node": t, "total": _array(np.ones(()))} for t in g.roots]
     for step in backward_steps(roots, retain_graph=True, accumulate=False):

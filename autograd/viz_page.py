@@ -77,6 +77,12 @@ function rows(arr, small) {
   }
   return ["[" + f.map(fmt).join(", ") + "]"];
 }
+// a box is BOX_CHARS characters wide: longer text is cut with an ellipsis, the whole of it in the tooltip
+const BOX_CHARS = 35;
+function setText(t, text) {
+  t.textContent = text.length > BOX_CHARS ? text.slice(0, BOX_CHARS - 1) + "\u2026" : text;
+  if (text.length > BOX_CHARS) el("title", {}, t).textContent = text;
+}
 function shapeText(s) { return "(" + s.join(", ") + (s.length === 1 ? ",)" : ")"); }
 function el(tag, attrs, parent) {
   const e = document.createElementNS(NS, tag);
@@ -108,9 +114,9 @@ D.nodes.forEach(n => {
   const g = el("g", {class: "node kind-" + n.kind, id: "node-" + n.id, "data-label": n.label, "data-grad": ""}, svg);
   el("rect", {x: n.x, y: n.y, width: n.w, height: n.h}, g);
   let y = n.y + 20;
-  const line = (text, cls) => { const t = el("text", {x: n.x + 8, y: y, class: cls || ""}, g); t.textContent = text;
+  const line = (text, cls) => { const t = el("text", {x: n.x + 8, y: y, class: cls || ""}, g); setText(t, text);
                                 y += 15; return t; };
-  line(n.label + " " + shapeText(n.shape), "title");
+  line(n.label.endsWith(shapeText(n.shape)) ? n.label : n.label + " " + shapeText(n.shape), "title");
   const what = n.kind === "param" ? "parameter (leaf)" : n.kind === "const" ? "constant (no gradient)"
              : n.op + (n.params ? "(" + n.params + ")" : "") + (n.kind === "root" ? "  (the loss)" : "");
   line("= " + what, "sub");
@@ -141,7 +147,7 @@ function render() {
     const g = document.getElementById("node-" + n.id), t = tot[n.id];
     g.dataset.grad = t ? JSON.stringify(t.flat) : "";
     const lines = t ? rows(t, D.small) : (n.kind === "const" ? ["-"] : ["not yet"]);
-    gradText[n.id].forEach((e, i) => { e.textContent = i < lines.length ? (i ? "     " : "grad ") + lines[i] : ""; });
+    gradText[n.id].forEach((e, i) => setText(e, i < lines.length ? (i ? "     " : "grad ") + lines[i] : ""));
     g.classList.toggle("current", !!cur && cur.outputs.includes(n.id));
     g.classList.toggle("receiving", !!cur && cur.sends.some(s => s.node === n.id && s.grad));
   });
