@@ -53,8 +53,9 @@ class GPTConfig:
         n_kv_heads key/value heads for grouped-query attention (None: n_head); head_size the width D of one head
         (None: n_embd // n_head; Qwen3 and Gemma 3 set it, then n_head * D need not equal C); dropout one rate for
         embedding, attention and residual dropout.
-    family: "gpt2" | "llama" | "qwen3" | "gemma3". Every field below that is left at None takes the family's value
-        (``FAMILIES``) at construction; ``replace(family=...)`` changes only the label, not the filled fields.
+    family: "gpt2" | "llama" | "qwen3" | "gemma3". The architecture fields of ``FAMILIES`` (qkv_bias, bias,
+        tie_weights, norm, norm_eps, norm_unit_offset, post_norms, qk_norm, mlp, pos, rope_theta, embed_scale) take
+        the family's value when left at None, at construction; ``replace(family=...)`` changes only the label.
     Biases. qkv_bias: in the q/k/v projection; bias: in the attention output projection, the MLP and LayerNorm.
     tie_weights: the LM head reuses the token embedding matrix.
     Norms. norm "layernorm" | "rmsnorm", norm_eps; norm_unit_offset: RMSNorm scales by (1 + weight), weights start
