@@ -65,6 +65,14 @@ def test_tiny_family_presets_build_and_run(name):
     assert tl.GPTConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
+def test_gemma_preset_keeps_its_layer_pattern_at_another_depth():
+    cfg = tl.GPTConfig.preset("gemma3-tiny", n_layer=4)
+    assert cfg.layer_types == ("sliding_attention", "sliding_attention", "full_attention", "sliding_attention")
+    assert tl.GPTConfig.preset("gemma-3-1b").layer_types[5] == "full_attention"
+    with pytest.raises(ValueError, match="one per layer"):
+        cfg.replace(n_layer=2)
+
+
 @pytest.mark.parametrize("family", list(CONFIGS))
 def test_family_fields_count_agrees_with_the_model(family):
     m = build(family)

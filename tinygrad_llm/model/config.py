@@ -161,7 +161,8 @@ class GPTConfig:
             need(self.pos == "rope", "rope_scaling needs pos='rope'")
         if self.layer_types is not None:
             need(len(self.layer_types) == self.n_layer,
-                 f"layer_types has {len(self.layer_types)} entries for {self.n_layer} layers")
+                 f"layer_types has {len(self.layer_types)} entries for {self.n_layer} layers (give one per layer; "
+                 "GPTConfig.preset(name, n_layer=...) derives them for a Gemma preset)")
             bad = sorted(set(self.layer_types) - {FULL, SLIDING})
             need(not bad, f"layer_types entries must be {FULL!r} or {SLIDING!r}, got {bad}")
             need(SLIDING not in self.layer_types or (self.sliding_window or 0) >= 1,
@@ -249,11 +250,15 @@ class GPTConfig:
     # ------------------------------------------------------------------ presets and (de)serialisation
     @classmethod
     def preset(cls, name: str, **overrides) -> "GPTConfig":
-        """A named configuration (see ``GPTConfig.presets()``), with fields replaced by ``overrides``."""
+        """A named configuration (see ``GPTConfig.presets()``), with fields replaced by ``overrides``. A Gemma
+        preset given another ``n_layer`` keeps its pattern of sliding and global layers."""
         key = _ALIASES.get(name, name)
         if key not in PRESETS:
             raise KeyError(f"unknown GPT preset {name!r}; available: {', '.join(cls.presets())}")
-        return cls.from_dict(copy.deepcopy({**PRESETS[key], **overrides}))
+        d = copy.deepcopy({**PRESETS[key], **overrides})
+        if key in _LAYER_PATTERNS and "layer_types" not in overrides:
+            d["layer_types"] = gemma3_layer_types(d["n_layer"], _LAYER_PATTERNS[key])
+        return cls.from_dict(d)
 
     @staticmethod
     def presets() -> list[str]:
@@ -335,6 +340,8 @@ PRESETS: dict[str, dict] = {
                        n_embd=1152, head_size=256, ffn_hidden=6912, layer_types=gemma3_layer_types(26),
                        sliding_window=512, rope_local_theta=10000.0, query_pre_attn_scalar=256),
 }
+# every k-th layer global, the others sliding (Gemma 3's interleaving), kept when a preset's n_layer is overridden
+_LAYER_PATTERNS = {"gemma3-tiny": 3, "gemma-3-270m": 6, "gemma-3-1b": 6}
 # presets with the released models' shapes: too large to build in a test
 RELEASED = ("llama-3.2-1b", "llama-3.2-3b", "llama-3.1-8b", "qwen3-0.6b", "qwen3-30b-a3b", "gemma-3-270m",
             "gemma-3-1b")

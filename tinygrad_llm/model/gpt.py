@@ -242,8 +242,8 @@ class GPT(Module):
 
     def extra_repr(self) -> str:
         c = self.config
-        return (f"n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, vocab_size={c.vocab_size}, "
-                f"context_length={c.context_length}, params={self.num_parameters():,}")
+        return (f"family={c.family}, n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, "
+                f"vocab_size={c.vocab_size}, context_length={c.context_length}, params={self.num_parameters():,}")
 
 
 def _as_tuple(out) -> tuple:
