@@ -16,12 +16,13 @@ import math
 import numpy as np
 
 from ._common import LazyModule, ctypes_of, require_cupy
+from .device_step import ADAMW_ELEMENT
 from .registry import register
 
 CHUNK = 16384
 THREADS = 512
 
-_SRC = r"""
+_SRC = ADAMW_ELEMENT + r"""
 template <typename P, typename G, typename A>
 __global__ void adamw_multi(const i64* __restrict__ ptrs, const int* __restrict__ blk_tensor,
                             const i64* __restrict__ blk_start, int ntensors, int chunk,
@@ -37,14 +38,8 @@ __global__ void adamw_multi(const i64* __restrict__ ptrs, const int* __restrict_
     const i64 end = start + chunk < n ? start + chunk : n;
     const A decay = (A)1 - (A)(lr * wd), c1 = (A)1 - (A)b1, c2 = (A)1 - (A)b2;
     const A b1_ = (A)b1, b2_ = (A)b2, eps_ = (A)eps, ss = (A)step_size, ib = (A)inv_sqrt_bc2;
-    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
-        const A gv = ld(g, i);
-        A pv = ld(p, i) * decay;
-        const A mv = b1_ * ld(m, i) + c1 * gv;
-        const A vv = b2_ * ld(v, i) + c2 * gv * gv;
-        pv -= ss * mv / (sqrt(vv) * ib + eps_);
-        st(p, i, pv); st(m, i, mv); st(v, i, vv);
-    }
+    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x)
+        adamw_element(p, m, v, i, (A)ld(g, i), decay, b1_, b2_, c1, c2, eps_, ss, ib);
 }
 
 // Loss-scaler pass (GradScaler): g *= factor over many tensors in one launch; *flag = 1 when any result is inf/NaN.

@@ -30,7 +30,20 @@ THREADS = 512
 S_STEP, S_SCALE, S_CLEAN, S_SKIPPED, S_FOUND_INF, S_NORM, S_SUMSQ, S_INV, S_COEF, S_CLIP = range(10)
 _NSTATE = 16
 
-_SRC = r"""
+# One AdamW element (PyTorch's AdamW), shared with the eager multi-tensor kernel (adamw.py): the formula in one place.
+ADAMW_ELEMENT = r"""
+template <typename P, typename A>
+__device__ __forceinline__ void adamw_element(P* p, P* m, P* v, i64 i, A gv, A decay, A b1, A b2, A c1, A c2,
+                                              A eps, A step_size, A inv_sqrt_bc2) {
+    A pv = ld(p, i) * decay;
+    const A mv = b1 * ld(m, i) + c1 * gv;
+    const A vv = b2 * ld(v, i) + c2 * gv * gv;
+    pv -= step_size * mv / (sqrt(vv) * inv_sqrt_bc2 + eps);
+    st(p, i, pv); st(m, i, mv); st(v, i, vv);
+}
+"""
+
+_SRC = ADAMW_ELEMENT + r"""
 // table layout (int64, 5 rows of nt): param, grad, m, v pointers, sizes
 template <typename G>
 __global__ void sumsq_multi(const i64* __restrict__ ptrs, const int* __restrict__ blk_tensor,
@@ -91,11 +104,7 @@ __global__ void adamw_device(const i64* __restrict__ ptrs, const int* __restrict
     for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
         A gv = ld(g, i) * inv;
         if (clip) gv = gv * coef;
-        A pv = ld(p, i) * decay;
-        const A mv = b1_ * ld(m, i) + c1 * gv;
-        const A vv = b2_ * ld(v, i) + c2 * gv * gv;
-        pv -= ss * mv / (sqrt(vv) * ib + eps_);
-        st(p, i, pv); st(m, i, mv); st(v, i, vv);
+        adamw_element(p, m, v, i, gv, decay, b1_, b2_, c1, c2, eps_, ss, ib);
     }
 }
 """
