@@ -20,10 +20,13 @@ re-captured when the parameters', optimizer state's or batch's arrays change (a 
 changed). ``sync_to_host()`` writes the device step count and scaler state back into the optimizer and the
 GradScaler (the trainer calls it before writing a checkpoint).
 
-``unsupported_reason(...)`` says why a configuration cannot be graphed (no GPU, graphs switched off, an optimizer
-other than AdamW-rule Adam/AdamW, parameters on several GPUs, data parallel without NCCL); the trainer then uses
-``TrainStep`` (the eager reference) and logs the reason. ``TrainConfig.cuda_graphs=False`` (``--no-cuda-graphs``)
-turns graphs off.
+The trainer builds its step with ``train_step_for``: a ``GraphTrainStep`` where ``unsupported_reason(...)`` allows
+it (else why not: no GPU, graphs switched off, an optimizer other than AdamW-rule Adam/AdamW, parameters on several
+GPUs, data parallel without NCCL, a sharded optimizer), falling back to ``TrainStep`` (the eager reference) for good,
+with one log line, when the first capture fails (a host sync inside the model, a parameter without a gradient).
+``TrainConfig.cuda_graphs=False`` (``--no-cuda-graphs``) turns graphs off. ``GraphEval`` is the evaluation's
+forward pass replayed from graphs. Data parallel: the gradients are averaged by NCCL all-reduces recorded in the
+graph on the capturing stream (one per parameter, after backward; no overlap with it).
 """
 from __future__ import annotations
 
