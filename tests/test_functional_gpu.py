@@ -18,6 +18,8 @@ RNG = np.random.default_rng(0)
 IDS = RNG.integers(0, 11, (2, 5))
 TARGETS = np.where(RNG.random((2, 5)) < 0.2, -100, RNG.integers(0, 11, (2, 5)))
 MASK = RNG.random((5, 7)) < 0.3
+ATTN_MASK = RNG.random((1, 3, 5, 5)) < 0.7       # True = may attend; the first key always allowed
+ATTN_MASK[..., 0] = True
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +37,7 @@ def _no_tf32():
 
 
 def _attn(q, k, v):
-    return F.scaled_dot_product_attention(q, k, v, causal=True)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 CASES = {
@@ -55,8 +57,14 @@ CASES = {
     "masked_fill": (lambda x: F.masked_fill(x, MASK, -2.0), [(2, 5, 7)]),
     "attention": (_attn, [(2, 3, 5, 8)] * 3),
     "attention_kv_cache": (_attn, [(2, 3, 2, 8), (2, 3, 5, 8), (2, 3, 5, 8)]),
-    "attention_noncausal": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, causal=False),
+    "attention_noncausal": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
                             [(1, 2, 3, 4), (1, 2, 6, 4), (1, 2, 6, 4)]),
+    "attention_bool_mask": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=ATTN_MASK),
+                            [(2, 3, 5, 8)] * 3),
+    "attention_additive_mask": (lambda q, k, v: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=np.where(ATTN_MASK, 0.5, -np.inf), is_causal=True), [(2, 3, 5, 8)] * 3),
+    "split_merge_heads": (lambda x: (F.merge_heads(F.split_heads(x, 2, 1)[0]) * 2).sum(axis=-1), [(2, 5, 16)]),
+    "layer_norm_composed": (lambda x, w, b: F.layer_norm(x, w, b, fused=False), [(2, 5, 7), (7,), (7,)]),
 }
 
 
