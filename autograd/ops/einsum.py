@@ -1,6 +1,7 @@
 """Einstein summation, ``einsum('bij,bjk->bik', a, b)``. The gradient of each operand is again an einsum: of the
 output gradient with the other operands, into that operand's subscripts; a letter summed inside one operand alone
-is broadcast back, and an ellipsis axis that broadcast from size 1 is summed back to 1."""
+is broadcast back, an ellipsis axis that broadcast from size 1 is summed back to 1, and a letter repeated inside
+one operand (a diagonal, 'ii->i') gets its gradient through identity matrices (d x_ii / d x_ij = delta_ij)."""
 from __future__ import annotations
 
 import string
@@ -29,17 +30,33 @@ class Einsum(Function):
                 grads.append(None)
                 continue
             others = [j for j in range(len(ins)) if j != k]
-            seen = set(out).union(*(ins[j] for j in others))
-            target = "".join(c for c in ins[k] if c in seen)
-            equation = ",".join([out] + [ins[j] for j in others]) + "->" + target
-            g = Einsum.apply(gz, *(self.inputs[j] for j in others), equation=equation)
+            subs, eyes = _undiagonal(ins[k], x.shape, self.equation, gz)
+            terms = [out] + [ins[j] for j in others] + [t for t, _ in eyes]
+            seen = set().union(*terms)
+            target = "".join(c for c in subs if c in seen)
+            g = Einsum.apply(gz, *(self.inputs[j] for j in others), *(e for _, e in eyes),
+                             equation=",".join(terms) + "->" + target)
             sizes = iter(g.shape)
-            g = reshape(g, tuple(next(sizes) if c in seen else 1 for c in ins[k]))
+            g = reshape(g, tuple(next(sizes) if c in seen else 1 for c in subs))
             widened = tuple(i for i, (n, m) in enumerate(zip(x.shape, g.shape)) if n == 1 and m != 1)
             if widened:
                 g = g.sum(axis=widened, keepdims=True)
             grads.append(broadcast_to(g, x.shape))
         return tuple(grads)
+
+
+def _undiagonal(subs: str, shape, equation: str, like: Tensor):
+    """``subs`` with each repeat of a letter renamed to a new letter, and for each an identity matrix term
+    ('i' + new letter, eye(n)) that ties the new letter to the old: 'ii' -> 'ia' with ('ia', eye)."""
+    free = iter(c for c in string.ascii_letters if c not in equation)
+    out, eyes = [], []
+    for c, n in zip(subs, shape):
+        if c in out:
+            new = next(free)
+            eyes.append((c + new, Tensor(backend.xp_of(like.data).eye(n, dtype=like.dtype))))
+            c = new
+        out.append(c)
+    return "".join(out), eyes
 
 
 def _explicit(equation: str, shapes) -> str:
@@ -76,9 +93,6 @@ def einsum(equation: str, *operands) -> Tensor:
         operands = tuple(operands[0])
     xs = [as_tensor(x) for x in operands]
     eq = _explicit(equation, [x.shape for x in xs])
-    if any(x.requires_grad for x in xs) and any(len(set(t)) != len(t) for t in eq.split("->")[0].split(",")):
-        raise NotImplementedError(f"einsum: {equation!r} repeats a letter inside one operand (a diagonal); that "
-                                  "has no gradient here: take the diagonal with indexing first")
     try:
         return Einsum.apply(*xs, equation=eq)
     except ValueError as e:
