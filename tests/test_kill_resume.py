@@ -2,8 +2,8 @@
 never interrupted, and its metrics log holds every step once.
 
 Each try starts ``tinygrad-llm``'s Trainer in a child process with ``resume="auto"`` and kills it with SIGKILL
-either after a random delay or while it writes a checkpoint file (the child announces each write and slows it
-slightly, so the kill lands inside). ``TINYGRAD_LLM_KILL_TRIES`` sets the number of tries (default 2 here; the
+while it starts, at a random point of a random step, or while it writes a checkpoint file (the child announces
+each step and each write, and slows writes slightly, so the kill lands inside). ``TINYGRAD_LLM_KILL_TRIES`` sets the number of tries (default 2 here; the
 full check is 20: ``TINYGRAD_LLM_KILL_TRIES=20 python -m pytest tests/test_kill_resume.py``).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tinygrad_llm.train import load_checkpoint, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TRIES = int(os.environ.get("TINYGRAD_LLM_KILL_TRIES", "2"))
-STEPS = 30
+STEPS = 60
 
 _CHILD = r"""
 import sys, time
@@ -44,7 +44,9 @@ cfg = TrainConfig(preset="micro", model={"n_layer": 1, "n_head": 2, "n_embd": 32
                   block_size=16, batch_size=4, grad_accum=2, max_steps=steps, lr=3e-3, warmup=3, eval_every=5,
                   eval_iters=2, sample_tokens=0, checkpoint_every=2, keep_last=2, out_dir=out, progress=False,
                   seed=5, resume="auto")
-Trainer(cfg, text=text, log=lambda m: None).train()
+def progress(trainer, record):
+    print("STEP", record["step"], flush=True)
+Trainer(cfg, text=text, callbacks=[progress], log=lambda m: None).train()
 print("DONE", flush=True)
 """
 
@@ -61,13 +63,15 @@ def _start(out: Path, announce: bool) -> subprocess.Popen:
                             cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _kill_during_a_write(p: subprocess.Popen, nth: int) -> bool:
-    """Kill the child while it writes its ``nth`` checkpoint file; False when it finished first."""
+def _kill_after(p: subprocess.Popen, marker: str, nth: int, delay: float = 0.0) -> bool:
+    """Kill the child ``delay`` s after its ``nth`` line starting with ``marker`` (WRITING: inside a checkpoint
+    file write; STEP: somewhere in the following step); False when it finished first."""
     seen = 0
     for line in p.stdout:
-        if line.startswith("WRITING"):
+        if line.startswith(marker):
             seen += 1
             if seen == nth:
+                time.sleep(delay)
                 p.send_signal(signal.SIGKILL)
                 return True
         if line.startswith("DONE"):
@@ -86,14 +90,16 @@ def test_kill_9_at_random_moments_and_during_checkpoint_writes_resumes_bitwise(t
         during_write = i % 2 == 1
         p = _start(out, announce=during_write)
         if during_write:
-            killed = _kill_during_a_write(p, int(rng.integers(1, 6)))
-        else:
+            killed = _kill_after(p, "WRITING", int(rng.integers(1, 5)))
+        elif i % 4 == 2:  # while starting: importing, reading the checkpoint, building the model
             try:
-                p.wait(timeout=float(rng.uniform(0.5, 4.0)))
+                p.wait(timeout=float(rng.uniform(0.05, 1.5)))
                 killed = False
             except subprocess.TimeoutExpired:
                 p.send_signal(signal.SIGKILL)
                 killed = True
+        else:             # at a random point of a step
+            killed = _kill_after(p, "STEP", int(rng.integers(1, 4)), float(rng.uniform(0.0, 0.03)))
         p.wait(timeout=300)
         err = p.stderr.read()
         assert p.returncode in (0, -signal.SIGKILL), err

@@ -12,9 +12,9 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from test_cli import _corpus, _err
 from tinygrad_llm.cli import main
 from tinygrad_llm.train import load_checkpoint
 
@@ -22,22 +22,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "micro", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--tokenizer", "char",
         "--block-size", "16", "--batch-size", "4", "--steps", "4", "--eval-every", "2", "--eval-iters", "2",
         "--sample-tokens", "0", "--no-progress"]
-
-
-def _corpus(tmp_path, n=200, name="corpus.txt"):
-    rng = np.random.default_rng(0)
-    words = ["alpha", "beta", "gamma", "delta", "is", "the", "next", "one."]
-    p = tmp_path / name
-    p.write_text("\n".join(" ".join(rng.choice(words, 6)) for _ in range(n)), encoding="utf-8")
-    return p
-
-
-def _err(capsys, argv, code=2) -> str:
-    assert main(argv) == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "internal error" not in err, err
-    assert len(err.strip().splitlines()) == 1, err
-    return err
 
 
 def _env():

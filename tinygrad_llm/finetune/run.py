@@ -53,6 +53,8 @@ def run_classify(data: str, val_data: str | None = None, test_data: str | None =
     Without ``val_data``/``test_data`` the file is shuffled and split 70/10/20. Returns a summary with the
     train/val/test accuracy, the losses and the checkpoint path.
     """
+    from ..train.build import require_device
+    require_device(device)
     texts, labels, names = read_labeled_file(data, text_col, label_col)
     if balance:
         texts, labels = balance_classes(texts, labels, seed)
@@ -185,6 +187,8 @@ def run_instruct(data: str, *, init_from: str | None = None, checkpoint: str | N
 
     ``context_length`` applies to ``preset`` models only (default 256: the Alpaca template alone is ~40 tokens).
     """
+    from ..train.build import require_device
+    require_device(device)
     records = load_instruction_data(data)
     train, val, test = split_instruction_data(records)
     log(f"{len(records)} records: train {len(train)}, val {len(val)}, test {len(test)}")

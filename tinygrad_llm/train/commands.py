@@ -253,15 +253,20 @@ def run_generate(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------- eval
 def configure_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or an output folder: its latest)")
     p.add_argument("--data", default=None, help="a text file or folder (default: the validation split of the "
-                                               "run's training text)")
-    p.add_argument("--batch-size", type=int, default=8)
+                                               "run's training text: the number training's final evaluation "
+                                               "reported)")
+    p.add_argument("--batch-size", type=int, default=8, help="windows per batch")
     p.add_argument("--max-batches", type=int, default=None, help="evaluate at most this many batches")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    """Mean loss over every non-overlapping window of the text (the validation windows of training; its periodic
+    evaluations read only the first ``eval_iters`` batches of them, its final one all)."""
+    if args.batch_size < 1 or (args.max_batches is not None and args.max_batches < 1):
+        raise UserError("--batch-size and --max-batches must be >= 1")
     import autograd as ag
     from .build import encode_corpus, load_corpus
     model, tok, ckpt = load_model(args.checkpoint, args.device)

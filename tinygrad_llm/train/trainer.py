@@ -80,6 +80,9 @@ class Trainer:
 
     def _build(self, text, tokenizer, model) -> None:
         cfg = self.config
+        if self.world_size > 1:
+            from ..distributed.launch import start_heartbeat
+            start_heartbeat()  # lets the launcher name a frozen rank long before a collective times out
         build.require_device(cfg.device)
         if cfg.precision in ("mixed", "fp16") and backend.parse_device(cfg.device)[0] == "cpu":
             self.log(f"warning: precision {cfg.precision!r} on the CPU: NumPy computes float16 matrix products "
@@ -148,9 +151,6 @@ class Trainer:
         self._graph_eval = GraphEval(self.model, self.autocast_dtype) if is_graphed(self.step_fn) else None
         if self.is_main:
             self.metrics = MetricsLog(self.out_dir / METRICS_FILE, resume_step=self.step if ckpt is not None else None)
-        if self.world_size > 1:
-            from ..distributed.launch import start_heartbeat
-            start_heartbeat()  # lets the launcher name a frozen rank long before a collective times out
 
     # ------------------------------------------------------------------------------------------ run folder
     def _find_resume(self) -> Checkpoint | None:
