@@ -13,7 +13,7 @@ knows how often each character occurs (the unigram entropy) scores about 3.25. A
 learned something about order.
 
 What to expect: the loss starts at ln(V) = 4.6, crosses the unigram line (3.25) within ~20 steps and reaches ~2.45
-on the validation text after 300 steps (about 15 s on two cores); the fast setting (40 steps) ends near 3.05. A
+on the validation text after 300 steps (10-15 s on two cores); the fast setting (40 steps) ends near 3.05. A
 sample of generated text at the end (word-like fragments: 300 steps is little).
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Pretraining with the library's Trainer: the book's "The Verdict" run, nanoGPT's Shakespeare run, and a stand-in
 that needs no download.
 
-    python examples/10_pretraining.py                                  # stand-in: the package's own corpus, ~1 min
+    python examples/10_pretraining.py                                  # stand-in: the package's own corpus, seconds
     python examples/10_pretraining.py --verdict the-verdict.txt --encoder-json encoder.json --vocab-bpe vocab.bpe
     python examples/10_pretraining.py --verdict the-verdict.txt        # no GPT-2 files: a BPE trained on the text
     python examples/10_pretraining.py --shakespeare input.txt --cpu    # nanoGPT's CPU setting (--device cuda: full)
@@ -30,7 +30,7 @@ nanoGPT's Shakespeare (config/train_shakespeare_char.py): 6 layers, 6 heads, 384
 here 1.92 in 4 min 37 s.
 
 What to expect without data (the stand-in): a 2-layer, 64-wide GPT on the package's embedded corpus with a
-512-token BPE, 200 steps (fast setting: 15); the validation loss falls from ln(512) = 6.24 to about 4.5 (fast:
+512-token BPE, 120 steps (fast setting: 15); the validation loss falls from ln(512) = 6.24 to about 4.9 (fast:
 ~5.5), and a sample of word-like text ends the run; neither book's numbers apply to it.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ BABY_GPT = dict(
 BABY_CPU = dict(block_size=64, batch_size=12, max_steps=2000, eval_every=250, eval_iters=20, sample_every=0,
                 model=dict(n_layer=4, n_head=4, n_embd=128, dropout=0.0, bias=False, qkv_bias=False, tie_weights=True))
 STAND_IN = dict(
-    preset=None, tokenizer="bpe", vocab_size=512, block_size=64, stride=64, batch_size=16, max_steps=200, lr=3e-3,
+    preset=None, tokenizer="bpe", vocab_size=512, block_size=64, stride=64, batch_size=16, max_steps=120, lr=3e-3,
     warmup=20, eval_every=50, eval_iters=8, sample_every=0, sample_tokens=60, sample_prompt="The ", checkpoint_every=0,
     keep_last=1, seed=0, progress=False, model=dict(n_layer=2, n_head=4, n_embd=64, dropout=0.0),
 )
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
            "a real pretraining run with the library's Trainer: data split, schedule, evaluation, samples, checkpoint",
            {"verdict": "the book's losses only if this is the book's exact set-up (see the end)",
             "shakespeare": "val loss ~1.47 (full config, GPU) or ~1.88 (--cpu) after all steps",
-            "stand-in": "val loss from ln(512) = 6.24 to ~4.5 in 200 steps (fast: 15 steps, ~5.5); no book's numbers"
+            "stand-in": "val loss from ln(512) = 6.24 to ~4.9 in 120 steps (fast: 15 steps, ~5.5); no book's numbers"
             }[mode])
 
     tok = None
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("nanoGPT's numbers (val ~1.47 / ~1.88) are for the full number of steps; this run is shorter.")
     else:
-        print(f"Stand-in expectation: val loss ~{'5.5' if FAST else '4.5'} after {summary['step']} steps "
+        print(f"Stand-in expectation: val loss ~{'5.5' if FAST else '4.9'} after {summary['step']} steps "
               "(a different text, tokenizer and model from the book's and nanoGPT's runs).")
     done(f"{mode}: val loss {val:.3f} after {summary['step']} steps")
     return 0

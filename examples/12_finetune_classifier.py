@@ -1,7 +1,7 @@
 """Classification fine-tuning: a GPT with a 2-class head on its last token, as in chapter 6 of Raschka's *Build a
 Large Language Model (From Scratch)*, on a generated task you can reproduce offline, with baselines to beat.
 
-    python examples/12_finetune_classifier.py                 # offline: the generated review task, ~1 min
+    python examples/12_finetune_classifier.py                 # offline: the generated review task, seconds
     python examples/12_finetune_classifier.py SMSSpamCollection --init-from gpt2/    # the book's run
 
 The generated task: short reviews such as "the food was not tasty but the staff was friendly", labelled by the

@@ -1,7 +1,7 @@
 """Instruction fine-tuning (chapter 7 of Raschka's *Build a Large Language Model (From Scratch)*) and LoRA
 (its appendix E): the prompt template, the batches with masked targets, a tuning run, and low-rank adapters by hand.
 
-    python examples/13_instructions_and_lora.py                    # offline: generated instructions, ~1 min
+    python examples/13_instructions_and_lora.py                    # offline: generated instructions, seconds
     python examples/13_instructions_and_lora.py instruction-data.json --init-from gpt2-medium/   # the book's run
 
 Part 1: every record {instruction, input, output} becomes the Alpaca prompt ("Below is an instruction ...
