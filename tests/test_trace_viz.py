@@ -423,3 +423,15 @@ def test_node_gradients_cover_intermediates_and_leave_grad_alone():
     for leaf, want in zip(leaves, ref_leaves):
         np.testing.assert_allclose(grads[trace.node_key(leaf)].numpy(), want.grad.numpy(), rtol=1e-12)
     assert len(grads) == 8 + 4                         # every op output and every parameter
+
+
+def test_to_dot_after_backward_shows_retained_gradients():
+    x = ag.Tensor(np.array([1.0, -2.0]), requires_grad=True, name="x")
+    h = (x * 3.0).retain_grad()
+    h.name = "h"
+    loss = (h * h).sum()
+    loss.backward()                                       # frees the graph: nothing left to recompute
+    text = viz.to_dot(h)                                  # the graph below h is freed: h's box keeps its grad
+    parse_dot(text)
+    assert "{ h (2,) float64 | data [3, -6] | grad [6, -12] }" in text and "Mul (freed)" in text
+    np.testing.assert_array_equal(x.grad.numpy(), [18.0, -36.0])
