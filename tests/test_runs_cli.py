@@ -179,6 +179,30 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert load_checkpoint(tmp_path / "dp").step == 3
 
 
+def test_sigterm_to_the_launcher_saves_and_exits_cleanly(tmp_path):
+    data = _corpus(tmp_path)
+    out = tmp_path / "dp"
+    p = subprocess.Popen([sys.executable, "-m", "tinygrad_llm", "launch", "--nproc", "2", "train", *_COMMON,
+                          "--steps", "100000", "--data", str(data), "--out-dir", str(out)],
+                         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and p.poll() is None:
+            log = out / "metrics.jsonl"
+            if log.is_file() and len(log.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)         # as `timeout`, `kill` or a scheduler would
+        stdout, stderr = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, stdout + stderr
+    assert "passed on to every rank" in stderr
+    step = load_checkpoint(out).step
+    assert 2 <= step < 100000 and "resume with" in stdout
+
+
 _FROZEN = r"""
 import os, signal, sys, time
 from tinygrad_llm.distributed.launch import start_heartbeat

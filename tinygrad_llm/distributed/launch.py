@@ -123,16 +123,16 @@ def rank_command(command: list[str], commands: Collection[str] = ()) -> list[str
     if Path(head).name == "tinygrad-llm" and not head.endswith(".py"):
         sub = command[1] if len(command) > 1 else None
         if commands and sub is not None and not sub.startswith("-") and sub not in commands:
-            raise ValueError(f"launch: unknown tinygrad-llm command {sub!r}{_did_you_mean(sub, commands)}")
+            raise ValueError(f"unknown tinygrad-llm command {sub!r}{_did_you_mean(sub, commands)}")
         return [sys.executable, "-m", "tinygrad_llm", *command[1:]]
     if head.startswith("-") or Path(head).is_file():
         return [sys.executable, *command]
     if head.endswith(".py"):
-        raise ValueError(f"launch: no script {head!r}")
+        raise ValueError(f"no script {head!r}")
     program = shutil.which(head)
     if program is None:
         hint = _did_you_mean(head, commands) if commands else ""
-        raise ValueError(f"launch: {head!r} is not a tinygrad-llm command, a script or a program on PATH{hint}")
+        raise ValueError(f"{head!r} is not a tinygrad-llm command, a script or a program on PATH{hint}")
     return [program, *command[1:]]
 
 
@@ -318,4 +318,7 @@ def main(argv: list[str] | None = None, commands: Collection[str] = ()) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as e:  # a command that does not exist, a bad --nproc: a usage error, not a traceback
+        build_parser().error(str(e))
