@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import _corpus, _err
+from test_cli import _corpus, _err, trained  # noqa: F401  (trained: a module fixture, a trained run)
 from tinygrad_llm.cli import main
 from tinygrad_llm.train import load_checkpoint
 
@@ -32,26 +32,17 @@ def _env():
     return env
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("runs")
-    data = _corpus(tmp)
-    out = tmp / "out"
-    assert main(["train", *TINY, "--data", str(data), "--out-dir", str(out)]) == 0
-    return tmp, data, out
-
-
 # ---------------------------------------------------------------------------------------------- 1, 4: CLI rules
-def test_training_twice_into_one_folder_is_one_clear_error(run, capsys):
-    _, data, out = run
+def test_training_twice_into_one_folder_is_one_clear_error(trained, capsys):
+    _, data, out = trained
     err = _err(capsys, ["train", *TINY, "--data", str(data), "--out-dir", str(out)])
     assert "--resume" in err and "--overwrite" in err
 
 
 @pytest.mark.parametrize("flag,value", [("--n-layer", "2"), ("--dropout", "0.2"), ("--preset", "tiny"),
                                         ("--tokenizer", "bpe"), ("--vocab-size", "300")])
-def test_resume_with_a_changed_model_or_tokenizer_flag_is_refused(run, capsys, flag, value):
-    _, _, out = run
+def test_resume_with_a_changed_model_or_tokenizer_flag_is_refused(trained, capsys, flag, value):
+    _, _, out = trained
     err = _err(capsys, ["train", "--resume", "--out-dir", str(out), "--no-progress", flag, value])
     assert "cannot change on resume" in err and flag.lstrip("-").replace("-", "_") in err
 
@@ -102,8 +93,8 @@ def test_numbers_that_would_do_something_else_are_refused(tmp_path, capsys, argv
 
 @pytest.mark.parametrize("argv", [["--num-samples", "0"], ["--temperature", "-1"], ["--top-k", "0"],
                                   ["--top-p", "1.5"]])
-def test_generate_refuses_useless_numbers(run, capsys, argv):
-    _, _, out = run
+def test_generate_refuses_useless_numbers(trained, capsys, argv):
+    _, _, out = trained
     assert argv[0] in _err(capsys, ["generate", "--checkpoint", str(out), *argv])
 
 
@@ -275,8 +266,8 @@ def test_generate_and_classify_on_a_classifier_checkpoint_say_what_it_is(classif
     assert "classifier" in err
 
 
-def test_predict_on_a_language_model_checkpoint_says_what_it_is(run, capsys):
-    _, _, out = run
+def test_predict_on_a_language_model_checkpoint_says_what_it_is(trained, capsys):
+    _, _, out = trained
     err = _err(capsys, ["finetune", "predict", "--checkpoint", str(out), "--text", "a"])
     assert "not a classifier" in err
 
