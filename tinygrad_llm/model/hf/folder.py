@@ -23,7 +23,7 @@ from ..config import GPTConfig
 from ..gpt import GPT
 from .configs import config_from_hf, hf_from_config
 from .names import Entry, weight_plan, skipped
-from .safetensors_io import PretrainedFormatError, TensorFiles, copy_into, weight_files, write_sharded
+from .safetensors_io import PretrainedFormatError, TensorFiles, copy_into, fresh_array, weight_files, write_sharded
 
 __all__ = ["from_pretrained", "save_pretrained", "read_config", "is_hf_folder", "KNOWN_N_HEAD"]
 
@@ -129,10 +129,10 @@ def from_pretrained(path: str | os.PathLike, dtype=np.float32, device: str | Non
     if unplanned:                                   # a family/config combination the plan does not know
         raise PretrainedFormatError(f"from_pretrained: no stored tensor is mapped to {unplanned[:4]} ({cfg.family})")
     for e in plan:
-        # every value is overwritten, so fresh uninitialised storage: zeroed (calloc) pages of a 1B model are
-        # several times slower to fault in than np.empty's (which NumPy asks the kernel to back with huge pages)
+        # every value is overwritten: fresh storage, prefaulted in one call (the zeroed pages of the model as
+        # built were never touched, so they cost nothing)
         p = params[e.ours]
-        p.data = dst = np.empty(p.shape, p.dtype)
+        p.data = dst = fresh_array(p.shape, p.dtype)
         row = 0
         for part in e.parts:
             out = dst[row:row + part.rows]
