@@ -67,6 +67,26 @@ def test_attention_cache_matches_full_pass(family, kw):
         attn(x[:, :1], cache=cache)
 
 
+@pytest.mark.parametrize("chunks", [[1] * 9, [4, 1, 1, 3, 1], [2, 5, 2], [7, 2]])
+def test_ring_cache_returns_the_positions_a_window_needs(chunks):
+    """A sliding layer's cache holds W slots; each append hands back positions first .. length-1 (the newest W
+    for one new token in a full ring, in slot order), first never later than the oldest key the window needs."""
+    w, cache = 3, tl.model.LayerKVCache(1, 1, 16, 1, dtype=F64, window=3)
+    assert cache.k.shape == (1, 1, 3, 1)
+    pos = 0
+    for t in chunks:
+        new = np.arange(pos, pos + t, dtype=F64).reshape(1, 1, t, 1)       # each key holds its position
+        keys, values, first = cache.append(new, -new)
+        got = keys[0, 0, :, 0]
+        assert first <= max(0, pos - w + 1) and cache.length == pos + t
+        if t == 1 and pos >= w:
+            assert sorted(got) == list(range(pos + 1 - w, pos + 1)) and first == pos + 1 - w
+        else:
+            np.testing.assert_array_equal(got, np.arange(first, pos + t))
+        np.testing.assert_array_equal(values, -keys)
+        pos += t
+
+
 @pytest.mark.parametrize("start,tq,w", [(0, 6, 2), (3, 2, 3), (5, 1, 2), (0, 5, 1), (2, 3, 5), (0, 4, 9),
                                         (7, 3, 2), (9, 1, 4)])
 def test_sliding_window_keys_by_brute_force(start, tq, w):

@@ -315,15 +315,18 @@ def test_cached_generation_equals_uncached(family, t0, new):
 
 
 def test_cache_positions_fed_in_pieces_equal_one_pass():
-    """Prefill, then chunks of several tokens, then single tokens: the sliding-window mask and RoPE offsets of the
-    cached path agree with one full pass."""
+    """Prefill, then chunks of several tokens, then single tokens: the sliding-window ring, mask and RoPE offsets
+    of the cached path agree with one full pass."""
     m = build("gemma3", seed=2)
     m.eval()
     idx = tokens(2, 11, seed=5)
     full = m(idx).data
     cache = m.new_cache(2)
+    w = m.config.sliding_window
+    assert [layer.k.shape[2] for layer in cache.layers] == [w, 12, w]     # sliding layers keep a ring of W slots
     parts = [m(idx[:, a:b], cache=cache).data for a, b in [(0, 4), (4, 8), (8, 9), (9, 11)]]
     np.testing.assert_allclose(np.concatenate(parts, axis=1), full, atol=1e-12)
+    assert cache.pos == 11
 
 
 def test_sliding_layers_see_only_their_window():

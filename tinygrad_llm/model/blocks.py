@@ -52,7 +52,8 @@ class Attention(Module):
     """Causal self-attention with a fused q|k|v projection, optional q/k norms, RoPE, GQA and a KV cache.
 
         x (B, T, C) --qkv--> (B, T, (H + 2K) D) --F.split_heads--> q (B, H, T, D), k, v (B, K, T, D)
-          --q_norm/k_norm (qk_norm)--> --RoPE (pos="rope")--> k, v appended to the cache (decoding)
+          --q_norm/k_norm (qk_norm)--> --RoPE (pos="rope")--> k, v appended to the cache (decoding; a ring of
+            W positions for a sliding-window layer)
           --F.scaled_dot_product_attention (causal, or the sliding-window mask; K kv heads serve H queries)
           --F.merge_heads--> (B, T, H D) --proj--> (B, T, C)
 
@@ -96,12 +97,13 @@ class Attention(Module):
         if self.rope is not None:
             cos, sin = self.rope.tables(start, t, q.data)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        first = 0
         if cache is not None:
-            k_all, v_all = cache.append(k.data, v.data)
+            k_all, v_all, first = cache.append(k.data, v.data)      # positions first .. start+t-1
             k, v = Tensor(k_all), Tensor(v_all)
         lo, mask = window_keys(start, t, self.window, backend.xp_of(q.data))
-        if lo:
-            k, v = k[:, :, lo:], v[:, :, lo:]
+        if lo > first:
+            k, v = k[:, :, lo - first:], v[:, :, lo - first:]
         p = self.dropout if self.attn_drop.active else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=mask is None,
                                            scale=self.scale, enable_gqa=True, rng=self.attn_drop.rng)

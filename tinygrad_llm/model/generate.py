@@ -6,7 +6,8 @@ of recomputing O(T^2) attention over the whole sequence. ``use_cache=False`` is 
 whole sequence, cropped to its last ``context_length`` tokens. Once a sequence outgrows the context window the
 cache cannot slide (learned positions and RoPE angles of cached keys would shift), so from then on each step
 recomputes the cropped window without the cache: exactly what ``use_cache=False`` does, so both give the same
-tokens. Every family generates this way; a sliding-window layer reads only the cached keys inside its window.
+tokens. Every family generates this way; a sliding-window layer caches (in a ring) and reads only the keys inside
+its window.
 
 Sampling runs in NumPy on the host with the caller's ``rng``: only the last position's logits (B, V) are copied
 from the GPU per step, and a seed gives the same tokens on CPU and GPU.

@@ -233,7 +233,8 @@ class GPT(Module):
         """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` (default context_length) tokens."""
         cfg = self.config
         max_len = cfg.context_length if max_len is None else min(int(max_len), cfg.context_length)
-        return KVCache(cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim, self.dtype, self.device)
+        return KVCache(cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim, self.dtype, self.device,
+                       windows=[block.attn.window for block in self.blocks])
 
     def save_pretrained(self, path, tokenizer=None, dtype: str = "float32", max_shard_size: int | None = None):
         """Write this model (and ``tokenizer``) as a Hugging Face folder; see ``model.hf.save_pretrained``."""
