@@ -197,21 +197,20 @@ def softmax_backward(y, gy):
     return gx
 
 
-def _check_xent(op, logits, targets):
+def _xent_args(op, logits, targets):
+    """(logits, targets as int64, accumulation dtype), both C-contiguous; a clear error for other shapes/dtypes."""
     if logits.ndim != 2 or targets.shape != (logits.shape[0],):
         raise ValueError(f"{op}: need logits (N, V) and targets (N,), got {logits.shape} and {targets.shape}")
     if targets.dtype.kind not in "iu":
         raise TypeError(f"{op}: targets must be integers, got {targets.dtype}")
+    return contiguous(logits), contiguous(targets.astype(np.int64, copy=False)), acc_dtype(logits.dtype)
 
 
 def cross_entropy_forward(logits, targets, ignore_index):
     """(loss_sum, lse, count): logits (N, V), targets (N,) int. loss_sum 0-d (float32, float64 for float64 logits)."""
     cp = require_cupy()
-    _check_xent("cross_entropy_forward", logits, targets)
-    logits = contiguous(logits)
-    tg = contiguous(targets.astype(np.int64, copy=False))
+    logits, tg, acc = _xent_args("cross_entropy_forward", logits, targets)
     N, V = logits.shape
-    acc = acc_dtype(logits.dtype)
     loss = cp.empty((N,), acc)
     lse = cp.empty((N,), acc)
     if N:
@@ -230,11 +229,8 @@ def cross_entropy_backward(logits, targets, lse, scale, ignore_index):
 
     scale: a number or a 0-d/1-element CuPy array (read on the device, no sync)."""
     cp = require_cupy()
-    _check_xent("cross_entropy_backward", logits, targets)
-    logits = contiguous(logits)
-    tg = contiguous(targets.astype(np.int64, copy=False))
+    logits, tg, acc = _xent_args("cross_entropy_backward", logits, targets)
     N, V = logits.shape
-    acc = acc_dtype(logits.dtype)
     lse = contiguous(lse.astype(acc, copy=False))
     dx = cp.empty_like(logits)
     if isinstance(scale, cp.ndarray):
