@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from course import done, lesson
+from course import done, lesson, softmax  # softmax(s) = exp(s - max) / sum(exp(s - max))
 
 import autograd as ag
 import tinygrad_llm as tl
@@ -36,11 +36,6 @@ x = np.array([[0.43, 0.15, 0.89],   # Your
               [0.22, 0.58, 0.33],   # with
               [0.77, 0.25, 0.10],   # one
               [0.05, 0.80, 0.55]])  # step
-
-
-def softmax(s: np.ndarray) -> np.ndarray:
-    e = np.exp(s - s.max(axis=-1, keepdims=True))   # subtract the row max: same result, no overflow
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def show(title: str, m: np.ndarray) -> None:

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from course import done, lesson, section
+from course import done, lesson, section, softmax
 
 import autograd as ag
 import tinygrad_llm as tl
@@ -51,11 +51,6 @@ def layer_norm(v: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = cfg.nor
 
 def gelu(v: np.ndarray) -> np.ndarray:
     return 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v ** 3)))
-
-
-def softmax(s: np.ndarray) -> np.ndarray:
-    e = np.exp(s - s.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 section("LayerNorm: every token vector to mean 0, variance 1 (before the learned scale and shift)")

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from course import FAST, done, lesson, section
+from course import FAST, done, lesson, section, softmax
 
 import tinygrad_llm as tl
 from tinygrad_llm.model.generate import sample_next
@@ -36,11 +36,6 @@ lesson("Lesson 08: the GPT and generation",
 
 vocab = ["closer", "every", "effort", "forward", "inches", "moves", "pizza", "toward", "you"]
 logits = np.array([4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79])   # the book's next-token logits
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max())
-    return e / e.sum()
 
 
 def table(title: str, p: np.ndarray) -> None:

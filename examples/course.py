@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 if importlib.util.find_spec("autograd") is None:  # a checkout without `pip install -e .`: the repository's copy
     sys.path.insert(0, str(ROOT))
@@ -22,6 +24,13 @@ if "--fast" in sys.argv:
     sys.argv.remove("--fast")
 
 _T0 = time.perf_counter()
+
+
+def softmax(s: np.ndarray) -> np.ndarray:
+    """softmax over the last axis, by hand: exp(s - max) / sum(exp(s - max)) (subtracting the row's maximum gives
+    the same result and never overflows)."""
+    e = np.exp(s - s.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
 
 
 def lesson(title: str, teaches: str, expect: str) -> None:
