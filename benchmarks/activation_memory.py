@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 def ours(name: str, batch: int, checkpointing: bool, steps: int) -> dict:
     import tinygrad_llm as tl
     from tinygrad_llm.bench import measure_training_speed
-    cfg = tl.GPTConfig.preset(name, vocab_size=50304, dropout=0.0, checkpoint_every=1 if checkpointing else 0)
+    cfg = tl.GPTConfig.preset(name, vocab_size=50304, dropout=0.0, activation_checkpointing=1 if checkpointing else 0)
     r = measure_training_speed(cfg, batch, "cuda", "mixed", steps, 2, 0)
     est = cfg.memory_estimate(batch, "mixed", checkpointing=checkpointing)
     import cupy as cp

@@ -152,7 +152,7 @@ def test_checkpoint_on_gpu_float32_matches_plain():
 def _gpt_grads(family: str, every: int, dtype=np.float64, lora: bool = False, autocast=None, **extra):
     import tinygrad_llm as tl
     cfg = tl.GPTConfig(family=family, vocab_size=40, context_length=16, n_layer=3, n_head=2, n_embd=16,
-                       checkpoint_every=every, **extra)
+                       activation_checkpointing=every, **extra)
     model = tl.GPT(cfg, seed=0, dtype=dtype)
     if lora:
         from tinygrad_llm.finetune.lora import apply_lora
@@ -196,13 +196,28 @@ def test_gpt_checkpointing_with_lora_and_autocast():
             np.testing.assert_array_equal(g1[k], g0[k], err_msg=k)
 
 
-def test_checkpoint_every_is_validated_and_the_estimate_shrinks():
+def test_activation_checkpointing_is_validated_and_the_estimate_shrinks():
     import tinygrad_llm as tl
-    with pytest.raises(ValueError, match="checkpoint_every must be >= 0"):
-        tl.GPTConfig.preset("tiny", checkpoint_every=-1)
+    with pytest.raises(ValueError, match="activation_checkpointing must be >= 0"):
+        tl.GPTConfig.preset("tiny", activation_checkpointing=-1)
     cfg = tl.GPTConfig.preset("gpt2-774m")
     plain, ckpt = cfg.memory_estimate(8, "mixed"), cfg.memory_estimate(8, "mixed", checkpointing=True)
     assert ckpt.activations < plain.activations / 3
     assert ckpt.parameters == plain.parameters == 4 * cfg.num_parameters()
     zero = cfg.memory_estimate(8, "mixed", world_size=4, shard_optimizer=True)
     assert zero.optimizer == plain.optimizer // 4
+
+
+def test_trainer_activation_checkpointing_trains_the_same(tmp_path):
+    from tinygrad_llm.train import TrainConfig, Trainer
+    finals = []
+    for k in (0, 1):
+        cfg = TrainConfig(preset="micro", tokenizer="char", block_size=32, batch_size=4, max_steps=3, eval_every=0,
+                          eval_iters=1, sample_tokens=1, dtype="float64", progress=False,
+                          out_dir=str(tmp_path / f"run{k}"), activation_checkpointing=k, model={"dropout": 0.1})
+        tr = Trainer(cfg, text="the quick brown fox jumps over the lazy dog.\n" * 40)
+        assert tr.model.config.activation_checkpointing == k
+        tr.train()
+        finals.append({n: p.data.copy() for n, p in tr.model.named_parameters()})
+    for n in finals[0]:
+        np.testing.assert_array_equal(finals[0][n], finals[1][n], err_msg=n)

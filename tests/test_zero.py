@@ -77,3 +77,31 @@ def test_step_without_finish_is_a_clear_error():
     (params[0].sum() + params[1].sum()).backward()
     with pytest.raises(RuntimeError, match="call dp.finish"):
         opt.step()
+
+
+_TRAIN = ["--preset", "micro", "--tokenizer", "char", "--block-size", "32", "--batch-size", "4", "--eval-every", "0",
+          "--eval-iters", "1", "--sample-tokens", "1", "--dtype", "float64", "--no-progress"]
+
+
+def _tensors(folder):
+    from safetensors.numpy import load_file
+    step = sorted(p for p in folder.iterdir() if p.name.startswith("step_"))[-1]
+    return {f: load_file(str(step / f"{f}.safetensors")) for f in ("model", "optimizer")}
+
+
+def test_trainer_shard_optimizer_equals_plain_data_parallel_and_resumes_on_one_rank(tmp_path):
+    """`train --shard-optimizer` on 2 ranks: the same weights and the same (gathered) optimizer state as plain data
+    parallel, to float64 rounding; its checkpoint then resumes in a single process."""
+    cmd = [sys.executable, "-m", "tinygrad_llm", "launch", "--nproc", "2", "train", *_TRAIN, "--steps", "5"]
+    for name, extra in (("zero", ["--shard-optimizer"]), ("plain", [])):
+        res = run(cmd + ["--out-dir", str(tmp_path / name), *extra], timeout=120)
+        assert res.returncode == 0, res.stdout + res.stderr
+    zero, plain = _tensors(tmp_path / "zero"), _tensors(tmp_path / "plain")
+    for what in ("model", "optimizer"):
+        assert zero[what].keys() == plain[what].keys()
+        for k in plain[what]:
+            np.testing.assert_allclose(zero[what][k], plain[what][k], rtol=0, atol=1e-12, err_msg=f"{what} {k}")
+    res = run([sys.executable, "-m", "tinygrad_llm", "train", *_TRAIN, "--steps", "7", "--resume",
+               str(tmp_path / "zero")], timeout=120)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (tmp_path / "zero" / "step_000007").is_dir()

@@ -123,7 +123,7 @@ def _configure(parser) -> None:
 
 def _run(args) -> int:
     from .model import GPTConfig
-    cfg = GPTConfig.preset(args.preset, dropout=0.0, checkpoint_every=args.checkpointing)
+    cfg = GPTConfig.preset(args.preset, dropout=0.0, activation_checkpointing=args.checkpointing)
     if args.memory:
         est = cfg.memory_estimate(args.batch, args.precision, checkpointing=args.checkpointing)
         print(f"estimate for batch {args.batch} x {cfg.context_length} ({args.precision}"

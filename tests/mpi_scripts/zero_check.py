@@ -30,7 +30,8 @@ CLIP = 0.5       # small enough that clipping acts on every step
 def make(comm, shard: bool, seed: int = 100):
     model = TinyMLP(seed=seed + comm.rank)         # different on each rank: the broadcast must fix it
     dp = DataParallel(model, comm, bucket_mb=0.0002, shard_optimizer=shard)
-    opt = optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
+    # named: AdamW's two groups (matrices decay, vectors do not), so shards span groups
+    opt = optim.AdamW(list(zip(("w1", "b1", "w2", "b2", "unused"), model.parameters())), lr=0.05, weight_decay=0.1)
     return model, dp, (ShardedOptimizer(opt, dp) if shard else opt)
 
 

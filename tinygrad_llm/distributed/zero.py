@@ -73,11 +73,16 @@ class ShardedOptimizer:
                 seg = _Segment(p.data.reshape(-1)[a - off:e - off], getattr(p, "name", None), index[id(p)], a - off)
                 self.segments.append((seg, b, a - lo, slot))
                 inner_groups[group_of[id(p)]].append(seg)
+        # in the inner optimizer's order (group by group): inner.state[j] belongs to self.segments[j]
+        where = {id(entry[0]): entry for entry in self.segments}
+        self.segments = [where[id(seg)] for segs in inner_groups for seg in segs]
         # the same optimizer class and hyperparameters over this rank's segments (its arithmetic is untouched)
         inner = copy.copy(optimizer)
         inner.param_groups = [dict(g, params=segs) for g, segs in zip(optimizer.param_groups, inner_groups)]
         inner.state, inner.step_count = {}, 0
         self.inner = inner
+        if optimizer.state:              # wrapped after a checkpoint was loaded into it: keep this rank's slices
+            self.load_state_dict(optimizer.state_dict())
 
     # ------------------------------------------------------------------ the optimizer's face
     @property

@@ -75,9 +75,9 @@ class GPTConfig:
         experts per token (top-k), moe_hidden each expert's width (None: ffn_hidden's default), norm_topk_prob
         renormalises the k chosen probabilities to sum to 1 (Qwen3-MoE), router_aux_loss_coef the weight of the
         load-balancing loss that ``GPT.forward`` adds to the training loss.
-    Training memory. checkpoint_every k: in training, every k-th block keeps only its input and recomputes its
-        activations in backward (activation checkpointing; 0: off, 1: every block). It changes no weight, so it may
-        change on resume; ``memory_estimate`` says what it saves.
+    Training memory. activation_checkpointing k: in training, every k-th block keeps only its input and recomputes
+        its activations in backward (0: off, 1: every block). It changes no weight, so it may change on resume;
+        ``memory_estimate`` says what it saves.
     """
 
     vocab_size: int = 50257
@@ -113,7 +113,7 @@ class GPTConfig:
     moe_hidden: int | None = None
     norm_topk_prob: bool = False
     router_aux_loss_coef: float = 0.001
-    checkpoint_every: int = 0
+    activation_checkpointing: int = 0
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -171,8 +171,8 @@ class GPTConfig:
              f"sliding_window must be >= 1 or None, got {self.sliding_window!r}")
         need(self.query_pre_attn_scalar is None or self.query_pre_attn_scalar > 0, "query_pre_attn_scalar must be > 0")
         need(self.final_logit_softcap is None or self.final_logit_softcap > 0, "final_logit_softcap must be > 0")
-        need(int(self.checkpoint_every) >= 0,
-             f"checkpoint_every must be >= 0 (0: off, k: every k-th block), got {self.checkpoint_every!r}")
+        need(int(self.activation_checkpointing) >= 0, "activation_checkpointing must be >= 0 (0: off, k: every k-th "
+                                                      f"block), got {self.activation_checkpointing!r}")
         need(self.n_experts >= 0, f"n_experts must be >= 0, got {self.n_experts}")
         if self.n_experts:
             need(1 <= self.n_experts_per_tok <= self.n_experts,
@@ -213,9 +213,9 @@ class GPTConfig:
                         world_size: int = 1, shard_optimizer: bool = False, seq: int | None = None):
         """One rank's peak training memory, split into parameters, gradients, optimizer state and activations,
         before allocating anything (``model/memory.py`` says what is counted). checkpointing: None takes
-        ``checkpoint_every``."""
+        ``activation_checkpointing``."""
         from .memory import memory_estimate
-        every = self.checkpoint_every if checkpointing is None else checkpointing
+        every = self.activation_checkpointing if checkpointing is None else checkpointing
         return memory_estimate(self, batch, precision, every, world_size, shard_optimizer, seq)
 
     def num_parameters(self, trainable_only: bool = False, non_embedding: bool = False) -> int:

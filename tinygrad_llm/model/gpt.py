@@ -167,10 +167,10 @@ class GPT(Module):
         return self.final_norm(x)
 
     def _run_block(self, i: int, block: Block, x: Tensor, layer_cache, router_log: list | None) -> Tensor:
-        """One block; in training with ``checkpoint_every = k``, every k-th block keeps only its input and is
+        """One block; in training with ``activation_checkpointing = k``, every k-th block keeps only its input and is
         recomputed in backward (``ag.checkpoint``). A mixture of experts hands its routing out through the
         checkpoint so the load-balancing loss still has its gradient."""
-        every = self.config.checkpoint_every
+        every = self.config.activation_checkpointing
         if not every or i % every or layer_cache is not None or not self.training:
             return block(x, layer_cache, router_log)
         if router_log is None:

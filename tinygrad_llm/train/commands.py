@@ -49,6 +49,8 @@ _TRAIN_FLAGS = [
     ("--device", "device", str, "cpu | cuda | cuda:N"),
     ("--dtype", "dtype", str, "parameter dtype (float32)"),
     ("--precision", "precision", str, "fp32 | tf32 | mixed (mixed: GPUs only; slow on the CPU)"),
+    ("--activation-checkpointing", "activation_checkpointing", int,
+     "recompute every K-th block's activations in backward instead of keeping them (0: off, 1: every block)"),
     ("--init-from", "init_from", str, "start from pretrained weights (a Hugging Face folder: GPT-2, Llama 3, Qwen3, "
                                       "Gemma 3)"),
 ]
@@ -72,6 +74,8 @@ def configure_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh in an --out-dir that holds another run, deleting that run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--shard-optimizer", action="store_true",
+                   help="ZeRO-1 with several ranks: each keeps and updates 1/world_size of the optimizer state")
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="on a GPU, run each step eagerly instead of replaying it from a CUDA graph")
 
@@ -114,6 +118,8 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
         over["progress"] = False
     if getattr(args, "no_cuda_graphs", False):
         over["cuda_graphs"] = False
+    if getattr(args, "shard_optimizer", False):
+        over["shard_optimizer"] = True
     return TrainConfig.from_dict(over, base)
 
 

@@ -86,6 +86,9 @@ class TrainConfig:
     #                                     "mixed" (float16 compute, float32 master weights, loss scaling)
     progress: bool = True               # tqdm progress bar
     cuda_graphs: bool = True            # on a GPU, record the optimizer step once as a CUDA graph and replay it
+    # memory
+    activation_checkpointing: int = 0   # recompute every k-th block's activations in backward (0 = off, 1 = all)
+    shard_optimizer: bool = False       # ZeRO-1: each data-parallel rank keeps 1/world_size of AdamW's state
 
     # -------------------------------------------------------------------------------------------- conversions
     def to_dict(self) -> dict[str, Any]:
@@ -131,7 +134,7 @@ class TrainConfig:
         for k in ("vocab_size", "block_size", "batch_size", "grad_accum", "eval_iters"):
             need(is_int(getattr(self, k)) and getattr(self, k) >= 1, k, "must be an integer >= 1")
         for k in ("max_steps", "warmup", "eval_every", "sample_every", "sample_tokens", "checkpoint_every",
-                  "keep_last", "seed"):
+                  "keep_last", "seed", "activation_checkpointing"):
             need(is_int(getattr(self, k)) and getattr(self, k) >= 0, k, "must be an integer >= 0 (0 = off)"
                  if k.endswith("_every") else "must be an integer >= 0")
         for k in ("stride", "epochs"):
@@ -163,7 +166,7 @@ class TrainConfig:
             v = getattr(self, k)
             need(v is None or (isinstance(v, str) and v.strip() != ""), k, "must be a path (a non-empty string)")
         need(isinstance(self.sample_prompt, str), "sample_prompt", "must be a string")
-        for k in ("progress", "overwrite", "cuda_graphs"):
+        for k in ("progress", "overwrite", "cuda_graphs", "shard_optimizer"):
             need(isinstance(getattr(self, k), bool), k, "must be true or false")
         if self.resume and self.overwrite:
             raise ConfigError("config resume and overwrite exclude each other: --resume continues the run in "

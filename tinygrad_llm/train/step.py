@@ -100,9 +100,13 @@ class TrainStep:
             total = total + loss.data  # stays on the device
         if self.data_parallel is not None:
             self.data_parallel.finish()
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        finite = self.loss_scaler.unscale_and_check(params) if self.loss_scaler is not None else True
-        gnorm = self._clip(params) if finite else float("inf")
+        if hasattr(self.optimizer, "unscale_and_check"):  # ZeRO-1: each rank holds only its shard of the grads
+            finite = self.optimizer.unscale_and_check(self.loss_scaler) if self.loss_scaler is not None else True
+            gnorm = self.optimizer.clip_grad_norm(self.grad_clip) if finite else float("inf")
+        else:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            finite = self.loss_scaler.unscale_and_check(params) if self.loss_scaler is not None else True
+            gnorm = self._clip(params) if finite else float("inf")
         if self.loss_scaler is not None:
             self.loss_scaler.update()
         if math.isfinite(gnorm):  # a non-finite gradient skips the update (mixed precision overflow)

@@ -130,6 +130,8 @@ class Trainer:
         build.seed_generators(self.model, cfg.seed + 1000003 * self.rank)  # ranks draw different dropout masks
         self.model.to(cfg.device, dtype=np.dtype(cfg.dtype))
         self.model.train()
+        if cfg.activation_checkpointing and self.model_config is not None:
+            self.model_config.activation_checkpointing = cfg.activation_checkpointing
         if cfg.epochs:
             cfg.max_steps = max(1, cfg.epochs * len(self.train_loader) // cfg.grad_accum)
         from ..optim import AdamW, make_schedule
@@ -140,8 +142,10 @@ class Trainer:
             self._announce(changes, state["train_config"])
         if self.world_size > 1 and self.data_parallel is None:
             # broadcasts rank 0's weights, then averages gradients in buckets overlapping backward
-            from ..distributed import DataParallel
-            self.data_parallel = DataParallel(self.model, self.comm)
+            from ..distributed import DataParallel, ShardedOptimizer
+            self.data_parallel = DataParallel(self.model, self.comm, shard_optimizer=cfg.shard_optimizer)
+            if cfg.shard_optimizer:        # ZeRO-1: the restored state is sliced to this rank's shard
+                self.optimizer = ShardedOptimizer(self.optimizer, self.data_parallel)
         #: one optimizer step, ``(batches, step) -> StepOutput``: any callable of that signature may replace it
         #: (on a GPU, by default, the step recorded once as a CUDA graph and replayed: graph_step.py)
         self.step_fn = train_step_for(self.model, self.optimizer, self.schedule, cuda_graphs=cfg.cuda_graphs,
@@ -231,8 +235,10 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0); returns its folder."""
         path = None
+        # a sharded optimizer gathers its state from every rank: all of them take part in state_dict()
+        state = self.state_dict() if self.is_main or self.config.shard_optimizer and self.world_size > 1 else None
         if self.is_main:
-            path = save_checkpoint(self.out_dir, self.step, self.state_dict(), keep_last=self.config.keep_last)
+            path = save_checkpoint(self.out_dir, self.step, state, keep_last=self.config.keep_last)
         if self.world_size > 1:
             self.comm.barrier()
         return path
