@@ -151,6 +151,9 @@ def page_data(root: Tensor | Sequence[Tensor], title: str = "backward pass") -> 
                           "received": inp.received})
             if inp.total is not None:
                 updates.append({"node": node, "total": _array(inp.total)})
+        for o, gout, parts in zip(outputs, step.grad_outputs, step.contributions):
+            if not parts:                             # an output nobody used (split): zeros arrive
+                updates.append({"node": o, "total": _array(gout)})
         steps.append({"index": step.index, "op": step.op, "params": step.params, "rule": op_rule(step.fn),
                       "outputs": outputs, "sends": sends, "updates": updates,
                       "arriving": [{"node": o, "total": _array(gout),

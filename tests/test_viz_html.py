@@ -195,3 +195,14 @@ def test_trace_command_writes_the_pages(tmp_path, capsys):
     assert cli.main(["trace", "--out", str(tmp_path), "--graph", "mlp"]) == 0
     assert (tmp_path / "mlp_backward.html").exists() and not (tmp_path / "attention_backward.html").exists()
     assert "mlp_backward.html" in capsys.readouterr().out
+
+
+def test_an_unused_output_receives_zeros():
+    x = ag.Tensor(np.arange(6.0), requires_grad=True, name="x")
+    a, b, c = x.split(3)
+    data = viz_html.page_data((a * 2.0).sum() + (b * b).sum())
+    split = next(s for s in data["steps"] if s["op"] == "Split")
+    unused = next(n["id"] for n in data["nodes"] if n["label"] == "Split[2]-out(2,)")
+    assert {"node": unused, "total": {"shape": [2], "flat": [0.0, 0.0]}} in split["updates"]
+    x_id = next(n["id"] for n in data["nodes"] if n["label"] == "x")
+    assert [u["total"]["flat"] for u in split["updates"] if u["node"] == x_id] == [[2.0, 2.0, 4.0, 6.0, 0.0, 0.0]]
