@@ -20,8 +20,8 @@ The real weights (548 MB for GPT-2 small; needs internet once):
 (gpt2-medium, gpt2-large and gpt2-xl work the same way). Then ``--model-dir gpt2`` loads them and continues
 "Every effort moves you" greedily: a fluent English sentence, where the random model writes noise.
 
-What to expect offline: 28 tensors under GPT-2's names, the 8 transposed ones listed, and the loaded model's
-logits equal to the original's (largest difference 0).
+What to expect offline: 28 tensors under GPT-2's names, the 8 transposed ones listed, the loaded model's logits
+equal to the original's (largest difference 0), and ``model.save_pretrained`` writing the same 28 tensors.
 """
 from __future__ import annotations
 
@@ -90,6 +90,12 @@ def write_gpt2_folder(model: tl.GPT, folder: Path) -> list[str]:
     return transposed
 
 
+def safe_open_get(folder: Path, name: str) -> np.ndarray:
+    from safetensors import safe_open
+    with safe_open(str(folder / "model.safetensors"), "np") as f:
+        return f.get_tensor(name)
+
+
 def offline() -> float:
     section("a tiny random GPT-2 (same layout, 2 blocks of width 16)")
     cfg = tl.GPTConfig(vocab_size=300, context_length=32, n_layer=2, n_head=2, n_embd=16, qkv_bias=True, bias=True,
@@ -111,8 +117,16 @@ def offline() -> float:
         idx = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 10))
         with ag.no_grad():
             a, b = model(idx).numpy(), loaded(idx).numpy()
-    err = float(np.abs(a - b).max())
-    print(f"logits {a.shape} of the original and the loaded model: largest difference {err:.1e}")
+        err = float(np.abs(a - b).max())
+        print(f"logits {a.shape} of the original and the loaded model: largest difference {err:.1e}")
+        section("the library's own export: model.save_pretrained")
+        model.save_pretrained(str(Path(tmp) / "exported"))
+        with safe_open(str(Path(tmp) / "exported" / "model.safetensors"), "np") as f:
+            exported = sorted(k.removeprefix("transformer.") for k in f.keys())   # HF's GPT2LMHeadModel prefix
+            same_values = all(np.array_equal(f.get_tensor(k), safe_open_get(folder, k.removeprefix("transformer.")))
+                              for k in f.keys())
+        print(f"save_pretrained wrote {len(exported)} tensors; the same names as ours: {exported == names}; "
+              f"the same values: {same_values}")
     return err
 
 

@@ -171,6 +171,7 @@ def test_11_load_gpt2_weights():
     out, _ = run("11_load_gpt2_weights.py")
     assert "28 tensors, 8 transposed: h.0.attn.c_attn.weight" in out
     assert number(r"largest difference ([0-9.e+-]+)", out) == 0.0
+    assert "save_pretrained wrote 28 tensors; the same names as ours: True; the same values: True" in out
 
 
 def test_12_finetune_classifier():
