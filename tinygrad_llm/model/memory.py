@@ -9,19 +9,20 @@ The estimate counts what the engine keeps on a GPU (CPU runs keep more: the NumP
   backward, also under ZeRO-1, whose reduce-scatter runs after it).
 - optimizer state: AdamW's two float32 moments, 8 bytes per parameter, divided by the world size under ZeRO-1.
 - activations, per block, with n = B·T·C elements of the residual stream and the saved tensors of each op:
-  the block input and the input of the second norm (float32, n each), the norms' outputs as the matrix products
-  save them (n each, in the compute dtype), q, k, v and the attention output (the float16/bfloat16 flash kernel
-  saves them plus a float32 log-sum-exp per row; the float32 path saves q, k, v as views of the fused projection and
-  the B·H·T·T probabilities instead of the log-sum-exp), the merged heads (n), and the MLP's saved hidden states
-  (GELU: its input and output, 2 × B·T·hidden; gated MLPs: gate, up, activation and product, 4 × B·T·hidden). Under
-  autocast every matrix product also saves its float16 copy of the weight.
+  the block input and the input of the second norm (float32, n each), the norms' outputs (float32 inputs of the
+  matrix products, n each, plus under autocast each product's float16 copy), q, k, v and the attention output with
+  a float32 log-sum-exp per row (the flash kernel and the float32 GEMM path both recompute the probabilities in
+  backward), the merged heads (n), and the MLP's saved hidden states (GELU: its input and output,
+  2 × B·T·hidden; gated MLPs: gate, up, activation and product, 4 × B·T·hidden). Under autocast every matrix
+  product also saves its float16 copy of the weight.
   With checkpointing only each checkpointed block's input is kept, and one block is alive again while it is
   recomputed in backward.
 - the head: the final norm's input, the logits (B·T·V in the compute dtype) saved by cross-entropy, and in backward
   the logits' gradient (the same size again) plus the head's float32 weight gradient.
 
-The peak is the larger of two moments: the start of backward (all activations, the head's backward temporaries,
-the first weight gradients) and its end (every gradient, no activations left).
+The peak is the largest of three moments: the head's backward (all activations, the logits' gradient, the first
+weight gradient), the last block's attention backward (the float32 path rebuilds its B·H·T·T scores and their
+gradient there) and the end of backward (every gradient, no activations left).
 """
 from __future__ import annotations
 
@@ -62,14 +63,13 @@ def _block_activation_bytes(cfg, batch: int, seq: int, precision: str) -> tuple[
     q_elems, kv_elems = batch * seq * h * d, batch * seq * kv * d
     rows = batch * h * seq
     hidden = cfg.ffn_hidden_size if hasattr(cfg, "ffn_hidden_size") else _ffn_hidden(cfg)
-    saved = 2 * 4 * n                                   # block input, residual after attention (float32)
-    saved += 2 * cb * n                                 # the two norms' outputs, in the matrix products' dtype
-    if cb == 2:                                         # flash kernel: q, k, v, o contiguous + log-sum-exp
-        saved += cb * (2 * q_elems + 2 * kv_elems) + 4 * rows
-    else:                                               # GEMM attention: q, k, v views + probabilities
-        saved += cb * (q_elems + 2 * kv_elems) + 4 * rows * seq
-    saved += cb * q_elems                               # merged heads, input of the output projection
     gated = cfg.mlp != "gelu"
+    saved = 2 * 4 * n                                   # block input, residual after attention (float32)
+    saved += 2 * 4 * n                                  # the two norms' outputs (float32 inputs of the products)
+    if cb == 2:                                         # ... and their float16 copies made inside each product
+        saved += cb * n * (1 + (2 if gated else 1))
+    saved += cb * (2 * q_elems + 2 * kv_elems) + 4 * rows    # q, k, v, the attention output, its log-sum-exp
+    saved += cb * q_elems                               # merged heads, input of the output projection
     saved += cb * batch * seq * hidden * (4 if gated else 2)
     if cfg.post_norms:
         saved += 2 * 4 * n
@@ -108,14 +108,19 @@ def memory_estimate(cfg, batch: int, precision: str = "tf32", checkpointing: boo
         layers += block + weights                       # the block being recomputed
     cb = _compute_bytes(precision)
     logits = cb * batch * seq * cfg.vocab_size
-    head_forward = input_bytes + logits + 4 * batch * seq    # final norm input, logits, log-sum-exp
+    # final norm input and output (the head's float32 input), the logits, their log-sum-exp
+    head_forward = 2 * input_bytes + logits + 4 * batch * seq
     head_weight = cfg.vocab_size * cfg.n_embd
     if precision in ("mixed", "bf16"):
-        head_forward += 2 * head_weight
+        head_forward += 2 * head_weight + cb * batch * seq * cfg.n_embd     # float16 weight and input copies
     activations = layers + head_forward
+    # the float32 GEMM attention builds the B·H·T·T scores and their gradient again in backward (one block at a time)
+    attention_backward = 0 if cb == 2 else 2 * 4 * batch * cfg.n_head * seq * seq
     start_of_backward = params + optimizer + activations + logits + 4 * head_weight
+    first_block = params + optimizer + activations - logits + 4 * head_weight + attention_backward
     end_of_backward = params + optimizer + grads
-    return MemoryEstimate(params, grads, optimizer, activations, max(start_of_backward, end_of_backward))
+    total = max(start_of_backward, first_block, end_of_backward)
+    return MemoryEstimate(params, grads, optimizer, activations, total)
 
 
 def measured_memory(peak_bytes: int, model, optimizer) -> MemoryEstimate:
