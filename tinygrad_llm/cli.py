@@ -153,9 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     errs: list[type[BaseException]] = [UserError, ValueError, FileNotFoundError, IsADirectoryError,
                                        NotADirectoryError, PermissionError, UnicodeDecodeError, KeyError]
-    from .distributed.comm import DistributedTimeoutError   # a peer rank died or hangs: say so, no traceback
+    from .distributed.comm import DistributedError   # a peer rank died, hangs or timed out: say so, no traceback
     from .train.checkpoint import CheckpointError
-    return tuple(errs + [CheckpointError, DistributedTimeoutError])
+    return tuple(errs + [CheckpointError, DistributedError])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,9 +91,12 @@ class RunFolder:
 
     def unlock(self) -> None:
         """Release the lock (the lock file stays; an unlocked file means a free folder)."""
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)  # closing the descriptor drops the flock
+            except (OSError, TypeError, AttributeError):  # at interpreter exit (from __del__)
+                pass
 
     @property
     def locked(self) -> bool:
