@@ -174,6 +174,16 @@ def test_11_load_gpt2_weights():
     assert "save_pretrained wrote 28 tensors; the same names as ours: True; the same values: True" in out
 
 
+def test_11_with_a_model_folder(tmp_path):
+    import tinygrad_llm as tl
+    from tinygrad_llm.tokenizer import BPETokenizer
+    tok = BPETokenizer.train("Every effort moves you forward, one step at a time. " * 20, 300)
+    cfg = tl.GPTConfig(vocab_size=tok.vocab_size, context_length=64, n_layer=1, n_head=2, n_embd=16)
+    tl.GPT(cfg, seed=0).save_pretrained(str(tmp_path / "gpt"), tokenizer=tok)
+    out, _ = run("11_load_gpt2_weights.py", "--model-dir", str(tmp_path / "gpt"))
+    assert "1 blocks of width 16" in out and "greedy: 'Every effort moves you" in out
+
+
 def test_12_finetune_classifier():
     out, _ = run("12_finetune_classifier.py", "--out-dir", "out")
     base = {name: number(rf"{re.escape(name)} +([0-9.]+)%", out) for name in
