@@ -184,6 +184,29 @@ def test_11_with_a_model_folder(tmp_path):
     assert "1 blocks of width 16" in out and "greedy: 'Every effort moves you" in out
 
 
+def test_12_and_13_with_a_data_file_and_weights(tmp_path):
+    """The book's command lines, on small files and a tiny model folder (the code paths, not the book's numbers)."""
+    import json
+    import tinygrad_llm as tl
+    from tinygrad_llm.finetune.demo import demo_instructions
+    from tinygrad_llm.tokenizer import BPETokenizer
+    rows = [("spam" if i % 3 == 0 else "ham", f"message number {i} " + ("win cash now" if i % 3 == 0 else "see you"))
+            for i in range(60)]
+    (tmp_path / "sms.tsv").write_text("".join(f"{label}\t{text}\n" for label, text in rows))
+    records = demo_instructions(24)
+    (tmp_path / "inst.json").write_text(json.dumps(records))
+    text = " ".join(t for _, t in rows) + " ".join(r["instruction"] + r["output"] for r in records)
+    tok = BPETokenizer.train(text, 400)
+    cfg = tl.GPTConfig(vocab_size=tok.vocab_size, context_length=256, n_layer=1, n_head=2, n_embd=16)
+    tl.GPT(cfg, seed=0).save_pretrained(str(tmp_path / "gpt"), tokenizer=tok)
+    out, _ = run("12_finetune_classifier.py", str(tmp_path / "sms.tsv"), "--init-from", str(tmp_path / "gpt"),
+                 "--epochs", "1", "--out-dir", "out")
+    assert "the book: ~97% train" in out and re.search(r"test [0-9.]+%", out) and "majority class" not in out
+    out, _ = run("13_instructions_and_lora.py", str(tmp_path / "inst.json"), "--init-from", str(tmp_path / "gpt"),
+                 "--epochs", "1", "--out-dir", "out")
+    assert "the book: train loss ~2.6" in out and "final train loss" in out and "part 3" not in out
+
+
 def test_12_finetune_classifier():
     out, _ = run("12_finetune_classifier.py", "--out-dir", "out")
     base = {name: number(rf"{re.escape(name)} +([0-9.]+)%", out) for name in
