@@ -14,8 +14,9 @@ loss scaler: the loop owns the data position, the step counter and logging.
 The seam. The loss of every micro-batch is summed on the device and returned as a device array: nothing in here
 reads it back to the host, so the loop decides when to pay for that (only when it logs). ``grad_norm`` is a host
 float, because the clipping coefficient is computed from it. Any callable with this signature,
-``(batches, step) -> StepOutput``, can stand in for a ``TrainStep`` (``Trainer.step_fn``): a step recorded once
-and replayed, for instance, as long as it keeps the order above and its result is checked against this one.
+``(batches, step) -> StepOutput``, can stand in for a ``TrainStep`` (``Trainer.step_fn``) as long as it keeps the
+order above and its result is checked against this one: ``graph_step.GraphTrainStep`` records the step once as a
+CUDA graph and replays it, with ``grad_norm`` also left on the device.
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def precision_setup(precision: str, device: str):
 @dataclass
 class StepOutput:
     """What one step reports: ``loss`` a 0-d device array (mean over micro-batches), ``lr`` and ``grad_norm``
-    (before clipping; inf when the step was skipped for non-finite gradients) as floats."""
+    (before clipping; inf when the step was skipped for non-finite gradients): floats, or anything ``float()`` reads
+    (a graphed step's device values)."""
     loss: Any
     lr: float
     grad_norm: float
