@@ -146,6 +146,14 @@ def test_10_pretraining_stand_in():
     assert "Stand-in expectation" in out and "book reports" not in out and "nanoGPT reports" not in out
 
 
+def test_10_shakespeare_mode_on_a_small_text(tmp_path):
+    from tinygrad_llm.data import default_corpus
+    (tmp_path / "input.txt").write_text(default_corpus()[:20_000], encoding="utf-8")
+    out, _ = run("10_pretraining.py", "--shakespeare", str(tmp_path / "input.txt"), "--cpu", "--steps", "2",
+                 "--out-dir", "out")
+    assert "after 2 steps" in out and "this run is shorter" in out and "nanoGPT reports" not in out
+
+
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(name[:-3].replace("_", ""), EXAMPLES / name)
     mod = importlib.util.module_from_spec(spec)
