@@ -313,7 +313,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
         raise ValueError(f"scaled_dot_product_attention: q, k, v must be (B, H, T, D), got shapes {q.shape}, "
                          f"{k.shape}, {v.shape}")
     if enable_gqa and k.shape == v.shape and k.shape[1] != q.shape[1] and q.shape[1] % max(k.shape[1], 1) == 0:
-        k, v = _repeat_heads(k, q.shape[1] // k.shape[1]), _repeat_heads(v, q.shape[1] // v.shape[1])
+        n = q.shape[1] // k.shape[1]
+        k, v = _attention.repeat_heads(k, n), _attention.repeat_heads(v, n)
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(f"scaled_dot_product_attention: shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape} "
                          "(need q (B, H, Tq, D) and k, v (B, H, Tk, D); enable_gqa=True for fewer k/v heads)")
@@ -323,45 +324,12 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     scale = 1.0 / math.sqrt(q.shape[3]) if scale is None else float(scale)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), got {dropout_p}")
-    mask = _attention_mask(attn_mask, q, (q.shape[0], q.shape[1], tq, tk))
+    mask = _attention.checked_mask(attn_mask, q, (q.shape[0], q.shape[1], tq, tk))
     if not fused or dropout_p > 0.0 or (isinstance(mask, Tensor) and mask.requires_grad):
         drop = (lambda p: dropout(p, dropout_p, training=True, rng=rng)) if dropout_p > 0.0 else None
         return _attention.attention_reference(q, k, v, mask, bool(is_causal), scale, dropout=drop)
-    bias = mask.data if isinstance(mask, Tensor) else mask
-    if bias is not None and bias.dtype == bool:   # True = may attend: 0 there, -inf elsewhere
-        xp = backend.xp_of(bias)
-        bias = xp.where(bias, q.dtype.type(0), q.dtype.type(-math.inf))
+    bias = None if mask is None else _attention.additive_mask(mask, q.dtype)
     return _attention.Attention.apply(q, k, v, causal=bool(is_causal), scale=scale, bias=bias)
-
-
-def _attention_mask(attn_mask, q: Tensor, scores_shape):
-    """The mask on q's device (an array, or the Tensor itself when it needs a gradient), checked against the scores."""
-    if attn_mask is None:
-        return None
-    if not isinstance(attn_mask, Tensor):
-        m = attn_mask if hasattr(attn_mask, "dtype") else np.asarray(attn_mask)
-        attn_mask = Tensor(m) if m.dtype != bool else m
-    m = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
-    if m.dtype != bool and m.dtype.kind != "f":
-        raise TypeError(f"scaled_dot_product_attention: attn_mask must be boolean or float, got dtype {m.dtype}")
-    try:
-        if np.broadcast_shapes(m.shape, scores_shape) != tuple(scores_shape):
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"scaled_dot_product_attention: attn_mask of shape {m.shape} does not broadcast to the "
-                         f"scores {tuple(scores_shape)} (B, H, Tq, Tk)") from None
-    if backend.device_of(m) != q.device:
-        m = backend.to_device(m, q.device)
-        attn_mask = Tensor(m) if isinstance(attn_mask, Tensor) else m
-    if isinstance(attn_mask, Tensor) and not attn_mask.requires_grad and m.dtype != q.dtype:
-        attn_mask = Tensor(m.astype(q.dtype))
-    return attn_mask
-
-
-def _repeat_heads(x: Tensor, n: int) -> Tensor:
-    """(B, K, T, D) -> (B, K n, T, D): each head repeated n times in a row (head j serves query heads j n .. )."""
-    b, kh, t, d = x.shape
-    return x.reshape(b, kh, 1, t, d).broadcast_to((b, kh, n, t, d)).reshape(b, kh * n, t, d)
 
 
 # ------------------------------------------------------------------------------------------------------ head layout

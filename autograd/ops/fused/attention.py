@@ -50,6 +50,44 @@ def _causal_bias(xp, tq: int, tk: int, dtype):
     return m
 
 
+def checked_mask(attn_mask, q: Tensor, scores_shape):
+    """The mask on q's device (an array, or the Tensor itself when it needs a gradient), checked against the scores."""
+    if attn_mask is None:
+        return None
+    if not isinstance(attn_mask, Tensor):
+        m = attn_mask if hasattr(attn_mask, "dtype") else np.asarray(attn_mask)
+        attn_mask = Tensor(m) if m.dtype != bool else m
+    m = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
+    if m.dtype != bool and m.dtype.kind != "f":
+        raise TypeError(f"scaled_dot_product_attention: attn_mask must be boolean or float, got dtype {m.dtype}")
+    try:
+        if np.broadcast_shapes(m.shape, scores_shape) != tuple(scores_shape):
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"scaled_dot_product_attention: attn_mask of shape {m.shape} does not broadcast to the "
+                         f"scores {tuple(scores_shape)} (B, H, Tq, Tk)") from None
+    if backend.device_of(m) != q.device:
+        m = backend.to_device(m, q.device)
+        attn_mask = Tensor(m) if isinstance(attn_mask, Tensor) else m
+    if isinstance(attn_mask, Tensor) and not attn_mask.requires_grad and m.dtype != q.dtype:
+        attn_mask = Tensor(m.astype(q.dtype))
+    return attn_mask
+
+
+def repeat_heads(x: Tensor, n: int) -> Tensor:
+    """(B, K, T, D) -> (B, K n, T, D): each head repeated n times in a row (head j serves query heads j n .. )."""
+    b, kh, t, d = x.shape
+    return x.reshape(b, kh, 1, t, d).broadcast_to((b, kh, n, t, d)).reshape(b, kh * n, t, d)
+
+
+def additive_mask(mask, dtype):
+    """The mask as an additive array of ``dtype``: a boolean one (True = may attend) becomes 0 / -inf."""
+    m = mask.data if isinstance(mask, Tensor) else mask
+    if m.dtype != bool:
+        return m
+    return backend.xp_of(m).where(m, np.dtype(dtype).type(0), np.dtype(dtype).type(-np.inf))
+
+
 # ------------------------------------------------------------------------------------------------ composed reference
 def attention_reference(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, is_causal: bool = False,
                         scale: float | None = None, dropout: Callable[[Tensor], Tensor] | None = None) -> Tensor:
