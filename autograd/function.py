@@ -59,9 +59,8 @@ class Function:
         fn = cls(**params)
         tensors = _as_tensors(inputs, cls.__name__)
         arrays = [t.data for t in tensors]
-        gpu = _check_same_device(arrays, cls.__name__)
-        if gpu >= 0 and gpu != backend._cupy.cuda.runtime.getDevice():
-            with backend._cupy.cuda.Device(gpu):  # CuPy runs kernels on the current GPU only
+        if _check_same_device(arrays, cls.__name__) >= 0:
+            with backend.device_scope(arrays[0]):  # CuPy runs kernels on the current GPU only
                 out = fn.forward(*arrays)
         else:
             out = fn.forward(*arrays)
