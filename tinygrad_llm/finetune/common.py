@@ -48,7 +48,7 @@ def load_base(init_from: str | None = None, checkpoint: str | None = None, prese
                          f"DIR (a tinygrad-llm checkpoint) or --preset NAME (random init); got {given or 'none'}")
     if isinstance(tokenizer, (str, os.PathLike)):
         p = Path(tokenizer)
-        tokenizer = tokenizer_from_pretrained(p) if p.is_dir() else load_tokenizer(p)
+        tokenizer = tokenizer_from_pretrained(p)      # a folder, our tokenizer JSON or a tokenizer.json
     if init_from:
         model = from_pretrained(init_from, dtype=dtype, dropout=dropout)
         tokenizer = tokenizer or tokenizer_from_pretrained(init_from)
