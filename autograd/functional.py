@@ -19,6 +19,7 @@ from . import backend
 from .checkpoint import note_rng
 from .ops import axes as _axes
 from .ops import elementwise as _ew
+from .ops.index import integer_array
 from .ops.fused import attention as _attention
 from .ops.fused import cross_entropy as _cross_entropy
 from .ops.fused import dropout as _dropout
@@ -40,19 +41,6 @@ __all__ = [
 
 def _t(x) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
-
-
-def _int_array(a, op: str, what: str, like: Tensor):
-    """An integer index array on ``like``'s device, from a Tensor, ndarray or list; clear error for floats."""
-    if isinstance(a, Tensor):
-        a = a.data
-    elif not (isinstance(a, np.ndarray) or backend.is_cupy_array(a)):
-        a = np.asarray(a)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"{op}: {what} must be an integer array, got dtype {a.dtype}")
-    if backend.device_of(a) != like.device:
-        a = backend.to_device(a, like.device)
-    return a
 
 
 def _check_axis(op: str, axis: int, ndim: int) -> int:
@@ -132,7 +120,7 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if label_smoothing or _loss.is_probability_target(targets, logits):  # composed: see ops/loss.py
         return _loss.cross_entropy_composed(logits, targets, ignore_index, reduction, label_smoothing)
-    t = _int_array(targets, "cross_entropy", "targets (class indices)", logits)
+    t = integer_array("cross_entropy", targets, logits, "targets (class indices)")
     if logits.ndim < 2:
         raise ValueError(f"cross_entropy: logits must be (N, V) or (B, T, V), got shape {logits.shape}")
     lead = logits.shape[:-1]
@@ -198,7 +186,7 @@ def embedding(ids, weight: Tensor, fused: bool = True) -> Tensor:
     weight = _t(weight)
     if weight.ndim != 2:
         raise ValueError(f"embedding: weight must be 2-D (num_embeddings, dim), got shape {weight.shape}")
-    ids = _int_array(ids, "embedding", "ids (token indices)", weight)
+    ids = integer_array("embedding", ids, weight, "ids (token indices)")
     if type(ids) is np.ndarray and ids.size:
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= weight.shape[0]:
