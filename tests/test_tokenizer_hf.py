@@ -69,7 +69,9 @@ def sentencepiece_spec():
                "normalized": False, "special": True} for k, c in enumerate(SPECIALS)]
     return {"version": "1.0", "added_tokens": added,
             "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
-            "pre_tokenizer": None,
+            # transformers' Gemma converter: split on " " after the normalizer made every space "▁" (a no-op)
+            "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious",
+                              "invert": False},
             "post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
                                                                        {"Sequence": {"id": "A", "type_id": 0}}],
                                "pair": [], "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2], "tokens": ["<bos>"]}}},
