@@ -238,3 +238,19 @@ def test_command_line_accepts_any_family(tmp_path, capsys):
     trained, tok2, _ = load_model(str(tmp_path / "run"))
     assert trained.config == model.config and type(tok2).__name__ == "HFTokenizer"   # what the checkpoint holds
     assert tok2.encode(text[:60]) == tok.encode(text[:60])
+
+
+def test_export_checks_that_config_json_computes_the_same(monkeypatch):
+    """A field the writer forgot (simulated) is refused by name instead of being dropped from config.json."""
+    from tinygrad_llm.model.hf import configs
+    real = configs._hf_from_config
+
+    def forgetful(cfg, dtype_name):
+        out = real(cfg, dtype_name)
+        out.pop("rms_norm_eps")
+        return out
+    monkeypatch.setattr(configs, "_hf_from_config", forgetful)
+    with pytest.raises(ValueError, match="cannot express norm_eps=1e-05"):
+        hf_from_config(FAMILIES["llama"]())
+    assert configs.computation_of(FAMILIES["llama"]().replace(dropout=0.1, activation_checkpointing=True)) == \
+        configs.computation_of(FAMILIES["llama"]())

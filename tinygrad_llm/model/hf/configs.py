@@ -15,12 +15,13 @@ Both spellings of RoPE are read: ``rope_theta`` + ``rope_scaling`` (the released
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Callable
 
 from ..config import FULL, SLIDING, GPTConfig, swiglu_hidden
 from .safetensors_io import PretrainedFormatError
 
-__all__ = ["config_from_hf", "hf_from_config", "MODEL_TYPES"]
+__all__ = ["config_from_hf", "hf_from_config", "MODEL_TYPES", "computation_of"]
 
 _INERT = {"architectures", "model_type", "transformers_version", "_name_or_path", "torch_dtype", "dtype",
           "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
@@ -223,7 +224,19 @@ def _refuse_export(cfg: GPTConfig, field: str, why: str) -> None:
 
 def hf_from_config(cfg: GPTConfig, dtype_name: str = "float32") -> dict[str, Any]:
     """The ``config.json`` dict of ``cfg`` (the model type of its family). Raises ``ValueError`` naming the field
-    when the family's Hugging Face architecture cannot express the config."""
+    when the family's Hugging Face architecture cannot express the config; reading the result back must give a
+    config that computes the same (``computation_of``), so a field this function does not know is refused too."""
+    out = _hf_from_config(cfg, dtype_name)
+    want, got = computation_of(cfg), computation_of(config_from_hf(json.loads(json.dumps(out))))
+    zero_biases = ("qkv_bias", "bias") if cfg.family == "gpt2" else ()    # written as zeros: the same function
+    lost = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k) and k not in zero_biases)
+    if lost:
+        raise ValueError(f"save_pretrained: a {cfg.family} model's config.json cannot express "
+                         + ", ".join(f"{k}={getattr(cfg, k, None)!r}" for k in lost))
+    return out
+
+
+def _hf_from_config(cfg: GPTConfig, dtype_name: str) -> dict[str, Any]:
     fam = cfg.family
     fixed = {"gpt2": dict(norm="layernorm", mlp="gelu", pos="learned"),
              "llama": dict(norm="rmsnorm", mlp="swiglu", pos="rope", qk_norm=False),
@@ -286,3 +299,31 @@ def hf_from_config(cfg: GPTConfig, dtype_name: str = "float32") -> dict[str, Any
                    final_logit_softcapping=cfg.final_logit_softcap, attn_logit_softcapping=None,
                    use_bidirectional_attention=False)
     return out
+
+
+# fields that do not change what the model computes from token ids
+_NOT_COMPUTATION = ("dropout", "activation_checkpointing", "router_aux_loss_coef", "family")
+
+
+def computation_of(cfg: GPTConfig) -> dict[str, Any]:
+    """Every field of ``cfg`` that changes the computation, with defaults resolved (None -> the value it stands
+    for) and options that cannot act dropped (a sliding window without sliding layers, expert settings without
+    experts, RoPE settings with learned positions): two configs with equal results compute the same function."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_COMPUTATION}
+    layer_types = list(cfg.layer_types) if cfg.layer_types is not None else [FULL] * cfg.n_layer
+    d.update(n_kv_heads=cfg.kv_heads, head_size=cfg.head_dim, ffn_hidden=cfg.ffn_hidden_size,
+             query_pre_attn_scalar=cfg.attn_scale, layer_types=layer_types)
+    if SLIDING not in layer_types:
+        d.pop("sliding_window"), d.pop("rope_local_theta")
+    elif d["rope_local_theta"] is None:
+        d["rope_local_theta"] = cfg.rope_theta
+    if cfg.n_experts:
+        d["moe_hidden"] = cfg.moe_hidden_size
+        d.pop("ffn_hidden")
+    else:
+        for k in ("n_experts_per_tok", "moe_hidden", "norm_topk_prob"):
+            d.pop(k)
+    if cfg.pos != "rope":
+        for k in ("rope_theta", "rope_scaling", "rope_local_theta"):
+            d.pop(k, None)
+    return d
