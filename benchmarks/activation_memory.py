@@ -19,6 +19,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def ours(name: str, batch: int, checkpointing: bool, steps: int) -> dict:
@@ -34,43 +35,13 @@ def ours(name: str, batch: int, checkpointing: bool, steps: int) -> dict:
 
 def torch_run(name: str, batch: int, checkpointing: bool, steps: int) -> dict:
     import torch
-    import torch.nn as nn
-    import torch.nn.functional as Fn
-    from torch.utils.checkpoint import checkpoint
     import tinygrad_llm as tl
+    from torch_gpt import torch_gpt
     c = tl.GPTConfig.preset(name)
-    C, H, L, T, V = c.n_embd, c.n_head, c.n_layer, c.context_length, 50304
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln1, self.ln2 = nn.LayerNorm(C), nn.LayerNorm(C)
-            self.qkv, self.proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-            self.fc, self.out = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
-
-        def forward(self, x):
-            B_, T_, _ = x.shape
-            q, k, v = self.qkv(self.ln1(x)).view(B_, T_, 3, H, C // H).permute(2, 0, 3, 1, 4)
-            a = Fn.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B_, T_, C)
-            x = x + self.proj(a)
-            return x + self.out(Fn.gelu(self.fc(self.ln2(x)), approximate="tanh"))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
-            self.blocks = nn.ModuleList(Block() for _ in range(L))
-            self.ln = nn.LayerNorm(C)
-
-        def forward(self, idx, targets):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
-            for b in self.blocks:
-                x = checkpoint(b, x, use_reentrant=False) if checkpointing else b(x)
-            logits = self.ln(x) @ self.wte.weight.T
-            return Fn.cross_entropy(logits.float().view(-1, V), targets.view(-1))
-
+    model = torch_gpt(50304, c.context_length, c.n_layer, c.n_head, c.n_embd, checkpointing=checkpointing)
+    T, V = c.context_length, 50304
     torch.manual_seed(0)
-    model = GPT().cuda()
+    model = model.cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, weight_decay=0.1, fused=True)
     idx = torch.randint(0, V, (batch, T), device="cuda")
     times = []

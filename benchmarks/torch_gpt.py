@@ -11,9 +11,10 @@ import math
 
 
 def torch_gpt(vocab: int, context: int, n_layer: int, n_head: int, n_embd: int, dropout: float = 0.0,
-              gpt2_init: bool = False):
+              gpt2_init: bool = False, checkpointing: bool = False):
     """A torch.nn.Module; ``gpt2_init``: N(0, 0.02) weights (0.02 / sqrt(2 L) for the output projections), zero
-    biases (else PyTorch's default initialisation)."""
+    biases (else PyTorch's default initialisation); ``checkpointing``: every block through
+    ``torch.utils.checkpoint`` in training."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as Fn
@@ -65,7 +66,11 @@ def torch_gpt(vocab: int, context: int, n_layer: int, n_head: int, n_embd: int, 
         def forward(self, idx, targets):
             x = self.drop(self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device)))
             for blk in self.blocks:
-                x = blk(x)
+                if checkpointing and self.training:
+                    from torch.utils.checkpoint import checkpoint
+                    x = checkpoint(blk, x, use_reentrant=False)
+                else:
+                    x = blk(x)
             return Fn.cross_entropy(self.head(self.ln_f(x)).view(-1, V), targets.view(-1))
 
         def decode(self, idx, caches, pos: int):
