@@ -35,7 +35,7 @@ class ConfigError(ValueError):
 class TrainConfig:
     """A training run. The defaults are ``tinygrad-llm train``'s: the "tiny" GPT (4 layers, 4 heads, 128 wide,
     0.94M parameters) on the embedded corpus with a 1024-token BPE, 600 steps of 16 x 128 tokens: about 3 minutes
-    on two CPU cores, val loss about 3.9 nats over the whole validation split (its unigram entropy is 5.71 nats).
+    on two CPU cores, val loss 3.91 nats over the whole validation split (its unigram entropy is 5.71 nats).
 
     Model size comes from ``preset`` (a ``GPTConfig`` preset name) plus ``model`` overrides
     (any GPTConfig field: n_layer, n_head, n_embd, dropout, ...); ``vocab_size`` and ``context_length`` are set
