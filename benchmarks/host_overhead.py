@@ -3,7 +3,7 @@
     python benchmarks/host_overhead.py
 
 Small arrays, so the GPU is never the limit: the time per call is what the host pays to issue it (measured with
-the host clock over many calls, then a synchronize). A profiling aid for issue 5, not a benchmark.
+the host clock over many calls, then a synchronize). A profiling aid for the GPU step, not a benchmark.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ whole step recorded once and replayed; ``--no-graph`` leaves it out). Each step 
 time to issue one step (until the call returns) and the device time of the step (CUDA events around it).
 Printed for each framework: tokens/s, ms/step (median of the timed steps), MFU and peak memory, then the ratio
 ours / PyTorch. MFU counts 6N + 12·L·C·T FLOPs per token (N = parameters without the position table) against
-``--peak-tflops`` (default: the mode's ceiling measured with CuPy on an H100, issue 5; on the CPU none is printed).
+``--peak-tflops`` (default: the mode's ceiling measured with CuPy on an H100; on the CPU none is printed).
 PyTorch is a reference only: it is imported here, never by the package.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ CONFIGS = {
     "cpu": dict(vocab_size=512, context_length=128, n_layer=4, n_head=4, n_embd=256, batch=16),
     "gpu": dict(vocab_size=50304, context_length=1024, n_layer=12, n_head=12, n_embd=768, batch=8),
 }
-PEAK_TFLOPS = {"fp32": 51.6, "tf32": 429.0, "mixed": 790.0}  # CuPy GEMM ceilings on one H100 (issue 5)
+PEAK_TFLOPS = {"fp32": 51.6, "tf32": 429.0, "mixed": 790.0}  # CuPy GEMM ceilings measured on one H100
 
 
 def _config(c):

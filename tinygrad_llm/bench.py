@@ -1,6 +1,6 @@
 """Training-speed measurement: ``tinygrad-llm bench`` (and the "ours" column of benchmarks/train_speed.py).
 
-    tinygrad-llm bench                                         # the CPU configuration of issue 5
+    tinygrad-llm bench                                         # the small CPU configuration
     tinygrad-llm bench --preset gpt2-124m --device cuda --precision mixed --batch 8
 
 One step = forward, backward and an AdamW update on random tokens. Reported: tokens/s and ms/step (median of the
@@ -107,7 +107,7 @@ class PeakMemory:
 
 
 def _configure(parser) -> None:
-    parser.add_argument("--preset", default="small", help="GPT preset (default small: issue 5's CPU configuration "
+    parser.add_argument("--preset", default="small", help="GPT preset (default small: the CPU benchmark configuration "
                                                           "with vocab 512, context 128, 4x4x256)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "mixed"])

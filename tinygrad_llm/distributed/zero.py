@@ -199,7 +199,7 @@ class ShardedOptimizer:
                 if owned[i, c] > 0:
                     v = owned[i, c] - 1.0
                     entry[key] = int(v) if v == int(v) else v
-            for key, arr in full[i].items():          # every element is owned by exactly one rank: sum = gather
+            for key, arr in full[i].items():          # each element lives on exactly one rank: sum = gather
                 self.comm.all_reduce(arr, "sum")
                 entry[key] = arr.reshape(p.shape)
             state[i] = entry
