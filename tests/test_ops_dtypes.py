@@ -175,3 +175,17 @@ def test_joining_promotes_like_the_binary_ops():
     assert out.dtype == np.float64
     out.sum().backward()
     assert f.grad.dtype == np.float32 and d.grad.dtype == np.float64
+
+
+@pytest.mark.parametrize("a,b,expect", [(np.int64, np.float32, np.float32), (np.int32, np.float64, np.float64),
+                                        (np.float16, np.float32, np.float32), (np.float32, np.float64, np.float64),
+                                        (np.int32, np.int64, np.int64)])
+def test_matmul_promotes_like_the_binary_ops(a, b, expect):
+    x = ag.tensor(np.arange(6).reshape(2, 3).astype(a))
+    y = ag.tensor(np.ones((3, 2), dtype=b), requires_grad=np.dtype(b).kind == "f")
+    z = x @ y
+    assert z.dtype == expect == (x[:, :2] * y[:2]).dtype
+    np.testing.assert_array_equal(z.data, x.data.astype(np.float64) @ y.data.astype(np.float64))
+    if y.requires_grad:
+        z.sum().backward()
+        assert y.grad.dtype == y.dtype

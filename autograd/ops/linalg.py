@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import backend
+from ..dtypes import result_type
 from ..cuda import kernel_for
 from ..function import Function
 from ..tensor import Tensor
@@ -39,6 +40,9 @@ def matmul(x: Tensor, y: Tensor) -> Tensor:
     if x.ndim == 0 or y.ndim == 0 or x.shape[-1] != y.shape[-2 if y.ndim > 1 else 0]:  # the user's shapes
         raise ValueError(f"matmul: shapes {x.shape} and {y.shape} do not fit (need (..., n, k) @ (..., k, m); "
                          "a 1-D operand is a vector of k)")
+    if x.dtype != y.dtype:  # the binary ops' promotion (torch.result_type: int @ float32 is float32, not float64)
+        dt = result_type(x, y)
+        x, y = (t if t.dtype == dt else t.astype(dt) for t in (x, y))
     if x.ndim == 1 and y.ndim == 1:
         return squeeze(MatMul.apply(unsqueeze(x, 0), unsqueeze(y, 1)), (0, 1))
     if x.ndim == 1:
