@@ -28,18 +28,8 @@ __global__ void adamw_multi(const i64* __restrict__ ptrs, const int* __restrict_
                             const i64* __restrict__ blk_start, int ntensors, int chunk,
                             double lr, double b1, double b2, double eps, double wd, double step_size,
                             double inv_sqrt_bc2) {
-    const int t = blk_tensor[blockIdx.x];
-    const i64 start = blk_start[blockIdx.x];
-    P* p = reinterpret_cast<P*>(ptrs[t]);
-    const G* g = reinterpret_cast<const G*>(ptrs[ntensors + t]);
-    P* m = reinterpret_cast<P*>(ptrs[2 * ntensors + t]);
-    P* v = reinterpret_cast<P*>(ptrs[3 * ntensors + t]);
-    const i64 n = ptrs[4 * ntensors + t];
-    const i64 end = start + chunk < n ? start + chunk : n;
-    const A decay = (A)1 - (A)(lr * wd), c1 = (A)1 - (A)b1, c2 = (A)1 - (A)b2;
-    const A b1_ = (A)b1, b2_ = (A)b2, eps_ = (A)eps, ss = (A)step_size, ib = (A)inv_sqrt_bc2;
-    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x)
-        adamw_element(p, m, v, i, (A)ld(g, i), decay, b1_, b2_, c1, c2, eps_, ss, ib);
+    adamw_block<P, G, A>(ptrs, blk_tensor, blk_start, ntensors, chunk, lr, b1, b2, eps, wd, step_size,
+                         inv_sqrt_bc2, (A)1, false, (A)1);
 }
 
 // Loss-scaler pass (GradScaler): g *= factor over many tensors in one launch; *flag = 1 when any result is inf/NaN.

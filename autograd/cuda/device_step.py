@@ -41,6 +41,31 @@ __device__ __forceinline__ void adamw_element(P* p, P* m, P* v, i64 i, A gv, A d
     pv -= step_size * mv / (sqrt(vv) * inv_sqrt_bc2 + eps);
     st(p, i, pv); st(m, i, mv); st(v, i, vv);
 }
+
+// One block's chunk of one tensor of a multi-tensor launch. Table (int64, 5 rows of nt): param, grad, m, v
+// pointers, sizes. The gradient is multiplied by inv, then by coef when clip (the graphed step's unscale and clip;
+// the eager kernel passes 1 and false: exact), before the update.
+template <typename P, typename G, typename A>
+__device__ __forceinline__ void adamw_block(const i64* __restrict__ ptrs, const int* __restrict__ blk_tensor,
+                                            const i64* __restrict__ blk_start, int nt, int chunk, double lr,
+                                            double b1, double b2, double eps, double wd, double step_size,
+                                            double inv_sqrt_bc2, A inv, bool clip, A coef) {
+    const int t = blk_tensor[blockIdx.x];
+    const i64 start = blk_start[blockIdx.x];
+    P* p = reinterpret_cast<P*>(ptrs[t]);
+    const G* g = reinterpret_cast<const G*>(ptrs[nt + t]);
+    P* m = reinterpret_cast<P*>(ptrs[2 * nt + t]);
+    P* v = reinterpret_cast<P*>(ptrs[3 * nt + t]);
+    const i64 n = ptrs[4 * nt + t];
+    const i64 end = start + chunk < n ? start + chunk : n;
+    const A decay = (A)1 - (A)(lr * wd), c1 = (A)1 - (A)b1, c2 = (A)1 - (A)b2;
+    const A b1_ = (A)b1, b2_ = (A)b2, eps_ = (A)eps, ss = (A)step_size, ib = (A)inv_sqrt_bc2;
+    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
+        A gv = ld(g, i) * inv;
+        if (clip) gv = gv * coef;
+        adamw_element(p, m, v, i, gv, decay, b1_, b2_, c1, c2, eps_, ss, ib);
+    }
+}
 """
 
 _SRC = ADAMW_ELEMENT + r"""
@@ -87,25 +112,10 @@ __global__ void adamw_device(const i64* __restrict__ ptrs, const int* __restrict
                              const i64* __restrict__ blk_start, int nt, int chunk, const double* __restrict__ state,
                              const double* __restrict__ lr_p, double b1, double b2, double eps, double wd) {
     if (state[4] != 0.0) return;                       // overflow: the step is skipped
-    const int t = blk_tensor[blockIdx.x];
-    const i64 start = blk_start[blockIdx.x];
-    P* p = reinterpret_cast<P*>(ptrs[t]);
-    const G* g = reinterpret_cast<const G*>(ptrs[nt + t]);
-    P* m = reinterpret_cast<P*>(ptrs[2 * nt + t]);
-    P* v = reinterpret_cast<P*>(ptrs[3 * nt + t]);
-    const i64 n = ptrs[4 * nt + t];
-    const i64 end = start + chunk < n ? start + chunk : n;
     const double lr = lr_p[0], step = state[0];
     const double step_size = lr / (1.0 - pow(b1, step)), inv_sqrt_bc2 = 1.0 / sqrt(1.0 - pow(b2, step));
-    const A decay = (A)1 - (A)(lr * wd), c1 = (A)1 - (A)b1, c2 = (A)1 - (A)b2;
-    const A b1_ = (A)b1, b2_ = (A)b2, eps_ = (A)eps, ss = (A)step_size, ib = (A)inv_sqrt_bc2;
-    const A inv = (A)state[7], coef = (A)state[8];
-    const bool clip = state[9] != 0.0;
-    for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
-        A gv = ld(g, i) * inv;
-        if (clip) gv = gv * coef;
-        adamw_element(p, m, v, i, gv, decay, b1_, b2_, c1, c2, eps_, ss, ib);
-    }
+    adamw_block<P, G, A>(ptrs, blk_tensor, blk_start, nt, chunk, lr, b1, b2, eps, wd, step_size, inv_sqrt_bc2,
+                         (A)state[7], state[9] != 0.0, (A)state[8]);
 }
 """
 _PAIRS = [("float", "float", "float"), ("float", "half_t", "float"), ("double", "double", "double"),
