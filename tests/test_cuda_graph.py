@@ -191,9 +191,10 @@ def test_philox_kernel_and_new_mask_per_replay(p):
     assert not np.array_equal(masks[0], masks[1])
 
 
-def _tiny(dropout=0.0, seed=0):
+def _tiny(dropout=0.0, seed=0, checkpointing=0):
     import tinygrad_llm as tl
-    cfg = tl.GPTConfig(vocab_size=96, context_length=32, n_layer=2, n_head=4, n_embd=64, dropout=dropout)
+    cfg = tl.GPTConfig(vocab_size=96, context_length=32, n_layer=2, n_head=4, n_embd=64, dropout=dropout,
+                       activation_checkpointing=checkpointing)
     return tl.GPT(cfg, seed=seed, device="cuda")
 
 
@@ -204,13 +205,14 @@ def _batches(n, accum, B=4, T=32, V=96, seed=3):
             for _ in range(n)]
 
 
-def _run(graphed, *, steps=5, accum=2, clip=1.0, precision="fp32", dropout=0.0, init_scale=2.0 ** 16, lr=3e-3):
+def _run(graphed, *, steps=5, accum=2, clip=1.0, precision="fp32", dropout=0.0, init_scale=2.0 ** 16, lr=3e-3,
+         checkpointing=0):
     import tinygrad_llm as tl
     from autograd import cuda as agcuda
     from tinygrad_llm.train.graph_step import GraphTrainStep
     from tinygrad_llm.train.step import TrainStep
     agcuda.set_tf32(False)
-    model = _tiny(dropout)
+    model = _tiny(dropout, checkpointing=checkpointing)
     opt = tl.optim.AdamW(model, lr=lr, weight_decay=0.1, betas=(0.9, 0.95))
     scaler = ag.amp.GradScaler(init_scale=init_scale, growth_interval=3) if precision == "mixed" else None
     kw = dict(grad_accum=accum, grad_clip=clip, autocast_dtype="float16" if scaler else None, loss_scaler=scaler)
@@ -254,6 +256,16 @@ def test_graphed_steps_equal_eager_fp32(clip):
 def test_graphed_steps_with_dropout_equal_eager():
     pe, le, *_ = _run(False, dropout=0.2, accum=1)
     pg, lg, *_ = _run(True, dropout=0.2, accum=1)
+    _close(pe, pg, 1e-5)
+    np.testing.assert_allclose(lg, le, rtol=1e-6)
+
+
+@gpu
+def test_graphed_steps_with_activation_checkpointing_equal_plain_eager():
+    """Every block recomputed in backward inside the graph (dropout's Philox state replayed on the device) trains
+    as the plain eager step does."""
+    pe, le, *_ = _run(False, dropout=0.2, accum=2)
+    pg, lg, *_ = _run(True, dropout=0.2, accum=2, checkpointing=1)
     _close(pe, pg, 1e-5)
     np.testing.assert_allclose(lg, le, rtol=1e-6)
 
