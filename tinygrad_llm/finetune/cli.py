@@ -31,7 +31,11 @@ def _common(p: argparse.ArgumentParser, out_default: str, epochs: int) -> None:
     p.add_argument("--vocab-size", type=int, default=512, help="vocabulary of the BPE trained with --preset")
     p.add_argument("--context-length", type=int, help="context length of a --preset model")
     p.add_argument("--demo", action="store_true", help="generate a tiny synthetic dataset instead of --data")
-    p.add_argument("--out-dir", default=out_default, help=f"output folder (default {out_default})")
+    p.add_argument("--out-dir", default=out_default, help=f"output folder (default {out_default}); a folder that "
+                                                          "holds another run is refused unless --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out-dir that holds another run, deleting that run's checkpoints "
+                        "(step_*), 'latest' and metrics.jsonl first")
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training split (default {epochs})")
     p.add_argument("--steps", type=int, default=None, help="stop after this many optimizer steps")
     p.add_argument("--batch-size", type=int, default=8)
@@ -135,7 +139,7 @@ def _base(args: argparse.Namespace) -> dict:
                 out_dir=args.out_dir, epochs=args.epochs, max_steps=args.steps, batch_size=args.batch_size,
                 lr=lr, weight_decay=args.weight_decay, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
                 seed=args.seed, device=args.device, vocab_size=args.vocab_size,
-                context_length=args.context_length)
+                context_length=args.context_length, overwrite=args.overwrite)
 
 
 def run_classify_args(args: argparse.Namespace) -> int:

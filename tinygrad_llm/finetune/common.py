@@ -6,20 +6,24 @@ Base model sources (``load_base``):
 - ``checkpoint``: a checkpoint written by ``tinygrad-llm train`` (its model config and tokenizer are inside);
 - ``preset``: a freshly initialised model of a ``GPTConfig`` preset (for demos and tests), with a byte-level BPE
   tokenizer trained on the fine-tuning texts (or the given one).
+
+The output folder (``claim_out_dir``) follows the training run folder's rules (``tinygrad_llm.train.run_folder``):
+one run per folder unless ``overwrite``, an exclusive lock for the whole run, a crash's temporaries removed.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 import autograd as ag
 
-__all__ = ["load_base", "fit", "save_finetuned", "eos_id_of"]
+__all__ = ["load_base", "fit", "save_finetuned", "eos_id_of", "claim_out_dir"]
 
 
 def eos_id_of(tokenizer, default: int = 50256) -> int:
@@ -31,6 +35,35 @@ def eos_id_of(tokenizer, default: int = 50256) -> int:
         raise ValueError("the tokenizer has no end-of-text token; fine-tuning pads with it (use a BPE tokenizer "
                          "trained with '<|endoftext|>' or GPT-2's)")
     return int(eos)
+
+
+@contextlib.contextmanager
+def claim_out_dir(out_dir: str | os.PathLike, overwrite: bool = False, log: Callable[[str], None] = print,
+                  inputs: dict[str, str | None] | None = None) -> Iterator[Path]:
+    """Hold ``out_dir`` for one fine-tuning run (``with claim_out_dir(...) as folder:``): take its lock (a
+    RunFolderError naming the process that holds it), remove a crash's temporaries, refuse a folder holding another
+    run unless ``overwrite`` (which deletes that run's checkpoints, ``latest`` and ``metrics.jsonl``). ``inputs``:
+    flag name -> path the run reads (its base model); one inside ``out_dir`` is refused under ``overwrite``, which
+    would delete it before it is read."""
+    from ..train.run_folder import RunFolder, RunFolderError
+    folder = RunFolder(out_dir)
+    if overwrite:
+        here = folder.path.resolve()
+        for flag, path in (inputs or {}).items():
+            if path and (here == Path(path).resolve() or here in Path(path).resolve().parents):
+                raise RunFolderError(f"{flag} {path} lies in --out-dir {out_dir}, which --overwrite would delete "
+                                     "before it is read; choose another --out-dir")
+    folder.lock()
+    try:
+        gone = folder.clean_stale()
+        if gone:
+            log(f"removed left-overs of an interrupted checkpoint write: {', '.join(gone)}")
+        deleted = folder.claim(resuming=False, overwrite=overwrite, resumable=False)
+        if deleted:
+            log(f"--overwrite: deleted the previous run in {folder.path} ({', '.join(deleted)})")
+        yield folder.path
+    finally:
+        folder.unlock()
 
 
 def load_base(init_from: str | None = None, checkpoint: str | None = None, preset: str | None = None,

@@ -197,65 +197,66 @@ def run_dpo(data: str, *, init_from: str | None = None, checkpoint: str | None =
             average_logprobs: bool = False, allowed_max_length: int | None = None, lora_rank: int = 0,
             lora_alpha: float = 16.0, eval_batches: int | None = 5, log_every: int = 1, seed: int = 123,
             device: str = "cpu", vocab_size: int = 512, context_length: int | None = None,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """DPO on ``data`` (JSON list of {instruction, input, chosen, rejected}), split 85/10/5 in file order like the
     instruction data (the test part is used as extra validation). Logs the loss, rewards, reward margin and
     accuracy every ``log_every`` steps and on the validation split after each epoch; saves a checkpoint in the
     fine-tuning format (LoRA merged). Returns a summary with the metrics before and after and the history.
     """
-    from .common import eos_id_of, fit, load_base, save_finetuned
+    from .common import claim_out_dir, eos_id_of, fit, load_base, save_finetuned
     from .lora import apply_lora, merge_lora
-    records = load_preference_data(data)
-    train, val, test = split_instruction_data(records)
-    val = val + test
-    log(f"{len(records)} preference pairs: train {len(train)}, validation {len(val)}")
-    texts = [format_input(r) + RESPONSE_HEADER + r["chosen"] + "\n" + r["rejected"] for r in train]
-    model, tok = load_base(init_from, checkpoint, preset, tokenizer, texts=texts, vocab_size=vocab_size,
-                           context_length=context_length or (256 if preset else None), seed=seed, log=log)
-    pad = eos_id_of(tok)
-    limit = min(allowed_max_length or model.config.context_length, model.config.context_length)
-    train_ds, val_ds = PreferenceDataset(train, tok, limit + 1), PreferenceDataset(val, tok, limit + 1)
-    cut = sum(len(it[k]) > limit for it in train_ds.items for k in ("chosen", "rejected"))
-    if cut:
-        log(f"note: {cut} of {2 * len(train_ds)} training sequences are longer than {limit} tokens and are cropped")
-    model.to(device)
-    reference = frozen_copy(model)
-    if lora_rank:
-        log(str(apply_lora(model, lora_rank, lora_alpha, seed=seed)))
-    objective = _Objective(model, reference, beta, average_logprobs)
+    with claim_out_dir(out_dir, overwrite, log, {"--init-from": init_from, "--checkpoint": checkpoint}):
+        records = load_preference_data(data)
+        train, val, test = split_instruction_data(records)
+        val = val + test
+        log(f"{len(records)} preference pairs: train {len(train)}, validation {len(val)}")
+        texts = [format_input(r) + RESPONSE_HEADER + r["chosen"] + "\n" + r["rejected"] for r in train]
+        model, tok = load_base(init_from, checkpoint, preset, tokenizer, texts=texts, vocab_size=vocab_size,
+                               context_length=context_length or (256 if preset else None), seed=seed, log=log)
+        pad = eos_id_of(tok)
+        limit = min(allowed_max_length or model.config.context_length, model.config.context_length)
+        train_ds, val_ds = PreferenceDataset(train, tok, limit + 1), PreferenceDataset(val, tok, limit + 1)
+        cut = sum(len(it[k]) > limit for it in train_ds.items for k in ("chosen", "rejected"))
+        if cut:
+            log(f"note: {cut} of {2 * len(train_ds)} training sequences are longer than {limit} tokens and are cropped")
+        model.to(device)
+        reference = frozen_copy(model)
+        if lora_rank:
+            log(str(apply_lora(model, lora_rank, lora_alpha, seed=seed)))
+        objective = _Objective(model, reference, beta, average_logprobs)
 
-    def batches(ds, shuffle: bool, ep: int = 0, limit_batches: int | None = None):
-        order = np.random.default_rng(seed + ep).permutation(len(ds)) if shuffle else np.arange(len(ds))
-        for k, s in enumerate(range(0, len(order), batch_size)):
-            if limit_batches is not None and k >= limit_batches:
-                return
-            yield collate_preferences([ds[i] for i in order[s:s + batch_size]], pad, limit)
+        def batches(ds, shuffle: bool, ep: int = 0, limit_batches: int | None = None):
+            order = np.random.default_rng(seed + ep).permutation(len(ds)) if shuffle else np.arange(len(ds))
+            for k, s in enumerate(range(0, len(order), batch_size)):
+                if limit_batches is not None and k >= limit_batches:
+                    return
+                yield collate_preferences([ds[i] for i in order[s:s + batch_size]], pad, limit)
 
-    steps: list[dict] = []
+        steps: list[dict] = []
 
-    def loss_fn(batch):
-        loss, c, r = objective(batch)
-        steps.append({"step": len(steps) + 1, "loss": float(loss.item()), **preference_metrics(c, r)})
-        if log_every and len(steps) % log_every == 0:
-            log(f"step {len(steps)}: " + " ".join(f"{k} {v:.4f}" for k, v in steps[-1].items() if k != "step"))
-        return loss
+        def loss_fn(batch):
+            loss, c, r = objective(batch)
+            steps.append({"step": len(steps) + 1, "loss": float(loss.item()), **preference_metrics(c, r)})
+            if log_every and len(steps) % log_every == 0:
+                log(f"step {len(steps)}: " + " ".join(f"{k} {v:.4f}" for k, v in steps[-1].items() if k != "step"))
+            return loss
 
-    def val_metrics() -> dict:
-        return {f"val_{k}": v for k, v in evaluate_preferences(objective, batches(val_ds, False, 0,
-                                                                                  eval_batches)).items()}
+        def val_metrics() -> dict:
+            return {f"val_{k}": v for k, v in evaluate_preferences(objective, batches(val_ds, False, 0,
+                                                                                      eval_batches)).items()}
 
-    before = val_metrics()
-    log("before DPO: " + " ".join(f"{k} {v:.4f}" for k, v in before.items()))
-    hist = fit(model, model.named_parameters(), loss_fn, lambda ep: batches(train_ds, True, ep), epochs=epochs,
-               max_steps=max_steps, lr=lr, weight_decay=weight_decay, eval_fn=val_metrics, log=log)
-    after = hist["evals"][-1] if hist["evals"] else val_metrics()
-    if lora_rank:
-        merge_lora(model, unfreeze=True)
-    settings = {"beta": beta, "average_logprobs": average_logprobs, "allowed_max_length": limit,
-                "lora_rank": lora_rank}
-    path = save_finetuned(out_dir, model, tok, hist["steps"], {"dpo": settings, "history": hist["evals"],
-                                                                "metrics": {k: v for k, v in after.items()
-                                                                            if k not in ("step", "epoch")}})
-    log(f"saved {path}")
-    return {"before": before, "after": after, "steps": steps, "evals": hist["evals"], "path": str(path),
-            "model": model, "tokenizer": tok}
+        before = val_metrics()
+        log("before DPO: " + " ".join(f"{k} {v:.4f}" for k, v in before.items()))
+        hist = fit(model, model.named_parameters(), loss_fn, lambda ep: batches(train_ds, True, ep), epochs=epochs,
+                   max_steps=max_steps, lr=lr, weight_decay=weight_decay, eval_fn=val_metrics, log=log)
+        after = hist["evals"][-1] if hist["evals"] else val_metrics()
+        if lora_rank:
+            merge_lora(model, unfreeze=True)
+        settings = {"beta": beta, "average_logprobs": average_logprobs, "allowed_max_length": limit,
+                    "lora_rank": lora_rank}
+        path = save_finetuned(out_dir, model, tok, hist["steps"], {"dpo": settings, "history": hist["evals"],
+                                                                    "metrics": {k: v for k, v in after.items()
+                                                                                if k not in ("step", "epoch")}})
+        log(f"saved {path}")
+        return {"before": before, "after": after, "steps": steps, "evals": hist["evals"], "path": str(path),
+                "model": model, "tokenizer": tok}

@@ -111,16 +111,18 @@ class RunFolder:
         found += [n for n in (LATEST, METRICS_FILE) if (self.path / n).exists()]
         return found
 
-    def claim(self, resuming: bool, overwrite: bool) -> list[str]:
+    def claim(self, resuming: bool, overwrite: bool, resumable: bool = True) -> list[str]:
         """Make the folder this run's: refuse another run's folder unless ``resuming`` it or ``overwrite``
-        (which deletes that run first). Returns the names deleted."""
+        (which deletes that run first). ``resumable``: whether the refusal may suggest ``--resume`` (a command
+        without it, such as fine-tuning, says False). Returns the names deleted."""
         found = self.run_files()
         if not found or resuming:
             return []
         if not overwrite:
             shown = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
-            raise RunFolderError(f"{self.path} already holds a run ({shown}); continue it with --resume, replace it "
-                                 "with --overwrite, or choose another --out-dir")
+            hint = "continue it with --resume, replace it" if resumable else "replace it"
+            raise RunFolderError(f"{self.path} already holds a run ({shown}); {hint} with --overwrite, or choose "
+                                 "another --out-dir")
         for name in found:
             p = self.path / name
             shutil.rmtree(p) if p.is_dir() else p.unlink()
