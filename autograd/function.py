@@ -81,7 +81,7 @@ class Function:
             results = tuple(Tensor(o) for o in outs)
         return results if multi else results[0]
 
-    # ------------------------------------------------------------------ helpers for backward
+    # ------------------------------------------------------------------ what backward uses
     @property
     def needs_input_grad(self) -> tuple[bool, ...]:
         """Which inputs want a gradient; backward may return None for the others and skip their work."""

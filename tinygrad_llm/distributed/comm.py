@@ -132,7 +132,7 @@ class Communicator(ABC):
     def close(self) -> None:
         """Release resources at the end of a run."""
 
-    # ------------------------------------------------------------------ helpers built on the collectives
+    # ------------------------------------------------------------------ built on the collectives
     def broadcast_object(self, obj: Any = None, root: int = 0) -> Any:
         """Send a JSON-serialisable object from ``root`` to every rank (length first, then UTF-8 bytes; no pickle)."""
         payload = json.dumps(obj).encode() if self.rank == root else b""

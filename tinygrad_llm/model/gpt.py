@@ -228,7 +228,7 @@ class GPT(Module):
             t = backend.to_device(t, logits.device)
         return F.cross_entropy(logits, t, ignore_index=ignore_index)
 
-    # ------------------------------------------------------------------ inference helpers
+    # ------------------------------------------------------------------ inference
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` (default context_length) tokens."""
         cfg = self.config

@@ -1,6 +1,6 @@
 """Global-norm gradient clipping, and the rule for gradient accumulation.
 
-Gradient accumulation (done by the trainer, no helper needed): to train with an effective batch of k micro-batches,
+Gradient accumulation (the trainer does it): to train with an effective batch of k micro-batches,
 run ``(loss_i / k).backward()`` for each micro-batch i without zeroing gradients in between; leaves accumulate
 (sum) into ``.grad``, so the result equals the gradient of the mean loss over the big batch (when the loss is a
 mean over equally sized micro-batches). Then clip, step and ``zero_grad()`` once. tests/test_optim.py checks it.

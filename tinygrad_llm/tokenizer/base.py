@@ -1,4 +1,4 @@
-"""The common tokenizer protocol, JSON file helpers and `load_tokenizer`.
+"""The common tokenizer protocol, reading and writing its JSON files, and `load_tokenizer`.
 
 Every tokenizer turns text into a list of integer token ids in ``[0, vocab_size)`` and back:
 

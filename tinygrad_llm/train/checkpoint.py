@@ -123,7 +123,7 @@ def _join(obj: Any, arrays: dict[str, np.ndarray], where: str) -> Any:
     return obj
 
 
-# ----------------------------------------------------------------------------------------------- file helpers
+# ----------------------------------------------------------------------------------------------- files on disk
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
