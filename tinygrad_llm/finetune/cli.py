@@ -235,7 +235,8 @@ def _register() -> None:
         from ..cli import register_command
     except ImportError:  # pragma: no cover - the CLI module not present
         return
-    register_command("finetune", "fine-tune a pretrained GPT (classify | instruct | dpo | evaluate)", configure, run)
+    register_command("finetune", "fine-tune a pretrained GPT (classify | predict | instruct | dpo | evaluate)",
+                     configure, run)
 
 
 _register()
