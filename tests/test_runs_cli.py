@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from test_cli import _corpus, _err, trained  # noqa: F401  (trained: a module fixture, a trained run)
+from test_distributed import _env
 from tinygrad_llm.cli import main
 from tinygrad_llm.train import load_checkpoint
 
@@ -22,14 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "micro", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--tokenizer", "char",
         "--block-size", "16", "--batch-size", "4", "--steps", "4", "--eval-every", "2", "--eval-iters", "2",
         "--sample-tokens", "0", "--no-progress"]
-
-
-def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "TINYGRAD_LLM_LAUNCHER", "PMI_RANK", "OMPI_COMM_WORLD_RANK"):
-        env.pop(k, None)
-    return env
 
 
 # ---------------------------------------------------------------------------------------------- 1, 4: CLI rules
