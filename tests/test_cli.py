@@ -75,6 +75,14 @@ def test_tokenizer_commands(tmp_path, capsys):
     ids = capsys.readouterr().out.split()
     assert main(["tokenizer", "decode", "--tokenizer", str(tok), *ids]) == 0
     assert capsys.readouterr().out == "gamma delta é\n"
+    # special tokens: plain text unless --allow-special
+    eot = "<|endoftext|>"
+    from tinygrad_llm.tokenizer import load_tokenizer
+    special = load_tokenizer(str(tok)).special_tokens[eot]
+    assert main(["tokenizer", "encode", "--tokenizer", str(tok), "a " + eot]) == 0
+    assert str(special) not in capsys.readouterr().out.split()
+    assert main(["tokenizer", "encode", "--tokenizer", str(tok), "--allow-special", "a " + eot]) == 0
+    assert capsys.readouterr().out.split()[-1] == str(special)
 
 
 def _err(capsys, argv) -> str:

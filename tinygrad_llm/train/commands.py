@@ -319,6 +319,9 @@ def configure_tokenizer(p: argparse.ArgumentParser) -> None:
         src.add_argument("--tokenizer", help="tokenizer JSON, or 'gpt2:DIR' with encoder.json + vocab.bpe")
         src.add_argument("--checkpoint", help="use a checkpoint's tokenizer")
         s.add_argument("input", nargs="*", help="text (encode) or ids (decode); default: read stdin")
+        if name == "encode":
+            s.add_argument("--allow-special", action="store_true",
+                           help="turn special-token text such as <|endoftext|> into its id (default: plain text)")
 
 
 def _get_tokenizer(args):
@@ -349,7 +352,8 @@ def run_tokenizer(args: argparse.Namespace) -> int:
     tok = _get_tokenizer(args)
     data = " ".join(args.input) if args.input else sys.stdin.read()
     if args.tok_command == "encode":
-        print(" ".join(str(i) for i in tok.encode(data)))
+        ids = tok.encode(data, allowed_special="all") if args.allow_special else tok.encode(data)
+        print(" ".join(str(i) for i in ids))
     else:
         try:
             ids = [int(x) for x in data.replace(",", " ").split()]
