@@ -102,20 +102,28 @@ class _Bucket:
                     buf[self.numel + i] = 0
         return buf
 
-    def shard_range(self, rank: int, world_size: int) -> tuple[int, int]:
-        """The flat positions [lo, hi) of this bucket that ``rank`` owns under a sharded optimizer (equal chunks of
-        ``ceil(numel / world_size)``, the last ones short or empty)."""
-        n = -(-self.numel // world_size)
-        return min(rank * n, self.numel), min((rank + 1) * n, self.numel)
+    def chunk(self, world_size: int) -> int:
+        """The length of each rank's chunk under a sharded optimizer: ceil(numel / world_size) (the last ones are
+        short or empty)."""
+        return -(-self.numel // world_size)
+
+    def owned_slices(self, rank: int, world_size: int):
+        """The parts of the parameters that fall in ``rank``'s chunk: (slot, param, start, stop) with [start, stop)
+        flat positions inside the parameter, and the position of start inside the chunk."""
+        n = self.chunk(world_size)
+        lo, hi = min(rank * n, self.numel), min((rank + 1) * n, self.numel)
+        for slot, (p, off) in enumerate(zip(self.params, self.offsets)):
+            a, e = max(lo, off), min(hi, off + p.size)
+            if a < e:
+                yield slot, p, a - off, e - off, a - lo
 
     def reduce_scatter_grads(self, comm: Communicator) -> None:
         """Average the gradients over ranks, keeping only this rank's chunk (``shard_grad``) and the per-parameter
         flags; the parameters' own ``.grad`` are dropped (the full averaged gradient exists on no rank)."""
-        n = -(-self.numel // comm.world_size)
         flat = self.pack(use_grad=True)
         xp = backend.get_xp(self.device)
         with backend.device_scope(self.device):
-            grads = xp.zeros(n * comm.world_size, dtype=self.dtype)
+            grads = xp.zeros(self.chunk(comm.world_size) * comm.world_size, dtype=self.dtype)
             grads[:self.numel] = flat[:self.numel]
             flags = flat[self.numel:].copy()
         self.shard_grad = comm.reduce_scatter(grads, "avg")
@@ -126,15 +134,11 @@ class _Bucket:
 
     def gather_data(self, comm: Communicator) -> None:
         """After each rank updated its chunk of the parameters in place: give every rank every chunk."""
-        lo, hi = self.shard_range(comm.rank, comm.world_size)
-        n = -(-self.numel // comm.world_size)
         xp = backend.get_xp(self.device)
         with backend.device_scope(self.device):
-            mine = xp.zeros(n, dtype=self.dtype)
-            for p, off in zip(self.params, self.offsets):
-                a, e = max(lo, off), min(hi, off + p.size)
-                if a < e:
-                    mine[a - lo:e - lo] = p.data.reshape(-1)[a - off:e - off]
+            mine = xp.zeros(self.chunk(comm.world_size), dtype=self.dtype)
+            for _, p, start, stop, pos in self.owned_slices(comm.rank, comm.world_size):
+                mine[pos:pos + stop - start] = p.data.reshape(-1)[start:stop]
             gathered = comm.all_gather(mine).reshape(-1)
         self.unpack_data(gathered)
         self.shard_grad = None

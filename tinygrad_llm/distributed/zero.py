@@ -30,6 +30,7 @@ import numpy as np
 
 from autograd import Tensor, backend
 
+from ..optim.clip import clip_grad_norm, grad_norm
 from .data_parallel import DataParallel
 
 __all__ = ["ShardedOptimizer"]
@@ -60,22 +61,16 @@ class ShardedOptimizer:
         if missing:
             raise ValueError(f"ShardedOptimizer: optimizer parameters {sorted(missing)} are not trainable parameters "
                              "of the DataParallel model")
-        # (segment, its bucket, its offset in this rank's chunk of the bucket, its parameter's slot in the bucket)
-        self.segments: list[tuple[_Segment, Any, int, int]] = []
+        # per group, in the inner optimizer's order: inner.state[j] belongs to self.segments[j]
         group_of = {id(p): gi for gi, g in enumerate(optimizer.param_groups) for p in g["params"]}
-        inner_groups: list[list[_Segment]] = [[] for _ in optimizer.param_groups]
+        by_group: list[list[tuple[_Segment, Any, int, int]]] = [[] for _ in optimizer.param_groups]
         for b in dp.buckets:
-            lo, hi = b.shard_range(self.comm.rank, self.comm.world_size)
-            for slot, (p, off) in enumerate(zip(b.params, b.offsets)):
-                a, e = max(lo, off), min(hi, off + p.size)
-                if id(p) not in index or a >= e:
-                    continue
-                seg = _Segment(p.data.reshape(-1)[a - off:e - off], getattr(p, "name", None), index[id(p)], a - off)
-                self.segments.append((seg, b, a - lo, slot))
-                inner_groups[group_of[id(p)]].append(seg)
-        # in the inner optimizer's order (group by group): inner.state[j] belongs to self.segments[j]
-        where = {id(entry[0]): entry for entry in self.segments}
-        self.segments = [where[id(seg)] for segs in inner_groups for seg in segs]
+            for slot, p, start, stop, pos in b.owned_slices(self.comm.rank, self.comm.world_size):
+                if id(p) in index:
+                    seg = _Segment(p.data.reshape(-1)[start:stop], getattr(p, "name", None), index[id(p)], start)
+                    by_group[group_of[id(p)]].append((seg, b, pos, slot))   # bucket, offset in chunk, slot
+        self.segments = [entry for entries in by_group for entry in entries]
+        inner_groups = [[seg for seg, *_ in entries] for entries in by_group]
         # the same optimizer class and hyperparameters over this rank's segments (its arithmetic is untouched)
         inner = copy.copy(optimizer)
         inner.param_groups = [dict(g, params=segs) for g, segs in zip(optimizer.param_groups, inner_groups)]
@@ -119,26 +114,18 @@ class ShardedOptimizer:
             seg.grad = Tensor(b.shard_grad[pos:pos + seg.data.size]) if b.param_flags[slot] else None
 
     def grad_norm(self) -> float:
-        """The global L2 norm of the averaged gradients: each rank sums its shard's squares, one all-reduce."""
+        """The global L2 norm of the averaged gradients: each rank's shard norm, squared and summed by one
+        all-reduce."""
         self._attach_grads()
-        local = 0.0
-        for seg, *_ in self.segments:
-            if seg.grad is not None:
-                xp = backend.xp_of(seg.grad.data)
-                g = seg.grad.data.astype(xp.float64)
-                local += float(xp.dot(g, g))
-        return math.sqrt(self.comm.all_reduce_scalars([local], "sum")[0])
+        local = grad_norm([seg for seg, *_ in self.segments])
+        return math.sqrt(self.comm.all_reduce_scalars([local * local], "sum")[0])
 
     def clip_grad_norm(self, max_norm: float | None) -> float:
-        """Scale the shard's gradients so the global norm is at most ``max_norm`` (PyTorch's rule: factor
-        ``max_norm / (norm + 1e-6)`` when below 1; nothing on a non-finite norm); returns the norm before."""
+        """``optim.clip_grad_norm`` over the shard with the global norm (None or 0: measure only); returns the norm
+        before clipping."""
         total = self.grad_norm()
-        if max_norm and math.isfinite(total):
-            coef = max_norm / (total + 1e-6)
-            if coef < 1.0:
-                for seg, *_ in self.segments:
-                    if seg.grad is not None:
-                        seg.grad.data *= coef
+        if max_norm:
+            clip_grad_norm([seg for seg, *_ in self.segments], max_norm, norm=total)
         return total
 
     def unscale_and_check(self, scaler) -> bool:

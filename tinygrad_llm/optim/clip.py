@@ -52,16 +52,17 @@ def grad_norm(params: Iterable) -> float:
     return math.sqrt(total)
 
 
-def clip_grad_norm(params: Iterable, max_norm: float) -> float:
+def clip_grad_norm(params: Iterable, max_norm: float, norm: float | None = None) -> float:
     """Scale all gradients in place so their global L2 norm is at most ``max_norm``; returns the norm BEFORE clipping.
 
     Scaling factor ``max_norm / (norm + 1e-6)`` is applied only when it is < 1 (PyTorch's clip_grad_norm_). A
     non-finite norm (inf/nan gradients) is returned unchanged and nothing is scaled: the caller should skip the step.
+    ``norm``: the global norm when these gradients are one shard of it (ZeRO-1 measures it over every rank).
     """
     params = list(params)
     if max_norm <= 0:
         raise ValueError(f"clip_grad_norm: max_norm must be > 0, got {max_norm}")
-    total = grad_norm(params)
+    total = grad_norm(params) if norm is None else norm
     if not math.isfinite(total):
         return total
     coef = max_norm / (total + 1e-6)
