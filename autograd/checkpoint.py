@@ -26,7 +26,7 @@ import copy
 from typing import Any, Callable, Sequence
 
 from . import amp
-from .backward import run_backward
+from .backward import _discover, run_backward
 from .function import Function
 from .grad_mode import enable_grad, is_grad_enabled, no_grad
 from .tensor import Tensor
@@ -67,25 +67,6 @@ def _module_parameters(fn) -> list[Tensor] | None:
     if owner is not None and callable(getattr(owner, "parameters", None)):
         return list(owner.parameters())
     return None
-
-
-def _leaves_of(outputs: Sequence[Tensor], stop: set[int]) -> list[Tensor]:
-    """Leaf tensors that require grad and are reachable from ``outputs`` (not counting those in ``stop``)."""
-    found, seen_fn, seen_leaf, stack = [], set(), set(stop), [o.creator for o in outputs if o.creator is not None]
-    while stack:
-        fn = stack.pop()
-        if id(fn) in seen_fn:
-            continue
-        seen_fn.add(id(fn))
-        for x in fn.inputs:
-            if not x.requires_grad or id(x) in seen_leaf:
-                continue
-            if x.creator is None:
-                seen_leaf.add(id(x))
-                found.append(x)
-            else:
-                stack.append(x.creator)
-    return found
 
 
 def _as_outputs(out, where: str) -> tuple[Tensor, ...]:
@@ -164,7 +145,8 @@ def checkpoint(fn: Callable, *inputs, params: Sequence[Tensor] | None = None, pr
         if discover:                  # record this run to find the parameters fn closes over, then drop the graph
             probe = [Tensor(t.data, requires_grad=t.requires_grad) for t in tensors]
             outs = _as_outputs(fn(*probe), "the function")
-            params = _leaves_of(outs, {id(t) for t in probe})
+            stop = {id(t) for t in probe}
+            params = [leaf for leaf in _discover(outs)[1] if id(leaf) not in stop]   # backward's walk
         else:
             with no_grad():
                 outs = _as_outputs(fn(*tensors), "the function")
