@@ -93,6 +93,16 @@ class DevTools:
             .get("value")
 
 
+def _serving(service):
+    """Serve ``service`` on a free loopback port for a fixture: yields (service, base URL), then shuts down."""
+    server = make_server(service, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield service, f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+    service.close()
+
+
 @pytest.fixture(scope="module")
 def chat_server():
     """A tiny model trained briefly to answer QUESTION with ANSWER, served on the loopback."""
@@ -108,12 +118,7 @@ def chat_server():
         model.loss(x, y).backward()
         opt.step()
         opt.zero_grad()
-    server = make_server(service, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield service, f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
-    server.server_close()
-    service.close()
+    yield from _serving(service)
 
 
 @pytest.fixture()
@@ -204,12 +209,7 @@ def long_server():
     tok = BPETokenizer.train((QUESTION + " " + ANSWER + " ") * 20, 300)
     model = tl.GPT(tl.GPTConfig.preset("micro", vocab_size=tok.vocab_size, context_length=4096), seed=0)
     service = ChatService(model, tok, name="long", max_tokens=3000)
-    server = make_server(service, "127.0.0.1", 0)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield service, f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
-    server.server_close()
-    service.close()
+    yield from _serving(service)
 
 
 def test_stop_button_ends_the_stream_and_the_generation(long_server, browser):
