@@ -62,7 +62,7 @@ def _block_activation_bytes(cfg, batch: int, seq: int, precision: str) -> tuple[
     d, h, kv = cfg.head_dim, cfg.n_head, cfg.n_kv_heads or cfg.n_head
     q_elems, kv_elems = batch * seq * h * d, batch * seq * kv * d
     rows = batch * h * seq
-    hidden = cfg.ffn_hidden_size if hasattr(cfg, "ffn_hidden_size") else _ffn_hidden(cfg)
+    hidden = cfg.ffn_hidden_size
     gated = cfg.mlp != "gelu"
     saved = 2 * 4 * n                                   # block input, residual after attention (float32)
     saved += 2 * 4 * n                                  # the two norms' outputs (float32 inputs of the products)
@@ -80,15 +80,6 @@ def _block_activation_bytes(cfg, batch: int, seq: int, precision: str) -> tuple[
         c = cfg.n_embd
         weights = 2 * (c * (h + 2 * kv) * d + h * d * c + (3 if gated else 2) * c * hidden)
     return saved, weights
-
-
-def _ffn_hidden(cfg) -> int:
-    if cfg.ffn_hidden:
-        return int(cfg.ffn_hidden)
-    if cfg.mlp == "gelu":
-        return 4 * cfg.n_embd
-    from .config import swiglu_hidden
-    return swiglu_hidden(cfg.n_embd)
 
 
 def memory_estimate(cfg, batch: int, precision: str = "tf32", checkpointing: bool | int = False,
