@@ -21,7 +21,18 @@ import numpy as np
 
 from . import backend
 
+try:  # bfloat16 is not a NumPy dtype: ml_dtypes (optional, `pip install ml_dtypes`) provides it, CuPy 14 uses it
+    import ml_dtypes as _ml_dtypes
+    bfloat16: np.dtype | None = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:
+    bfloat16 = None
+
 _CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2}
+
+
+def is_bfloat16(dtype) -> bool:
+    """True for ml_dtypes' bfloat16 (NumPy reports its kind as 'V', so kind checks alone miss it)."""
+    return bfloat16 is not None and np.dtype(dtype) == bfloat16
 
 
 def category(dtype) -> int:

@@ -1,7 +1,8 @@
 """Shared pieces of the CUDA kernels: the CUDA C prelude, lazy module compilation, dtype dispatch.
 
 Every kernel here is C++ compiled at run time by NVRTC through ``cupy.RawModule``. Kernels are templates over the
-storage type ``T`` (``float``, ``double``, or ``half_t`` = the raw 16 bits of an IEEE float16) and the accumulation
+storage type ``T`` (``float``, ``double``, ``half_t`` = the raw 16 bits of an IEEE float16, or ``bf16_t`` = those of a
+bfloat16) and the accumulation
 type ``A`` (float for float16/float32, double for float64). Half values are converted with one PTX instruction, so
 no CUDA header is needed (NVRTC finds none by default on some installs).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend import cupy_module
+from ..dtypes import bfloat16 as _bfloat16
 
 # CUDA C shared by all modules: loads/stores that convert to the accumulation type, and block reductions.
 PRELUDE = r"""
@@ -29,6 +31,15 @@ __device__ __forceinline__ void st(half_t* p, i64 i, float v) {
     unsigned short h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
     p[i] = h;
+}
+
+// bfloat16 as its raw 16 bits in a struct (a distinct type from half_t, so ld/st overload on it)
+struct __align__(2) bf16_t { unsigned short x; };
+__device__ __forceinline__ float ld(const bf16_t* p, i64 i) { return __uint_as_float(((unsigned)p[i].x) << 16); }
+__device__ __forceinline__ void st(bf16_t* p, i64 i, float v) {
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    p[i].x = h;
 }
 
 __device__ __forceinline__ float neg_inf_f() { return __int_as_float(0xff800000); }
@@ -80,6 +91,9 @@ _TYPES = {
     np.dtype(np.float64): ("double", "double", np.float64),
 }
 
+if _bfloat16 is not None:
+    _TYPES[_bfloat16] = ("bf16_t", "float", np.float32)
+
 FLOAT_DTYPES = tuple(_TYPES)
 
 
@@ -88,7 +102,7 @@ def ctypes_of(dtype) -> tuple[str, str]:
     try:
         t = _TYPES[np.dtype(dtype)]
     except KeyError:
-        raise TypeError(f"CUDA kernels take float16, float32 or float64 arrays, got {np.dtype(dtype)}") from None
+        raise TypeError(f"CUDA kernels take float16, bfloat16, float32 or float64 arrays, got {np.dtype(dtype)}") from None
     return t[0], t[1]
 
 
