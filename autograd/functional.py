@@ -15,11 +15,13 @@ import math
 import numpy as np
 
 from . import amp as _amp
-from . import backend
+from . import backend, dtypes
 from .checkpoint import note_rng
+from .grad_mode import _GradMode
 from .ops import axes as _axes
 from .ops import elementwise as _ew
 from .ops.index import integer_array
+from .ops.fused import add_norm as _add_norm
 from .ops.fused import attention as _attention
 from .ops.fused import cross_entropy as _cross_entropy
 from .ops.fused import dropout as _dropout
@@ -28,14 +30,16 @@ from .ops.fused import gelu as _gelu
 from .ops.fused import heads as _heads
 from .ops.fused import layer_norm as _layer_norm
 from .ops.fused import linear as _linear
+from .ops.fused import linear_cross_entropy as _lce
 from .ops.fused import rms_norm as _rms_norm
 from .ops.fused import softmax as _softmax
 from .tensor import Tensor
 
 __all__ = [
     "relu", "gelu", "silu", "sigmoid", "tanh", "bias_gelu", "softmax", "log_softmax", "cross_entropy", "layer_norm",
-    "rms_norm", "embedding", "dropout", "masked_fill", "scaled_dot_product_attention", "linear",
-    "split_heads", "merge_heads",
+    "rms_norm", "add_layer_norm", "add_rms_norm", "embedding", "dropout", "masked_fill",
+    "scaled_dot_product_attention", "linear",
+    "split_heads", "merge_heads", "linear_cross_entropy", "soft_cap",
 ]
 
 
@@ -120,25 +124,74 @@ def cross_entropy(logits: Tensor, targets, ignore_index: int = -100, reduction: 
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if label_smoothing or _loss.is_probability_target(targets, logits):  # composed: see ops/loss.py
         return _loss.cross_entropy_composed(logits, targets, ignore_index, reduction, label_smoothing)
-    t = integer_array("cross_entropy", targets, logits, "targets (class indices)")
     if logits.ndim < 2:
         raise ValueError(f"cross_entropy: logits must be (N, V) or (B, T, V), got shape {logits.shape}")
-    lead = logits.shape[:-1]
-    if t.shape != lead:
-        if t.ndim == 1 and t.size == math.prod(lead) and reduction != "none":
-            t = t.reshape(lead)
-        else:
-            raise ValueError(f"cross_entropy: targets of shape {t.shape} do not match logits of shape "
-                             f"{logits.shape} (expected targets of shape {lead})")
-    V = logits.shape[-1]
-    if type(t) is np.ndarray and t.size:  # on the GPU this check would cost a host sync per step: skipped there
-        bad = (t != ignore_index) & ((t < 0) | (t >= V))
-        if bad.any():
-            raise ValueError(f"cross_entropy: target {int(t[bad][0])} is out of range [0, {V}) "
-                             f"(ignore_index={ignore_index})")
+    t = _class_targets("cross_entropy", targets, logits, logits.shape, ignore_index, reduction != "none")
     if not fused:
         return _cross_entropy.cross_entropy_reference(logits, t, ignore_index, reduction)
     return _cross_entropy.CrossEntropy.apply(logits, targets=t, ignore_index=ignore_index, reduction=reduction)
+
+
+def _class_targets(op: str, targets, like: Tensor, logits_shape: tuple, ignore_index: int, flat_ok: bool):
+    """Integer targets of shape ``logits_shape[:-1]`` on ``like``'s device (flat ones reshaped when ``flat_ok``);
+    a clear error for other shapes and, on the CPU, for classes outside [0, V)."""
+    t = integer_array(op, targets, like, "targets (class indices)")
+    lead, V = tuple(logits_shape[:-1]), logits_shape[-1]
+    if t.shape != lead:
+        if t.ndim == 1 and t.size == math.prod(lead) and flat_ok:
+            t = t.reshape(lead)
+        else:
+            raise ValueError(f"{op}: targets of shape {t.shape} do not match logits of shape "
+                             f"{tuple(logits_shape)} (expected targets of shape {lead})")
+    if type(t) is np.ndarray and t.size:  # on the GPU this check would cost a host sync per step: skipped there
+        bad = (t != ignore_index) & ((t < 0) | (t >= V))
+        if bad.any():
+            raise ValueError(f"{op}: target {int(t[bad][0])} is out of range [0, {V}) (ignore_index={ignore_index})")
+    return t
+
+
+def soft_cap(x: Tensor, cap: float | None) -> Tensor:
+    """cap tanh(x / cap), the soft cap Gemma applies to its final logits; x unchanged for cap None."""
+    return _lce.soft_cap_reference(_t(x), cap)
+
+
+def linear_cross_entropy(x: Tensor, weight: Tensor, targets, bias: Tensor | None = None, ignore_index: int = -100,
+                         reduction: str = "mean", softcap: float | None = None, chunk_size: int | None = None,
+                         fused: bool = True) -> Tensor:
+    """``cross_entropy(soft_cap(linear(x, weight, bias), softcap), targets)`` without the logits: x (..., C), weight
+    (V, C) (a language model's head, tied to the embedding or not), bias (V,) or None, targets (...,) integers.
+
+    One op that walks the rows in chunks of ``chunk_size`` (default: about 256 MiB of float32 logits each), so
+    the (N, V) float32 logits and their gradient never exist whole (``ops/fused/linear_cross_entropy.py``).
+    ``reduction``: 'mean' (over targets != ignore_index; 0 when all are ignored) or 'sum'. Under autocast the
+    products run in its dtype, as ``linear``'s do, and the loss accumulates in float32."""
+    x, weight = _t(x), _t(weight)
+    if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear_cross_entropy: x of shape {x.shape} does not fit weight of shape {weight.shape} "
+                         "(expected x (..., C) and weight (V, C))")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"linear_cross_entropy: reduction must be 'mean' or 'sum', got {reduction!r} (per-target "
+                         "losses: cross_entropy on the logits)")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"linear_cross_entropy: softcap must be a positive number or None, got {softcap!r}")
+    if chunk_size is not None and (int(chunk_size) != chunk_size or chunk_size < 1):
+        raise ValueError(f"linear_cross_entropy: chunk_size must be a positive integer or None, got {chunk_size!r}")
+    V = weight.shape[0]
+    if bias is not None:
+        bias = _t(bias)
+        if bias.shape != (V,):
+            raise ValueError(f"linear_cross_entropy: bias must have shape ({V},) for weight {weight.shape}, "
+                             f"got {bias.shape}")
+    t = _class_targets("linear_cross_entropy", targets, x, x.shape[:-1] + (V,), ignore_index, True)
+    compute_dtype = _compute_dtype(weight)
+    if not fused:
+        return _lce.linear_cross_entropy_reference(x, weight, bias, t, ignore_index, reduction, softcap,
+                                                   compute_dtype)
+    ins = (x, weight) if bias is None else (x, weight, bias)
+    grads = tuple(_GradMode.enabled and i.requires_grad for i in ins)
+    return _lce.LinearCrossEntropy.apply(*ins, targets=t, ignore_index=ignore_index, reduction=reduction,
+                                         softcap=None if softcap is None else float(softcap),
+                                         compute_dtype=compute_dtype, chunk_size=chunk_size, grads=grads)
 
 
 # ------------------------------------------------------------------------------------------------------ norms
@@ -176,6 +229,49 @@ def rms_norm(x: Tensor, weight: Tensor | None = None, eps: float = 1e-6, fused: 
         return _rms_norm.rms_norm_reference(x, weight, float(eps))
     ins = (x,) if weight is None else (x, weight)
     return _rms_norm.RMSNorm.apply(*ins, eps=float(eps))
+
+
+def _residual_operands(op: str, x, r, **params) -> tuple:
+    """x, r and the given parameters as Tensors (None stays None), checked: x and r floating and broadcastable,
+    each parameter of shape (C,) for the C of x + r."""
+    x, r = _t(x), _t(r)
+    try:
+        shape = np.broadcast_shapes(x.shape, r.shape)
+    except ValueError:
+        raise ValueError(f"{op}: residual x {x.shape} and branch output r {r.shape} do not broadcast") from None
+    if not (dtypes.is_float(x.dtype) and dtypes.is_float(r.dtype)):
+        raise TypeError(f"{op}: x and r must be floating, got {x.dtype} and {r.dtype}")
+    out = [x, r]
+    for name, p in params.items():
+        if p is not None:
+            p = _t(p)
+            if not shape or p.shape != (shape[-1],):
+                raise ValueError(f"{op}: {name} must have shape ({shape[-1] if shape else ''},) to match x + r of "
+                                 f"shape {shape}, got {p.shape}")
+        out.append(p)
+    return tuple(out)
+
+
+def add_layer_norm(x: Tensor, r: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
+                   eps: float = 1e-5, fused: bool = True) -> tuple[Tensor, Tensor]:
+    """(s, y): the residual stream s = x + r and y = layer_norm(s, weight, bias), in one op (one kernel each way
+    on the GPU). x, r (..., C), broadcasting as x + r; weight and bias (C,) or None."""
+    x, r, weight, bias = _residual_operands("add_layer_norm", x, r, weight=weight, bias=bias)
+    if not fused:
+        return _add_norm.add_layer_norm_reference(x, r, weight, bias, float(eps))
+    ins = [t for t in (x, r, weight, bias) if t is not None]
+    return _add_norm.AddLayerNorm.apply(*ins, has_w=weight is not None, has_b=bias is not None, eps=float(eps))
+
+
+def add_rms_norm(x: Tensor, r: Tensor, weight: Tensor | None = None, eps: float = 1e-6,
+                 fused: bool = True) -> tuple[Tensor, Tensor]:
+    """(s, y): the residual stream s = x + r and y = rms_norm(s, weight), in one op. x, r (..., C), broadcasting
+    as x + r; weight (C,) or None."""
+    x, r, weight = _residual_operands("add_rms_norm", x, r, weight=weight)
+    if not fused:
+        return _add_norm.add_rms_norm_reference(x, r, weight, float(eps))
+    ins = (x, r) if weight is None else (x, r, weight)
+    return _add_norm.AddRMSNorm.apply(*ins, eps=float(eps))
 
 
 # ------------------------------------------------------------------------------------------------------ embedding
@@ -259,6 +355,16 @@ def masked_fill(x: Tensor, mask, value: float) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------------------ linear
+def _compute_dtype(weight: Tensor):
+    """The dtype a product with ``weight`` computes in: autocast's when it is on and differs from the weight's
+    (mixed precision: compute in float16 inside the op, keep float32 master weights; backward gives each input its
+    gradient in its own dtype, the GEMMs write float32 weight gradients directly), else None."""
+    amp_dtype = _amp.autocast_dtype()
+    if amp_dtype is not None and weight.dtype != amp_dtype and dtypes.is_float(weight.dtype):
+        return amp_dtype
+    return None
+
+
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, fused: bool = True) -> Tensor:
     """x @ weight.T + bias; x (..., in), weight (out, in) as PyTorch and GPT-2 checkpoints store it (HF's Conv1D
     weights are (in, out): transpose them when loading), bias (out,) or None -> (..., out)."""
@@ -266,12 +372,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, fused: bool = 
     if weight.ndim != 2 or x.ndim < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"linear: x of shape {x.shape} does not fit weight of shape {weight.shape} "
                          "(expected x (..., in) and weight (out, in))")
-    amp_dtype = _amp.autocast_dtype()
-    compute_dtype = None
-    if amp_dtype is not None and weight.dtype != amp_dtype and weight.dtype.kind == "f":
-        # mixed precision: compute in float16 inside the op, keep float32 master weights; backward gives each input
-        # its gradient in its own dtype (the GEMMs write float32 weight gradients directly)
-        compute_dtype = amp_dtype
+    compute_dtype = _compute_dtype(weight)
     if bias is not None:
         bias = _t(bias)
         if bias.shape != (weight.shape[0],):
@@ -300,10 +401,11 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"scaled_dot_product_attention: q, k, v must be (B, H, T, D), got shapes {q.shape}, "
                          f"{k.shape}, {v.shape}")
+    rep = 1
     if enable_gqa and k.shape == v.shape and k.shape[1] != q.shape[1] and q.shape[1] % max(k.shape[1], 1) == 0:
-        n = q.shape[1] // k.shape[1]
-        k, v = _attention.repeat_heads(k, n), _attention.repeat_heads(v, n)
-    if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        rep = q.shape[1] // k.shape[1]    # the fused op reads each k/v head for its rep query heads in place
+    if (k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[1] != k.shape[1] * rep
+            or q.shape[3] != k.shape[3]):
         raise ValueError(f"scaled_dot_product_attention: shapes do not fit: q {q.shape}, k {k.shape}, v {v.shape} "
                          "(need q (B, H, Tq, D) and k, v (B, H, Tk, D); enable_gqa=True for fewer k/v heads)")
     tq, tk = q.shape[2], k.shape[2]
@@ -313,11 +415,35 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"scaled_dot_product_attention: dropout_p must be in [0, 1), got {dropout_p}")
     mask = _attention.checked_mask(attn_mask, q, (q.shape[0], q.shape[1], tq, tk))
-    if not fused or dropout_p > 0.0 or (isinstance(mask, Tensor) and mask.requires_grad):
+    in_kernel = dropout_p > 0.0 and fused and mask is None and _kernel_drops(q.data, k.data, v.data)
+    if not fused or (dropout_p > 0.0 and not in_kernel) or (isinstance(mask, Tensor) and mask.requires_grad):
+        if rep > 1:
+            k, v = _attention.repeat_heads(k, rep), _attention.repeat_heads(v, rep)
         drop = (lambda p: dropout(p, dropout_p, training=True, rng=rng)) if dropout_p > 0.0 else None
         return _attention.attention_reference(q, k, v, mask, bool(is_causal), scale, dropout=drop)
     bias = None if mask is None else _attention.additive_mask(mask, q.dtype)
-    return _attention.Attention.apply(q, k, v, causal=bool(is_causal), scale=scale, bias=bias)
+    state = _drop_state(dropout_p, rng, (q.shape[0], q.shape[1], tq, tk)) if in_kernel else None
+    return _attention.Attention.apply(q, k, v, causal=bool(is_causal), scale=scale, bias=bias,
+                                      dropout_p=float(dropout_p) if in_kernel else 0.0, drop_state=state)
+
+
+def _kernel_drops(q, k, v) -> bool:
+    """Whether the GPU attention kernels can drop probabilities themselves for these arrays."""
+    from .cuda import kernel_for
+    check = kernel_for("attention_supports_dropout", q)
+    return check is not None and check(q, k, v)
+
+
+def _drop_state(p: float, rng, shape):
+    """The Philox state ([seed, offset], on the device) a dropout mask of ``shape`` is drawn from inside a kernel;
+    the generator advances past the draw, as ``_keep_mask`` would."""
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"dropout: rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
+                        f"got {type(rng).__name__}")
+    from .cuda.philox import generator_for
+    gen = generator_for(rng if rng is not None else _default_rng)
+    note_rng(gen)
+    return gen.reserve(int(np.prod(shape)))
 
 
 # ------------------------------------------------------------------------------------------------------ head layout

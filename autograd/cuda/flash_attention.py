@@ -27,77 +27,118 @@ import os
 
 import numpy as np
 
-from ._common import LazyModule, contiguous, require_cupy
+from ..dtypes import is_bfloat16
+from ._common import LazyModule, require_cupy
+from .philox import PHILOX_DEVICE
 
-_SRC = r"""
+_SRC = PHILOX_DEVICE + r"""
 typedef unsigned int u32;
+typedef unsigned short b16;   // the raw 16 bits of a float16 or bfloat16 value (BF selects which)
 #define LOG2E 1.4426950408889634f
 
+template <bool BF>
 __device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    if constexpr (BF)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ unsigned short f2h(float v) {
-    unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v)); return h;
+// two floats -> one register of two 16-bit values (lo in the low half)
+template <bool BF>
+__device__ __forceinline__ u32 pack2(float lo, float hi) {
+    u32 r;
+    if constexpr (BF) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
 }
-__device__ __forceinline__ u32 pack2(float lo, float hi) { return (u32)f2h(lo) | ((u32)f2h(hi) << 16); }
-__device__ __forceinline__ u32 pack2h(unsigned short lo, unsigned short hi) { return (u32)lo | ((u32)hi << 16); }
-__device__ __forceinline__ u32 ld32(const half_t* p) { return *reinterpret_cast<const u32*>(p); }
+template <bool BF>
+__device__ __forceinline__ float to_f32(b16 h) {
+    if constexpr (BF) return __uint_as_float(((u32)h) << 16);
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ u32 ld32(const b16* p) { return *reinterpret_cast<const u32*>(p); }
 __device__ __forceinline__ float pos_inf_f() { return __int_as_float(0x7f800000); }
-__device__ __forceinline__ u32 smem_addr(const half_t* p) {
+__device__ __forceinline__ u32 word_of(const u32* c, int i) { return i == 0 ? c[0] : i == 1 ? c[1] : i == 2 ? c[2] : c[3]; }
+// keep bits of draw elements e and e + 1 (a pair of neighbouring keys of one query row)
+__device__ __forceinline__ void keep_pair(long long e, unsigned long long off, unsigned long long seed, float p,
+                                          bool& k0, bool& k1) {
+    u32 c[4];
+    philox4(off + (unsigned long long)(e >> 2), seed, c);
+    const int i = (int)(e & 3);
+    k0 = philox_word_keeps(word_of(c, i), p);
+    if (i == 3) {
+        philox4(off + (unsigned long long)((e + 1) >> 2), seed, c);
+        k1 = philox_word_keeps(c[0], p);
+    } else {
+        k1 = philox_word_keeps(word_of(c, i + 1), p);
+    }
+}
+__device__ __forceinline__ bool keep_one(long long e, unsigned long long off, unsigned long long seed, float p) {
+    u32 c[4];
+    philox4(off + (unsigned long long)(e >> 2), seed, c);
+    return philox_word_keeps(word_of(c, (int)(e & 3)), p);
+}
+__device__ __forceinline__ u32 smem_addr(const b16* p) {
     unsigned long long a; asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p)); return (u32)a;
 }
 // four 8x8 half matrices from shared memory; lane l gives the address of row (l & 7) of matrix (l >> 3)
-__device__ __forceinline__ void ldsm4(u32* r, const half_t* p) {
+__device__ __forceinline__ void ldsm4(u32* r, const b16* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)) : "memory");
 }
-__device__ __forceinline__ void ldsm4t(u32* r, const half_t* p) {
+__device__ __forceinline__ void ldsm4t(u32* r, const b16* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)) : "memory");
 }
 // S[nt] (16 x 8) += A (16 x D, fragments a) . B^T where B rows are 8 rows of a (rows, D + 8) tile starting at row0
-template <int D>
-__device__ __forceinline__ void mma_abt(float* c, const u32 (*a)[4], const half_t* tile, int row0) {
+template <int D, bool BF>
+__device__ __forceinline__ void mma_abt(float* c, const u32 (*a)[4], const b16* tile, int row0) {
     const int lane = threadIdx.x & 31;
-    const half_t* p = tile + (row0 + (lane & 7)) * (D + 8) + (lane >> 3) * 8;
+    const b16* p = tile + (row0 + (lane & 7)) * (D + 8) + (lane >> 3) * 8;
 #pragma unroll
     for (int kc = 0; kc < D / 16; kc += 2) {
         u32 b[4];
         ldsm4(b, p + kc * 16);
-        mma16816(c, a[kc], b[0], b[1]);
-        mma16816(c, a[kc + 1], b[2], b[3]);
+        mma16816<BF>(c, a[kc], b[0], b[1]);
+        mma16816<BF>(c, a[kc + 1], b[2], b[3]);
     }
 }
 // O[nd] (16 x 8 each, all D/8 of them) += P (16 x 16, fragment pa) . tile rows [k0, k0 + 16) (16 x D)
-template <int D>
-__device__ __forceinline__ void mma_pv(float (*o)[4], const u32* pa, const half_t* tile, int k0) {
+template <int D, bool BF>
+__device__ __forceinline__ void mma_pv(float (*o)[4], const u32* pa, const b16* tile, int k0) {
     const int lane = threadIdx.x & 31, j = lane >> 3;
-    const half_t* p = tile + (k0 + (j & 1) * 8 + (lane & 7)) * (D + 8) + (j >> 1) * 8;
+    const b16* p = tile + (k0 + (j & 1) * 8 + (lane & 7)) * (D + 8) + (j >> 1) * 8;
 #pragma unroll
     for (int nd = 0; nd < D / 8; nd += 2) {
         u32 b[4];
         ldsm4t(b, p + nd * 8);
-        mma16816(o[nd], pa, b[0], b[1]);
-        mma16816(o[nd + 1], pa, b[2], b[3]);
+        mma16816<BF>(o[nd], pa, b[0], b[1]);
+        mma16816<BF>(o[nd + 1], pa, b[2], b[3]);
     }
 }
 
-// copy rows [row0, row0 + 64) of a (T, D) half matrix into shared memory with row stride D + 8; zero rows >= T
+// copy rows [row0, row0 + 64) of a (T, D) matrix with row stride ld into shared memory with row stride D + 8;
+// zero rows >= T
 template <int D>
-__device__ __forceinline__ void load_tile(half_t* dst, const half_t* src, int row0, int T) {
+__device__ __forceinline__ void load_tile(b16* dst, const b16* src, i64 ld, int row0, int T) {
     constexpr int VPR = D / 8;                 // 16-byte vectors per row
     for (int idx = threadIdx.x; idx < 64 * VPR; idx += blockDim.x) {
         const int r = idx / VPR, c = (idx % VPR) * 8;
         uint4 val = make_uint4(0u, 0u, 0u, 0u);
-        if (row0 + r < T) val = *reinterpret_cast<const uint4*>(src + (i64)(row0 + r) * D + c);
+        if (row0 + r < T) val = *reinterpret_cast<const uint4*>(src + (i64)(row0 + r) * ld + c);
         *reinterpret_cast<uint4*>(dst + r * (D + 8) + c) = val;
     }
 }
 
-__device__ __forceinline__ void cp_async16(half_t* dst, const half_t* src, int src_bytes) {
+__device__ __forceinline__ void cp_async16(b16* dst, const b16* src, int src_bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
                  :: "r"(smem_addr(dst)), "l"(src), "r"(src_bytes) : "memory");
 }
@@ -107,46 +148,59 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 }
 // load_tile through the async copy engine (rows >= T are zero-filled: source size 0)
 template <int D>
-__device__ __forceinline__ void load_tile_async(half_t* dst, const half_t* src, int row0, int T) {
+__device__ __forceinline__ void load_tile_async(b16* dst, const b16* src, i64 ld, int row0, int T) {
     constexpr int VPR = D / 8;
     for (int idx = threadIdx.x; idx < 64 * VPR; idx += blockDim.x) {
         const int r = idx / VPR, c = (idx % VPR) * 8;
         const bool ok = row0 + r < T;
-        cp_async16(dst + r * (D + 8) + c, src + (i64)(ok ? row0 + r : 0) * D + c, ok ? 16 : 0);
+        cp_async16(dst + r * (D + 8) + c, src + (i64)(ok ? row0 + r : 0) * ld + c, ok ? 16 : 0);
     }
 }
 
-// A fragments (16 rows x D) of rows [r0, r0 + 16) of a (T, D) matrix, straight from global memory
+// A fragments (16 rows x D) of rows [r0, r0 + 16) of a (T, D) matrix with row stride ld, from global memory
 template <int D>
-__device__ __forceinline__ void load_a_frags(u32 (*a)[4], const half_t* src, int r0, int T) {
+__device__ __forceinline__ void load_a_frags(u32 (*a)[4], const b16* src, i64 ld, int r0, int T) {
     const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const int ra = r0 + gid, rb = r0 + gid + 8;
 #pragma unroll
     for (int kc = 0; kc < D / 16; ++kc) {
         const int c = kc * 16 + tig * 2;
-        a[kc][0] = ra < T ? ld32(src + (i64)ra * D + c) : 0u;
-        a[kc][1] = rb < T ? ld32(src + (i64)rb * D + c) : 0u;
-        a[kc][2] = ra < T ? ld32(src + (i64)ra * D + c + 8) : 0u;
-        a[kc][3] = rb < T ? ld32(src + (i64)rb * D + c + 8) : 0u;
+        a[kc][0] = ra < T ? ld32(src + (i64)ra * ld + c) : 0u;
+        a[kc][1] = rb < T ? ld32(src + (i64)rb * ld + c) : 0u;
+        a[kc][2] = ra < T ? ld32(src + (i64)ra * ld + c + 8) : 0u;
+        a[kc][3] = rb < T ? ld32(src + (i64)rb * ld + c + 8) : 0u;
     }
 }
 
-template <int D>
-__global__ void __launch_bounds__(128) flash_fwd(const half_t* __restrict__ Q, const half_t* __restrict__ K,
-        const half_t* __restrict__ V, half_t* __restrict__ O, float* __restrict__ L,
-        int Tq, int Tk, float scale_log2, int causal) {
+// Layout of the 4-D arrays: element (b, h, t, d) of X sits at X + b * sb + h * sh + t * st + d (strides in
+// elements). Query head h reads key/value head h / rep (grouped-query attention: H = Hk * rep).
+// Dropout (DROP): the probabilities of query i and key j of head (b, h) are dropped as element
+// ((b H + h) Tq + i) Tk + j of a Philox draw of shape (B, H, Tq, Tk) from drop_state = [seed, offset]
+// (autograd/cuda/philox.py): the same mask the composed path's dropout would draw from that state.
+template <int D, bool BF, bool DROP>
+__global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, const b16* __restrict__ K,
+        const b16* __restrict__ V, b16* __restrict__ O, float* __restrict__ L, int Tq, int Tk, int H, int rep,
+        i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 o_sb, i64 o_sh, i64 o_st,
+        float scale_log2, int causal, float drop_p, float drop_scale, const long long* __restrict__ drop_state) {
     constexpr int ST = D <= 64 ? 2 : 1;   // K/V stages: the next tile loads while this one is used (<= 48 KB)
-    __shared__ __align__(16) half_t Ksm[ST][64 * (D + 8)];
-    __shared__ __align__(16) half_t Vsm[ST][64 * (D + 8)];
+    __shared__ __align__(16) b16 Ksm[ST][64 * (D + 8)];
+    __shared__ __align__(16) b16 Vsm[ST][64 * (D + 8)];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-    const i64 bh = blockIdx.y;
-    Q += bh * Tq * D; O += bh * Tq * D; L += bh * Tq;
-    K += bh * Tk * D; V += bh * Tk * D;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hk = h / rep;
+    Q += b * q_sb + h * q_sh; O += b * o_sb + h * o_sh; L += (i64)bh * Tq;
+    K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
     const int qblock = (gridDim.x - 1 - blockIdx.x) * 64;   // causal: the longest rows start first
     const int q0 = qblock + warp * 16;
     const int shift = Tk - Tq;
+    unsigned long long dseed = 0, doff = 0;
+    long long ebase = 0;
+    if constexpr (DROP) {
+        dseed = (unsigned long long)drop_state[0];
+        doff = (unsigned long long)drop_state[1];
+        ebase = (long long)bh * Tq * Tk;
+    }
     u32 qa[D / 16][4];
-    load_a_frags<D>(qa, Q, q0, Tq);
+    load_a_frags<D>(qa, Q, q_st, q0, Tq);
     float o[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) { o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f; }
@@ -158,19 +212,19 @@ __global__ void __launch_bounds__(128) flash_fwd(const half_t* __restrict__ Q, c
     }
     const int ntiles = (kend + 63) / 64;
     if constexpr (ST == 2) {
-        load_tile_async<D>(Ksm[0], K, 0, Tk);
-        load_tile_async<D>(Vsm[0], V, 0, Tk);
+        load_tile_async<D>(Ksm[0], K, kv_st, 0, Tk);
+        load_tile_async<D>(Vsm[0], V, kv_st, 0, Tk);
         cp_async_commit();
     }
     for (int kt = 0; kt < ntiles; ++kt) {
         const int k0 = kt * 64;
-        const half_t* Ks;
-        const half_t* Vs;
+        const b16* Ks;
+        const b16* Vs;
         if constexpr (ST == 2) {
             const int buf = kt & 1;
             if (kt + 1 < ntiles) {   // buffer buf ^ 1 was released by the barrier that ended the last tile
-                load_tile_async<D>(Ksm[buf ^ 1], K, k0 + 64, Tk);
-                load_tile_async<D>(Vsm[buf ^ 1], V, k0 + 64, Tk);
+                load_tile_async<D>(Ksm[buf ^ 1], K, kv_st, k0 + 64, Tk);
+                load_tile_async<D>(Vsm[buf ^ 1], V, kv_st, k0 + 64, Tk);
                 cp_async_commit();
                 cp_async_wait<1>();
             } else {
@@ -179,8 +233,8 @@ __global__ void __launch_bounds__(128) flash_fwd(const half_t* __restrict__ Q, c
             Ks = Ksm[buf];
             Vs = Vsm[buf];
         } else {
-            load_tile<D>(Ksm[0], K, k0, Tk);
-            load_tile<D>(Vsm[0], V, k0, Tk);
+            load_tile<D>(Ksm[0], K, kv_st, k0, Tk);
+            load_tile<D>(Vsm[0], V, kv_st, k0, Tk);
             Ks = Ksm[0];
             Vs = Vsm[0];
         }
@@ -189,7 +243,7 @@ __global__ void __launch_bounds__(128) flash_fwd(const half_t* __restrict__ Q, c
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
             s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            mma_abt<D>(s[nt], qa, Ks, nt * 8);
+            mma_abt<D, BF>(s[nt], qa, Ks, nt * 8);
         }
         const bool need_mask = (k0 + 64 > Tk) || (causal && k0 + 63 > q0 + shift);
 #pragma unroll
@@ -205,81 +259,135 @@ __global__ void __launch_bounds__(128) flash_fwd(const half_t* __restrict__ Q, c
                 s[nt][c] = v;
             }
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
+        for (int hh = 0; hh < 2; ++hh) {
             float mx = neg_inf_f();
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * h], s[nt][2 * h + 1]));
+            for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m[h], mx);
+            const float mnew = fmaxf(m[hh], mx);
             const float base = mnew == neg_inf_f() ? 0.f : mnew;
-            const float alpha = exp2f(m[h] - base);
+            const float alpha = exp2f(m[hh] - base);
             float sum = 0.f;
 #pragma unroll
             for (int nt = 0; nt < 8; ++nt) {
-                const float p0 = exp2f(s[nt][2 * h] - base), p1 = exp2f(s[nt][2 * h + 1] - base);
-                s[nt][2 * h] = p0; s[nt][2 * h + 1] = p1;
+                const float p0 = exp2f(s[nt][2 * hh] - base), p1 = exp2f(s[nt][2 * hh + 1] - base);
+                s[nt][2 * hh] = p0; s[nt][2 * hh + 1] = p1;
                 sum += p0 + p1;
             }
-            l[h] = l[h] * alpha + sum;
-            m[h] = mnew;
+            l[hh] = l[hh] * alpha + sum;
+            m[hh] = mnew;
 #pragma unroll
-            for (int nd = 0; nd < D / 8; ++nd) { o[nd][2 * h] *= alpha; o[nd][2 * h + 1] *= alpha; }
+            for (int nd = 0; nd < D / 8; ++nd) { o[nd][2 * hh] *= alpha; o[nd][2 * hh + 1] *= alpha; }
+        }
+        if constexpr (DROP) {   // the normaliser l counts every probability; only the kept ones reach O
+#pragma unroll
+            for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int row = q0 + gid + hh * 8, key = k0 + nt * 8 + tig * 2;
+                    bool k0b, k1b;
+                    keep_pair(ebase + (long long)row * Tk + key, doff, dseed, drop_p, k0b, k1b);
+                    if (!k0b) s[nt][2 * hh] = 0.f;
+                    if (!k1b) s[nt][2 * hh + 1] = 0.f;
+                }
         }
 #pragma unroll
         for (int kc = 0; kc < 4; ++kc) {
             u32 pa[4];
-            pa[0] = pack2(s[2 * kc][0], s[2 * kc][1]);
-            pa[1] = pack2(s[2 * kc][2], s[2 * kc][3]);
-            pa[2] = pack2(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-            pa[3] = pack2(s[2 * kc + 1][2], s[2 * kc + 1][3]);
-            mma_pv<D>(o, pa, Vs, kc * 16);
+            pa[0] = pack2<BF>(s[2 * kc][0], s[2 * kc][1]);
+            pa[1] = pack2<BF>(s[2 * kc][2], s[2 * kc][3]);
+            pa[2] = pack2<BF>(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+            pa[3] = pack2<BF>(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+            mma_pv<D, BF>(o, pa, Vs, kc * 16);
         }
         __syncthreads();
     }
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        float lt = l[h];
+    for (int hh = 0; hh < 2; ++hh) {
+        float lt = l[hh];
         lt += __shfl_xor_sync(0xffffffffu, lt, 1);
         lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-        const int row = q0 + gid + 8 * h;
-        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        const int row = q0 + gid + 8 * hh;
+        const float inv = lt > 0.f ? drop_scale / lt : 0.f;
         if (row < Tq) {
 #pragma unroll
             for (int nd = 0; nd < D / 8; ++nd)
-                *reinterpret_cast<u32*>(O + (i64)row * D + nd * 8 + tig * 2) =
-                    pack2(o[nd][2 * h] * inv, o[nd][2 * h + 1] * inv);
-            if (tig == 0) L[row] = lt > 0.f ? (m[h] + log2f(lt)) * 0.6931471805599453f : neg_inf_f();
+                *reinterpret_cast<u32*>(O + (i64)row * o_st + nd * 8 + tig * 2) =
+                    pack2<BF>(o[nd][2 * hh] * inv, o[nd][2 * hh + 1] * inv);
+            if (tig == 0) L[row] = lt > 0.f ? (m[hh] + log2f(lt)) * 0.6931471805599453f : neg_inf_f();
         }
     }
 }
 
-template <int D>
-__global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, const half_t* __restrict__ K,
-        const half_t* __restrict__ V, const half_t* __restrict__ dO, const float* __restrict__ L,
-        const float* __restrict__ Dl, float* __restrict__ dQ, half_t* __restrict__ dK, half_t* __restrict__ dV,
-        int Tq, int Tk, float scale, int causal) {
+// delta = rowsum(dO * O) per query row (float32), one warp a row; rows = B H Tq
+template <int D, bool BF>
+__global__ void flash_bwd_delta(const b16* __restrict__ O, const b16* __restrict__ dO, float* __restrict__ Dl,
+        int Tq, int H, i64 rows, i64 o_sb, i64 o_sh, i64 o_st, i64 do_sb, i64 do_sh, i64 do_st) {
+    const i64 r = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (r >= rows) return;
+    const i64 bh = r / Tq, i = r % Tq, b = bh / H, h = bh % H;
+    const b16* o = O + b * o_sb + h * o_sh + i * o_st;
+    const b16* g = dO + b * do_sb + h * do_sh + i * do_st;
+    float acc = 0.f;
+#pragma unroll
+    for (int d = lane * 2; d < D; d += 64) {
+        const u32 ov = ld32(o + d), gv = ld32(g + d);
+        acc += to_f32<BF>((b16)(ov & 0xffffu)) * to_f32<BF>((b16)(gv & 0xffffu))
+             + to_f32<BF>((b16)(ov >> 16)) * to_f32<BF>((b16)(gv >> 16));
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) Dl[r] = acc;
+}
+
+// dq (16-bit, strides) from the float32 accumulator (B, H, Tq, D), contiguous
+template <int D, bool BF>
+__global__ void flash_dq_out(const float* __restrict__ acc, b16* __restrict__ dq, int Tq, int H, i64 pairs,
+                             i64 sb, i64 sh, i64 st) {
+    const i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= pairs) return;
+    const i64 e = 2 * k, row = e / D, d = e % D, bh = row / Tq, i = row % Tq, b = bh / H, h = bh % H;
+    const float2 v = *reinterpret_cast<const float2*>(acc + e);
+    *reinterpret_cast<u32*>(dq + b * sb + h * sh + i * st + d) = pack2<BF>(v.x, v.y);
+}
+
+// Backward: one block per 64 keys of one key/value head; it walks the query tiles of every query head that
+// reads this key/value head (rep of them), so dK and dV are summed over the group in registers.
+template <int D, bool BF, bool DROP>
+__global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, const b16* __restrict__ K,
+        const b16* __restrict__ V, const b16* __restrict__ dO, const float* __restrict__ L,
+        const float* __restrict__ Dl, float* __restrict__ dQ, b16* __restrict__ dK, b16* __restrict__ dV,
+        int Tq, int Tk, int H, int rep,
+        i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 do_sb, i64 do_sh, i64 do_st,
+        i64 g_sb, i64 g_sh, i64 g_st,
+        float scale, int causal, float drop_p, float drop_scale, const long long* __restrict__ drop_state) {
     // dynamic shared memory (over 48 KB for D = 64): Q and dO tiles in two stages, K, dS^T, lse and delta
     extern __shared__ __align__(16) unsigned char fa_smem[];
     constexpr int TILE = 64 * (D + 8);
-    half_t* Qsm = reinterpret_cast<half_t*>(fa_smem);
-    half_t* dOsm = Qsm + 2 * TILE;
-    half_t* Ks = dOsm + 2 * TILE;
-    half_t* dSs = Ks + TILE;
+    b16* Qsm = reinterpret_cast<b16*>(fa_smem);
+    b16* dOsm = Qsm + 2 * TILE;
+    b16* Ks = dOsm + 2 * TILE;
+    b16* dSs = Ks + TILE;
     float* lse_s = reinterpret_cast<float*>(dSs + 64 * 72);
     float* del_s = lse_s + 64;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-    const i64 bh = blockIdx.y;
-    Q += bh * Tq * D; dO += bh * Tq * D; dQ += bh * Tq * D; L += bh * Tq; Dl += bh * Tq;
-    K += bh * Tk * D; V += bh * Tk * D; dK += bh * Tk * D; dV += bh * Tk * D;
+    const int Hk = H / rep, bk = blockIdx.y, b = bk / Hk, hk = bk % Hk;
+    K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
+    dK += b * g_sb + hk * g_sh; dV += b * g_sb + hk * g_sh;
     const int kblock = blockIdx.x * 64;
     const int kw0 = kblock + warp * 16;
     const int shift = Tk - Tq;
     const float scale_log2 = scale * LOG2E;
+    unsigned long long dseed = 0, doff = 0;
+    if constexpr (DROP) {
+        dseed = (unsigned long long)drop_state[0];
+        doff = (unsigned long long)drop_state[1];
+    }
     u32 ka[D / 16][4], va[D / 16][4];
-    load_a_frags<D>(ka, K, kw0, Tk);
-    load_a_frags<D>(va, V, kw0, Tk);
-    load_tile<D>(Ks, K, kblock, Tk);
+    load_a_frags<D>(ka, K, kv_st, kw0, Tk);
+    load_a_frags<D>(va, V, kv_st, kw0, Tk);
+    load_tile<D>(Ks, K, kv_st, kblock, Tk);
     float dv[D / 8][4], dk[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; ++i)
@@ -287,28 +395,33 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
         for (int c = 0; c < 4; ++c) { dv[i][c] = 0.f; dk[i][c] = 0.f; }
     int qstart = 0;
     if (causal) qstart = max(0, kblock - shift) / 64 * 64;
-    if (qstart < Tq) {
-        load_tile_async<D>(Qsm, Q, qstart, Tq);
-        load_tile_async<D>(dOsm, dO, qstart, Tq);
+    const int ntq = qstart < Tq ? (Tq - qstart + 63) / 64 : 0;
+    const int total = rep * ntq;   // tiles of every query head of the group, one after the other
+    if (total > 0) {
+        const int h0 = hk * rep;
+        load_tile_async<D>(Qsm, Q + b * q_sb + h0 * q_sh, q_st, qstart, Tq);
+        load_tile_async<D>(dOsm, dO + b * do_sb + h0 * do_sh, do_st, qstart, Tq);
         cp_async_commit();
     }
-    int it = 0;
-    for (int qt = qstart; qt < Tq; qt += 64, ++it) {
+    for (int it = 0; it < total; ++it) {
         const int buf = it & 1;
-        if (qt + 64 < Tq) {   // stage buf ^ 1 was released by the barrier that ended the last tile
-            load_tile_async<D>(Qsm + (buf ^ 1) * TILE, Q, qt + 64, Tq);
-            load_tile_async<D>(dOsm + (buf ^ 1) * TILE, dO, qt + 64, Tq);
+        const int h = hk * rep + it / ntq, qt = qstart + (it % ntq) * 64;
+        if (it + 1 < total) {   // stage buf ^ 1 was released by the barrier that ended the last tile
+            const int hn = hk * rep + (it + 1) / ntq, qn = qstart + ((it + 1) % ntq) * 64;
+            load_tile_async<D>(Qsm + (buf ^ 1) * TILE, Q + b * q_sb + hn * q_sh, q_st, qn, Tq);
+            load_tile_async<D>(dOsm + (buf ^ 1) * TILE, dO + b * do_sb + hn * do_sh, do_st, qn, Tq);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
         }
-        const half_t* Qs = Qsm + buf * TILE;
-        const half_t* dOs = dOsm + buf * TILE;
+        const b16* Qs = Qsm + buf * TILE;
+        const b16* dOs = dOsm + buf * TILE;
+        const i64 bhq = (i64)b * H + h;
         for (int i = threadIdx.x; i < 64; i += blockDim.x) {
             const bool ok = qt + i < Tq;
-            lse_s[i] = ok ? L[qt + i] * LOG2E : pos_inf_f();
-            del_s[i] = ok ? Dl[qt + i] : 0.f;
+            lse_s[i] = ok ? L[bhq * Tq + qt + i] * LOG2E : pos_inf_f();
+            del_s[i] = ok ? Dl[bhq * Tq + qt + i] : 0.f;
         }
         __syncthreads();
         // S^T = K Q^T and dP^T = V dO^T, 16 keys x 64 queries per warp
@@ -317,10 +430,11 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
         for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
             for (int c = 0; c < 4; ++c) { st[nt][c] = 0.f; dp[nt][c] = 0.f; }
-            mma_abt<D>(st[nt], ka, Qs, nt * 8);
-            mma_abt<D>(dp[nt], va, dOs, nt * 8);
+            mma_abt<D, BF>(st[nt], ka, Qs, nt * 8);
+            mma_abt<D, BF>(dp[nt], va, dOs, nt * 8);
         }
-        // P^T and dS^T (unscaled) in place
+        // P^T (dropped and rescaled, for dV) and dS^T (unscaled) in place
+        const long long ebase = DROP ? bhq * Tq * Tk : 0;
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
@@ -329,23 +443,30 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
                 const int key = kw0 + gid + (c >> 1) * 8;
                 float p = exp2f(st[nt][c] * scale_log2 - lse_s[ql]);
                 if (key >= Tk || (causal && key > qt + ql + shift)) p = 0.f;
-                st[nt][c] = p;
-                dp[nt][c] = p * (dp[nt][c] - del_s[ql]);
+                float g = dp[nt][c];
+                float pd = p;
+                if constexpr (DROP) {
+                    const bool kp = keep_one(ebase + (long long)(qt + ql) * Tk + key, doff, dseed, drop_p);
+                    pd = kp ? p * drop_scale : 0.f;
+                    g = kp ? g * drop_scale : 0.f;
+                }
+                st[nt][c] = pd;
+                dp[nt][c] = p * (g - del_s[ql]);
             }
         // dV += P^T dO, dK += dS^T Q (B operands: rows of dOs / Qs, two 16-bit loads each)
 #pragma unroll
         for (int kc = 0; kc < 4; ++kc) {
             u32 pa[4], sa[4];
-            pa[0] = pack2(st[2 * kc][0], st[2 * kc][1]);
-            pa[1] = pack2(st[2 * kc][2], st[2 * kc][3]);
-            pa[2] = pack2(st[2 * kc + 1][0], st[2 * kc + 1][1]);
-            pa[3] = pack2(st[2 * kc + 1][2], st[2 * kc + 1][3]);
-            sa[0] = pack2(dp[2 * kc][0], dp[2 * kc][1]);
-            sa[1] = pack2(dp[2 * kc][2], dp[2 * kc][3]);
-            sa[2] = pack2(dp[2 * kc + 1][0], dp[2 * kc + 1][1]);
-            sa[3] = pack2(dp[2 * kc + 1][2], dp[2 * kc + 1][3]);
-            mma_pv<D>(dv, pa, dOs, kc * 16);
-            mma_pv<D>(dk, sa, Qs, kc * 16);
+            pa[0] = pack2<BF>(st[2 * kc][0], st[2 * kc][1]);
+            pa[1] = pack2<BF>(st[2 * kc][2], st[2 * kc][3]);
+            pa[2] = pack2<BF>(st[2 * kc + 1][0], st[2 * kc + 1][1]);
+            pa[3] = pack2<BF>(st[2 * kc + 1][2], st[2 * kc + 1][3]);
+            sa[0] = pack2<BF>(dp[2 * kc][0], dp[2 * kc][1]);
+            sa[1] = pack2<BF>(dp[2 * kc][2], dp[2 * kc][3]);
+            sa[2] = pack2<BF>(dp[2 * kc + 1][0], dp[2 * kc + 1][1]);
+            sa[3] = pack2<BF>(dp[2 * kc + 1][2], dp[2 * kc + 1][3]);
+            mma_pv<D, BF>(dv, pa, dOs, kc * 16);
+            mma_pv<D, BF>(dk, sa, Qs, kc * 16);
             // dS^T rows (keys) of this warp -> shared memory, [key][query]
             const int kr = warp * 16 + gid;
             *reinterpret_cast<u32*>(dSs + kr * 72 + kc * 16 + tig * 2) = sa[0];
@@ -360,36 +481,38 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
         for (int i = 0; i < D / 8; ++i) { dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f; }
         // A = dS (rows: queries) is the transpose of dSs: ldmatrix.trans of (8 keys x 8 queries) blocks
         const int j = lane >> 3;
-        const half_t* sp = dSs + ((j >> 1) * 8 + (lane & 7)) * 72 + warp * 16 + (j & 1) * 8;
+        const b16* sp = dSs + ((j >> 1) * 8 + (lane & 7)) * 72 + warp * 16 + (j & 1) * 8;
 #pragma unroll
         for (int kc = 0; kc < 4; ++kc) {
             u32 a[4];
             ldsm4t(a, sp + kc * 16 * 72);
-            mma_pv<D>(dq, a, Ks, kc * 16);
+            mma_pv<D, BF>(dq, a, Ks, kc * 16);
         }
+        float* dQh = dQ + bhq * Tq * D;
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = qt + warp * 16 + gid + 8 * h;
+        for (int hh = 0; hh < 2; ++hh) {
+            const int row = qt + warp * 16 + gid + 8 * hh;
             if (row < Tq) {
 #pragma unroll
                 for (int nd = 0; nd < D / 8; ++nd) {
-                    float* dst = dQ + (i64)row * D + nd * 8 + tig * 2;
-                    atomicAdd(dst, dq[nd][2 * h] * scale);
-                    atomicAdd(dst + 1, dq[nd][2 * h + 1] * scale);
+                    float* dst = dQh + (i64)row * D + nd * 8 + tig * 2;
+                    atomicAdd(dst, dq[nd][2 * hh] * scale);
+                    atomicAdd(dst + 1, dq[nd][2 * hh + 1] * scale);
                 }
             }
         }
         __syncthreads();
     }
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int key = kw0 + gid + 8 * h;
+    for (int hh = 0; hh < 2; ++hh) {
+        const int key = kw0 + gid + 8 * hh;
         if (key < Tk) {
 #pragma unroll
             for (int nd = 0; nd < D / 8; ++nd) {
-                *reinterpret_cast<u32*>(dK + (i64)key * D + nd * 8 + tig * 2) =
-                    pack2(dk[nd][2 * h] * scale, dk[nd][2 * h + 1] * scale);
-                *reinterpret_cast<u32*>(dV + (i64)key * D + nd * 8 + tig * 2) = pack2(dv[nd][2 * h], dv[nd][2 * h + 1]);
+                *reinterpret_cast<u32*>(dK + (i64)key * g_st + nd * 8 + tig * 2) =
+                    pack2<BF>(dk[nd][2 * hh] * scale, dk[nd][2 * hh + 1] * scale);
+                *reinterpret_cast<u32*>(dV + (i64)key * g_st + nd * 8 + tig * 2) =
+                    pack2<BF>(dv[nd][2 * hh], dv[nd][2 * hh + 1]);
             }
         }
     }
@@ -398,73 +521,136 @@ __global__ void __launch_bounds__(128) flash_bwd(const half_t* __restrict__ Q, c
 
 _FWD_D = (32, 64, 128)
 _BWD_D = (32, 64)
-_mod = LazyModule(_SRC, {"flash_fwd": [str(d) for d in _FWD_D], "flash_bwd": [str(d) for d in _BWD_D]})
+_BOOL = ("false", "true")
+_mod = LazyModule(_SRC, {
+    "flash_fwd": [f"{d},{bf},{dr}" for d in _FWD_D for bf in _BOOL for dr in _BOOL],
+    "flash_bwd": [f"{d},{bf},{dr}" for d in _BWD_D for bf in _BOOL for dr in _BOOL],
+    "flash_bwd_delta": [f"{d},{bf}" for d in _FWD_D for bf in _BOOL],
+    "flash_dq_out": [f"{d},{bf}" for d in _FWD_D for bf in _BOOL],
+})
 _smem_set: dict = {}
+_NO_STATE = None
 
 
 def _enabled() -> bool:
     return os.environ.get("TINYGRAD_LLM_FLASH", "").strip().lower() not in ("0", "false", "off", "no")
 
 
+def _is16(dtype) -> bool:
+    return dtype == np.float16 or is_bfloat16(dtype)
+
+
 def _shape_ok(q, k, v) -> bool:
-    return (q.dtype == np.float16 and k.dtype == np.float16 and v.dtype == np.float16 and q.ndim >= 2
-            and k.shape == v.shape and q.shape[:-2] == k.shape[:-2] and q.shape[-1] == k.shape[-1]
-            and q.shape[-2] > 0 and k.shape[-2] > 0)
+    return (_is16(q.dtype) and k.dtype == q.dtype and v.dtype == q.dtype and q.ndim == 4 and k.ndim == 4
+            and k.shape == v.shape and q.shape[0] == k.shape[0] and q.shape[3] == k.shape[3]
+            and k.shape[1] > 0 and q.shape[1] % k.shape[1] == 0 and q.shape[2] > 0 and k.shape[2] > 0)
 
 
 def supports(q, k, v) -> bool:
-    """Whether the flash forward handles these inputs (float16, D in 32/64/128)."""
+    """Whether the flash forward handles these inputs: q (B, H, Tq, D), k and v (B, Hk, Tk, D) with Hk dividing
+    H, float16 or bfloat16, D in 32/64/128 (any strides: rows are copied when not 16-byte aligned)."""
     return _enabled() and _shape_ok(q, k, v) and q.shape[-1] in _FWD_D
 
 
 def supports_backward(q, k, v) -> bool:
-    """Whether the flash backward handles these inputs (float16, D in 32/64)."""
+    """Whether the flash backward handles these inputs (as ``supports``, D in 32/64)."""
     return _enabled() and _shape_ok(q, k, v) and q.shape[-1] in _BWD_D
 
 
-def _aligned(x):
-    x = contiguous(x)
-    if x.data.ptr % 16:
-        x = x.copy()
-    return x
+def _strides(x):
+    """(array, (sb, sh, st)) with element strides the kernels can read: unit stride along D, 16-byte aligned
+    rows and heads; otherwise a C-contiguous copy. Axes of length 1 take stride 0."""
+    item = x.itemsize
+    ok = x.strides[3] == item and x.data.ptr % 16 == 0
+    st = []
+    for ax in range(3):
+        s = 0 if x.shape[ax] == 1 else x.strides[ax]
+        ok = ok and s % 16 == 0 and s >= 0
+        st.append(s // item)
+    if not ok:
+        x = require_cupy().ascontiguousarray(x)
+        if x.data.ptr % 16:
+            x = x.copy()
+        return _strides(x)
+    return x, tuple(np.int64(s) for s in st)
 
 
-def flash_forward(q, k, v, causal, scale):
-    """(o, lse): o (..., Tq, D) float16, lse (..., Tq) float32."""
+def _targs(dtype, *rest) -> str:
+    return ",".join([*map(str, rest[:1]), "true" if is_bfloat16(dtype) else "false", *map(str, rest[1:])])
+
+
+def _drop_args(dropout_p: float, drop_state):
+    if dropout_p > 0.0 and drop_state is None:
+        raise ValueError("flash attention: dropout_p > 0 needs drop_state (a PhiloxGenerator.reserve() copy)")
+    if dropout_p <= 0.0:
+        return np.float32(0.0), np.float32(1.0), 0, "false"
+    return np.float32(dropout_p), np.float32(1.0 / (1.0 - dropout_p)), drop_state, "true"
+
+
+def flash_forward(q, k, v, causal, scale, dropout_p: float = 0.0, drop_state=None):
+    """(o, lse): q (B, H, Tq, D), k and v (B, Hk, Tk, D) -> o (B, H, Tq, D) in q's dtype, stored as (B, Tq, H, D)
+    (so merging the heads is free), and lse (B, H, Tq) float32. ``dropout_p`` > 0 drops probabilities with the
+    mask ``drop_state`` ([seed, offset] on the device) stands for."""
     cp = require_cupy()
     if causal and q.shape[-2] > k.shape[-2]:
         raise ValueError(f"attention: causal needs Tq <= Tk, got {q.shape[-2]} > {k.shape[-2]}")
-    q, k, v = _aligned(q), _aligned(k), _aligned(v)
-    Tq, D = q.shape[-2:]
-    Tk = k.shape[-2]
-    BH = int(np.prod(q.shape[:-2]))
-    o = cp.empty_like(q)
-    lse = cp.empty(q.shape[:-1], np.float32)
-    _mod.kernel("flash_fwd", str(D))(((Tq + 63) // 64, BH), (128,),
-                                     (q, k, v, o, lse, np.int32(Tq), np.int32(Tk),
-                                      np.float32(scale * math.log2(math.e)), np.int32(bool(causal))))
+    B, H, Tq, D = q.shape
+    Tk = k.shape[2]
+    q, sq = _strides(q)
+    k, skv = _strides(k)
+    v, sv = _strides(v)
+    if sv != skv:
+        v, sv = _strides(cp.ascontiguousarray(v))
+        k, skv = _strides(cp.ascontiguousarray(k))
+    o = cp.empty((B, Tq, H, D), q.dtype).transpose(0, 2, 1, 3)
+    _, so = _strides(o)
+    lse = cp.empty((B, H, Tq), np.float32)
+    p, rinv, state, drop = _drop_args(dropout_p, drop_state)
+    _mod.kernel("flash_fwd", _targs(q.dtype, D, drop))(
+        ((Tq + 63) // 64, B * H), (128,),
+        (q, k, v, o, lse, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // k.shape[1]), *sq, *skv, *so,
+         np.float32(scale * math.log2(math.e)), np.int32(bool(causal)), p, rinv, state))
     return o, lse
 
 
-def flash_backward(q, k, v, o, lse, do, causal, scale):
-    """(dq, dk, dv) float16 (dq accumulated in float32)."""
+def flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, drop_state=None):
+    """(dq, dk, dv) in q's dtype, shapes of q, k, v (dq accumulated in float32; dk and dv summed over the query
+    heads that share a key/value head)."""
     cp = require_cupy()
-    q, k, v, do = _aligned(q), _aligned(k), _aligned(v), _aligned(do.astype(np.float16, copy=False))
-    Tq, D = q.shape[-2:]
-    Tk = k.shape[-2]
-    BH = int(np.prod(q.shape[:-2]))
-    delta = cp.sum(do.astype(np.float32) * o.astype(np.float32), axis=-1)
-    lse = contiguous(lse.astype(np.float32, copy=False))
-    dq = cp.zeros(q.shape, np.float32)
-    dk = cp.empty_like(k)
-    dv = cp.empty_like(v)
-    kern = _mod.kernel("flash_bwd", str(D))
+    B, H, Tq, D = q.shape
+    Hk, Tk = k.shape[1], k.shape[2]
+    q, sq = _strides(q)
+    k, skv = _strides(k)
+    v, sv = _strides(v)
+    if sv != skv:
+        v, sv = _strides(cp.ascontiguousarray(v))
+        k, skv = _strides(cp.ascontiguousarray(k))
+    do, sdo = _strides(do.astype(q.dtype, copy=False))
+    o, so = _strides(o)
+    lse = cp.ascontiguousarray(lse.astype(np.float32, copy=False))
+    rows = B * H * Tq
+    delta = cp.empty((B, H, Tq), np.float32)
+    _mod.kernel("flash_bwd_delta", _targs(q.dtype, D))(((rows + 7) // 8,), (256,),
+                                                      (o, do, delta, np.int32(Tq), np.int32(H), np.int64(rows),
+                                                       *so, *sdo))
+    dq_acc = cp.zeros((B, H, Tq, D), np.float32)
+    dk = cp.empty((B, Hk, Tk, D), q.dtype)
+    dv = cp.empty((B, Hk, Tk, D), q.dtype)
+    _, sg = _strides(dk)
+    p, rinv, state, drop = _drop_args(dropout_p, drop_state)
+    kern = _mod.kernel("flash_bwd", _targs(q.dtype, D, drop))
     smem = (5 * 64 * (D + 8) + 64 * 72) * 2 + 2 * 64 * 4
     key = (id(kern), cp.cuda.Device().id)   # the attribute belongs to the function loaded on this GPU
     if _smem_set.get(key) != smem:   # opt in to more than 48 KB of dynamic shared memory
         kern.max_dynamic_shared_size_bytes = smem
         _smem_set[key] = smem
-    kern(((Tk + 63) // 64, BH), (128,),
-         (q, k, v, do, lse, delta, dq, dk, dv, np.int32(Tq), np.int32(Tk), np.float32(scale), np.int32(bool(causal))),
+    kern(((Tk + 63) // 64, B * Hk), (128,),
+         (q, k, v, do, lse, delta, dq_acc, dk, dv, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // Hk),
+          *sq, *skv, *sdo, *sg, np.float32(scale), np.int32(bool(causal)), p, rinv, state),
          shared_mem=smem)
-    return dq.astype(np.float16), dk, dv
+    dq = cp.empty((B, H, Tq, D), q.dtype)
+    _, sdq = _strides(dq)
+    pairs = rows * D // 2
+    _mod.kernel("flash_dq_out", _targs(q.dtype, D))(((pairs + 255) // 256,), (256,),
+                                                   (dq_acc, dq, np.int32(Tq), np.int32(H), np.int64(pairs), *sdq))
+    return dq, dk, dv

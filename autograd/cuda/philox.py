@@ -24,11 +24,13 @@ import numpy as np
 from ._common import PRELUDE, require_cupy
 from .registry import register
 
-__all__ = ["PhiloxGenerator", "generator_for", "philox4x32", "keep_mask_reference", "all_generators"]
+__all__ = ["PhiloxGenerator", "generator_for", "philox4x32", "keep_mask_reference", "all_generators",
+           "PHILOX_DEVICE", "keep_mask_at"]
 
 THREADS = 256
 
-_SRC = r"""
+# Philox4x32-10 in CUDA C, shared with the kernels that draw their own dropout masks (flash attention)
+PHILOX_DEVICE = r"""
 __device__ __forceinline__ void philox_round(unsigned int c[4], unsigned int k0, unsigned int k1) {
     const unsigned int M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;
     const unsigned int hi0 = __umulhi(M0, c[0]), lo0 = M0 * c[0];
@@ -36,24 +38,34 @@ __device__ __forceinline__ void philox_round(unsigned int c[4], unsigned int k0,
     const unsigned int n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
     c[0] = n0; c[1] = lo1; c[2] = n2; c[3] = lo0;
 }
-
-// one thread per 4 elements: counter = offset + block-of-4 index, key = seed
-extern "C" __global__ void philox_keep(const i64* __restrict__ state, float p, bool* __restrict__ keep, i64 n) {
-    const i64 b = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (4 * b >= n) return;
-    const unsigned long long ctr = (unsigned long long)state[1] + (unsigned long long)b;
-    const unsigned long long key = (unsigned long long)state[0];
-    unsigned int c[4] = {(unsigned int)ctr, (unsigned int)(ctr >> 32), 0u, 0u};
+// the 4 words of Philox4x32-10(counter = (ctr, 0), key) in c
+__device__ __forceinline__ void philox4(unsigned long long ctr, unsigned long long key, unsigned int c[4]) {
+    c[0] = (unsigned int)ctr; c[1] = (unsigned int)(ctr >> 32); c[2] = 0u; c[3] = 0u;
     unsigned int k0 = (unsigned int)key, k1 = (unsigned int)(key >> 32);
     #pragma unroll
     for (int r = 0; r < 10; ++r) {
         philox_round(c, k0, k1);
         k0 += 0x9E3779B9u; k1 += 0xBB67AE85u;
     }
+}
+// element e of a draw from state [seed, offset] is kept when its uniform (word >> 8) * 2^-24 is >= p
+__device__ __forceinline__ bool philox_word_keeps(unsigned int w, float p) {
+    return (float)(w >> 8) * 5.9604644775390625e-08f >= p;
+}
+"""
+
+_SRC = PHILOX_DEVICE + r"""
+
+// one thread per 4 elements: counter = offset + block-of-4 index, key = seed
+extern "C" __global__ void philox_keep(const i64* __restrict__ state, float p, bool* __restrict__ keep, i64 n) {
+    const i64 b = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (4 * b >= n) return;
+    unsigned int c[4];
+    philox4((unsigned long long)state[1] + (unsigned long long)b, (unsigned long long)state[0], c);
     #pragma unroll
     for (int j = 0; j < 4; ++j) {
         const i64 e = 4 * b + j;
-        if (e < n) keep[e] = (float)(c[j] >> 8) * 5.9604644775390625e-08f >= p;
+        if (e < n) keep[e] = philox_word_keeps(c[j], p);
     }
 }
 
@@ -94,17 +106,20 @@ class PhiloxGenerator:
 
     def keep_mask(self, shape, p: float):
         """A bool array of ``shape``, True with probability 1 - p; advances the offset by ceil(n / 4) on the device."""
-        cp = require_cupy()
-        shape = tuple(int(s) for s in shape)
-        n = int(np.prod(shape)) if shape else 1
-        keep = cp.empty(shape, dtype=np.bool_)
-        blocks = (n + 3) // 4
-        if n:
-            with cp.cuda.Device(self.state.device.id):
-                _kernel("philox_keep")(((blocks + THREADS - 1) // THREADS,), (THREADS,),
-                                       (self.state, np.float32(p), keep, np.int64(n)))
-                _kernel("philox_advance")((1,), (1,), (self.state, np.int64(blocks)))
+        keep = keep_mask_at(self.state, shape, p)
+        self.reserve(keep.size)
         return keep
+
+    def reserve(self, n: int):
+        """The state a draw of ``n`` elements starts from (a device copy), advancing the offset past it as
+        ``keep_mask`` would: a kernel that makes its own mask from that copy draws what ``keep_mask`` would have."""
+        cp = require_cupy()
+        start = self.state.copy()
+        blocks = (int(n) + 3) // 4
+        if blocks:
+            with cp.cuda.Device(self.state.device.id):
+                _kernel("philox_advance")((1,), (1,), (self.state, np.int64(blocks)))
+        return start
 
     def get_state(self):
         """A device copy of ``[seed, offset]`` (no host sync)."""
@@ -122,6 +137,21 @@ class PhiloxGenerator:
     def offset(self) -> int:
         """The current offset (reads the device: a host sync)."""
         return int(self.state[1].get())
+
+
+def keep_mask_at(state, shape, p: float):
+    """What ``keep_mask(shape, p)`` draws from the device state ``state`` ([seed, offset], e.g. a ``reserve()``
+    copy), without advancing anything."""
+    cp = require_cupy()
+    shape = tuple(int(s) for s in shape)
+    n = int(np.prod(shape)) if shape else 1
+    keep = cp.empty(shape, dtype=np.bool_)
+    blocks = (n + 3) // 4
+    if n:
+        with cp.cuda.Device(state.device.id):
+            _kernel("philox_keep")(((blocks + THREADS - 1) // THREADS,), (THREADS,),
+                                   (state, np.float32(p), keep, np.int64(n)))
+    return keep
 
 
 _by_rng: dict[int, tuple] = {}   # id(numpy Generator) -> (the Generator, its PhiloxGenerator)

@@ -18,11 +18,12 @@ from typing import Callable
 
 import numpy as np
 
-from ... import backend
+from ... import backend, dtypes
 from ...cuda import kernel_for
 from ...tensor import Tensor
 from ..elementwise import Where
 from .base import FusedFunction
+from .dropout import dropout_reference
 from .softmax import softmax_reference
 
 
@@ -58,7 +59,7 @@ def checked_mask(attn_mask, q: Tensor, scores_shape):
         m = attn_mask if hasattr(attn_mask, "dtype") else np.asarray(attn_mask)
         attn_mask = Tensor(m) if m.dtype != bool else m
     m = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
-    if m.dtype != bool and m.dtype.kind != "f":
+    if m.dtype != bool and not dtypes.is_float(m.dtype):
         raise TypeError(f"scaled_dot_product_attention: attn_mask must be boolean or float, got dtype {m.dtype}")
     try:
         if np.broadcast_shapes(m.shape, scores_shape) != tuple(scores_shape):
@@ -112,7 +113,8 @@ def attention_reference(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, is_caus
 
 # ------------------------------------------------------------------------------------------------ NumPy
 def _matmul(a, b):
-    return (kernel_for("matmul", a) or backend.xp_of(a).matmul)(a, b)
+    kernel = kernel_for("matmul", a)
+    return kernel(a, b) if kernel is not None else dtypes.widened(backend.xp_of(a).matmul, a, b)
 
 
 def attention_forward(q, k, v, causal, scale, bias=None):
@@ -148,30 +150,67 @@ def attention_backward(q, k, v, o, p, do, scale):
 
 
 # ------------------------------------------------------------------------------------------------ the fused op
+def _repeat_kv(x, rep: int):
+    """(B, Hk, T, D) array -> (B, Hk rep, T, D), each head repeated for the query heads it serves."""
+    return x if rep == 1 else backend.xp_of(x).repeat(x, rep, axis=1)
+
+
+def _sum_groups(g, rep: int):
+    """(B, Hk rep, T, D) gradient -> (B, Hk, T, D), summed over each head's query heads."""
+    if rep == 1:
+        return g
+    b, h, t, d = g.shape
+    return g.reshape(b, h // rep, rep, t, d).sum(axis=2)
+
+
 class Attention(FusedFunction):
-    """o = attention(q, k, v) in one node; ``bias`` an additive mask array (constant) or None."""
-    rule = "d attention: dv = p^T do, ds = p (do v^T - rowsum(do o)) scale, dq = ds k, dk = ds^T q"
-    params = ("causal", "scale", "bias")
+    """o = attention(q, k, v) in one node; ``bias`` an additive mask array (constant) or None. k and v may have
+    fewer heads than q (each serves H / Hk query heads). ``dropout_p`` > 0 (GPU kernels only): the probabilities
+    are dropped inside the kernels with the mask that ``drop_state`` ([seed, offset] of a Philox generator, kept
+    for backward) stands for, the same mask the composed path's dropout would draw from that state."""
+    rule = ("d attention: dv = p^T do, ds = p (do v^T - rowsum(do o)) scale, dq = ds k, dk = ds^T q "
+            "(p after dropout in dv; dp dropped likewise)")
+    params = ("causal", "scale", "bias", "dropout_p", "drop_state")
     bias = None
+    dropout_p = 0.0
+    drop_state = None
     save_outputs = True
 
     def forward(self, q, k, v):
+        rep = q.shape[1] // k.shape[1]
         kernel = kernel_for("attention_forward", q) if self.bias is None else None
         if kernel is not None:
             self.p = None
-            o, self.lse = kernel(q, k, v, self.causal, self.scale)
+            o, self.lse = kernel(q, k, v, self.causal, self.scale, self.dropout_p, self.drop_state)
             return o
-        o, self.p = attention_forward(q, k, v, self.causal, self.scale, self.bias)
+        if self.dropout_p > 0.0:
+            raise ValueError("attention: dropout inside the fused op needs the GPU kernels; "
+                             "F.scaled_dot_product_attention takes the composed path otherwise")
+        o, self.p = attention_forward(q, _repeat_kv(k, rep), _repeat_kv(v, rep), self.causal, self.scale, self.bias)
         return o
 
     def backward_arrays(self, do):
         q, k, v = (t.data for t in self.inputs)
         o = self._out_arrays[0]
         if self.p is None:
-            grads = kernel_for("attention_backward", q)(q, k, v, o, self.lse, do.data, self.causal, self.scale)
+            grads = kernel_for("attention_backward", q)(q, k, v, o, self.lse, do.data, self.causal, self.scale,
+                                                        self.dropout_p, self.drop_state)
         else:
-            grads = attention_backward(q, k, v, o, self.p, do.data, self.scale)
+            rep = q.shape[1] // k.shape[1]
+            dq, dk, dv = attention_backward(q, _repeat_kv(k, rep), _repeat_kv(v, rep), o, self.p, do.data,
+                                            self.scale)
+            grads = dq, _sum_groups(dk, rep), _sum_groups(dv, rep)
         return tuple(Tensor(g) if need else None for g, need in zip(grads, self.needs_input_grad))
 
     def reference(self, q, k, v):
-        return attention_reference(q, k, v, self.bias, self.causal, self.scale)
+        rep = q.shape[1] // k.shape[1]
+        if rep > 1:
+            k, v = repeat_heads(k, rep), repeat_heads(v, rep)
+        drop = None
+        if self.dropout_p > 0.0:
+            from ...cuda.philox import keep_mask_at
+            keep = keep_mask_at(self.drop_state, (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), self.dropout_p)
+            mask = keep.astype(q.dtype)
+            mask *= q.dtype.type(1.0 / (1.0 - self.dropout_p))
+            drop = lambda p: dropout_reference(p, mask)   # noqa: E731
+        return attention_reference(q, k, v, self.bias, self.causal, self.scale, dropout=drop)
