@@ -64,6 +64,8 @@ __device__ __forceinline__ float to_f32(b16 h) {
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
+// 2^x in one MUFU instruction (flush-to-zero: exp2f's subnormal handling costs more instructions per element)
+__device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 __device__ __forceinline__ u32 ld32(const b16* p) { return *reinterpret_cast<const u32*>(p); }
 __device__ __forceinline__ float pos_inf_f() { return __int_as_float(0x7f800000); }
 __device__ __forceinline__ u32 word_of(const u32* c, int i) { return i == 0 ? c[0] : i == 1 ? c[1] : i == 2 ? c[2] : c[3]; }
@@ -112,12 +114,13 @@ __device__ __forceinline__ void mma_abt(float* c, const u32 (*a)[4], const b16* 
     }
 }
 // O[nd] (16 x 8 each, all D/8 of them) += P (16 x 16, fragment pa) . tile rows [k0, k0 + 16) (16 x D)
-template <int D, bool BF>
-__device__ __forceinline__ void mma_pv(float (*o)[4], const u32* pa, const b16* tile, int k0) {
+// (NC columns from c0: o holds NC / 8 tiles)
+template <int D, bool BF, int NC = D>
+__device__ __forceinline__ void mma_pv(float (*o)[4], const u32* pa, const b16* tile, int k0, int c0 = 0) {
     const int lane = threadIdx.x & 31, j = lane >> 3;
-    const b16* p = tile + (k0 + (j & 1) * 8 + (lane & 7)) * (D + 8) + (j >> 1) * 8;
+    const b16* p = tile + (k0 + (j & 1) * 8 + (lane & 7)) * (D + 8) + c0 + (j >> 1) * 8;
 #pragma unroll
-    for (int nd = 0; nd < D / 8; nd += 2) {
+    for (int nd = 0; nd < NC / 8; nd += 2) {
         u32 b[4];
         ldsm4t(b, p + nd * 8);
         mma16816<BF>(o[nd], pa, b[0], b[1]);
@@ -125,12 +128,12 @@ __device__ __forceinline__ void mma_pv(float (*o)[4], const u32* pa, const b16* 
     }
 }
 
-// copy rows [row0, row0 + 64) of a (T, D) matrix with row stride ld into shared memory with row stride D + 8;
+// copy rows [row0, row0 + ROWS) of a (T, D) matrix with row stride ld into shared memory with row stride D + 8;
 // zero rows >= T
-template <int D>
+template <int D, int ROWS = 64>
 __device__ __forceinline__ void load_tile(b16* dst, const b16* src, i64 ld, int row0, int T) {
     constexpr int VPR = D / 8;                 // 16-byte vectors per row
-    for (int idx = threadIdx.x; idx < 64 * VPR; idx += blockDim.x) {
+    for (int idx = threadIdx.x; idx < ROWS * VPR; idx += blockDim.x) {
         const int r = idx / VPR, c = (idx % VPR) * 8;
         uint4 val = make_uint4(0u, 0u, 0u, 0u);
         if (row0 + r < T) val = *reinterpret_cast<const uint4*>(src + (i64)(row0 + r) * ld + c);
@@ -147,14 +150,21 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
 }
 // load_tile through the async copy engine (rows >= T are zero-filled: source size 0)
-template <int D>
+template <int D, int ROWS = 64>
 __device__ __forceinline__ void load_tile_async(b16* dst, const b16* src, i64 ld, int row0, int T) {
     constexpr int VPR = D / 8;
-    for (int idx = threadIdx.x; idx < 64 * VPR; idx += blockDim.x) {
+    for (int idx = threadIdx.x; idx < ROWS * VPR; idx += blockDim.x) {
         const int r = idx / VPR, c = (idx % VPR) * 8;
         const bool ok = row0 + r < T;
         cp_async16(dst + r * (D + 8) + c, src + (i64)(ok ? row0 + r : 0) * ld + c, ok ? 16 : 0);
     }
+}
+
+// A fragments (16 rows x 16 columns from c) of rows [r0, r0 + 16) of a shared-memory tile with row stride D + 8
+template <int D>
+__device__ __forceinline__ void ldsm_a(u32* a, const b16* tile, int r0, int c) {
+    const int lane = threadIdx.x & 31;
+    ldsm4(a, tile + (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * (D + 8) + c + (lane >> 4) * 8);
 }
 
 // A fragments (16 rows x D) of rows [r0, r0 + 16) of a (T, D) matrix with row stride ld, from global memory
@@ -177,20 +187,22 @@ __device__ __forceinline__ void load_a_frags(u32 (*a)[4], const b16* src, i64 ld
 // Dropout (DROP): the probabilities of query i and key j of head (b, h) are dropped as element
 // ((b H + h) Tq + i) Tk + j of a Philox draw of shape (B, H, Tq, Tk) from drop_state = [seed, offset]
 // (autograd/cuda/philox.py): the same mask the composed path's dropout would draw from that state.
-template <int D, bool BF, bool DROP>
+template <int D, int MT, bool BF, bool DROP>
 __global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, const b16* __restrict__ K,
         const b16* __restrict__ V, b16* __restrict__ O, float* __restrict__ L, int Tq, int Tk, int H, int rep,
         i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 o_sb, i64 o_sh, i64 o_st,
         float scale_log2, int causal, float drop_p, float drop_scale, const long long* __restrict__ drop_state) {
     constexpr int ST = D <= 64 ? 2 : 1;   // K/V stages: the next tile loads while this one is used (<= 48 KB)
+    // MT: 16-row query tiles per warp (each K/V fragment read from shared memory serves MT of them)
+    constexpr int QB = 64 * MT;           // queries per block (4 warps)
     __shared__ __align__(16) b16 Ksm[ST][64 * (D + 8)];
     __shared__ __align__(16) b16 Vsm[ST][64 * (D + 8)];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const int bh = blockIdx.y, b = bh / H, h = bh % H, hk = h / rep;
     Q += b * q_sb + h * q_sh; O += b * o_sb + h * o_sh; L += (i64)bh * Tq;
     K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
-    const int qblock = (gridDim.x - 1 - blockIdx.x) * 64;   // causal: the longest rows start first
-    const int q0 = qblock + warp * 16;
+    const int qblock = (gridDim.x - 1 - blockIdx.x) * QB;   // causal: the longest rows start first
+    const int q0 = qblock + warp * 16 * MT;
     const int shift = Tk - Tq;
     unsigned long long dseed = 0, doff = 0;
     long long ebase = 0;
@@ -199,15 +211,20 @@ __global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, cons
         doff = (unsigned long long)drop_state[1];
         ebase = (long long)bh * Tq * Tk;
     }
-    u32 qa[D / 16][4];
-    load_a_frags<D>(qa, Q, q_st, q0, Tq);
-    float o[D / 8][4];
+    u32 qa[MT][D / 16][4];
+    float o[MT][D / 8][4];
+    float m[MT][2], l[MT][2];
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) { o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f; }
-    float m[2] = {neg_inf_f(), neg_inf_f()}, l[2] = {0.f, 0.f};
+    for (int mt = 0; mt < MT; ++mt) {
+        load_a_frags<D>(qa[mt], Q, q_st, q0 + 16 * mt, Tq);
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) { o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f; }
+        m[mt][0] = m[mt][1] = neg_inf_f();
+        l[mt][0] = l[mt][1] = 0.f;
+    }
     int kend = Tk;
     if (causal) {
-        const int qlast = min(qblock + 63, Tq - 1);
+        const int qlast = min(qblock + QB - 1, Tq - 1);
         kend = min(Tk, qlast + shift + 1);
     }
     const int ntiles = (kend + 63) / 64;
@@ -239,85 +256,121 @@ __global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, cons
             Vs = Vsm[0];
         }
         __syncthreads();
-        float s[8][4];
+        // S = Q K^T for MT x 16 queries and 64 keys: one ldmatrix of K serves every query tile of the warp
+        float s[MT][8][4];
 #pragma unroll
         for (int nt = 0; nt < 8; ++nt) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            mma_abt<D, BF>(s[nt], qa, Ks, nt * 8);
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+            const b16* kp = Ks + (nt * 8 + (lane & 7)) * (D + 8) + (lane >> 3) * 8;
+#pragma unroll
+            for (int kc = 0; kc < D / 16; kc += 2) {
+                u32 bk[4];
+                ldsm4(bk, kp + kc * 16);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<BF>(s[mt][nt], qa[mt][kc], bk[0], bk[1]);
+                    mma16816<BF>(s[mt][nt], qa[mt][kc + 1], bk[2], bk[3]);
+                }
+            }
         }
         const bool need_mask = (k0 + 64 > Tk) || (causal && k0 + 63 > q0 + shift);
+        if (need_mask) {
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int c = 0; c < 4; ++c) {
-                float v = s[nt][c] * scale_log2;
-                if (need_mask) {
-                    const int key = k0 + nt * 8 + tig * 2 + (c & 1);
-                    const int row = q0 + gid + (c >> 1) * 8;
-                    if (key >= Tk || (causal && key > row + shift)) v = neg_inf_f();
-                }
-                s[nt][c] = v;
-            }
+                for (int nt = 0; nt < 8; ++nt)
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            float mx = neg_inf_f();
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * hh], s[nt][2 * hh + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m[hh], mx);
-            const float base = mnew == neg_inf_f() ? 0.f : mnew;
-            const float alpha = exp2f(m[hh] - base);
-            float sum = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-                const float p0 = exp2f(s[nt][2 * hh] - base), p1 = exp2f(s[nt][2 * hh + 1] - base);
-                s[nt][2 * hh] = p0; s[nt][2 * hh + 1] = p1;
-                sum += p0 + p1;
-            }
-            l[hh] = l[hh] * alpha + sum;
-            m[hh] = mnew;
-#pragma unroll
-            for (int nd = 0; nd < D / 8; ++nd) { o[nd][2 * hh] *= alpha; o[nd][2 * hh + 1] *= alpha; }
+                    for (int c = 0; c < 4; ++c) {
+                        const int key = k0 + nt * 8 + tig * 2 + (c & 1);
+                        const int row = q0 + 16 * mt + gid + (c >> 1) * 8;
+                        if (key >= Tk || (causal && key > row + shift)) s[mt][nt][c] = neg_inf_f();
+                    }
         }
+        // running max m in raw score units; p = 2^(s scale_log2 - m scale_log2): one FMA and one ex2 per score
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                float mx = neg_inf_f();
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hh], s[mt][nt][2 * hh + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mnew = fmaxf(m[mt][hh], mx);
+                const float base = mnew == neg_inf_f() ? 0.f : mnew * scale_log2;
+                const float alpha = ex2(m[mt][hh] * scale_log2 - base);
+                float sum = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) {
+                    const float p0 = ex2(fmaf(s[mt][nt][2 * hh], scale_log2, -base));
+                    const float p1 = ex2(fmaf(s[mt][nt][2 * hh + 1], scale_log2, -base));
+                    s[mt][nt][2 * hh] = p0; s[mt][nt][2 * hh + 1] = p1;
+                    sum += p0 + p1;
+                }
+                l[mt][hh] = l[mt][hh] * alpha + sum;
+                m[mt][hh] = mnew;
+#pragma unroll
+                for (int nd = 0; nd < D / 8; ++nd) { o[mt][nd][2 * hh] *= alpha; o[mt][nd][2 * hh + 1] *= alpha; }
+            }
         if constexpr (DROP) {   // the normaliser l counts every probability; only the kept ones reach O
 #pragma unroll
-            for (int nt = 0; nt < 8; ++nt)
+            for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    const int row = q0 + gid + hh * 8, key = k0 + nt * 8 + tig * 2;
-                    bool k0b, k1b;
-                    keep_pair(ebase + (long long)row * Tk + key, doff, dseed, drop_p, k0b, k1b);
-                    if (!k0b) s[nt][2 * hh] = 0.f;
-                    if (!k1b) s[nt][2 * hh + 1] = 0.f;
-                }
+                for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+                    for (int hh = 0; hh < 2; ++hh) {
+                        const int row = q0 + 16 * mt + gid + hh * 8, key = k0 + nt * 8 + tig * 2;
+                        bool k0b, k1b;
+                        keep_pair(ebase + (long long)row * Tk + key, doff, dseed, drop_p, k0b, k1b);
+                        if (!k0b) s[mt][nt][2 * hh] = 0.f;
+                        if (!k1b) s[mt][nt][2 * hh + 1] = 0.f;
+                    }
         }
+        // O += P V: P straight from the S accumulators (two 8-key tiles = one 16-key A fragment)
 #pragma unroll
         for (int kc = 0; kc < 4; ++kc) {
-            u32 pa[4];
-            pa[0] = pack2<BF>(s[2 * kc][0], s[2 * kc][1]);
-            pa[1] = pack2<BF>(s[2 * kc][2], s[2 * kc][3]);
-            pa[2] = pack2<BF>(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-            pa[3] = pack2<BF>(s[2 * kc + 1][2], s[2 * kc + 1][3]);
-            mma_pv<D, BF>(o, pa, Vs, kc * 16);
+            u32 pa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                pa[mt][0] = pack2<BF>(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+                pa[mt][1] = pack2<BF>(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+                pa[mt][2] = pack2<BF>(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+                pa[mt][3] = pack2<BF>(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+            }
+            const int j = lane >> 3;
+            const b16* vp = Vs + (kc * 16 + (j & 1) * 8 + (lane & 7)) * (D + 8) + (j >> 1) * 8;
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd += 2) {
+                u32 bv[4];
+                ldsm4t(bv, vp + nd * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<BF>(o[mt][nd], pa[mt], bv[0], bv[1]);
+                    mma16816<BF>(o[mt][nd + 1], pa[mt], bv[2], bv[3]);
+                }
+            }
         }
         __syncthreads();
     }
 #pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-        float lt = l[hh];
-        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-        const int row = q0 + gid + 8 * hh;
-        const float inv = lt > 0.f ? drop_scale / lt : 0.f;
-        if (row < Tq) {
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int nd = 0; nd < D / 8; ++nd)
-                *reinterpret_cast<u32*>(O + (i64)row * o_st + nd * 8 + tig * 2) =
-                    pack2<BF>(o[nd][2 * hh] * inv, o[nd][2 * hh + 1] * inv);
-            if (tig == 0) L[row] = lt > 0.f ? (m[hh] + log2f(lt)) * 0.6931471805599453f : neg_inf_f();
+        for (int hh = 0; hh < 2; ++hh) {
+            float lt = l[mt][hh];
+            lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+            lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+            const int row = q0 + 16 * mt + gid + 8 * hh;
+            const float inv = lt > 0.f ? drop_scale / lt : 0.f;
+            if (row < Tq) {
+#pragma unroll
+                for (int nd = 0; nd < D / 8; ++nd)
+                    *reinterpret_cast<u32*>(O + (i64)row * o_st + nd * 8 + tig * 2) =
+                        pack2<BF>(o[mt][nd][2 * hh] * inv, o[mt][nd][2 * hh + 1] * inv);
+                if (tig == 0)
+                    L[row] = lt > 0.f ? (m[mt][hh] * scale_log2 + log2f(lt)) * 0.6931471805599453f : neg_inf_f();
+            }
         }
-    }
 }
 
 // delta = rowsum(dO * O) per query row (float32), one warp a row; rows = B H Tq
@@ -353,7 +406,9 @@ __global__ void flash_dq_out(const float* __restrict__ acc, b16* __restrict__ dq
 }
 
 // Backward: one block per 64 keys of one key/value head; it walks the query tiles of every query head that
-// reads this key/value head (rep of them), so dK and dV are summed over the group in registers.
+// reads this key/value head (rep of them), so dK and dV are summed over the group in registers. D <= 64: K and V
+// fragments stay in registers, 64-query tiles; D = 128: K and V fragments are read from shared memory and the
+// query tiles are 32 rows (the dK and dV accumulators take 128 registers).
 template <int D, bool BF, bool DROP>
 __global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, const b16* __restrict__ K,
         const b16* __restrict__ V, const b16* __restrict__ dO, const float* __restrict__ L,
@@ -362,15 +417,19 @@ __global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, cons
         i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 do_sb, i64 do_sh, i64 do_st,
         i64 g_sb, i64 g_sh, i64 g_st,
         float scale, int causal, float drop_p, float drop_scale, const long long* __restrict__ drop_state) {
-    // dynamic shared memory (over 48 KB for D = 64): Q and dO tiles in two stages, K, dS^T, lse and delta
+    constexpr int QT = D <= 64 ? 64 : 32;      // queries per tile
+    constexpr bool KREG = D <= 64;             // K, V fragments in registers
+    constexpr int TQ = QT * (D + 8), TK = 64 * (D + 8), SLD = QT + 8;
+    constexpr int NC = QT == 64 ? D : D / 2;   // dQ columns per warp (4 warps: 16 queries each; or 16 x D / 2)
+    // dynamic shared memory: Q and dO tiles in two stages, K (and V), dS^T, lse and delta
     extern __shared__ __align__(16) unsigned char fa_smem[];
-    constexpr int TILE = 64 * (D + 8);
     b16* Qsm = reinterpret_cast<b16*>(fa_smem);
-    b16* dOsm = Qsm + 2 * TILE;
-    b16* Ks = dOsm + 2 * TILE;
-    b16* dSs = Ks + TILE;
-    float* lse_s = reinterpret_cast<float*>(dSs + 64 * 72);
-    float* del_s = lse_s + 64;
+    b16* dOsm = Qsm + 2 * TQ;
+    b16* Ks = dOsm + 2 * TQ;
+    b16* Vs = Ks + TK;
+    b16* dSs = Vs + (KREG ? 0 : TK);
+    float* lse_s = reinterpret_cast<float*>(dSs + 64 * SLD);
+    float* del_s = lse_s + QT;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const int Hk = H / rep, bk = blockIdx.y, b = bk / Hk, hk = bk % Hk;
     K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
@@ -379,14 +438,19 @@ __global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, cons
     const int kw0 = kblock + warp * 16;
     const int shift = Tk - Tq;
     const float scale_log2 = scale * LOG2E;
+    const int dq_row = QT == 64 ? warp * 16 : (warp & 1) * 16, dq_col = QT == 64 ? 0 : (warp >> 1) * NC;
     unsigned long long dseed = 0, doff = 0;
     if constexpr (DROP) {
         dseed = (unsigned long long)drop_state[0];
         doff = (unsigned long long)drop_state[1];
     }
-    u32 ka[D / 16][4], va[D / 16][4];
-    load_a_frags<D>(ka, K, kv_st, kw0, Tk);
-    load_a_frags<D>(va, V, kv_st, kw0, Tk);
+    u32 ka[KREG ? D / 16 : 1][4], va[KREG ? D / 16 : 1][4];
+    if constexpr (KREG) {
+        load_a_frags<D>(ka, K, kv_st, kw0, Tk);
+        load_a_frags<D>(va, V, kv_st, kw0, Tk);
+    } else {
+        load_tile<D>(Vs, V, kv_st, kblock, Tk);
+    }
     load_tile<D>(Ks, K, kv_st, kblock, Tk);
     float dv[D / 8][4], dk[D / 8][4];
 #pragma unroll
@@ -394,54 +458,75 @@ __global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, cons
 #pragma unroll
         for (int c = 0; c < 4; ++c) { dv[i][c] = 0.f; dk[i][c] = 0.f; }
     int qstart = 0;
-    if (causal) qstart = max(0, kblock - shift) / 64 * 64;
-    const int ntq = qstart < Tq ? (Tq - qstart + 63) / 64 : 0;
+    if (causal) qstart = max(0, kblock - shift) / QT * QT;
+    const int ntq = qstart < Tq ? (Tq - qstart + QT - 1) / QT : 0;
     const int total = rep * ntq;   // tiles of every query head of the group, one after the other
     if (total > 0) {
         const int h0 = hk * rep;
-        load_tile_async<D>(Qsm, Q + b * q_sb + h0 * q_sh, q_st, qstart, Tq);
-        load_tile_async<D>(dOsm, dO + b * do_sb + h0 * do_sh, do_st, qstart, Tq);
+        load_tile_async<D, QT>(Qsm, Q + b * q_sb + h0 * q_sh, q_st, qstart, Tq);
+        load_tile_async<D, QT>(dOsm, dO + b * do_sb + h0 * do_sh, do_st, qstart, Tq);
         cp_async_commit();
     }
     for (int it = 0; it < total; ++it) {
         const int buf = it & 1;
-        const int h = hk * rep + it / ntq, qt = qstart + (it % ntq) * 64;
+        const int h = hk * rep + it / ntq, qt = qstart + (it % ntq) * QT;
         if (it + 1 < total) {   // stage buf ^ 1 was released by the barrier that ended the last tile
-            const int hn = hk * rep + (it + 1) / ntq, qn = qstart + ((it + 1) % ntq) * 64;
-            load_tile_async<D>(Qsm + (buf ^ 1) * TILE, Q + b * q_sb + hn * q_sh, q_st, qn, Tq);
-            load_tile_async<D>(dOsm + (buf ^ 1) * TILE, dO + b * do_sb + hn * do_sh, do_st, qn, Tq);
+            const int hn = hk * rep + (it + 1) / ntq, qn = qstart + ((it + 1) % ntq) * QT;
+            load_tile_async<D, QT>(Qsm + (buf ^ 1) * TQ, Q + b * q_sb + hn * q_sh, q_st, qn, Tq);
+            load_tile_async<D, QT>(dOsm + (buf ^ 1) * TQ, dO + b * do_sb + hn * do_sh, do_st, qn, Tq);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
         }
-        const b16* Qs = Qsm + buf * TILE;
-        const b16* dOs = dOsm + buf * TILE;
+        const b16* Qs = Qsm + buf * TQ;
+        const b16* dOs = dOsm + buf * TQ;
         const i64 bhq = (i64)b * H + h;
-        for (int i = threadIdx.x; i < 64; i += blockDim.x) {
+        for (int i = threadIdx.x; i < QT; i += blockDim.x) {
             const bool ok = qt + i < Tq;
             lse_s[i] = ok ? L[bhq * Tq + qt + i] * LOG2E : pos_inf_f();
             del_s[i] = ok ? Dl[bhq * Tq + qt + i] : 0.f;
         }
         __syncthreads();
-        // S^T = K Q^T and dP^T = V dO^T, 16 keys x 64 queries per warp
-        float st[8][4], dp[8][4];
+        // S^T = K Q^T and dP^T = V dO^T, 16 keys x QT queries per warp
+        float st[QT / 8][4], dp[QT / 8][4];
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
+        for (int nt = 0; nt < QT / 8; ++nt)
 #pragma unroll
             for (int c = 0; c < 4; ++c) { st[nt][c] = 0.f; dp[nt][c] = 0.f; }
-            mma_abt<D, BF>(st[nt], ka, Qs, nt * 8);
-            mma_abt<D, BF>(dp[nt], va, dOs, nt * 8);
+#pragma unroll
+        for (int kc = 0; kc < D / 16; kc += 2) {
+            u32 k0a[4], k1a[4], v0a[4], v1a[4];
+            if constexpr (KREG) {
+#pragma unroll
+                for (int r = 0; r < 4; ++r) { k0a[r] = ka[kc][r]; k1a[r] = ka[kc + 1][r]; v0a[r] = va[kc][r]; v1a[r] = va[kc + 1][r]; }
+            } else {
+                ldsm_a<D>(k0a, Ks, warp * 16, kc * 16);
+                ldsm_a<D>(k1a, Ks, warp * 16, kc * 16 + 16);
+                ldsm_a<D>(v0a, Vs, warp * 16, kc * 16);
+                ldsm_a<D>(v1a, Vs, warp * 16, kc * 16 + 16);
+            }
+#pragma unroll
+            for (int nt = 0; nt < QT / 8; ++nt) {
+                const int off = (nt * 8 + (lane & 7)) * (D + 8) + kc * 16 + (lane >> 3) * 8;
+                u32 bq[4], bd[4];
+                ldsm4(bq, Qs + off);
+                ldsm4(bd, dOs + off);
+                mma16816<BF>(st[nt], k0a, bq[0], bq[1]);
+                mma16816<BF>(st[nt], k1a, bq[2], bq[3]);
+                mma16816<BF>(dp[nt], v0a, bd[0], bd[1]);
+                mma16816<BF>(dp[nt], v1a, bd[2], bd[3]);
+            }
         }
         // P^T (dropped and rescaled, for dV) and dS^T (unscaled) in place
         const long long ebase = DROP ? bhq * Tq * Tk : 0;
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt)
+        for (int nt = 0; nt < QT / 8; ++nt)
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 const int ql = nt * 8 + tig * 2 + (c & 1);
                 const int key = kw0 + gid + (c >> 1) * 8;
-                float p = exp2f(st[nt][c] * scale_log2 - lse_s[ql]);
+                float p = ex2(fmaf(st[nt][c], scale_log2, -lse_s[ql]));
                 if (key >= Tk || (causal && key > qt + ql + shift)) p = 0.f;
                 float g = dp[nt][c];
                 float pd = p;
@@ -453,9 +538,9 @@ __global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, cons
                 st[nt][c] = pd;
                 dp[nt][c] = p * (g - del_s[ql]);
             }
-        // dV += P^T dO, dK += dS^T Q (B operands: rows of dOs / Qs, two 16-bit loads each)
+        // dV += P^T dO, dK += dS^T Q (B operands: rows of dOs / Qs)
 #pragma unroll
-        for (int kc = 0; kc < 4; ++kc) {
+        for (int kc = 0; kc < QT / 16; ++kc) {
             u32 pa[4], sa[4];
             pa[0] = pack2<BF>(st[2 * kc][0], st[2 * kc][1]);
             pa[1] = pack2<BF>(st[2 * kc][2], st[2 * kc][3]);
@@ -469,33 +554,33 @@ __global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, cons
             mma_pv<D, BF>(dk, sa, Qs, kc * 16);
             // dS^T rows (keys) of this warp -> shared memory, [key][query]
             const int kr = warp * 16 + gid;
-            *reinterpret_cast<u32*>(dSs + kr * 72 + kc * 16 + tig * 2) = sa[0];
-            *reinterpret_cast<u32*>(dSs + (kr + 8) * 72 + kc * 16 + tig * 2) = sa[1];
-            *reinterpret_cast<u32*>(dSs + kr * 72 + kc * 16 + 8 + tig * 2) = sa[2];
-            *reinterpret_cast<u32*>(dSs + (kr + 8) * 72 + kc * 16 + 8 + tig * 2) = sa[3];
+            *reinterpret_cast<u32*>(dSs + kr * SLD + kc * 16 + tig * 2) = sa[0];
+            *reinterpret_cast<u32*>(dSs + (kr + 8) * SLD + kc * 16 + tig * 2) = sa[1];
+            *reinterpret_cast<u32*>(dSs + kr * SLD + kc * 16 + 8 + tig * 2) = sa[2];
+            *reinterpret_cast<u32*>(dSs + (kr + 8) * SLD + kc * 16 + 8 + tig * 2) = sa[3];
         }
         __syncthreads();
-        // dQ (queries warp*16 .. +16 of this tile) = dS K over the block's 64 keys
-        float dq[D / 8][4];
+        // dQ (16 queries from dq_row, NC columns from dq_col) = dS K over the block's 64 keys
+        float dq[NC / 8][4];
 #pragma unroll
-        for (int i = 0; i < D / 8; ++i) { dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f; }
+        for (int i = 0; i < NC / 8; ++i) { dq[i][0] = dq[i][1] = dq[i][2] = dq[i][3] = 0.f; }
         // A = dS (rows: queries) is the transpose of dSs: ldmatrix.trans of (8 keys x 8 queries) blocks
         const int j = lane >> 3;
-        const b16* sp = dSs + ((j >> 1) * 8 + (lane & 7)) * 72 + warp * 16 + (j & 1) * 8;
+        const b16* sp = dSs + ((j >> 1) * 8 + (lane & 7)) * SLD + dq_row + (j & 1) * 8;
 #pragma unroll
         for (int kc = 0; kc < 4; ++kc) {
             u32 a[4];
-            ldsm4t(a, sp + kc * 16 * 72);
-            mma_pv<D, BF>(dq, a, Ks, kc * 16);
+            ldsm4t(a, sp + kc * 16 * SLD);
+            mma_pv<D, BF, NC>(dq, a, Ks, kc * 16, dq_col);
         }
         float* dQh = dQ + bhq * Tq * D;
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
-            const int row = qt + warp * 16 + gid + 8 * hh;
+            const int row = qt + dq_row + gid + 8 * hh;
             if (row < Tq) {
 #pragma unroll
-                for (int nd = 0; nd < D / 8; ++nd) {
-                    float* dst = dQh + (i64)row * D + nd * 8 + tig * 2;
+                for (int nd = 0; nd < NC / 8; ++nd) {
+                    float* dst = dQh + (i64)row * D + dq_col + nd * 8 + tig * 2;
                     atomicAdd(dst, dq[nd][2 * hh] * scale);
                     atomicAdd(dst + 1, dq[nd][2 * hh + 1] * scale);
                 }
@@ -520,10 +605,13 @@ __global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, cons
 """
 
 _FWD_D = (32, 64, 128)
-_BWD_D = (32, 64)
+_BWD_D = (32, 64, 128)
 _BOOL = ("false", "true")
+# forward: query tiles of 16 rows per warp, by D (the first is used; 2 halves the shared-memory reads of K and V
+# per product, at 246 instead of 128 registers); with dropout 1 (the mask's registers would spill)
+_FWD_MT = {32: (2, 1), 64: (2, 1), 128: (1,)}
 _mod = LazyModule(_SRC, {
-    "flash_fwd": [f"{d},{bf},{dr}" for d in _FWD_D for bf in _BOOL for dr in _BOOL],
+    "flash_fwd": [f"{d},{mt},{bf},{dr}" for d in _FWD_D for mt in _FWD_MT[d] for bf in _BOOL for dr in _BOOL],
     "flash_bwd": [f"{d},{bf},{dr}" for d in _BWD_D for bf in _BOOL for dr in _BOOL],
     "flash_bwd_delta": [f"{d},{bf}" for d in _FWD_D for bf in _BOOL],
     "flash_dq_out": [f"{d},{bf}" for d in _FWD_D for bf in _BOOL],
@@ -606,11 +694,19 @@ def flash_forward(q, k, v, causal, scale, dropout_p: float = 0.0, drop_state=Non
     _, so = _strides(o)
     lse = cp.empty((B, H, Tq), np.float32)
     p, rinv, state, drop = _drop_args(dropout_p, drop_state)
-    _mod.kernel("flash_fwd", _targs(q.dtype, D, drop))(
-        ((Tq + 63) // 64, B * H), (128,),
+    mt = 1 if drop == "true" else _FWD_MT[D][0]
+    _mod.kernel("flash_fwd", _targs(q.dtype, f"{D},{mt}", drop))(
+        ((Tq + 64 * mt - 1) // (64 * mt), B * H), (128,),
         (q, k, v, o, lse, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // k.shape[1]), *sq, *skv, *so,
          np.float32(scale * math.log2(math.e)), np.int32(bool(causal)), p, rinv, state))
     return o, lse
+
+
+def _bwd_smem(D: int) -> int:
+    """Dynamic shared memory of flash_bwd<D> in bytes (the layout at the top of the kernel)."""
+    qt = 64 if D <= 64 else 32
+    tiles = 4 * qt * (D + 8) + (1 if D <= 64 else 2) * 64 * (D + 8) + 64 * (qt + 8)
+    return tiles * 2 + 2 * qt * 4
 
 
 def flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, drop_state=None):
@@ -639,7 +735,7 @@ def flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, d
     _, sg = _strides(dk)
     p, rinv, state, drop = _drop_args(dropout_p, drop_state)
     kern = _mod.kernel("flash_bwd", _targs(q.dtype, D, drop))
-    smem = (5 * 64 * (D + 8) + 64 * 72) * 2 + 2 * 64 * 4
+    smem = _bwd_smem(D)
     key = (id(kern), cp.cuda.Device().id)   # the attribute belongs to the function loaded on this GPU
     if _smem_set.get(key) != smem:   # opt in to more than 48 KB of dynamic shared memory
         kern.max_dynamic_shared_size_bytes = smem
