@@ -8,6 +8,7 @@ from . import amp, backend
 from . import functional
 from .backend import cuda_available
 from .backward import BackwardError, grad
+from .dtypes import bfloat16
 from .checkpoint import checkpoint
 from .function import Function
 from .grad_mode import enable_grad, is_grad_enabled, no_grad
@@ -33,7 +34,7 @@ __all__ = [
     "arange", "eye", "full", "full_like", "zeros_like", "ones_like", "rand", "randint", "manual_seed", "einsum",
     "gather", "scatter", "scatter_add", "one_hot", "flip", "roll", "tile", "pad", "tril", "triu", "isnan", "isinf",
     "isfinite", "lerp", "all", "any", "argmax", "argmin", "std", "flatten", "squeeze", "unsqueeze", "transpose",
-    "argsort", "sort", "topk", "concat", "cat", "as_tensor",
+    "argsort", "sort", "topk", "concat", "cat", "as_tensor", "bfloat16",
 ]
 concat = cat = concatenate  # PyTorch's other names
 

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from . import backend
+from . import dtypes as _dtypes
 from .cuda import kernel_for
 
 
@@ -33,8 +34,8 @@ class autocast:
     """Context manager: matrix products compute in ``dtype`` ('float16' by default; None turns it off inside)."""
 
     def __init__(self, dtype="float16"):
-        self.dtype = None if dtype is None else np.dtype(dtype)
-        if self.dtype is not None and self.dtype.kind != "f":
+        self.dtype = None if dtype is None else _dtypes.as_dtype(dtype)
+        if self.dtype is not None and not _dtypes.is_float(self.dtype):
             raise ValueError(f"autocast: dtype must be a float type, got {self.dtype}")
 
     def __enter__(self):

@@ -14,6 +14,10 @@ the highest category:
   give float64).
 
 True division and the float functions (exp, log, sin ...) of integer tensors give the default float dtype.
+
+bfloat16 (ml_dtypes' dtype; NumPy reports its kind as 'V') is a float: ``bfloat16 + float16`` is float32 (neither
+holds the other), ``bfloat16 + float32`` float32, ``bfloat16 + float64`` float64, and ``bfloat16 (n,) * 2.0`` stays
+bfloat16 by the category rule. ``as_dtype("bfloat16")`` resolves the name, with a clear error without ml_dtypes.
 """
 from __future__ import annotations
 
@@ -35,9 +39,38 @@ def is_bfloat16(dtype) -> bool:
     return bfloat16 is not None and np.dtype(dtype) == bfloat16
 
 
+def is_float(dtype) -> bool:
+    """True for the floating dtypes: float16/32/64 and bfloat16."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or is_bfloat16(dtype)
+
+
+def as_dtype(dtype) -> np.dtype:
+    """``np.dtype(dtype)``, also for the name ``"bfloat16"`` (a clear error when ml_dtypes is not installed)."""
+    if isinstance(dtype, str) and dtype.strip().lower() in ("bfloat16", "bf16"):
+        if bfloat16 is None:
+            raise TypeError("dtype bfloat16 needs the ml_dtypes package (pip install ml_dtypes)")
+        return bfloat16
+    return np.dtype(dtype)
+
+
+def widened(fn, *arrays):
+    """``fn(*arrays)`` with bfloat16 operands computed in float32 and a float32 result cast back to bfloat16.
+
+    The one place for what NumPy (through ml_dtypes) does not do in bfloat16: einsum has no bfloat16 loop, matmul
+    and clip return float32, and sums would accumulate in bfloat16. Operands share one dtype (the ops promote
+    first); without a bfloat16 operand ``fn`` runs as it is."""
+    if bfloat16 is None or not any(a.dtype == bfloat16 for a in arrays):
+        return fn(*arrays)
+    out = fn(*(a.astype(np.float32) if a.dtype == bfloat16 else a for a in arrays))
+    return out.astype(bfloat16) if out.dtype == np.float32 else out
+
+
 def category(dtype) -> int:
     """0 for bool, 1 for integers, 2 for floats; a clear error for other dtypes (complex, strings, objects)."""
     kind = np.dtype(dtype).kind
+    if is_bfloat16(dtype):
+        return 2
     if kind not in _CATEGORY:
         raise TypeError(f"dtype {np.dtype(dtype)} is not supported: tensors hold bool, integer or float values")
     return _CATEGORY[kind]
@@ -49,6 +82,11 @@ def promote_types(a, b) -> np.dtype:
     ca, cb = category(a), category(b)
     if ca != cb:
         return a if ca > cb else b
+    if a == b:
+        return a
+    if is_bfloat16(a) or is_bfloat16(b):  # NumPy has no common type for bfloat16 and float16: float32 holds both
+        other = b if is_bfloat16(a) else a
+        return np.promote_types(np.float32, other)
     out = np.promote_types(a, b)
     if category(out) != ca:  # uint64 with a signed integer: NumPy would give float64
         raise TypeError(f"no integer dtype holds both {a} and {b}; cast one of them first")
@@ -109,4 +147,4 @@ def result_type(*operands) -> np.dtype:
 def float_dtype(dtype) -> np.dtype:
     """``dtype`` itself when floating, else the default float dtype (what exp, log, division ... of ints give)."""
     dtype = np.dtype(dtype)
-    return dtype if dtype.kind == "f" else np.dtype(backend.default_float_dtype())
+    return dtype if is_float(dtype) else np.dtype(backend.default_float_dtype())

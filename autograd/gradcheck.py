@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import backend
+from . import backend, dtypes
 from .backward import grad as _grad
 from .grad_mode import enable_grad, no_grad
 from .tensor import Tensor
@@ -63,7 +63,7 @@ def _scalar(outs, weights) -> float:
 
 def _check_finite(outs, what):
     for i, o in enumerate(outs):
-        if o.data.dtype.kind == "f" and not bool(backend.xp_of(o.data).isfinite(o.data).all()):
+        if dtypes.is_float(o.data.dtype) and not bool(backend.xp_of(o.data).isfinite(o.data).all()):
             raise GradcheckError(f"gradcheck: output {i} of fn is not finite at {what}; "
                                  "choose inputs where the function is defined (and away from kinks)")
 

@@ -5,13 +5,15 @@ from typing import Callable
 
 import numpy as np
 
-from . import backend
+from . import backend, dtypes
 from .ops import axes as _axes
 from .tensor_protocol import TensorProtocol
 
 
 def _to_array(data, dtype=None):
     """Turn user data into an ndarray. Python floats and float lists become float32; ints stay integer."""
+    if dtype is not None:
+        dtype = dtypes.as_dtype(dtype)
     if isinstance(data, np.ndarray) or backend.is_cupy_array(data):
         arr = data if dtype is None or data.dtype == dtype else data.astype(dtype)
     else:
@@ -21,7 +23,7 @@ def _to_array(data, dtype=None):
             raise TypeError(f"cannot make a Tensor from {type(data).__name__}: {e}") from None
         if dtype is None and arr.dtype == np.float64 and not isinstance(data, np.generic):
             arr = arr.astype(backend.default_float_dtype())
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "biuf" and not dtypes.is_bfloat16(arr.dtype):
         raise TypeError(f"cannot make a Tensor from {type(data).__name__} of dtype {arr.dtype}: expected bool, integer "
                         "or float numbers (nested lists or an ndarray)")
     return arr
@@ -43,7 +45,7 @@ class Tensor(TensorProtocol):
         arr = _to_array(data, dtype)
         if device is not None:
             arr = backend.to_device(arr, device)
-        if requires_grad and arr.dtype.kind != "f":
+        if requires_grad and not dtypes.is_float(arr.dtype):
             raise TypeError(f"only floating-point tensors can require grad, got dtype {arr.dtype}")
         self._data = arr
         self.grad: Tensor | None = None
@@ -150,7 +152,7 @@ class Tensor(TensorProtocol):
         return self.to("cuda" if index is None else f"cuda:{index}")
 
     def requires_grad_(self, flag: bool = True) -> "Tensor":
-        if flag and self.dtype.kind != "f":
+        if flag and not dtypes.is_float(self.dtype):
             raise TypeError(f"only floating-point tensors can require grad, got dtype {self.dtype}")
         if not self.is_leaf and not flag:
             raise RuntimeError("requires_grad_(False) only applies to leaves; use .detach() for an op's output")

@@ -24,7 +24,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import backend
+from . import backend, dtypes
 from .backward import backward_iter
 from .function import Function
 from .tensor import Tensor
@@ -42,6 +42,8 @@ def format_array(a, small: int | None = None, precision: int = 4, with_shape: bo
     if isinstance(a, Tensor):
         a = a.data
     a = backend.to_numpy(a)
+    if dtypes.is_bfloat16(a.dtype):
+        a = a.astype(np.float32)   # printed as the float32 values it holds
     small = SMALL if small is None else small
     if full or a.size <= small:
         if a.ndim == 0:

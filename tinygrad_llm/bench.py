@@ -29,7 +29,7 @@ def measure_training_speed(cfg, batch: int, device: str = "cpu", precision: str 
     """Time training steps of ``GPT(cfg)``; returns {"step_s", "tokens_per_s", "peak_bytes", "losses"}.
 
     precision: "fp32" (no TF32), "tf32" (TF32 matrix products on GPUs that have them), "mixed" (float16 autocast
-    with float32 master weights and a GradScaler).
+    with float32 master weights and a GradScaler), "bf16" (bfloat16 autocast, float32 master weights, no scaler).
     """
     import autograd as ag
     from autograd import backend
@@ -44,6 +44,7 @@ def measure_training_speed(cfg, batch: int, device: str = "cpu", precision: str 
     model = GPT(cfg, seed=seed, device=device)
     opt = AdamW(model, lr=6e-4, weight_decay=0.1, betas=(0.9, 0.95))
     scaler = ag.amp.GradScaler() if precision == "mixed" else None
+    amp_dtype = {"mixed": "float16", "bf16": "bfloat16"}.get(precision)
     params = model.parameters()
     rng = np.random.default_rng(seed)
     T, V = cfg.context_length, cfg.vocab_size
@@ -55,7 +56,7 @@ def measure_training_speed(cfg, batch: int, device: str = "cpu", precision: str 
         x, y = batches[i % len(batches)]
         t0 = time.perf_counter()
         x, y = backend.to_device(x, device), backend.to_device(y, device)
-        with ag.amp.autocast("float16" if scaler is not None else None):
+        with ag.amp.autocast(amp_dtype):
             _, loss = model(x, y)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -110,7 +111,7 @@ def _configure(parser) -> None:
     parser.add_argument("--preset", default="small", help="GPT preset (default small: the CPU benchmark configuration "
                                                           "with vocab 512, context 128, 4x4x256)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "mixed"])
+    parser.add_argument("--precision", default="tf32", choices=["fp32", "tf32", "mixed", "bf16"])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)

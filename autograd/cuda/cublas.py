@@ -28,7 +28,7 @@ __all__ = ["library_path", "handle", "gemm_ex", "gemm_strided_batched_ex", "Cubl
 
 # enum values (cublas_api.h / library_types.h; stable across CUDA 11-13)
 OP_N, OP_T = 0, 1
-R_16F, R_32F, R_64F = 2, 0, 1
+R_16F, R_32F, R_64F, R_16BF = 2, 0, 1, 14
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
 GEMM_DEFAULT = -1
 _POINTER_MODE_HOST = 0

@@ -1,4 +1,5 @@
-"""cuBLAS matrix products for CuPy arrays: 2-D, batched (strided-batched GEMM), with TF32 / float16 tensor cores.
+"""cuBLAS matrix products for CuPy arrays: 2-D, batched (strided-batched GEMM), with TF32 / float16 / bfloat16 tensor
+cores.
 
 Why not ``cupy.matmul``: for more than two dimensions CuPy 14 upcasts float16 to float32 and ignores TF32.
 
@@ -9,7 +10,8 @@ Leading (batch) axes that can be described by one stride (stride 0 for a broadca
 ``cublasGemmStridedBatchedEx``; a batched A times a 2-D B with A contiguous is one big 2-D GEMM.
 
 Compute types: float64 -> CUBLAS_COMPUTE_64F; float32 -> CUBLAS_COMPUTE_32F_FAST_TF32 when TF32 is enabled, else
-CUBLAS_COMPUTE_32F; float16 in and out -> CUBLAS_COMPUTE_32F (float32 accumulation on tensor cores).
+CUBLAS_COMPUTE_32F; float16 or bfloat16 (CUDA_R_16BF) in and out -> CUBLAS_COMPUTE_32F (float32 accumulation on tensor
+cores), or float32 out (``out_dtype``).
 
 Every GEMM goes through ``cublas.py`` (our ctypes binding to CuPy's libcublas, with a preallocated workspace), so
 these products can be recorded into a CUDA graph (``graph.py``); CuPy's own cuBLAS wrappers refuse stream capture.
@@ -23,11 +25,12 @@ import os
 
 import numpy as np
 
+from .. import dtypes as _dtypes
 from . import cublas as _cb
 from ._common import require_cupy
 from .cublas import COMPUTE_32F as _COMPUTE_32F, COMPUTE_32F_FAST_TF32 as _COMPUTE_32F_FAST_TF32
 from .cublas import COMPUTE_64F as _COMPUTE_64F, OP_N as _OP_N, OP_T as _OP_T
-from .cublas import R_16F as _R_16F, R_32F as _R_32F, R_64F as _R_64F
+from .cublas import R_16BF as _R_16BF, R_16F as _R_16F, R_32F as _R_32F, R_64F as _R_64F
 from .registry import register
 
 _tf32: bool | None = None   # None: not decided yet (decided on first use from the device and the env var)
@@ -105,24 +108,24 @@ def _types(dtype):
     """(cuda data type, compute type, alpha/beta numpy dtype)."""
     if dtype == np.float32:
         return _R_32F, (_COMPUTE_32F_FAST_TF32 if tf32_enabled() else _COMPUTE_32F), np.float32
-    if dtype == np.float16:
-        return _R_16F, _COMPUTE_32F, np.float32
-    return _R_64F, _COMPUTE_64F, np.float64
+    if dtype == np.float64:
+        return _R_64F, _COMPUTE_64F, np.float64
+    return _R_OF[np.dtype(dtype)], _COMPUTE_32F, np.float32   # float16, bfloat16: float32 accumulation
 
 
 def matmul(a, b, out=None, out_dtype=None):
     """a @ b for CuPy arrays (..., M, K) @ (..., K, N) -> (..., M, N), batch axes broadcast.
 
-    float16/float32/float64 go through cuBLAS (TF32 for float32 when enabled); other dtypes and 1-D operands go to
-    ``cupy.matmul``. Mixed float dtypes are promoted first. ``out_dtype=float32`` with float16 operands writes the
-    float32 accumulator straight out (cuBLAS C type 32F: no float16 rounding and no separate cast)."""
+    float16/bfloat16/float32/float64 go through cuBLAS (TF32 for float32 when enabled); other dtypes and 1-D operands
+    go to ``cupy.matmul``. Mixed float dtypes are promoted first. ``out_dtype=float32`` with float16 or bfloat16
+    operands writes the float32 accumulator straight out (cuBLAS C type 32F: no 16-bit rounding, no separate cast)."""
     cp = require_cupy()
     if out is None and a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype in _R_OF:
         r = _matmul_2d(cp, a, b, out_dtype)     # the common case (Linear), with little Python per call
         if r is not None:
             return r
-    if out_dtype is not None and np.dtype(out_dtype) != np.result_type(a.dtype, b.dtype):
-        if not (np.dtype(out_dtype) == np.float32 and a.dtype == np.float16 and b.dtype == np.float16
+    if out_dtype is not None and np.dtype(out_dtype) != _dtypes.promote_types(a.dtype, b.dtype):
+        if not (np.dtype(out_dtype) == np.float32 and a.dtype in _HALF and b.dtype == a.dtype
                 and a.ndim >= 2 and b.ndim >= 2):
             return matmul(a, b).astype(out_dtype)
         return _matmul(a, b, out, np.dtype(np.float32))
@@ -130,6 +133,10 @@ def matmul(a, b, out=None, out_dtype=None):
 
 
 _R_OF = {np.dtype(np.float16): _R_16F, np.dtype(np.float32): _R_32F, np.dtype(np.float64): _R_64F}
+_HALF = {np.dtype(np.float16)}   # the 16-bit floats: float32 accumulation, and float32 output on request
+if _dtypes.bfloat16 is not None:
+    _R_OF[_dtypes.bfloat16] = _R_16BF
+    _HALF.add(_dtypes.bfloat16)
 
 
 def _matmul_2d(cp, a, b, out_dtype):
@@ -144,7 +151,7 @@ def _matmul_2d(cp, a, b, out_dtype):
     dt = _R_OF[a.dtype]
     if out_dtype is None or out_dtype == a.dtype:
         odt, dc = a.dtype, dt
-    elif out_dtype == np.float32 and a.dtype == np.float16:
+    elif out_dtype == np.float32 and a.dtype in _HALF:
         odt, dc = np.dtype(np.float32), _R_32F
     else:
         return None
@@ -155,14 +162,14 @@ def _matmul_2d(cp, a, b, out_dtype):
 
 
 def _matmul(a, b, out, c_dtype):
-    """matmul's body; c_dtype: float32 output for float16 operands, or None (the operands' dtype)."""
+    """matmul's body; c_dtype: float32 output for 16-bit float operands, or None (the operands' dtype)."""
     cp = require_cupy()
     if a.ndim < 2 or b.ndim < 2:
         return cp.matmul(a, b)
     if a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not fit (need (..., M, K) @ (..., K, N))")
-    dtype = np.result_type(a.dtype, b.dtype)
-    if dtype not in (np.float16, np.float32, np.float64):
+    dtype = _dtypes.promote_types(a.dtype, b.dtype)
+    if dtype not in _R_OF:
         return cp.matmul(a, b)
     if a.dtype != dtype:
         a = a.astype(dtype)
@@ -219,22 +226,21 @@ def _ones(n: int, dtype):
 def colsum(x, out_dtype=None):
     """Sum over the rows of a 2-D CuPy array (M, N) -> (N,), as one cuBLAS product ones(M) @ x (a GEMV-shaped GEMM:
     one pass over x at memory speed; CuPy's axis-0 reduction runs at a fraction of that). Float32 accumulation for
-    float16/float32 (never TF32: a bias gradient keeps full float32 precision), float64 for float64. ``out_dtype``
-    float32 for float16 x gives the float32 sum without a float16 rounding."""
+    float16/bfloat16/float32 (never TF32: a bias gradient keeps full float32 precision), float64 for float64.
+    ``out_dtype`` float32 for float16 or bfloat16 x gives the float32 sum without a 16-bit rounding."""
     cp = require_cupy()
     M, N = x.shape
     dtype = x.dtype
-    if dtype not in (np.float16, np.float32, np.float64) or x.size == 0 or M == 0:
+    if dtype not in _R_OF or x.size == 0 or M == 0:
         r = x.sum(axis=0, dtype=np.float64 if dtype == np.float64 else np.float32)
         return r.astype(out_dtype or dtype, copy=False)
     if not x.flags.c_contiguous:
         x = cp.ascontiguousarray(x)
     odt = np.dtype(out_dtype or dtype)
-    if odt != dtype and not (dtype == np.float16 and odt == np.float32):
+    if odt != dtype and not (dtype in _HALF and odt == np.float32):
         return colsum(x).astype(odt)
     out = cp.empty((N,), odt)
-    dt = {np.dtype(np.float16): _R_16F, np.dtype(np.float32): _R_32F, np.dtype(np.float64): _R_64F}[np.dtype(dtype)]
-    dc = {np.dtype(np.float16): _R_16F, np.dtype(np.float32): _R_32F, np.dtype(np.float64): _R_64F}[odt]
+    dt, dc = _R_OF[np.dtype(dtype)], _R_OF[odt]
     ct, st = (_COMPUTE_64F, np.float64) if dtype == np.float64 else (_COMPUTE_32F, np.float32)
     ones = _ones(M, dtype)
     # column-major view: x is x^T (N, M), ld N; out^T (N, 1) = x^T @ ones (M, 1)

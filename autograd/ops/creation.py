@@ -81,7 +81,7 @@ def arange(start, end=None, step=1, dtype=None, device: str = "cpu", requires_gr
     if dtype is None:
         dtype = dtypes.result_type(start, end, step)
         dtype = np.int64 if dtype.kind in "iub" else dtype
-    values = np.arange(start, end, step, dtype=np.float64 if np.dtype(dtype).kind == "f" else None)
+    values = np.arange(start, end, step, dtype=np.float64 if dtypes.is_float(dtype) else None)
     return _make(values.astype(dtype), device, requires_grad)
 
 

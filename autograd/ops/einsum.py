@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import string
 
-from .. import backend
+from .. import backend, dtypes
 from ..function import Function
 from ..tensor import Tensor, as_tensor
 from .shape import broadcast_to, reshape
@@ -19,7 +19,7 @@ class Einsum(Function):
     params = ("equation",)
 
     def forward(self, *xs):
-        return backend.xp_of(*xs).einsum(self.equation, *xs)
+        return dtypes.widened(lambda *a: backend.xp_of(*a).einsum(self.equation, *a), *xs)
 
     def backward(self, gz):
         ins, out = self.equation.split("->")

@@ -21,7 +21,7 @@ def _binary_shapes_check(name, x, y):
 
 def _float(x):
     """x itself when floating, else x as the default float dtype (exp, log ... of an integer tensor)."""
-    return x if x.dtype.kind == "f" else x.astype(dtypes.float_dtype(x.dtype))
+    return x if dtypes.is_float(x.dtype) else x.astype(dtypes.float_dtype(x.dtype))
 
 
 class _Binary(Function):
@@ -320,7 +320,7 @@ class Clip(Function):
     def forward(self, x):
         bounds = [b for b in (self.low, self.high) if b is not None]
         dtype = dtypes.result_type(x, *bounds) if bounds else x.dtype  # int_tensor.clip(0.5) is float32
-        return backend.xp_of(x).clip(x.astype(dtype, copy=False), self.low, self.high)
+        return dtypes.widened(lambda a: backend.xp_of(a).clip(a, self.low, self.high), x.astype(dtype, copy=False))
 
     def backward(self, gy):
         x = self.inputs[0].data

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .. import backend
-from ..dtypes import result_type
+from ..dtypes import result_type, widened
 from ..cuda import kernel_for
 from ..function import Function
 from ..tensor import Tensor
@@ -17,7 +17,7 @@ class MatMul(Function):
             raise ValueError(f"matmul: shapes {x.shape} and {y.shape} do not fit "
                              f"(need (..., n, k) @ (..., k, m))")
         kernel = kernel_for("matmul", x)   # CuPy: cuBLAS with TF32 / float16 tensor cores, views not copied
-        return kernel(x, y) if kernel is not None else backend.xp_of(x, y).matmul(x, y)
+        return kernel(x, y) if kernel is not None else widened(backend.xp_of(x, y).matmul, x, y)
 
     def backward(self, gz):
         x, y = self.inputs

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
+from .. import backend, dtypes
 from ..tensor import Tensor, as_tensor
 from .activation import LogSigmoid
 from .index import gather, integer_array
@@ -111,7 +111,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target, weight=None, pos_wei
 def is_probability_target(target, logits: Tensor) -> bool:
     """True for float targets of the logits' shape: class probabilities (..., C), not class indices."""
     dtype = getattr(target, "dtype", None)
-    return dtype is not None and np.dtype(dtype).kind == "f" and tuple(target.shape) == logits.shape
+    return dtype is not None and dtypes.is_float(dtype) and tuple(target.shape) == logits.shape
 
 
 def cross_entropy_composed(logits: Tensor, target, ignore_index: int = -100, reduction: str = "mean",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .. import backend
+from .. import backend, dtypes
 from ..function import Function
 from ..tensor import Tensor, as_tensor
 from .elementwise import Exp, _Binary, _float
@@ -65,7 +65,7 @@ class _Step(Function):
     rule = 'd step(x)/dx = 0  (piecewise constant)'
 
     def forward(self, x):
-        if x.dtype.kind != "f" and self.keeps_integers:
+        if not dtypes.is_float(x.dtype) and self.keeps_integers:
             return x.copy()
         return self.compute(backend.xp_of(x), x)
 

@@ -53,7 +53,7 @@ class Sum(_Reduction):
     """y = sum of x over ``axis``; dy/dx = 1, so the gradient broadcasts back."""
     rule = 'd sum(x)/dx = 1  (gradient broadcast back over the summed axes)'
     def compute(self, x):
-        return x.sum(axis=self.axes, keepdims=self.keepdims)
+        return dtypes.widened(lambda a: a.sum(axis=self.axes, keepdims=self.keepdims), x)  # bfloat16: float32 sums
 
     def backward(self, gy):
         return _expand_back(gy, self.inputs[0].shape, self.axes)
@@ -67,7 +67,8 @@ class Mean(_Reduction):
         self.count = _count(x.shape, self.axes)
         if self.count == 0:  # 0/0, without NumPy's "mean of empty slice" warning
             return backend.xp_of(x).full(_reduced_shape(x.shape, self.axes, self.keepdims), np.nan, dtype=x.dtype)
-        return x.mean(axis=self.axes, keepdims=self.keepdims)  # float16: NumPy accumulates in float32
+        # float16: NumPy accumulates in float32; bfloat16 widens to float32 for the sum
+        return dtypes.widened(lambda a: a.mean(axis=self.axes, keepdims=self.keepdims), x)
 
     def backward(self, gy):
         return _expand_back(gy, self.inputs[0].shape, self.axes) * _ratio(1.0, self.count)
@@ -108,7 +109,7 @@ class Var(_Reduction):
         n = _count(x.shape, self.axes)
         self.denominator = max(n - self.ddof, 0)
         if self.denominator > 0:
-            return x.var(axis=self.axes, keepdims=self.keepdims, ddof=self.ddof)
+            return dtypes.widened(lambda a: a.var(axis=self.axes, keepdims=self.keepdims, ddof=self.ddof), x)
         with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 = nan, s/0 = inf, quietly
             centered = x - x.mean(axis=self.axes, keepdims=True) if n else x
             return (centered * centered).sum(axis=self.axes, keepdims=self.keepdims) / x.dtype.type(0)
@@ -127,7 +128,7 @@ class Prod(_Reduction):
     differentiable_twice = False
 
     def compute(self, x):
-        return x.prod(axis=self.axes, keepdims=self.keepdims)
+        return dtypes.widened(lambda a: a.prod(axis=self.axes, keepdims=self.keepdims), x)
 
     def backward(self, gy):
         x = self.inputs[0].data
@@ -159,7 +160,7 @@ class LogSumExp(_Reduction):
         x = x.astype(dtypes.float_dtype(x.dtype), copy=False)
         m = x.max(axis=self.axes, keepdims=True)
         m = xp.where(xp.isfinite(m), m, 0)
-        out = xp.log(xp.exp(x - m).sum(axis=self.axes, keepdims=True)) + m
+        out = dtypes.widened(lambda a, b: xp.log(xp.exp(a - b).sum(axis=self.axes, keepdims=True)) + b, x, m)
         return out.reshape(_reduced_shape(x.shape, self.axes, self.keepdims))
 
     def backward(self, gy):
@@ -184,7 +185,8 @@ class Cumsum(Function):
         self.axis = normalize_axis("cumsum", self.axis, x.shape)
         if x.ndim == 0:
             return x.astype(np.int64) if x.dtype.kind in "biu" else x.copy()
-        return backend.xp_of(x).cumsum(x, axis=self.axis, dtype=np.int64 if x.dtype.kind in "biu" else None)
+        dtype = np.int64 if x.dtype.kind in "biu" else None
+        return dtypes.widened(lambda a: backend.xp_of(a).cumsum(a, axis=self.axis, dtype=dtype), x)
 
     def backward(self, gy):
         if gy.ndim == 0:

@@ -405,16 +405,16 @@ class Astype(Function):
 def astype(x: Tensor, dtype) -> Tensor:
     """x cast to ``dtype``; differentiable to float dtypes, recording nothing to integer or bool ones."""
     try:
-        dtype = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"astype: {dtype!r} is not a dtype") from None
+        dtype = dtypes.as_dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"astype: {dtype!r} is not a dtype ({e})") from None
     if x.dtype == dtype:
         return x
-    if np.dtype(dtype).kind != "f" and x.requires_grad:
+    if not dtypes.is_float(dtype) and x.requires_grad:
         from ..grad_mode import no_grad
         with no_grad():
-            return Astype.apply(x, dtype=np.dtype(dtype))
-    return Astype.apply(x, dtype=np.dtype(dtype))
+            return Astype.apply(x, dtype=dtype)
+    return Astype.apply(x, dtype=dtype)
 
 
 class ToDevice(Function):

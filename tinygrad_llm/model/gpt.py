@@ -87,8 +87,9 @@ class GPT(Module):
         super().__init__()
         if not isinstance(cfg, GPTConfig):
             raise TypeError(f"GPT needs a GPTConfig, got {type(cfg).__name__} (try GPTConfig.preset('tiny'))")
-        if np.dtype(dtype).kind != "f":
-            raise TypeError(f"GPT: dtype must be floating point, got {np.dtype(dtype)}")
+        dtype = ag.dtypes.as_dtype(dtype)
+        if not ag.dtypes.is_float(dtype):
+            raise TypeError(f"GPT: dtype must be floating point, got {dtype}")
         self.config = cfg
         self.seed = seed
         base = int(np.random.SeedSequence(seed).generate_state(1)[0]) if seed is not None else None
@@ -236,7 +237,7 @@ class GPT(Module):
         return KVCache(cfg.n_layer, batch_size, cfg.kv_heads, max_len, cfg.head_dim, self.dtype, self.device,
                        windows=[block.attn.window for block in self.blocks])
 
-    def save_pretrained(self, path, tokenizer=None, dtype: str = "float32", max_shard_size: int | None = None):
+    def save_pretrained(self, path, tokenizer=None, dtype: str | None = None, max_shard_size: int | None = None):
         """Write this model (and ``tokenizer``) as a Hugging Face folder; see ``model.hf.save_pretrained``."""
         from .hf import save_pretrained
         return save_pretrained(self, path, tokenizer=tokenizer, dtype=dtype, max_shard_size=max_shard_size)

@@ -31,7 +31,7 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from autograd import Tensor, backend
+from autograd import Tensor, backend, dtypes
 
 from .parameter import Parameter
 
@@ -232,13 +232,15 @@ class Module:
         only their ``.data`` arrays are replaced, so optimizers holding them keep working. Returns self."""
         if device is not None:
             backend.canonical_device(device)  # a clear error now for a bad device / missing CuPy
-        if dtype is not None and np.dtype(dtype).kind != "f":
-            raise TypeError(f"Module.to: dtype must be floating point, got {np.dtype(dtype)}")
+        if dtype is not None:
+            dtype = dtypes.as_dtype(dtype)
+            if not dtypes.is_float(dtype):
+                raise TypeError(f"Module.to: dtype must be floating point, got {dtype}")
 
         def move(a):
             if device is not None:
                 a = backend.to_device(a, device)
-            if dtype is not None and a.dtype.kind == "f":
+            if dtype is not None and dtypes.is_float(a.dtype):
                 a = a.astype(dtype, copy=False)
             return a
 

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from autograd import Tensor, backend
+from autograd import Tensor, backend, dtypes
 
 __all__ = ["Parameter", "skip_init", "init_enabled", "normal_", "uniform_", "zeros_", "ones_", "as_generator"]
 
@@ -29,7 +29,7 @@ class Parameter(Tensor):
     def __init__(self, data, requires_grad: bool = True, dtype=None, device: str | None = None,
                  name: str | None = None):
         super().__init__(data, requires_grad=requires_grad, dtype=dtype, device=device, name=name)
-        if self.dtype.kind != "f":
+        if not dtypes.is_float(self.dtype):
             raise TypeError(f"Parameter needs a floating-point dtype, got {self.dtype}")
 
     def __repr__(self) -> str:

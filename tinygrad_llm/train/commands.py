@@ -48,7 +48,7 @@ _TRAIN_FLAGS = [
     ("--seed", "seed", int, "random seed"),
     ("--device", "device", str, "cpu | cuda | cuda:N"),
     ("--dtype", "dtype", str, "parameter dtype (float32)"),
-    ("--precision", "precision", str, "fp32 | tf32 | mixed (mixed: GPUs only; slow on the CPU)"),
+    ("--precision", "precision", str, "fp32 | tf32 | mixed | bf16 (mixed, bf16: for GPUs; slow on the CPU)"),
     ("--activation-checkpointing", "activation_checkpointing", int,
      "recompute every K-th block's activations in backward instead of keeping them (0: off, 1: every block)"),
     ("--init-from", "init_from", str, "start from pretrained weights (a Hugging Face folder: GPT-2, Llama 3, Qwen3, "

@@ -83,7 +83,8 @@ class TrainConfig:
     device: str = "cpu"                 # "cpu", "cuda", "cuda:N"
     dtype: str = "float32"              # parameter dtype
     precision: str = "tf32"             # GPU matrix products: "tf32" (float32 with TF32 tensor cores), "fp32",
-    #                                     "mixed" (float16 compute, float32 master weights, loss scaling)
+    #                                     "mixed" (float16 compute, float32 master weights, loss scaling),
+    #                                     "bf16" (bfloat16 compute, float32 master weights, no loss scaling)
     progress: bool = True               # tqdm progress bar
     cuda_graphs: bool = True            # on a GPU, record the optimizer step once as a CUDA graph and replay it
     # memory
@@ -157,7 +158,8 @@ class TrainConfig:
         need(0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0, "betas", "must be two numbers in [0, 1)")
         self.betas = (b1, b2)
         need(self.schedule in ("cosine", "constant"), "schedule", "must be 'cosine' or 'constant'")
-        need(self.precision in ("fp32", "tf32", "mixed", "fp16"), "precision", "must be fp32, tf32 or mixed")
+        need(self.precision in ("fp32", "tf32", "mixed", "fp16", "bf16"), "precision",
+             "must be fp32, tf32, mixed (or fp16) or bf16")
         need(self.dtype in ("float32", "float64"), "dtype", "must be 'float32' or 'float64' (parameter dtype)")
         need(isinstance(self.device, str) and _is_device(self.device), "device", "must be 'cpu', 'cuda' or 'cuda:N'")
         for k in ("tokenizer", "out_dir"):

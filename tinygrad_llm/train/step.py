@@ -44,13 +44,17 @@ def precision_setup(precision: str, device: str):
 
     "fp32": float32, no TF32; "tf32": float32 weights, TF32 matrix products where the GPU has them; "mixed" /
     "fp16": float16 matrix products under ``ag.amp.autocast``, float32 master weights, dynamic loss scaling (a step
-    with inf/NaN gradients is skipped and the scale lowered).
+    with inf/NaN gradients is skipped and the scale lowered); "bf16": bfloat16 matrix products under autocast,
+    float32 master weights and no loss scaling (bfloat16 has float32's exponent range: gradients do not underflow).
     """
     if backend.parse_device(device)[0] == "cuda":
         from autograd import cuda as agcuda
         agcuda.set_tf32(precision != "fp32")
     if precision in ("mixed", "fp16"):
         return "float16", ag.amp.GradScaler()
+    if precision == "bf16":
+        ag.dtypes.as_dtype("bfloat16")   # fails here, with a clear message, when ml_dtypes is not installed
+        return "bfloat16", None
     return None, None
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import backend
+from ... import backend, dtypes
 from ...tensor import Tensor
 from .base import FusedFunction
 
@@ -30,11 +30,12 @@ def embedding_backward(ids, gy, num_embeddings: int):
         order = np.argsort(ids, kind="stable")
         s = ids[order]
         starts = np.flatnonzero(np.concatenate(([True], s[1:] != s[:-1])))
-        gw[s[starts]] = np.add.reduceat(gy[order], starts, axis=0)
-    elif gy.dtype == np.float16:  # accumulate repeated rows in float32 (and atomics on half are not everywhere)
+        gw[s[starts]] = dtypes.widened(lambda g: np.add.reduceat(g, starts, axis=0), gy[order])
+    elif gy.dtype == np.float16 or dtypes.is_bfloat16(gy.dtype):
+        # accumulate repeated rows in float32 (and atomics on 16-bit floats are not everywhere)
         acc = xp.zeros(gw.shape, dtype=np.float32)
         xp.add.at(acc, ids, gy.astype(np.float32))
-        return acc.astype(np.float16)
+        return acc.astype(gy.dtype)
     else:
         xp.add.at(gw, ids, gy)  # atomic scatter-add (cupyx.scatter_add is deprecated for this in CuPy 14)
     return gw

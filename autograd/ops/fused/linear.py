@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import backend
+from ... import backend, dtypes
 from ...cuda import kernel_for
 from ...tensor import Tensor
 from .base import FusedFunction
@@ -32,12 +32,12 @@ def linear_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None, comp
 
 
 def matmul(a, b, out_dtype=None):
-    """a @ b on arrays; ``out_dtype`` (float32 for float16 operands): the result in that dtype (the CUDA kernel
+    """a @ b on arrays; ``out_dtype`` (float32 for float16/bfloat16 operands): the result in that dtype (the CUDA kernel
     writes it from the GEMM itself)."""
     kernel = kernel_for("matmul", a)
     if kernel is not None:
         return kernel(a, b, out_dtype=out_dtype)
-    r = backend.xp_of(a).matmul(a, b)
+    r = dtypes.widened(backend.xp_of(a).matmul, a, b)
     return r if out_dtype is None else r.astype(out_dtype, copy=False)
 
 

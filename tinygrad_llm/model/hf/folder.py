@@ -156,13 +156,16 @@ def _reorder_upcast(folder: Path) -> bool:
         return False
 
 
-def save_pretrained(model: GPT, path: str | os.PathLike, tokenizer=None, dtype: str = "float32",
+def save_pretrained(model: GPT, path: str | os.PathLike, tokenizer=None, dtype: str | None = None,
                     max_shard_size: int | None = None, chat_template: str | None = None) -> Path:
     """Write ``model`` as a Hugging Face folder that other tools load: ``config.json`` (its family's model type),
     ``model.safetensors`` (or shards of at most ``max_shard_size`` bytes plus the index), ``generation_config.json``,
     and with a ``tokenizer`` its ``tokenizer.json`` + ``tokenizer_config.json``. ``dtype``: "float32", "float16" or
-    "bfloat16". Merge LoRA weights first. Returns the folder."""
-    from autograd import backend
+    "bfloat16"; None: "bfloat16" for a model of bfloat16 parameters, else "float32". Merge LoRA weights first.
+    Returns the folder."""
+    from autograd import backend, dtypes
+    if dtype is None:
+        dtype = "bfloat16" if any(dtypes.is_bfloat16(p.dtype) for p in model.parameters()) else "float32"
     if dtype not in _DTYPE_NAMES:
         raise ValueError(f"save_pretrained: dtype must be one of {sorted(_DTYPE_NAMES)}, got {dtype!r}")
     cfg = model.config

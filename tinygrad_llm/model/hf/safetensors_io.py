@@ -5,8 +5,8 @@ A safetensors file is an 8-byte little-endian header size N, N bytes of JSON ``{
 8 + N). Loading copies each weight exactly once: ``TensorFiles.read_into`` reads a tensor's bytes straight into the
 model's array when they need no rearranging (the common case: a plain read, as fast as reading the file), else
 ``view`` maps the file read-only (``numpy.memmap``) and ``copy_into`` copies from the mapping (transposes, dtype
-casts, stacked experts). NumPy has no bfloat16: a BF16 tensor is widened to float32 in the destination (the 16
-stored bits are the top half of a float32).
+casts, stacked experts). A BF16 tensor is widened to float32 in a float32 destination (the 16 stored bits are the
+top half of a float32), and its bits are copied as they are into a bfloat16 destination (ml_dtypes' dtype).
 
 A folder holds ``model.safetensors`` or shards ``model-0000N-of-0000M.safetensors`` listed by
 ``model.safetensors.index.json`` (``{"weight_map": {name: shard file}}``). ``write_safetensors`` writes one file
@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from autograd.dtypes import is_bfloat16
 
 __all__ = ["PretrainedFormatError", "TensorFiles", "weight_files", "copy_into", "write_safetensors", "write_sharded",
            "to_bf16_bits", "fresh_array"]
@@ -118,7 +120,8 @@ class TensorFiles:
         if not dst.flags.c_contiguous or tuple(dst.shape) != tuple(info["shape"]):
             return False
         widen = dtype == "BF16" and dst.dtype == np.float32
-        if not widen and dst.dtype != np.dtype(_DTYPES[dtype]):
+        same = dst.dtype == np.dtype(_DTYPES[dtype]) or (dtype == "BF16" and is_bfloat16(dst.dtype))
+        if not widen and not same:
             return False
         if f not in self._files:
             self._files[f] = open(f, "rb", buffering=0)
@@ -188,8 +191,11 @@ def fresh_array(shape: tuple, dtype) -> np.ndarray:
 
 
 def copy_into(dst: np.ndarray, src: np.ndarray, dtype: str) -> None:
-    """dst[...] = src, where src is a stored view of type ``dtype`` (BF16: uint16 bits, widened here)."""
-    if dtype != "BF16":
+    """dst[...] = src, where src is a stored view of type ``dtype`` (BF16: uint16 bits, widened here, or taken as
+    they are by a bfloat16 ``dst``)."""
+    if is_bfloat16(dst.dtype):
+        dst[...] = src.view(dst.dtype) if dtype == "BF16" else src.astype(np.float32, copy=False)
+    elif dtype != "BF16":
         dst[...] = src
     elif dst.dtype == np.float32 and dst.flags.c_contiguous:
         # the 16 bits, zero-extended and shifted, are the top half: exactly the float32 of that bfloat16
@@ -199,7 +205,9 @@ def copy_into(dst: np.ndarray, src: np.ndarray, dtype: str) -> None:
 
 
 def to_bf16_bits(a: np.ndarray) -> np.ndarray:
-    """float32 -> bfloat16 bits (uint16), rounded to nearest even; NaN stays NaN."""
+    """float32 -> bfloat16 bits (uint16), rounded to nearest even; NaN stays NaN. bfloat16 arrays give their bits."""
+    if is_bfloat16(a.dtype):
+        return np.ascontiguousarray(a).view(np.uint16)
     u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
     rounded = ((u + np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
     return np.where(np.isnan(a), np.uint16(0x7FC0), rounded)
