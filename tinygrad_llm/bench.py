@@ -57,7 +57,7 @@ def measure_training_speed(cfg, batch: int, device: str = "cpu", precision: str 
         t0 = time.perf_counter()
         x, y = backend.to_device(x, device), backend.to_device(y, device)
         with ag.amp.autocast(amp_dtype):
-            _, loss = model(x, y)
+            loss = model.loss(x, y)
         if scaler is not None:
             scaler.scale(loss).backward()
             if scaler.unscale_and_check(params):

@@ -16,13 +16,17 @@ from ._common import LazyModule, acc_dtype, contiguous, ctypes_of, require_cupy,
 from .registry import register
 
 _SRC = r"""
-// online (m, s) over a strided row slice, then combined over the block: returns (M, S) in every thread
+// cap tanh(v / cap), Gemma's final-logit soft cap; v itself for cap 0
+template <typename A> __device__ __forceinline__ A soft_cap(A v, A cap) { return cap > 0 ? cap * tanh(v / cap) : v; }
+
+// online (m, s) over a strided row slice (soft-capped when cap > 0), then combined over the block: returns (M, S)
+// in every thread
 template <typename T, typename A>
-__device__ void row_max_sumexp(const T* xr, int C, A* red, A& M, A& S) {
+__device__ void row_max_sumexp(const T* xr, int C, A* red, A& M, A& S, A cap = 0) {
     const A ninf = (A)neg_inf_f();
     A m = ninf, s = 0;
     for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        const A v = ld(xr, i);
+        const A v = soft_cap(ld(xr, i), cap);
         if (v > m) { s = s * exp(m - v) + (A)1; m = v; }
         else if (v > ninf) s += exp(v - m);
     }
@@ -148,13 +152,50 @@ __global__ void xent_bwd(const T* __restrict__ x, const i64* __restrict__ tgt, c
         st(dr, i, sc * p);
     }
 }
+
+// Loss rows and, when dx is given, dx = gscale (softmax(z) - onehot) [* (1 - (z / cap)^2)] for z = soft_cap(x):
+// the linear + cross-entropy op's chunk. dx may be x itself (same type: each element is read, then written by
+// one thread; x[target] is read before the barrier that precedes the writes), so neither pointer is restrict.
+template <typename TI, typename TO, typename A>
+__global__ void xent_rows(const TI* x, TO* dx, const i64* __restrict__ tgt, A* __restrict__ loss, int V,
+                          i64 ignore_index, A cap, A gscale) {
+    __shared__ A red[32];
+    const i64 row = blockIdx.x;
+    const TI* xr = x + row * V;
+    A M, S;
+    row_max_sumexp<TI, A>(xr, V, red, M, S, cap);
+    const A l = M + log(S);
+    const i64 t = tgt[row];
+    if (threadIdx.x == 0) {
+        A out;
+        if (t == ignore_index) out = 0;
+        else if (t < 0 || t >= V) out = (A)__int_as_float(0x7fc00000);   // NaN: bad target
+        else out = l - soft_cap(ld(xr, t), cap);
+        loss[row] = out;
+    }
+    if (dx == nullptr) return;
+    __syncthreads();
+    TO* dr = dx + row * V;
+    if (t == ignore_index) {
+        for (int i = threadIdx.x; i < V; i += blockDim.x) st(dr, i, (A)0);
+        return;
+    }
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        const A z = soft_cap(ld(xr, i), cap);
+        A p = exp(z - l);
+        if (i == t) p -= (A)1;
+        if (cap > 0) { const A r = z / cap; p *= (A)1 - r * r; }
+        st(dr, i, gscale * p);
+    }
+}
 """
 
-_TARGS = ["float,float", "half_t,float", "double,double"]
+_TARGS = ["float,float", "half_t,float", "bf16_t,float", "double,double"]
+_ROWS = ["float,float,float", "float,half_t,float", "float,bf16_t,float", "double,double,double"]
 _VPT = (4, 8, 16, 32)   # warp-per-row kernels for rows of at most 32 * VPT elements
 _WARP = [f"{t},{v}" for t in _TARGS for v in _VPT]
 _mod = LazyModule(_SRC, {"softmax_fwd": _TARGS, "softmax_bwd": _TARGS, "xent_fwd": _TARGS, "xent_bwd": _TARGS,
-                         "softmax_fwd_warp": _WARP, "softmax_bwd_warp": _WARP})
+                         "softmax_fwd_warp": _WARP, "softmax_bwd_warp": _WARP, "xent_rows": _ROWS})
 
 
 def _row_launch(name, dtype, N, C, args):
@@ -247,7 +288,32 @@ def cross_entropy_backward(logits, targets, lse, scale, ignore_index):
     return dx
 
 
+def cross_entropy_rows(logits, targets, ignore_index, softcap, grad_scale, grad_dtype):
+    """(losses, dlogits) of the linear + cross-entropy op's chunk: logits (n, V) float32 (float64) before the soft
+    cap, targets (n,) int; losses (n,) 0 at ignored rows; dlogits (n, V) in ``grad_dtype`` (float32 is written over
+    the logits, float16 / bfloat16 into a new array) = grad_scale (softmax - onehot) [* (1 - (z/cap)^2)], zero rows
+    at ignored targets; None when ``grad_dtype`` is None. One block per row, two reads of the row, one write."""
+    cp = require_cupy()
+    logits, tg, acc = _xent_args("cross_entropy_rows", logits, targets)
+    if logits.dtype != acc:
+        raise TypeError(f"cross_entropy_rows: logits must be float32 or float64, got {logits.dtype}")
+    N, V = logits.shape
+    loss = cp.empty((N,), acc)
+    dx = None
+    if grad_dtype is not None:
+        dx = logits if np.dtype(grad_dtype) == logits.dtype else cp.empty((N, V), grad_dtype)
+    if N:
+        t_in, a = ctypes_of(logits.dtype)
+        t_out = ctypes_of(dx.dtype)[0] if dx is not None else t_in
+        _mod.kernel("xent_rows", f"{t_in},{t_out},{a}")(
+            (N,), (row_threads(V, 8),),
+            (logits, dx if dx is not None else np.uint64(0), tg, loss, np.int32(V), np.int64(ignore_index),
+             acc(softcap or 0.0), acc(grad_scale)))
+    return loss, dx
+
+
 register("softmax_forward", softmax_forward)
 register("softmax_backward", softmax_backward)
 register("cross_entropy_forward", cross_entropy_forward)
 register("cross_entropy_backward", cross_entropy_backward)
+register("cross_entropy_rows", cross_entropy_rows)

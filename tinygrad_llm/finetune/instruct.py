@@ -4,7 +4,7 @@
     train, val, test = split_instruction_data(data)             # 85% / 5% / 10%, in file order (as the book)
     ds = InstructionDataset(train, tokenizer)                   # each entry: prompt + response token ids
     x, y = collate([ds[i] for i in range(8)], pad_id=50256, allowed_max_length=1024)
-    loss = model(x, y)[1]                                       # positions with target -100 are ignored
+    loss = model.loss(x, y)                                     # positions with target -100 are ignored
     generate_responses(model, tokenizer, test, "responses.json")  # each entry + "model_response"
 
 Prompt format (Alpaca, exactly as the book's ``format_input``; the "### Input" section only when input is

@@ -215,7 +215,7 @@ def run_instruct(data: str, *, init_from: str | None = None, checkpoint: str | N
                               mask_prompt=mask_prompt)
 
         def loss_of(b):
-            return model(b[0], b[1])[1]
+            return model.loss(b[0], b[1])
 
         def val_loss() -> dict:
             from autograd import no_grad

@@ -203,31 +203,51 @@ class GPT(Module):
         logits = self.soft_cap(self.lm_head(x))
         if targets is None:
             return logits
-        loss = self._loss(logits, targets, ignore_index)
-        if router_log and cfg.router_aux_loss_coef:
-            loss = loss + load_balancing_loss(router_log, cfg.n_experts) * cfg.router_aux_loss_coef
-        return logits, loss
+        return logits, self._with_aux_loss(self._loss(logits, targets, ignore_index), router_log)
 
     def soft_cap(self, logits: Tensor) -> Tensor:
         """c tanh(logits / c) with c = ``final_logit_softcap`` (Gemma 2 style); the logits unchanged without it."""
-        c = self.config.final_logit_softcap
-        return logits if c is None else F.tanh(logits / c) * c
+        return F.soft_cap(logits, self.config.final_logit_softcap)
 
     def loss(self, idx, targets, ignore_index: int = -100) -> Tensor:
-        """The training objective of ``forward(idx, targets)``: idx, targets (B, T) -> scalar Tensor."""
-        return self.forward(idx, targets, ignore_index=ignore_index)[1]
+        """The training objective of ``forward(idx, targets)`` without the logits: idx, targets (B, T) -> scalar.
+
+        The head, its soft cap and the cross-entropy are one op over chunks of rows (``F.linear_cross_entropy``),
+        so the (B, T, V) float32 logits and their gradient never exist whole; the tied head's gradient reaches
+        ``tok_emb.weight`` as in ``forward``. A head that changes the product (LoRA's) goes through ``forward``."""
+        if type(self.lm_head) is not Linear:
+            return self.forward(idx, targets, ignore_index=ignore_index)[1]
+        cfg = self.config
+        router_log = [] if cfg.n_experts and self.training else None
+        x = self.forward_hidden(idx, None, router_log)
+        head = self.lm_head
+        loss = F.linear_cross_entropy(x, head.weight, self._targets(targets, x), head.bias, ignore_index=ignore_index,
+                                      softcap=cfg.final_logit_softcap)
+        return self._with_aux_loss(loss, router_log)
 
     def _loss(self, logits: Tensor, targets, ignore_index: int) -> Tensor:
+        """The mean cross-entropy of logits (B, T, V) against targets (B, T)."""
+        return F.cross_entropy(logits, self._targets(targets, logits), ignore_index=ignore_index)
+
+    def _with_aux_loss(self, loss: Tensor, router_log: list | None) -> Tensor:
+        """loss + router_aux_loss_coef x the load-balancing loss (a mixture of experts in training)."""
+        cfg = self.config
+        if router_log and cfg.router_aux_loss_coef:
+            loss = loss + load_balancing_loss(router_log, cfg.n_experts) * cfg.router_aux_loss_coef
+        return loss
+
+    def _targets(self, targets, like: Tensor):
+        """targets (B, T) (or (T,) for one sequence) as an array on ``like``'s device; ``like`` (B, T, ...)."""
         t = targets.data if isinstance(targets, Tensor) else targets
         if not hasattr(t, "dtype"):
             t = np.asarray(t)
-        if t.ndim == 1 and logits.shape[0] == 1:
+        if t.ndim == 1 and like.shape[0] == 1:
             t = t[None, :]
-        if tuple(t.shape) != tuple(logits.shape[:2]):
-            raise ValueError(f"GPT: targets of shape {tuple(t.shape)} do not match logits {logits.shape[:2]}")
-        if backend.device_of(t) != logits.device:
-            t = backend.to_device(t, logits.device)
-        return F.cross_entropy(logits, t, ignore_index=ignore_index)
+        if tuple(t.shape) != tuple(like.shape[:2]):
+            raise ValueError(f"GPT: targets of shape {tuple(t.shape)} do not match the positions {like.shape[:2]}")
+        if backend.device_of(t) != like.device:
+            t = backend.to_device(t, like.device)
+        return t
 
     # ------------------------------------------------------------------ inference
     def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:

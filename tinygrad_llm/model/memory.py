@@ -17,16 +17,20 @@ The estimate counts what the engine keeps on a GPU (CPU runs keep more: the NumP
   product also saves its float16 copy of the weight.
   With checkpointing only each checkpointed block's input is kept, and one block is alive again while it is
   recomputed in backward.
-- the head: the final norm's input, the logits (B·T·V in the compute dtype) saved by cross-entropy, and in backward
-  the logits' gradient (the same size again) plus the head's float32 weight gradient.
+- the head: the head and its loss are one op over chunks of rows (``F.linear_cross_entropy``, what ``GPT.loss``
+  runs), so no B·T·V logits are kept; from its forward it keeps the final norm's input and output and the float32
+  gradients of its input (B·T·C) and weight (V·C). While it runs: one chunk's float32 logits (about 256 MiB) with
+  their 16-bit gradient under autocast, the chunk's share of the weight gradient and the 16-bit weight.
 
-The peak is the largest of three moments: the head's backward (all activations, the logits' gradient, the first
-weight gradient), the last block's attention backward (the float32 path rebuilds its B·H·T·T scores and their
+The peak is the largest of four moments: the head's forward (all activations, one chunk), the head's backward (the
+gradients it hands on), the last block's attention backward (the float32 path rebuilds its B·H·T·T scores and their
 gradient there) and the end of backward (every gradient, no activations left).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from autograd.ops.fused.linear_cross_entropy import default_chunk_rows
 
 __all__ = ["MemoryEstimate", "memory_estimate", "measured_memory"]
 
@@ -98,19 +102,20 @@ def memory_estimate(cfg, batch: int, precision: str = "tf32", checkpointing: boo
     if n_ckpt:
         layers += block + weights                       # the block being recomputed
     cb = _compute_bytes(precision)
-    logits = cb * batch * seq * cfg.vocab_size
-    # final norm input and output (the head's float32 input), the logits, their log-sum-exp
-    head_forward = 2 * input_bytes + logits + 4 * batch * seq
-    head_weight = cfg.vocab_size * cfg.n_embd
-    if precision in ("mixed", "bf16"):
-        head_forward += 2 * head_weight + cb * batch * seq * cfg.n_embd     # float16 weight and input copies
-    activations = layers + head_forward
+    V, rows = cfg.vocab_size, batch * seq
+    head_grad = 4 * V * cfg.n_embd                      # the head weight's float32 gradient
+    # final norm input and output (the head's float32 input), the head's input and weight gradients from its forward
+    activations = layers + 3 * input_bytes + head_grad
+    chunk = default_chunk_rows(rows, V) * V * (4 + (cb if cb == 2 else 0)) + head_grad
+    if cb == 2:
+        chunk += cb * V * cfg.n_embd                    # the 16-bit weight
     # the float32 GEMM attention builds the B·H·T·T scores and their gradient again in backward (one block at a time)
     attention_backward = 0 if cb == 2 else 2 * 4 * batch * cfg.n_head * seq * seq
-    start_of_backward = params + optimizer + activations + logits + 4 * head_weight
-    first_block = params + optimizer + activations - logits + 4 * head_weight + attention_backward
+    head_forward = params + optimizer + activations + chunk
+    start_of_backward = params + optimizer + activations + input_bytes + head_grad   # the gradients, scaled
+    first_block = params + optimizer + layers + input_bytes + head_grad + attention_backward
     end_of_backward = params + optimizer + grads
-    total = max(start_of_backward, first_block, end_of_backward)
+    total = max(head_forward, start_of_backward, first_block, end_of_backward)
     return MemoryEstimate(params, grads, optimizer, activations, total)
 
 
