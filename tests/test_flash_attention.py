@@ -88,7 +88,9 @@ CASES = [  # B, H, Hk, Tq, Tk, D, causal
     (2, 2, 2, 5, 67, 64, True),        # KV cache: Tq < Tk
     (1, 6, 2, 200, 200, 64, True),     # grouped-query: 3 query heads per k/v head
     (1, 4, 1, 70, 70, 32, False),      # multi-query
-    (1, 2, 2, 131, 131, 128, True),    # D 128 (backward through the GEMM version)
+    (1, 2, 2, 131, 131, 128, True),    # D 128: K/V fragments from shared memory, 32-query tiles
+    (1, 4, 2, 45, 99, 96, True),       # D 96, grouped, Tq < Tk
+    (2, 2, 2, 64, 64, 128, False),
 ]
 
 

@@ -1,24 +1,33 @@
-"""Flash attention for float16 on tensor cores (mma.sync m16n8k16, float32 accumulation): no T x T matrix in memory.
+"""Flash attention for float16 and bfloat16 on tensor cores (mma.sync m16n8k16, float32 accumulation): no T x T
+matrix in memory.
 
-Operands come from shared memory through ldmatrix (.trans where the tile must be read column-wise); in the forward
-(D <= 64) the next K/V tile streams in with cp.async while the current one is used (two shared-memory stages).
+Operands come from shared memory through ldmatrix (.trans where the tile must be read column-wise); the next K/V
+tile (forward, D <= 64) or Q/dO tile (backward) streams in with cp.async while the current one is used.
 
-Forward (FlashAttention-2 style): a block of 4 warps takes 64 queries of one (batch, head); each warp owns 16 query
-rows whose Q fragments stay in registers. Key/value tiles of 64 rows go through shared memory; per tile a warp
-computes S = Q K^T (16 x 64) on tensor cores, applies the causal mask, updates its running row max / sum (online
-softmax, base-2 exponentials with the scale folded in), and accumulates O += P V with P taken straight from the
-S accumulators (the accumulator layout of two 8-column tiles is the A-operand layout of one 16-column tile).
-Outputs: O (float16) and lse (float32, natural log) per query row.
+Forward (FlashAttention-2 style): a block of 4 warps takes 128 queries of one (batch, head) (64 for D > 64); each
+warp owns two 16-row query tiles (one for D > 64) whose Q fragments stay in registers, so every K/V fragment read
+from shared memory serves both. Key/value tiles of 64 rows go through shared memory; per tile a warp computes
+S = Q K^T on tensor cores, applies the causal mask, updates its running row max / sum (online softmax, base-2
+exponentials with the scale folded into one FMA), and accumulates O += P V with P taken straight from the S
+accumulators (the accumulator layout of two 8-column tiles is the A-operand layout of one 16-column tile).
+Outputs: O and lse (float32, natural log) per query row.
 
-Backward: a block takes 64 keys (16 per warp; K and V fragments in registers) and walks the query tiles that can
-see them, the Q / dO tiles streaming in with cp.async (two stages, dynamic shared memory). Per tile: S^T = K Q^T,
-P^T = exp(S^T scale - lse), dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta) with delta = rowsum(dO * O),
-dK += dS^T Q; dS^T goes through shared memory so each warp can compute dQ for 16 of the
-queries over the block's 64 keys, added to a float32 dQ buffer with atomics. Scale is applied to dQ and dK at the end.
+Backward: a block takes 64 keys of one key/value head (16 per warp) and walks the query tiles of every query head
+that reads them (grouped-query attention: dK and dV summed over the group in registers), the Q / dO tiles
+streaming in with cp.async (two stages, dynamic shared memory). Per tile: S^T = K Q^T, P^T = exp(S^T scale - lse),
+dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - delta) with delta = rowsum(dO * O) (a small kernel first),
+dK += dS^T Q; dS^T goes through shared memory so each warp can compute dQ for 16 of the queries over the block's
+64 keys, added to a float32 dQ buffer with atomics and converted at the end. For D > 64 the K/V fragments are read
+from shared memory and the query tiles are 32 rows (the dK/dV accumulators need the registers).
 
-Handles: float16 q, k, v of shape (..., T, D), D in {32, 64, 128} forward and {32, 64} backward (larger D would
-spill registers), 16-byte-aligned contiguous rows. Everything else goes to the GEMM version in attention.py, which
-also serves as the reference in the tests. ``TINYGRAD_LLM_FLASH=0`` switches this kernel off.
+Dropout: the probabilities are dropped inside both kernels from a Philox state in device memory; element
+((b H + h) Tq + i) Tk + j of the draw decides query i and key j of head (b, h), exactly as
+``PhiloxGenerator.keep_mask`` of shape (B, H, Tq, Tk) would, so the composed path's dropout is the reference.
+
+Handles: float16 or bfloat16 q (B, H, Tq, D), k and v (B, Hk, Tk, D) with Hk dividing H, D in {32, 64, 96, 128};
+any strides with unit stride along D and 16-byte aligned rows (other arrays are copied). The output is stored
+(B, Tq, H, D), so merging the heads costs nothing. Everything else goes to the GEMM version in attention.py, which
+also serves as the reference in the tests. ``TINYGRAD_LLM_FLASH=0`` switches these kernels off.
 """
 from __future__ import annotations
 
@@ -604,12 +613,12 @@ __global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, cons
 }
 """
 
-_FWD_D = (32, 64, 128)
-_BWD_D = (32, 64, 128)
+_FWD_D = (32, 64, 96, 128)
+_BWD_D = (32, 64, 96, 128)
 _BOOL = ("false", "true")
 # forward: query tiles of 16 rows per warp, by D (the first is used; 2 halves the shared-memory reads of K and V
 # per product, at 246 instead of 128 registers); with dropout 1 (the mask's registers would spill)
-_FWD_MT = {32: (2, 1), 64: (2, 1), 128: (1,)}
+_FWD_MT = {32: (2, 1), 64: (2, 1), 96: (1,), 128: (1,)}
 _mod = LazyModule(_SRC, {
     "flash_fwd": [f"{d},{mt},{bf},{dr}" for d in _FWD_D for mt in _FWD_MT[d] for bf in _BOOL for dr in _BOOL],
     "flash_bwd": [f"{d},{bf},{dr}" for d in _BWD_D for bf in _BOOL for dr in _BOOL],
@@ -636,12 +645,12 @@ def _shape_ok(q, k, v) -> bool:
 
 def supports(q, k, v) -> bool:
     """Whether the flash forward handles these inputs: q (B, H, Tq, D), k and v (B, Hk, Tk, D) with Hk dividing
-    H, float16 or bfloat16, D in 32/64/128 (any strides: rows are copied when not 16-byte aligned)."""
+    H, float16 or bfloat16, D in 32/64/96/128 (any strides: rows are copied when not 16-byte aligned)."""
     return _enabled() and _shape_ok(q, k, v) and q.shape[-1] in _FWD_D
 
 
 def supports_backward(q, k, v) -> bool:
-    """Whether the flash backward handles these inputs (as ``supports``, D in 32/64)."""
+    """Whether the flash backward handles these inputs (as ``supports``)."""
     return _enabled() and _shape_ok(q, k, v) and q.shape[-1] in _BWD_D
 
 
