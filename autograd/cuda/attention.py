@@ -8,7 +8,8 @@ backward), but touches it as few times as possible:
   backward: S = q k^T -> P = exp(scale S - lse), masked (in place) -> dv = P^T do, dP = do v^T (GEMMs)
             -> one row kernel, in place: dS = scale P (dP - sum_j P dP)  (sum_j P dP = rowsum(do * o))
             -> dq = dS k, dk = dS^T q (GEMMs)
-The flash-attention kernel (flash_attention.py), when it handles the case, is checked against this one.
+The flash-attention kernels (flash_attention.py; flash_attention_tf32.py for float32 with TF32 on), when they handle
+the case, are checked against this one.
 """
 from __future__ import annotations
 
@@ -141,17 +142,21 @@ def attention_backward_matmul(q, k, v, o, lse, do, causal, scale):
 
 def attention_forward(q, k, v, causal, scale):
     """(o, lse): o (..., Tq, D) in q's dtype, lse (..., Tq) float32 (float64 for float64 inputs)."""
-    from . import flash_attention as fa
+    from . import flash_attention as fa, flash_attention_tf32 as ft
     if fa.supports(q, k, v):
         return fa.flash_forward(q, k, v, causal, scale)
+    if ft.supports(q, k, v):   # float32 with TF32 on
+        return ft.flash_forward(q, k, v, causal, scale)
     return attention_forward_matmul(q, k, v, causal, scale)
 
 
 def attention_backward(q, k, v, o, lse, do, causal, scale):
     """(dq, dk, dv) in the inputs' dtype."""
-    from . import flash_attention as fa
+    from . import flash_attention as fa, flash_attention_tf32 as ft
     if fa.supports_backward(q, k, v):
         return fa.flash_backward(q, k, v, o, lse, do, causal, scale)
+    if ft.supports(q, k, v):
+        return ft.flash_backward(q, k, v, o, lse, do, causal, scale)
     return attention_backward_matmul(q, k, v, o, lse, do, causal, scale)
 
 
