@@ -81,7 +81,7 @@ __global__ void attn_dscores(const T* __restrict__ p, T* dp, int Tk, double scal
 }
 """
 
-_TARGS = ["float,float", "half_t,float", "double,double"]
+_TARGS = ["float,float", "half_t,float", "bf16_t,float", "double,double"]
 _mod = LazyModule(_SRC, {"attn_softmax": _TARGS, "attn_probs": _TARGS, "attn_dscores": _TARGS})
 
 
@@ -140,21 +140,53 @@ def attention_backward_matmul(q, k, v, o, lse, do, causal, scale):
     return dq, dk, dv
 
 
-def attention_forward(q, k, v, causal, scale):
-    """(o, lse): o (..., Tq, D) in q's dtype, lse (..., Tq) float32 (float64 for float64 inputs)."""
+def _full_heads(q, kv):
+    """k or v (B, Hk, Tk, D) with each head repeated for the H / Hk query heads it serves (B, H, Tk, D)."""
+    rep = q.shape[1] // kv.shape[1] if q.ndim == 4 and kv.ndim == 4 and kv.shape[1] else 1
+    return kv if rep == 1 else require_cupy().repeat(kv, rep, axis=1)
+
+
+def _group_sum(g, heads: int):
+    """(B, H, Tk, D) gradients summed over each group of query heads -> (B, heads, Tk, D)."""
+    if g.ndim != 4 or g.shape[1] == heads:
+        return g
+    b, h, t, d = g.shape
+    return g.reshape(b, heads, h // heads, t, d).sum(axis=2)
+
+
+def supports_dropout(q, k, v) -> bool:
+    """Whether attention can drop probabilities inside the kernels (flash forward and backward)."""
+    from . import flash_attention as fa
+    return fa.supports(q, k, v) and fa.supports_backward(q, k, v)
+
+
+def attention_forward(q, k, v, causal, scale, dropout_p: float = 0.0, drop_state=None):
+    """(o, lse): o (..., Tq, D) in q's dtype, lse (..., Tq) float32 (float64 for float64 inputs). k and v may
+    have fewer heads than q (grouped-query attention); ``dropout_p`` > 0 needs ``supports_dropout``."""
     from . import flash_attention as fa, flash_attention_tf32 as ft
     if fa.supports(q, k, v):
-        return fa.flash_forward(q, k, v, causal, scale)
+        return fa.flash_forward(q, k, v, causal, scale, dropout_p, drop_state)
+    if dropout_p > 0.0:
+        raise ValueError(f"attention_forward: dropout inside the kernel needs float16/bfloat16 q, k, v with D in "
+                         f"32/64/96/128, got {q.dtype} D={q.shape[-1]}")
+    k, v = _full_heads(q, k), _full_heads(q, v)
     if ft.supports(q, k, v):   # float32 with TF32 on
         return ft.flash_forward(q, k, v, causal, scale)
     return attention_forward_matmul(q, k, v, causal, scale)
 
 
-def attention_backward(q, k, v, o, lse, do, causal, scale):
-    """(dq, dk, dv) in the inputs' dtype."""
+def attention_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, drop_state=None):
+    """(dq, dk, dv) in the inputs' dtype and shapes (dk, dv summed over the query heads of a group)."""
     from . import flash_attention as fa, flash_attention_tf32 as ft
     if fa.supports_backward(q, k, v):
-        return fa.flash_backward(q, k, v, o, lse, do, causal, scale)
+        return fa.flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p, drop_state)
+    if dropout_p > 0.0:
+        raise ValueError("attention_backward: dropout inside the kernel needs the flash backward")
+    heads = k.shape[1] if k.ndim == 4 else None
+    k, v = _full_heads(q, k), _full_heads(q, v)
+    if heads is not None and heads != k.shape[1]:
+        dq, dk, dv = attention_backward(q, k, v, o, lse, do, causal, scale)
+        return dq, _group_sum(dk, heads), _group_sum(dv, heads)
     if ft.supports(q, k, v):
         return ft.flash_backward(q, k, v, o, lse, do, causal, scale)
     return attention_backward_matmul(q, k, v, o, lse, do, causal, scale)
@@ -162,3 +194,4 @@ def attention_backward(q, k, v, o, lse, do, causal, scale):
 
 register("attention_forward", attention_forward)
 register("attention_backward", attention_backward)
+register("attention_supports_dropout", supports_dropout)
