@@ -54,16 +54,20 @@ def as_dtype(dtype) -> np.dtype:
     return np.dtype(dtype)
 
 
-def widened(fn, *arrays):
-    """``fn(*arrays)`` with bfloat16 operands computed in float32 and a float32 result cast back to bfloat16.
+def widened(fn, *arrays, out_dtype=None):
+    """``fn(*arrays)`` with bfloat16 operands computed in float32 and a float32 result cast back to bfloat16 (or to
+    ``out_dtype``: float32 keeps the float32 result as it is).
 
     The one place for what NumPy (through ml_dtypes) does not do in bfloat16: einsum has no bfloat16 loop, matmul
     and clip return float32, and sums would accumulate in bfloat16. Operands share one dtype (the ops promote
     first); without a bfloat16 operand ``fn`` runs as it is."""
     if bfloat16 is None or not any(a.dtype == bfloat16 for a in arrays):
-        return fn(*arrays)
+        out = fn(*arrays)
+        return out if out_dtype is None else out.astype(out_dtype, copy=False)
     out = fn(*(a.astype(np.float32) if a.dtype == bfloat16 else a for a in arrays))
-    return out.astype(bfloat16) if out.dtype == np.float32 else out
+    if out.dtype != np.float32:
+        return out
+    return out.astype(bfloat16 if out_dtype is None else out_dtype, copy=False)
 
 
 def category(dtype) -> int:

@@ -210,9 +210,11 @@ def test_autocast_bf16_linear_keeps_float32_master_gradients(bias):
     _close(y, ref, "autocast linear")
     y.astype(np.float32).sum().backward()
     assert x.grad.dtype == w.grad.dtype == np.float32
-    g = np.ones((6, 5), np.float32)
-    np.testing.assert_allclose(w.grad.numpy(), g.T @ x.data.reshape(6, 8), rtol=3e-2, atol=3e-2)
-    np.testing.assert_allclose(x.grad.numpy().reshape(6, 8), g @ w.data, rtol=3e-2, atol=3e-2)
+    # float32 gradients of the bf16 operands, accumulated and written in float32 (no bf16 rounding of the result)
+    g = np.ones((6, 5))
+    xb, wb = (a.astype(BF).astype(np.float64) for a in (x.data.reshape(6, 8), w.data))
+    np.testing.assert_allclose(w.grad.numpy(), g.T @ xb, rtol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy().reshape(6, 8), g @ wb, rtol=1e-6)
     if bias:
         assert b.grad.dtype == np.float32 and b.grad.tolist() == [6.0] * 5
 
@@ -223,6 +225,8 @@ def test_widened_runs_bf16_in_float32_and_leaves_other_dtypes():
     assert out.dtype == BF and out.tolist() == [[5.0, 14.0], [14.0, 50.0]]
     f = np.ones(3, np.float16)
     assert dtypes.widened(lambda u: u * 2, f).dtype == np.float16
+    big = np.full(4, 257.0, np.float32).astype(BF)      # 257 is not a bfloat16: 256
+    assert dtypes.widened(lambda u: u + 1, big, out_dtype=np.float32).tolist() == [257.0] * 4
 
 
 # ------------------------------------------------------------------------------------------------ trainer (CPU)
@@ -360,6 +364,27 @@ def test_gpu_bf16_matmul_every_layout(case):
     assert _rel(poisoned.get().astype(np.float64), ref) < 1e-2, seed
     f32 = mm(A, B, out_dtype=np.float32)                                  # float32 accumulator written out
     assert f32.dtype == np.float32 and _rel(f32.get(), ref) < 1e-5, seed
+
+
+@gpu
+@pytest.mark.parametrize("name", sorted(UNARY) + [f"binary_{n}" for n in sorted(BINARY)])
+def test_gpu_bf16_ops_match_float32(name):
+    """Every op of the CPU tables on CuPy bfloat16 arrays, forward and backward, against float32 on the CPU."""
+    rng = np.random.default_rng(int(np.random.default_rng().integers(1 << 30)))
+    binary = name.startswith("binary_")
+    fn = BINARY[name[7:]] if binary else UNARY[name]
+    pairs = [_pair(rng.uniform(-2, 2, s) + (np.arange(15).reshape(3, 5) * 0.05 if name == "max" else 0))
+             for s in ([(3, 5), (5,)] if binary else [(3, 5)])]
+    yb = fn(*[b.to("cuda") for b, _ in pairs])
+    yf = fn(*[f for _, f in pairs])
+    assert yb.dtype == BF and yb.device.startswith("cuda")
+    _close(yb.cpu(), yf, f"{name} forward")
+    g = rng.uniform(-2, 2, yf.shape).astype(np.float32).astype(BF)
+    yb.backward(ag.Tensor(g, device="cuda"))
+    yf.backward(ag.Tensor(g.astype(np.float32)))
+    for b, f in pairs:
+        assert b.grad.dtype == BF
+        _close(b.grad, f.grad, f"{name} backward", rtol=8e-2)
 
 
 @gpu

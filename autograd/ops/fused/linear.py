@@ -37,8 +37,7 @@ def matmul(a, b, out_dtype=None):
     kernel = kernel_for("matmul", a)
     if kernel is not None:
         return kernel(a, b, out_dtype=out_dtype)
-    r = dtypes.widened(backend.xp_of(a).matmul, a, b)
-    return r if out_dtype is None else r.astype(out_dtype, copy=False)
+    return dtypes.widened(backend.xp_of(a).matmul, a, b, out_dtype=out_dtype)
 
 
 def _column_sum(g2, dtype):
