@@ -84,6 +84,29 @@ template <typename A> __device__ A block_max(A v, A* red) {
 }
 """
 
+# Vector loads/stores: V elements of U as one aligned access (16 bytes for the widest type of a kernel), converted
+# to/from the accumulation type. Prepended to a module's source by the kernels that read whole vectors.
+VECTOR_IO = r"""
+template <typename U, int V> struct __align__(sizeof(U) * V) Pack { U v[V]; };
+template <int V, typename U, typename A> __device__ __forceinline__ void ldv(const U* p, i64 i, A* out) {
+    const Pack<U, V> pk = *reinterpret_cast<const Pack<U, V>*>(p + i);
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = ld(pk.v, k);
+}
+template <int V, typename U, typename A> __device__ __forceinline__ void stv(U* p, i64 i, const A* in) {
+    Pack<U, V> pk;
+#pragma unroll
+    for (int k = 0; k < V; ++k) st(pk.v, k, in[k]);
+    *reinterpret_cast<Pack<U, V>*>(p + i) = pk;
+}
+"""
+
+
+def aligned16(*arrays) -> bool:
+    """True when every array's data starts on a 16-byte boundary (a vector kernel's requirement)."""
+    return all(a.data.ptr % 16 == 0 for a in arrays)
+
+
 # storage dtype -> (C++ storage type, C++ accumulation type, numpy accumulation dtype)
 _TYPES = {
     np.dtype(np.float16): ("half_t", "float", np.float32),

@@ -2,6 +2,7 @@
 
     Block:  x = x + [post_attn_norm] attn(norm1(x))       post norms only with cfg.post_norms (Gemma)
             x = x + [post_ffn_norm]  ffn(norm2(x))        ffn: MLP, or MoE when cfg.n_experts > 0
+    The first add and norm2 run as one op (``add_norm``: s = x + h and norm2(s) from one pass over x and h).
 
 Shapes: B batch, T tokens, C = n_embd, H query heads, K key/value heads (K divides H: grouped-query attention),
 D = head_dim (n_embd // n_head unless the config sets head_size).
@@ -19,7 +20,7 @@ from ..nn.rope import RotaryEmbedding, apply_rope
 from .config import SLIDING, GPTConfig
 from .kv_cache import LayerKVCache
 
-__all__ = ["Attention", "MLP", "MoE", "Block", "make_norm", "window_keys", "load_balancing_loss"]
+__all__ = ["Attention", "MLP", "MoE", "Block", "make_norm", "add_norm", "window_keys", "load_balancing_loss"]
 
 
 def make_norm(cfg: GPTConfig, width: int, dtype=np.float32) -> Module:
@@ -27,6 +28,18 @@ def make_norm(cfg: GPTConfig, width: int, dtype=np.float32) -> Module:
     if cfg.norm == "layernorm":
         return LayerNorm(width, eps=cfg.norm_eps, bias=cfg.bias, dtype=dtype)
     return RMSNorm(width, eps=cfg.norm_eps, dtype=dtype, unit_offset=cfg.norm_unit_offset)
+
+
+def add_norm(norm: Module, x: Tensor, h: Tensor, fused: bool = True) -> tuple[Tensor, Tensor]:
+    """(x + h, norm(x + h)): the residual stream after a branch and its norm for the next branch, x, h (B, T, C).
+    One fused op (``F.add_layer_norm`` / ``F.add_rms_norm``) for a LayerNorm or RMSNorm; the two steps for another
+    module, or with ``fused=False``."""
+    if fused and isinstance(norm, LayerNorm):
+        return F.add_layer_norm(x, h, norm.weight, norm.bias, eps=norm.eps)
+    if fused and isinstance(norm, RMSNorm):
+        return F.add_rms_norm(x, h, norm.gain(), eps=norm.eps)
+    x = x + h
+    return x, norm(x)
 
 
 def window_keys(start: int, tq: int, window: int | None = None, xp=np):
@@ -225,7 +238,9 @@ def load_balancing_loss(router_log: list, n_experts: int) -> Tensor:
 class Block(Module):
     """One decoder layer, (B, T, C) -> (B, T, C): pre-norm attention and feed-forward, each added to the
     residual stream (see the module docstring). Children: ``norm1``, ``attn``, [``post_attn_norm``], ``norm2``,
-    ``ffn`` (MLP or MoE), [``post_ffn_norm``]."""
+    ``ffn`` (MLP or MoE), [``post_ffn_norm``]. ``fuse_add_norm = False`` runs the first add and norm2 as two
+    ops (the composed path the fused one is checked against)."""
+    fuse_add_norm = True
 
     def __init__(self, cfg: GPTConfig, layer_idx: int = 0, dtype=np.float32, seed: int | None = None):
         super().__init__()
@@ -244,8 +259,8 @@ class Block(Module):
         h = self.attn(self.norm1(x), cache)
         if self.post_attn_norm is not None:
             h = self.post_attn_norm(h)
-        x = x + h
-        h = self.ffn(self.norm2(x), router_log) if self.routed else self.ffn(self.norm2(x))
+        x, h = add_norm(self.norm2, x, h, self.fuse_add_norm)     # x = x + h, h = norm2(x)
+        h = self.ffn(h, router_log) if self.routed else self.ffn(h)
         if self.post_ffn_norm is not None:
             h = self.post_ffn_norm(h)
         return x + h

@@ -98,8 +98,12 @@ class RMSNorm(Module):
         self.normalized_shape, self.eps, self.unit_offset = int(normalized_shape), float(eps), bool(unit_offset)
         self.weight = Parameter((np.zeros if unit_offset else np.ones)((normalized_shape,), dtype=dtype))
 
+    def gain(self) -> Tensor:
+        """The (C,) factor the normalised x is multiplied by: weight, or 1 + weight with ``unit_offset``."""
+        return self.weight + 1.0 if self.unit_offset else self.weight
+
     def forward(self, x) -> Tensor:
-        return F.rms_norm(_as_tensor(x), self.weight + 1.0 if self.unit_offset else self.weight, eps=self.eps)
+        return F.rms_norm(_as_tensor(x), self.gain(), eps=self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}" + (", unit_offset=True" if self.unit_offset else "")

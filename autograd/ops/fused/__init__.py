@@ -9,5 +9,5 @@
 The path is chosen by device only: a CuPy array goes to the registered CUDA kernel, anything else to the NumPy
 code. Under ``create_graph=True`` a fused op differentiates its reference (``base.reference_grads``), so the local
 rule is written once in NumPy and once in CUDA. Files: gelu, softmax, cross_entropy, layer_norm, rms_norm,
-attention, heads (split/merge), linear, embedding, dropout.
+add_norm (the residual add + a norm), attention, heads (split/merge), linear, embedding, dropout.
 """
