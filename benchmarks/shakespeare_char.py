@@ -9,8 +9,9 @@ betas (0.9, 0.99), weight decay 0.1 on matrices, 100 warm-up steps then cosine d
 clipping at 1.0, GPT-2 style blocks (LayerNorm, GELU, biases, tied embedding). Batches are random windows drawn by
 one seeded NumPy generator (the same windows for both frameworks), built on the host and copied to the GPU.
 Precision: ``--precision mixed`` (default): ours float16 autocast with a GradScaler, PyTorch bf16 autocast;
-``tf32``: float32 with TF32 matrix products for both. Ours runs its step as a CUDA graph (``--eager`` for the eager
-step) and evaluates from a graph too.
+``bf16``: bfloat16 autocast for both, no loss scaling (ours: the trainer's "bf16"); ``tf32``: float32 with TF32
+matrix products for both. Ours takes the trainer's precision setting (``train.step.precision_setup``). Ours runs
+its step as a CUDA graph (``--eager`` for the eager step) and evaluates from a graph too.
 
 Evaluation: every ``--eval-every`` steps (and at the end) the mean loss over the same ``--eval-iters`` validation
 batches for both. Printed: both curves (step, train loss, val loss, wall seconds), then the time at which each
@@ -68,18 +69,15 @@ def batches(data, n: int, seed: int):
 def run_ours(train, val, vocab, args):
     import autograd as ag
     import tinygrad_llm as tl
-    from autograd import cuda as agcuda
     from tinygrad_llm.train.graph_step import GraphEval, GraphTrainStep
-    from tinygrad_llm.train.step import TrainStep, lm_loss
+    from tinygrad_llm.train.step import TrainStep, lm_loss, precision_setup
 
     r = RECIPE
-    agcuda.set_tf32(True)
+    ac, scaler = precision_setup(args.precision, args.device)    # also turns TF32 on for the GPU
     cfg = tl.GPTConfig(vocab_size=vocab, context_length=r["block"], n_layer=r["n_layer"], n_head=r["n_head"],
                        n_embd=r["n_embd"], dropout=r["dropout"], qkv_bias=True, bias=True, tie_weights=True)
     model = tl.GPT(cfg, seed=args.seed, device=args.device)
     opt = tl.optim.AdamW(model, lr=r["lr"], betas=r["betas"], weight_decay=r["weight_decay"])
-    scaler = ag.amp.GradScaler() if args.precision == "mixed" else None
-    ac = "float16" if scaler else None
     Step = TrainStep if args.eager else GraphTrainStep
     step_fn = Step(model, opt, lambda s: lr_at(s, args.max_iters), grad_clip=r["grad_clip"], autocast_dtype=ac,
                    loss_scaler=scaler)
@@ -113,7 +111,7 @@ def run_torch(train, val, vocab, args):
     no_decay = [w for w in model.parameters() if w.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": r["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=r["lr"], betas=r["betas"], fused=True)
-    bf16 = args.precision == "mixed"
+    bf16 = args.precision in ("mixed", "bf16")
     val_b = [(torch.from_numpy(x).cuda(), torch.from_numpy(y).cuda()) for x, y in batches(val, args.eval_iters, 12345)]
 
     def step(b, i):
@@ -179,7 +177,8 @@ def main(argv=None):
     ap.add_argument("--max-iters", type=int, default=5000)
     ap.add_argument("--eval-every", type=int, default=500)
     ap.add_argument("--eval-iters", type=int, default=40)
-    ap.add_argument("--precision", choices=["mixed", "tf32"], default="mixed")
+    ap.add_argument("--precision", choices=["mixed", "bf16", "tf32"], default="mixed",
+                    help="mixed: ours float16 + loss scaling, PyTorch bf16 autocast; bf16: bf16 autocast for both")
     ap.add_argument("--target", type=float, default=1.48)
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--eager", action="store_true", help="our eager step instead of the CUDA graph")
