@@ -30,8 +30,8 @@ def _prepare_inputs(inputs) -> list[Tensor]:
             data, wants = x.data, x.requires_grad
         else:
             data = x if hasattr(x, "dtype") else np.asarray(x, dtype=np.float64)
-            wants = data.dtype.kind == "f"
-        if data.dtype.kind == "f":
+            wants = dtypes.is_float(data.dtype)
+        if dtypes.is_float(data.dtype):
             data = data.astype(np.float64, copy=True)
             out.append(Tensor(data, requires_grad=wants))
         else:

@@ -87,6 +87,21 @@ def test_bfloat16_is_a_float_by_every_name():
     assert ag.tensor([1, 2]).astype("bfloat16").astype(np.int64).tolist() == [1, 2]
 
 
+def test_gradcheck_takes_bf16_inputs_in_float64():
+    x = np.array([[0.5, 1.25], [-0.75, 2.0]], np.float32).astype(BF)
+    assert ag.gradcheck(lambda t: (t * t).exp().sum(axis=0), [x])
+    with pytest.raises(ag.GradcheckError):       # a wrong backward is still caught
+        ag.gradcheck(lambda t: _WrongSquare.apply(t), [x])
+
+
+class _WrongSquare(ag.Function):
+    def forward(self, x):
+        return x * x
+
+    def backward(self, gy):
+        return gy * self.inputs[0] * 3.0
+
+
 def test_printing_and_python_values():
     x = ag.tensor([[1.5, -2.25], [3.0, 4.0]], dtype=BF)
     assert x.tolist() == [[1.5, -2.25], [3.0, 4.0]]

@@ -84,9 +84,10 @@ class Trainer:
             from ..distributed.launch import start_heartbeat
             start_heartbeat()  # lets the launcher name a frozen rank long before a collective times out
         build.require_device(cfg.device)
-        if cfg.precision in ("mixed", "fp16") and backend.parse_device(cfg.device)[0] == "cpu":
-            self.log(f"warning: precision {cfg.precision!r} on the CPU: NumPy computes float16 matrix products "
-                     "without hardware support, many times slower than float32; use --precision fp32 on the CPU")
+        if cfg.precision in ("mixed", "fp16", "bf16") and backend.parse_device(cfg.device)[0] == "cpu":
+            what = "bfloat16 arithmetic (ml_dtypes)" if cfg.precision == "bf16" else "float16 matrix products"
+            self.log(f"warning: precision {cfg.precision!r} on the CPU: NumPy computes {what} without hardware "
+                     "support, many times slower than float32; use --precision fp32 on the CPU")
         self.autocast_dtype, self.loss_scaler = precision_setup(cfg.precision, cfg.device)
 
         ckpt = self._find_resume()
