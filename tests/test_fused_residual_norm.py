@@ -30,10 +30,10 @@ def _t(a):
 def test_gradcheck_add_norm(shapes, kind, affine, seed):
     xs, rs = shapes
     c = np.broadcast_shapes(xs, rs)[-1]
-    rng = np.random.default_rng(seed)
-    ins = [_t(rng.normal(size=xs)), _t(rng.normal(size=rs))]
+    gen = np.random.default_rng(seed)
+    ins = [_t(gen.normal(size=xs)), _t(gen.normal(size=rs))]
     if affine:
-        ins += [_t(rng.normal(size=c)), _t(rng.normal(size=c))]
+        ins += [_t(gen.normal(size=c)), _t(gen.normal(size=c))]
     op = OPS[kind]
     fn = (lambda x, r, w, b: op(x, r, w, b)) if affine else (lambda x, r: op(x, r, None, None))
     assert ag.gradcheck(fn, ins)
@@ -46,12 +46,12 @@ def test_fused_equals_composed(kind, xdt, rdt):
     if "bf16" in (xdt, rdt) and bfloat16 is None:
         pytest.skip("needs ml_dtypes")
     xdt, rdt = (bfloat16 if d == "bf16" else d for d in (xdt, rdt))
-    rng = np.random.default_rng(1)
+    gen = np.random.default_rng(1)
     shape = (2, 5, 12)
-    x = (rng.normal(size=shape) * 2).astype(xdt)
-    r = rng.normal(size=shape).astype(rdt)
-    w, b = rng.normal(size=12).astype(x.dtype), rng.normal(size=12).astype(x.dtype)
-    gs, gy = rng.normal(size=shape), rng.normal(size=shape)
+    x = (gen.normal(size=shape) * 2).astype(xdt)
+    r = gen.normal(size=shape).astype(rdt)
+    w, b = gen.normal(size=12).astype(x.dtype), gen.normal(size=12).astype(x.dtype)
+    gs, gy = gen.normal(size=shape), gen.normal(size=shape)
     got = []
     for fused in (True, False):
         ts = [_t(a) for a in (x, r, w, b)]
@@ -70,8 +70,8 @@ def test_fused_equals_composed(kind, xdt, rdt):
 
 
 def test_second_order_goes_through_the_reference():
-    rng = np.random.default_rng(2)
-    ins = [_t(rng.normal(size=(3, 4))) for _ in range(2)] + [_t(rng.normal(size=4))]
+    gen = np.random.default_rng(2)
+    ins = [_t(gen.normal(size=(3, 4))) for _ in range(2)] + [_t(gen.normal(size=4))]
     assert ag.gradgradcheck(lambda x, r, w: F.add_rms_norm(x, r, w)[1], ins)
 
 

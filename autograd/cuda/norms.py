@@ -8,12 +8,13 @@ r, writes s = x + r (rounded to x's dtype, as the composed add stores it) and no
 are kept in the accumulation type (float32 for 16-bit and float32 inputs, float64 for float64).
 Bytes per element, float32 LayerNorm: 4 read + 4 written; residual add with float16 r: 4 + 2 read, 4 + 4 written.
 
-Backward (xhat = (x - mean) rstd, g = gy * w), one block per row:
+Backward (xhat = (x - mean) rstd, g = gy * w), one block per row (16-byte vectors, gy and x read once into
+registers, when C is a multiple of the vector width and at most 512 x 2 vectors; else one element at a time):
     gx = rstd * (g - mean(g) - xhat * mean(g * xhat))  [+ gs, the residual stream's own gradient]
     gw = sum over rows of gy * xhat,  gb = sum over rows of gy          (RMSNorm: no mean(g) term, mean = 0)
 A grid of a few blocks per multiprocessor walks the rows; each thread owns the same columns in every row, so it
-accumulates its gw/gb partial sums (in shared memory) without global atomics; the (blocks, C) partials are then
-summed by cuBLAS. When 2*C partials do not fit in 48 KB of shared memory, the gw/gb sums fall back to CuPy.
+accumulates its gw/gb partial sums in registers without atomics; the (blocks, C) partials are then summed by
+cuBLAS. The element-wise version leaves gw/gb to CuPy sums.
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from ._common import VECTOR_IO, LazyModule, acc_dtype, aligned16, contiguous, ct
 from .registry import register
 
 _SRC = VECTOR_IO + r"""
-// One row per block (wide rows, or rows not split into 16-byte vectors). has_r: s = x + r is written to s_out and
-// normalised (the fused residual add); the later passes read s back, from L1/L2.
+// One row per block (wide or unaligned rows). has_r: s = x + r is written to s_out and normalised (the later passes
+// read s back, from L1/L2).
 template <typename T, typename R, typename A>
 __global__ void norm_fwd(const T* __restrict__ x, const R* __restrict__ r, const T* __restrict__ w,
                          const T* __restrict__ b, T* __restrict__ s_out, T* __restrict__ y,
@@ -127,19 +128,14 @@ __global__ void norm_fwd_warp(const T* __restrict__ x, const R* __restrict__ r, 
     if (lane == 0) { mean_out[row] = mean; rstd_out[row] = rstd; }
 }
 
-// grid-stride over rows; partial gw/gb per block in shared memory (when do_part), written to part_*[block, C].
-// has_gs: the gradient of the residual stream s (fused residual add) is added to gx; has_gr: gx is also written
-// to gr in r's type (the branch output's gradient, when r's dtype differs from x's).
+// Element-wise backward (odd or very wide C): grid-stride over rows, gx only (gw/gb: CuPy sums). has_gs: the
+// residual stream's gradient is added to gx; has_gr: gx is also written to gr in r's type.
 template <typename T, typename R, typename A>
 __global__ void norm_bwd(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ w,
                          const A* __restrict__ mean, const A* __restrict__ rstd, const T* __restrict__ gs,
-                         T* __restrict__ gx, R* __restrict__ gr, A* __restrict__ part_w, A* __restrict__ part_b,
-                         i64 N, int C, int has_w, int rms, int do_part, int has_gs, int has_gr) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    A* s_gw = reinterpret_cast<A*>(smem_raw);
-    A* s_gb = s_gw + C;
+                         T* __restrict__ gx, R* __restrict__ gr, i64 N, int C, int has_w, int rms, int has_gs,
+                         int has_gr) {
     __shared__ A red[32];
-    if (do_part) for (int i = threadIdx.x; i < C; i += blockDim.x) { s_gw[i] = 0; s_gb[i] = 0; }
     for (i64 row = blockIdx.x; row < N; row += gridDim.x) {
         const T* gyr = gy + row * C;
         const T* xr = x + row * C;
@@ -147,29 +143,105 @@ __global__ void norm_bwd(const T* __restrict__ gy, const T* __restrict__ x, cons
         const A rs = rstd[row];
         A s1 = 0, s2 = 0;
         for (int i = threadIdx.x; i < C; i += blockDim.x) {
-            const A g = ld(gyr, i);
             const A xh = (ld(xr, i) - mu) * rs;
-            if (do_part) { s_gw[i] += g * xh; s_gb[i] += g; }
-            const A gw_ = has_w ? g * ld(w, i) : g;
+            const A gw_ = has_w ? ld(gyr, i) * ld(w, i) : ld(gyr, i);
             s1 += gw_;
             s2 += gw_ * xh;
         }
         s1 = rms ? (A)0 : block_sum(s1, red) / (A)C;
         s2 = block_sum(s2, red) / (A)C;
         for (int i = threadIdx.x; i < C; i += blockDim.x) {
-            const A g = ld(gyr, i);
             const A xh = (ld(xr, i) - mu) * rs;
-            const A gw_ = has_w ? g * ld(w, i) : g;
+            const A gw_ = has_w ? ld(gyr, i) * ld(w, i) : ld(gyr, i);
             A o = rs * (gw_ - s1 - xh * s2);
             if (has_gs) o += ld(gs + row * C, i);
             st(gx + row * C, i, o);
             if (has_gr) st(gr + row * C, i, o);
         }
     }
+}
+
+// Block sums of two values at once (one round of barriers); red: 64 shared slots.
+template <typename A> __device__ __forceinline__ void block_sum2(A& a, A& b, A* red) {
+    a = warp_sum(a); b = warp_sum(b);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) { red[wid] = a; red[32 + wid] = b; }
+    __syncthreads();
+    if (wid == 0) {
+        A ta = lane < nw ? red[lane] : (A)0, tb = lane < nw ? red[32 + lane] : (A)0;
+        ta = warp_sum(ta); tb = warp_sum(tb);
+        if (lane == 0) { red[0] = ta; red[32] = tb; }
+    }
+    __syncthreads();
+    a = red[0]; b = red[32];
+}
+
+// The backward on 16-byte vectors (C a multiple of V, aligned): each thread owns NV vectors of columns, the same in
+// every row, so gy and x are read once into registers and the gw/gb partial sums stay in registers too; the block
+// writes them to part_*[block, C] at the end (when do_part).
+template <typename T, typename R, typename A, int NV>
+__global__ void __launch_bounds__(512) norm_bwd_vec(const T* __restrict__ gy, const T* __restrict__ x, const T* __restrict__ w,
+                             const A* __restrict__ mean, const A* __restrict__ rstd, const T* __restrict__ gs,
+                             T* __restrict__ gx, R* __restrict__ gr, A* __restrict__ part_w, A* __restrict__ part_b,
+                             i64 N, int C, int has_w, int rms, int do_part, int has_gs, int has_gr) {
+    constexpr int V = 16 / sizeof(T);
+    __shared__ A red[64];
+    A wv[NV][V], pw[NV][V], pb[NV][V];
+#pragma unroll
+    for (int j = 0; j < NV; ++j) {
+        const int i = (threadIdx.x + j * blockDim.x) * V;
+#pragma unroll
+        for (int k = 0; k < V; ++k) { wv[j][k] = 1; pw[j][k] = 0; pb[j][k] = 0; }
+        if (has_w && i < C) ldv<V>(w, i, wv[j]);
+    }
+    for (i64 row = blockIdx.x; row < N; row += gridDim.x) {
+        const i64 base = row * C;
+        const A mu = rms ? (A)0 : mean[row];
+        const A rs = rstd[row];
+        A g[NV][V], xh[NV][V];
+        A s1 = 0, s2 = 0;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int i = (threadIdx.x + j * blockDim.x) * V;
+            if (i < C) {
+                ldv<V>(gy, base + i, g[j]);
+                ldv<V>(x, base + i, xh[j]);
+#pragma unroll
+                for (int k = 0; k < V; ++k) {
+                    xh[j][k] = (xh[j][k] - mu) * rs;
+                    pw[j][k] += g[j][k] * xh[j][k];
+                    pb[j][k] += g[j][k];
+                    g[j][k] *= wv[j][k];
+                    s1 += g[j][k];
+                    s2 += g[j][k] * xh[j][k];
+                }
+            }
+        }
+        block_sum2(s1, s2, red);
+        s1 = rms ? (A)0 : s1 / (A)C;
+        s2 /= (A)C;
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int i = (threadIdx.x + j * blockDim.x) * V;
+            if (i < C) {
+                A o[V], gsv[V];
+                if (has_gs) ldv<V>(gs, base + i, gsv);
+#pragma unroll
+                for (int k = 0; k < V; ++k) o[k] = rs * (g[j][k] - s1 - xh[j][k] * s2) + (has_gs ? gsv[k] : (A)0);
+                stv<V>(gx, base + i, o);
+                if (has_gr) stv<V>(gr, base + i, o);
+            }
+        }
+    }
     if (do_part)
-        for (int i = threadIdx.x; i < C; i += blockDim.x) {
-            part_w[(i64)blockIdx.x * C + i] = s_gw[i];
-            part_b[(i64)blockIdx.x * C + i] = s_gb[i];
+#pragma unroll
+        for (int j = 0; j < NV; ++j) {
+            const int i = (threadIdx.x + j * blockDim.x) * V;
+            if (i < C) {
+                stv<V>(part_w, (i64)blockIdx.x * C + i, pw[j]);
+                stv<V>(part_b, (i64)blockIdx.x * C + i, pb[j]);
+            }
         }
 }
 """
@@ -178,9 +250,11 @@ __global__ void norm_bwd(const T* __restrict__ gy, const T* __restrict__ x, cons
 _TARGS = ["float,float,float", "half_t,half_t,float", "bf16_t,bf16_t,float", "double,double,double",
           "float,half_t,float", "float,bf16_t,float"]
 _NV = (1, 2, 4, 8)      # warp-per-row forward for C <= 32 * NV * V
+_BWD_NV = (1, 2)       # vector backward: NV vectors a thread, at most _BWD_THREADS threads a block
+_BWD_THREADS = 512
 _mod = LazyModule(_SRC, {"norm_fwd": _TARGS, "norm_bwd": _TARGS,
-                         "norm_fwd_warp": [f"{t},{v}" for t in _TARGS for v in _NV]})
-_SMEM_LIMIT = 48 * 1024
+                         "norm_fwd_warp": [f"{t},{v}" for t in _TARGS for v in _NV],
+                         "norm_bwd_vec": [f"{t},{v}" for t in _TARGS for v in _BWD_NV]})
 _sm_count: dict[int, int] = {}
 
 
@@ -200,6 +274,8 @@ def _num_sms() -> int:
 
 
 def _check(op, x, *others):
+    """x's dtype has a kernel; weight/bias (C,) in x's dtype."""
+    ctypes_of(x.dtype)
     for o in others:
         if o is not None and (o.dtype != x.dtype or o.shape != (x.shape[-1],)):
             raise ValueError(f"{op}: weight/bias must be ({x.shape[-1]},) {x.dtype}, got {o.shape} {o.dtype}")
@@ -263,30 +339,37 @@ def _backward(gy, x, w, mean, rstd, rms, want_gb, gs=None, r_dtype=None):
     if N == 0 or C == 0:
         z = cp.zeros((C,), acc)
         return gx, gr, z, z
-    threads = row_threads(C)
-    nblocks = int(min(N, 4 * _num_sms()))
-    smem = 2 * C * np.dtype(acc).itemsize
-    do_part = want_part and smem <= _SMEM_LIMIT
-    if do_part:   # one allocation for both partials
-        part = cp.empty((2, nblocks, C), acc)
-        part_w, part_b = part[0], part[1]
-    else:
-        part_w = part_b = gx
     w_ = contiguous(w) if w is not None else x
+    gs_ = contiguous(gs.astype(x.dtype, copy=False)) if gs is not None else x
+    vec = 16 // x.dtype.itemsize
+    nv = next((v for v in _BWD_NV if C <= _BWD_THREADS * v * vec), None)
+    vector = C % vec == 0 and nv is not None and aligned16(gy, x, w_, gs_)
+    if vector:    # enough blocks to keep ~2048 threads a multiprocessor busy
+        threads = max(32, min(_BWD_THREADS, -(-C // (vec * nv * 32)) * 32))
+        nblocks = int(min(N, max(1, min(8, 2048 // threads)) * _num_sms()))
+    else:
+        threads, nblocks = row_threads(C), int(min(N, 4 * _num_sms()))
+    do_part = want_part and vector
+    part = cp.empty((2, nblocks, C), acc) if do_part else None   # one allocation for both partials
     mean_ = contiguous(mean.astype(acc, copy=False)) if mean is not None else rstd
     rstd_ = contiguous(rstd.astype(acc, copy=False))
-    gs_ = contiguous(gs.astype(x.dtype, copy=False)) if gs is not None else x
-    args = (gy, x, w_, mean_, rstd_, gs_, gx, gr if has_gr else gx, part_w, part_b, np.int64(N), np.int32(C),
-            np.int32(w is not None), np.int32(rms), np.int32(do_part), np.int32(gs is not None), np.int32(has_gr))
-    k = _mod.kernel("norm_bwd", _targs(x.dtype, r_dtype if has_gr else None))
-    k((nblocks,), (threads,), args, shared_mem=smem if do_part else 0)
+    ptrs = (gy, x, w_, mean_, rstd_, gs_, gx, gr if has_gr else gx)
+    flags = (np.int32(w is not None), np.int32(rms))
+    res = (np.int32(gs is not None), np.int32(has_gr))
+    targs = _targs(x.dtype, r_dtype if has_gr else None)
+    if vector:
+        parts = (part[0], part[1]) if do_part else (gx, gx)
+        _mod.kernel("norm_bwd_vec", f"{targs},{nv}")((nblocks,), (threads,), ptrs + parts + (
+            np.int64(N), np.int32(C)) + flags + (np.int32(do_part),) + res)
+    else:
+        _mod.kernel("norm_bwd", targs)((nblocks,), (threads,), ptrs + (np.int64(N), np.int32(C)) + flags + res)
     gw = gb = None
     if do_part:
         # cuBLAS column sums (ones @ partials): CuPy's axis-0 reduction costs ~70 us of host time per call
         from .matmul import colsum
-        gw = colsum(part_w) if w is not None else None
-        gb = colsum(part_b) if want_gb else None
-    elif want_part:  # very wide rows: plain CuPy sums with float32 accumulation
+        gw = colsum(part[0]) if w is not None else None
+        gb = colsum(part[1]) if want_gb else None
+    elif want_part:  # odd or very wide rows: plain CuPy sums with float32 accumulation
         g2 = gy.reshape(-1, C).astype(acc, copy=False)
         xhat = x.reshape(-1, C).astype(acc)
         if not rms:
@@ -302,15 +385,12 @@ def _cast(a, like):
 
 def layer_norm_forward(x, w, b, eps):
     """(y, mean, rstd): x (..., C), w, b (C,) or None; mean, rstd (...,) float32 (float64 for float64 x)."""
-    ctypes_of(x.dtype)
     _check("layer_norm_forward", x, w, b)
-    _, y, mean, rstd = _forward(x, None, w, b, eps, rms=False)
-    return y, mean, rstd
+    return _forward(x, None, w, b, eps, rms=False)[1:]
 
 
 def layer_norm_backward(gy, x, w, mean, rstd):
     """(gx, gw, gb); gw None when w is None; gb (sum of gy over rows) always returned (caller drops it)."""
-    ctypes_of(x.dtype)
     _check("layer_norm_backward", x, w)
     gx, _, gw, gb = _backward(gy, x, w, mean, rstd, rms=False, want_gb=True)
     return gx, _cast(gw, w), gb.astype(w.dtype if w is not None else x.dtype, copy=False)
@@ -318,7 +398,6 @@ def layer_norm_backward(gy, x, w, mean, rstd):
 
 def rms_norm_forward(x, w, eps):
     """(y, rstd): y = x * rstd * w, rstd = 1/sqrt(mean(x^2) + eps) (...,) float32 (float64 for float64 x)."""
-    ctypes_of(x.dtype)
     _check("rms_norm_forward", x, w)
     _, y, _, rstd = _forward(x, None, w, None, eps, rms=True)
     return y, rstd
@@ -326,7 +405,6 @@ def rms_norm_forward(x, w, eps):
 
 def rms_norm_backward(gy, x, w, rstd):
     """(gx, gw); gw None when w is None."""
-    ctypes_of(x.dtype)
     _check("rms_norm_backward", x, w)
     gx, _, gw, _ = _backward(gy, x, w, None, rstd, rms=True, want_gb=False)
     return gx, _cast(gw, w)
@@ -334,15 +412,13 @@ def rms_norm_backward(gy, x, w, rstd):
 
 def add_layer_norm_forward(x, r, w, b, eps):
     """(s, y, mean, rstd): s = x + r (x's dtype), y = layer_norm(s); x, r (..., C) one shape; w, b (C,) or None."""
-    ctypes_of(x.dtype)
-    _check_residual("add_layer_norm_forward", x, r)
     _check("add_layer_norm_forward", x, w, b)
+    _check_residual("add_layer_norm_forward", x, r)
     return _forward(x, r, w, b, eps, rms=False)
 
 
 def add_layer_norm_backward(gs, gy, s, w, mean, rstd, r_dtype):
     """(gx, gr, gw, gb): gx = gs + layer_norm's gradient for s; gr the same values in r_dtype."""
-    ctypes_of(s.dtype)
     _check("add_layer_norm_backward", s, w)
     gx, gr, gw, gb = _backward(gy, s, w, mean, rstd, rms=False, want_gb=True, gs=gs, r_dtype=r_dtype)
     return gx, (gx if gr is None else gr), _cast(gw, w), gb.astype(w.dtype if w is not None else s.dtype, copy=False)
@@ -350,16 +426,14 @@ def add_layer_norm_backward(gs, gy, s, w, mean, rstd, r_dtype):
 
 def add_rms_norm_forward(x, r, w, eps):
     """(s, y, rstd): s = x + r (x's dtype), y = rms_norm(s); x, r (..., C) one shape; w (C,) or None."""
-    ctypes_of(x.dtype)
-    _check_residual("add_rms_norm_forward", x, r)
     _check("add_rms_norm_forward", x, w)
+    _check_residual("add_rms_norm_forward", x, r)
     s, y, _, rstd = _forward(x, r, w, None, eps, rms=True)
     return s, y, rstd
 
 
 def add_rms_norm_backward(gs, gy, s, w, rstd, r_dtype):
     """(gx, gr, gw): gx = gs + rms_norm's gradient for s; gr the same values in r_dtype."""
-    ctypes_of(s.dtype)
     _check("add_rms_norm_backward", s, w)
     gx, gr, gw, _ = _backward(gy, s, w, None, rstd, rms=True, want_gb=False, gs=gs, r_dtype=r_dtype)
     return gx, (gx if gr is None else gr), _cast(gw, w)
