@@ -144,16 +144,24 @@ class Inputs:
         self.rs = cp.random.RandomState(seed)
         self.np_dtype = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "bfloat16": bfloat16}
         self.torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+        self.missing: set[str] = set()
 
     def normal(self, shape, dtype: str, scale: float = 1.0):
         """(ours CuPy array, PyTorch tensor) of one standard-normal draw times ``scale``; ours is None when this
-        install has no such dtype (no ml_dtypes for bfloat16)."""
+        install has no such dtype (no ml_dtypes for bfloat16, or a CuPy that cannot cast to it)."""
         base = self.rs.standard_normal(shape, dtype=np.float32)
         if scale != 1.0:
             base *= np.float32(scale)
         tensor = self.torch.from_dlpack(base).to(self.torch_dtype[dtype], copy=True)
-        dt = self.np_dtype[dtype]
-        return (base.astype(dt) if dt is not None else None), tensor
+        dt, ours = self.np_dtype[dtype], None
+        if dt is not None:
+            try:
+                ours = base.astype(dt)
+            except Exception as e:
+                if dtype not in self.missing:
+                    print(f"  ours has no {dtype} arrays here: {type(e).__name__}: {e}", flush=True)
+                self.missing.add(dtype)
+        return ours, tensor
 
     def targets(self, n: int, vocab: int):
         t = self.rs.randint(0, vocab, n).astype(np.int64)
@@ -232,13 +240,17 @@ def attention_rows(inp, shapes, dtype: str):
                "TFLOP/s", ATTENTION_BAR, _SAME)
 
 
-def kernel_rows(inp, sizes, dtype: str):
-    """The matmul, LayerNorm, GELU, bias-GELU and cross-entropy rows (each family's inputs in its own function, so
-    no closure sees a later family's arrays)."""
+def row_families(inp, small: bool, dtype: str) -> list:
+    """(name, generator of rows) per op family; each family draws its own inputs (so no closure sees another
+    family's arrays) and one that fails to build its rows ends only itself."""
     from autograd.cuda import get_kernel
+    sizes = ROWS["small" if small else "full"]
     itemsize = 4 if dtype == "float32" else 2
-    for family in (_matmul_rows, _layer_norm_rows, _gelu_rows, _cross_entropy_rows):
-        yield from family(inp, sizes, dtype, get_kernel, itemsize)
+    out = [("attention", attention_rows(inp, ATTENTION_SHAPES["small" if small else "full"], dtype))]
+    for name, family in (("matmul", _matmul_rows), ("layer_norm", _layer_norm_rows), ("gelu", _gelu_rows),
+                         ("cross_entropy", _cross_entropy_rows)):
+        out.append((name, family(inp, sizes, dtype, get_kernel, itemsize)))
+    return out
 
 
 def _matmul_rows(inp, sizes, dtype, K, itemsize):
@@ -319,7 +331,7 @@ def measure(row, dtype: str, args) -> dict:
         if fn is None or isinstance(fn, Exception):
             r[side] = None
             r[side + "_why"] = (f"{type(fn).__name__}: {fn}" if isinstance(fn, Exception) else
-                                "no kernel for this dtype/install")
+                                "no such dtype or kernel on this install")
             continue
         try:
             outs[side] = fn()
@@ -398,7 +410,6 @@ def main(argv=None) -> int:
     agcuda.set_tf32(True)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    kind = "small" if args.small else "full"
     device = cp.cuda.runtime.getDeviceProperties(0)["name"]
     device = device.decode() if isinstance(device, bytes) else str(device)
     print(f"device {device}; CuPy {cp.__version__}, torch {torch.__version__}; ours TF32 {agcuda.tf32_enabled()}; "
@@ -406,13 +417,19 @@ def main(argv=None) -> int:
     inp = Inputs(args.seed)
     results = []
     for dtype in dtypes:
-        for make in (lambda: attention_rows(inp, ATTENTION_SHAPES[kind], dtype),
-                     lambda: kernel_rows(inp, ROWS[kind], dtype)):
-            for row in make():
-                if args.only and args.only not in row[0]:
-                    continue
-                results.append(measure(row, dtype, args))
+        for family, rows in row_families(inp, args.small, dtype):
+            while True:
+                try:
+                    row = next(rows)        # draws the row's inputs
+                except StopIteration:
+                    break
+                except Exception as e:      # e.g. a dtype this install cannot make: the other families go on
+                    print(f"  {family} {dtype}: rows not built: {type(e).__name__}: {e}", flush=True)
+                    break
+                if not args.only or args.only in row[0]:
+                    results.append(measure(row, dtype, args))
                 del row
+            del rows
             cp.get_default_memory_pool().free_all_blocks()
             torch.cuda.empty_cache()
     print_table(results)
