@@ -78,6 +78,7 @@ class TensorProtocol:
             raise TypeError(f"x {symbol} y: the result is {result.dtype}, which cannot be stored in x of dtype "
                             f"{self.dtype} in place")
         self.data[...] = result
+        _amp().refresh_shadows(self)     # a parameter's low-precision copies follow its new values
         return self
 
     # comparisons and logic give boolean (or integer) tensors and record no graph
@@ -107,3 +108,8 @@ class TensorProtocol:
     def __xor__(self, other): return self._logic(other, lambda a, b: a ^ b, "^")
     __rand__, __ror__, __rxor__ = __and__, __or__, __xor__
     def __invert__(self): return self._logic(0, lambda a, _: ~a, "~")
+
+
+def _amp():
+    from . import amp   # amp imports the CUDA kernels, which come after Tensor
+    return amp

@@ -5,9 +5,12 @@ per-tensor pointers (param, grad, m, v) and sizes go to the device as one small 
 table depends only on the sizes and is cached. Per element, in one pass (PyTorch's AdamW):
     p -= lr * wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
     p -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-Groups are keyed by (param dtype, grad dtype, GPU); m and v have the param's dtype. The kernel takes C-contiguous
-params and moments only (the optimizer sends any other tensor through its per-parameter update, the same formula
-in ``tinygrad_llm/optim/adam.py``); a gradient of another layout or dtype pair is made contiguous / cast here.
+Groups are keyed by (param dtype, grad dtype, GPU); m and v have the param's dtype (bfloat16 parameters keep
+bfloat16 moments, as PyTorch's AdamW; the arithmetic runs in float32 and each value is rounded once). The kernel
+takes C-contiguous params and moments only (the optimizer sends any other tensor through its per-parameter update,
+the same formula in ``tinygrad_llm/optim/adam.py``); a gradient of another layout or dtype pair is made contiguous /
+cast here. A float32 parameter may come with float16 and bfloat16 shadows (``autograd.amp``): the same pass stores
+the new value rounded to each, so the low-precision weights are made once per step.
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ import math
 
 import numpy as np
 
-from ._common import LazyModule, ctypes_of, require_cupy
-from .device_step import ADAMW_ELEMENT
+from ._common import FLOAT_DTYPES, LazyModule, ctypes_of, require_cupy
+from .device_step import ADAMW_ELEMENT, shadow_pointers
 from .registry import register
 
 CHUNK = 16384
@@ -53,8 +56,9 @@ __global__ void scale_check_multi(const i64* __restrict__ ptrs, const int* __res
 }
 """
 
-_PT = [("float", "float", "float"), ("float", "half_t", "float"), ("half_t", "half_t", "float"),
-       ("double", "double", "double"), ("double", "float", "double")]
+_PT = [("float", "float", "float"), ("float", "half_t", "float"), ("float", "bf16_t", "float"),
+       ("half_t", "half_t", "float"), ("bf16_t", "bf16_t", "float"), ("double", "double", "double"),
+       ("double", "float", "double")]
 _SC = ["half_t,float", "float,float", "double,double"]
 _mod = LazyModule(_SRC, {"adamw_multi": [",".join(t) for t in _PT], "scale_check_multi": _SC})
 _table_cache: dict = {}
@@ -103,16 +107,20 @@ def _device_meta(meta: np.ndarray):
 
 def supports(p, m, v) -> bool:
     """Whether the multi-tensor kernel takes this parameter with these moments (same float dtype, C-contiguous)."""
-    return (p.dtype in (np.float16, np.float32, np.float64) and m.dtype == p.dtype and v.dtype == p.dtype
+    return (p.dtype in FLOAT_DTYPES and m.dtype == p.dtype and v.dtype == p.dtype
             and p.flags.c_contiguous and m.flags.c_contiguous and v.flags.c_contiguous)
 
 
-def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step) -> None:
-    """One AdamW step over lists of same-shaped CuPy arrays, in place (multi-tensor: one launch per dtype group)."""
+def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay, step,
+               shadows=None) -> None:
+    """One AdamW step over lists of same-shaped CuPy arrays, in place (multi-tensor: one launch per dtype group).
+    ``shadows``: per parameter a list of float16/bfloat16 arrays of its shape (or None), written with the new value
+    in the same pass; only float32 parameters take them."""
     cp = require_cupy()
     n = len(params)
-    if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n):
-        raise ValueError("adamw_step: params, grads, exp_avgs and exp_avg_sqs must have the same length")
+    if not (len(grads) == len(exp_avgs) == len(exp_avg_sqs) == n) or (shadows is not None and len(shadows) != n):
+        raise ValueError("adamw_step: params, grads, exp_avgs, exp_avg_sqs (and shadows) must have the same length")
+    sh_rows = shadow_pointers(params, shadows, "adamw_step")
     grads = list(grads)   # contiguous copies replace entries locally, never in the caller's list
     bc1 = 1.0 - beta1 ** step
     bc2 = 1.0 - beta2 ** step
@@ -138,21 +146,22 @@ def adamw_step(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weig
         groups.setdefault((targs, p.device.id), []).append(i)
     for (targs, dev), idx in groups.items():
         with cp.cuda.Device(dev):   # one launch per (dtype pair, GPU): pointers of one launch live on one GPU
-            _launch_group(params, grads, exp_avgs, exp_avg_sqs, idx, targs, scal)
+            _launch_group(params, grads, exp_avgs, exp_avg_sqs, sh_rows, idx, targs, scal)
 
 
-def _launch_group(params, grads, exp_avgs, exp_avg_sqs, idx, targs, scal):
+def _launch_group(params, grads, exp_avgs, exp_avg_sqs, sh_rows, idx, targs, scal):
     """One adamw_multi launch over the tensors idx (same dtypes, current GPU)."""
     cp = require_cupy()
     nt = len(idx)
     sizes = tuple(int(params[i].size) for i in idx)
-    meta = np.empty((5, nt), np.int64)
+    meta = np.empty((7, nt), np.int64)
     for j, i in enumerate(idx):
         meta[0, j] = params[i].data.ptr
         meta[1, j] = grads[i].data.ptr
         meta[2, j] = exp_avgs[i].data.ptr
         meta[3, j] = exp_avg_sqs[i].data.ptr
     meta[4] = sizes
+    meta[5:7] = sh_rows[:, list(idx)]
     meta_d = _device_meta(meta)
     blk_t, blk_s, nblocks = _block_table(sizes)
     _mod.kernel("adamw_multi", targs)(

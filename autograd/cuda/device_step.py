@@ -33,18 +33,21 @@ _NSTATE = 16
 # One AdamW element (PyTorch's AdamW), shared with the eager multi-tensor kernel (adamw.py): the formula in one place.
 ADAMW_ELEMENT = r"""
 template <typename P, typename A>
-__device__ __forceinline__ void adamw_element(P* p, P* m, P* v, i64 i, A gv, A decay, A b1, A b2, A c1, A c2,
-                                              A eps, A step_size, A inv_sqrt_bc2) {
+__device__ __forceinline__ A adamw_element(P* p, P* m, P* v, i64 i, A gv, A decay, A b1, A b2, A c1, A c2,
+                                           A eps, A step_size, A inv_sqrt_bc2) {
     A pv = ld(p, i) * decay;
     const A mv = b1 * ld(m, i) + c1 * gv;
     const A vv = b2 * ld(v, i) + c2 * gv * gv;
     pv -= step_size * mv / (sqrt(vv) * inv_sqrt_bc2 + eps);
     st(p, i, pv); st(m, i, mv); st(v, i, vv);
+    return pv;
 }
 
-// One block's chunk of one tensor of a multi-tensor launch. Table (int64, 5 rows of nt): param, grad, m, v
-// pointers, sizes. The gradient is multiplied by inv, then by coef when clip (the graphed step's unscale and clip;
-// the eager kernel passes 1 and false: exact), before the update.
+// One block's chunk of one tensor of a multi-tensor launch. Table (int64, 7 rows of nt): param, grad, m, v
+// pointers, sizes, then the parameter's float16 and bfloat16 shadows (0: none; set for float32 parameters only,
+// so the stored value is the float32 result rounded once, as astype rounds it). The gradient is multiplied by
+// inv, then by coef when clip (the graphed step's unscale and clip; the eager kernel passes 1 and false: exact),
+// before the update.
 template <typename P, typename G, typename A>
 __device__ __forceinline__ void adamw_block(const i64* __restrict__ ptrs, const int* __restrict__ blk_tensor,
                                             const i64* __restrict__ blk_start, int nt, int chunk, double lr,
@@ -57,19 +60,23 @@ __device__ __forceinline__ void adamw_block(const i64* __restrict__ ptrs, const 
     P* m = reinterpret_cast<P*>(ptrs[2 * nt + t]);
     P* v = reinterpret_cast<P*>(ptrs[3 * nt + t]);
     const i64 n = ptrs[4 * nt + t];
+    half_t* s16 = reinterpret_cast<half_t*>(ptrs[5 * nt + t]);
+    bf16_t* sbf = reinterpret_cast<bf16_t*>(ptrs[6 * nt + t]);
     const i64 end = start + chunk < n ? start + chunk : n;
     const A decay = (A)1 - (A)(lr * wd), c1 = (A)1 - (A)b1, c2 = (A)1 - (A)b2;
     const A b1_ = (A)b1, b2_ = (A)b2, eps_ = (A)eps, ss = (A)step_size, ib = (A)inv_sqrt_bc2;
     for (i64 i = start + threadIdx.x; i < end; i += blockDim.x) {
         A gv = ld(g, i) * inv;
         if (clip) gv = gv * coef;
-        adamw_element(p, m, v, i, gv, decay, b1_, b2_, c1, c2, eps_, ss, ib);
+        const A pv = adamw_element(p, m, v, i, gv, decay, b1_, b2_, c1, c2, eps_, ss, ib);
+        if (s16) st(s16, i, (float)pv);
+        if (sbf) st(sbf, i, (float)pv);
     }
 }
 """
 
 _SRC = ADAMW_ELEMENT + r"""
-// table layout (int64, 5 rows of nt): param, grad, m, v pointers, sizes
+// table layout (int64, 7 rows of nt): param, grad, m, v pointers, sizes, float16 and bfloat16 shadows
 template <typename G>
 __global__ void sumsq_multi(const i64* __restrict__ ptrs, const int* __restrict__ blk_tensor,
                             const i64* __restrict__ blk_start, int nt, int chunk, double* __restrict__ state) {
@@ -118,9 +125,9 @@ __global__ void adamw_device(const i64* __restrict__ ptrs, const int* __restrict
                          (A)state[7], state[9] != 0.0, (A)state[8]);
 }
 """
-_PAIRS = [("float", "float", "float"), ("float", "half_t", "float"), ("double", "double", "double"),
-          ("double", "float", "double")]
-_GT = ["float", "half_t", "double"]
+_PAIRS = [("float", "float", "float"), ("float", "half_t", "float"), ("float", "bf16_t", "float"),
+          ("double", "double", "double"), ("double", "float", "double")]
+_GT = ["float", "half_t", "bf16_t", "double"]
 _modules: dict = {}
 
 
@@ -133,6 +140,27 @@ def _kernel(name: str, targs: str | None = None):
                  + ["step_control<0>"])
         mod = _modules[dev] = cp.RawModule(code=PRELUDE + _SRC, options=("--std=c++17",), name_expressions=names)
     return mod.get_function(f"{name}<{targs}>" if targs else name)
+
+
+def shadow_pointers(params, shadows, who: str) -> np.ndarray:
+    """Rows 5 and 6 of a pointer table: each parameter's float16 and bfloat16 shadow (0: none); ``shadows``: per
+    parameter a list of arrays (or None), or None. Shadows of a parameter that is not float32, or of another dtype,
+    cannot be written by the kernel: a GraphCaptureError naming them (under capture the step then runs eagerly)."""
+    from ..dtypes import bfloat16
+    rows = np.zeros((2, len(params)), np.int64)
+    if shadows is None:
+        return rows
+    for j, (p, ss) in enumerate(zip(params, shadows)):
+        for s in ss or ():
+            row = 0 if s.dtype == np.float16 else 1 if bfloat16 is not None and s.dtype == bfloat16 else -1
+            if (row < 0 or p.dtype != np.float32 or s.shape != p.shape or not s.flags.c_contiguous
+                    or s.device.id != p.device.id):
+                from .graph import GraphCaptureError
+                raise GraphCaptureError(f"{who}: the kernel writes contiguous float16/bfloat16 shadows of float32 "
+                                        f"parameters, got a {s.dtype} shadow {s.shape} of a {p.dtype} parameter "
+                                        f"{p.shape}")
+            rows[row, j] = s.data.ptr
+    return rows
 
 
 class _Group:
@@ -150,7 +178,7 @@ class _Group:
         self.nblocks = len(tens)
         self.blk_t = cp.asarray(np.asarray(tens, np.int32))
         self.blk_s = cp.asarray(np.asarray(starts, np.int64))
-        self.meta = np.zeros((5, nt), np.int64)
+        self.meta = np.zeros((7, nt), np.int64)
         self.meta[0] = [p.data.ptr for p in params]
         self.meta[2] = [m.data.ptr for m in ms]
         self.meta[3] = [v.data.ptr for v in vs]
@@ -189,7 +217,7 @@ class DeviceAdamW:
                 ps, mm, vv = zip(*items)
                 self.groups.append(_Group(cp, list(ps), list(mm), list(vv), dict(hyper), self.lr[gi:gi + 1]))
         self.load(step, scaler)
-        for g in (_GT[0], _GT[1], _GT[2]):
+        for g in _GT:
             _kernel("sumsq_multi", g)      # compile and load before any capture
         _kernel("step_control", "0")
 
@@ -226,8 +254,10 @@ class DeviceAdamW:
         self.lr.set(np.asarray(lrs, np.float64).reshape(self.lr.shape))
 
     # ---------------------------------------------------------------------------------------------- the step
-    def step(self, grads_of) -> None:
-        """One step. ``grads_of(param) -> gradient array`` (same shape and GPU, contiguous, float16/32/64).
+    def step(self, grads_of, shadows_of=None) -> None:
+        """One step. ``grads_of(param) -> gradient array`` (same shape and GPU, contiguous, float16/bfloat16/32/64);
+        ``shadows_of(param) -> [arrays]``: the parameter's low-precision shadows (``amp.shadows_for_update``), which
+        the update writes as cast(new value) in the same pass (float16/bfloat16 ones of float32 parameters).
 
         Outside a graph capture the gradient pointers are uploaded first; inside one the caller runs
         ``upload_pointers()`` after the capture (a host-to-device copy cannot be recorded)."""
@@ -243,6 +273,8 @@ class DeviceAdamW:
                 raise TypeError(f"DeviceAdamW: gradients of one group must share a dtype, got {sorted(map(str, gdt))}")
             g.gdtype = gdt.pop()
             g.meta[1] = [gr.data.ptr for gr in grads]
+            g.meta[5:7] = shadow_pointers(g.params, None if shadows_of is None else [shadows_of(p) for p in g.params],
+                                          "DeviceAdamW")
             if not is_capturing():
                 g.table.set(g.meta)
             _kernel("sumsq_multi", ctypes_of(g.gdtype)[0])(

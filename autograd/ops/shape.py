@@ -264,6 +264,8 @@ def setitem(x: Tensor, index, value) -> None:
         except (IndexError, ValueError, TypeError) as e:
             raise type(e)(f"setitem: cannot write {type(v).__name__} at {index!r} of a tensor of shape {x.shape}: "
                           f"{e}") from None
+        from .. import amp
+        amp.refresh_shadows(x)          # a parameter's low-precision copies follow its new values
         return
     if x.is_leaf and x.requires_grad:
         raise RuntimeError(f"x[...] = v: x is a leaf tensor that requires grad (shape {x.shape}) and cannot be "

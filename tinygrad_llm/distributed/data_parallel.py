@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from autograd import Tensor, backend
+from autograd import Tensor, amp, backend
 from autograd.grad_mode import no_grad
 
 from .comm import Communicator, Work
@@ -153,6 +153,7 @@ class _Bucket:
         """Write broadcast values into the params' arrays in place (optimizers keep their references)."""
         for p, off in zip(self.params, self.offsets):
             p.data[...] = buf[off:off + p.size].reshape(p.shape)
+            amp.refresh_shadows(p)          # its low-precision copies (autocast) follow the new values
 
 
 class DataParallel:

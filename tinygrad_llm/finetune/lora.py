@@ -24,7 +24,7 @@ from typing import Iterable
 
 import numpy as np
 
-from autograd import Tensor, backend
+from autograd import Tensor, amp, backend
 from autograd import functional as F
 
 from ..nn.layers import Linear
@@ -87,6 +87,7 @@ class LoRALinear(Linear):
     def merged(self) -> Linear:
         """A plain Linear holding W + scale (A B)^T (the same weight/bias Parameter objects, updated in place)."""
         self.weight.data += self.delta_weight().astype(self.weight.dtype, copy=False)
+        amp.refresh_shadows(self.weight)    # its low-precision copies (autocast) follow the merged values
         lin = Linear.__new__(Linear)
         Module.__init__(lin)
         lin.in_features, lin.out_features = self.in_features, self.out_features

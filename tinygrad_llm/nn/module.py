@@ -31,7 +31,7 @@ from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
-from autograd import Tensor, backend, dtypes
+from autograd import Tensor, amp, backend, dtypes
 
 from .parameter import Parameter
 
@@ -326,6 +326,7 @@ class Module:
             value = value.data if isinstance(value, Tensor) else value
             if kind == "param":
                 _copy_into(t.data, value)
+                amp.refresh_shadows(t)          # its low-precision copies (autocast) follow the loaded values
             else:
                 m, bname = t
                 _copy_into(m._buffers[bname], value)

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from autograd import Tensor, backend, dtypes
+from autograd import Tensor, amp, backend, dtypes
 
 __all__ = ["Parameter", "skip_init", "init_enabled", "normal_", "uniform_", "zeros_", "ones_", "as_generator"]
 
@@ -62,9 +62,12 @@ def as_generator(rng) -> np.random.Generator:
     return np.random.default_rng(rng)
 
 
-def _fill(p: Tensor, values: np.ndarray) -> None:
-    values = values.astype(p.dtype, copy=False)
-    p.data[...] = backend.to_device(values, p.device) if p.device != "cpu" else values
+def _fill(p: Tensor, values) -> None:
+    if isinstance(values, np.ndarray):
+        values = values.astype(p.dtype, copy=False)
+        values = backend.to_device(values, p.device) if p.device != "cpu" else values
+    p.data[...] = values
+    amp.refresh_shadows(p)          # its low-precision copies (autocast) follow the new values
 
 
 def normal_(p: Tensor, std: float, rng=None, mean: float = 0.0) -> Tensor:
@@ -80,12 +83,12 @@ def uniform_(p: Tensor, low: float, high: float, rng=None) -> Tensor:
 
 
 def zeros_(p: Tensor) -> Tensor:
-    p.data[...] = 0
+    _fill(p, 0)
     return p
 
 
 def ones_(p: Tensor) -> Tensor:
-    p.data[...] = 1
+    _fill(p, 1)
     return p
 
 

@@ -12,8 +12,10 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from autograd import amp
 from autograd.backend import device_scope, xp_of
 from autograd.cuda import kernel_for
+from autograd.dtypes import bfloat16, is_bfloat16
 
 from .optimizer import Optimizer, _param_label, grad_array
 
@@ -30,6 +32,16 @@ def adamw_update(p, g, m, v, *, lr: float, beta1: float, beta2: float, eps: floa
         p -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)
     """
     xp = xp_of(p)
+    if p.dtype.itemsize < 4 or m.dtype.itemsize < 4:
+        # 16-bit parameter or moments (bfloat16 keeps bfloat16 moments, as PyTorch): the same arithmetic in float32
+        # on copies, each value rounded once on the way back (as the CUDA kernel does)
+        p32, m32, v32 = (a if a.dtype == np.float32 else a.astype(np.float32) for a in (p, m, v))
+        adamw_update(p32, g, m32, v32, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay,
+                     step=step)
+        for a, a32 in ((p, p32), (m, m32), (v, v32)):
+            if a32 is not a:
+                a[...] = a32
+        return
     if g.dtype != m.dtype:                       # e.g. fp16 gradients with fp32 moments: square in fp32
         g = g.astype(m.dtype)
     if weight_decay != 0.0:
@@ -51,6 +63,11 @@ def adamw_update(p, g, m, v, *, lr: float, beta1: float, beta2: float, eps: floa
     xp.divide(m, tmp, out=tmp)
     tmp *= lr / bias1
     p -= tmp
+
+
+def _kernel_shadow(s) -> bool:
+    """Whether the AdamW kernel stores this shadow itself (float16 or bfloat16, C-contiguous)."""
+    return (s.dtype == np.float16 or (bfloat16 is not None and s.dtype == bfloat16)) and s.flags.c_contiguous
 
 
 class Adam(Optimizer):
@@ -78,22 +95,25 @@ class Adam(Optimizer):
         if self.fused is False or self.update_fn is not adamw_update:
             return False
         ok = (kernel_for("adamw_step", p) is not None and (self.decoupled or group["weight_decay"] == 0.0)
-              and p.dtype.itemsize >= 4 and p.flags.c_contiguous
+              and (p.dtype.itemsize >= 4 or is_bfloat16(p.dtype)) and p.flags.c_contiguous
               and all(state[k].dtype == p.dtype and state[k].flags.c_contiguous for k in ("exp_avg", "exp_avg_sq")))
         if not ok and self.fused:
             where = "the CPU" if type(p) is np.ndarray else "the GPU"
             raise RuntimeError(f"{type(self).__name__}(fused=True): the multi-tensor CUDA kernel cannot take a "
                                f"{p.dtype} parameter of shape {tuple(p.shape)} on {where} (it needs CuPy and a GPU, "
-                               "a float32/float64 C-contiguous parameter, and decoupled or no weight decay)")
+                               "a float32/float64/bfloat16 C-contiguous parameter with moments of its dtype, and "
+                               "decoupled or no weight decay)")
         return ok
 
     def step(self) -> None:
         """One update of every parameter with a gradient: GPU parameters the kernel takes (see ``fused``) in one
-        launch per (group, step count, dtype, GPU); every other one through ``update_fn``. Same arithmetic and the
-        same state layout either way."""
+        launch per (group, step count, dtype, GPU), their float16/bfloat16 shadows written in the same pass; every
+        other one through ``update_fn``, then its shadows cast once. Same arithmetic and the same state layout
+        either way."""
         if type(self)._update is not Adam._update:
             return super().step()
-        batches: dict[tuple, tuple[list, list, list, list]] = {}
+        batches: dict[tuple, tuple[list, list, list, list, list]] = {}
+        late = []                      # parameters whose shadows the kernel cannot write: cast after the launch
         i = 0
         for gi, group in enumerate(self.param_groups):
             for p in group["params"]:
@@ -108,20 +128,29 @@ class Adam(Optimizer):
                         self._init_state(pd, state)
                     state["step"] += 1
                     if self._kernel_takes(group, pd, state):
-                        b = batches.setdefault((gi, state["step"]), ([], [], [], []))
-                        for lst, a in zip(b, (pd, g, state["exp_avg"], state["exp_avg_sq"])):
+                        sh = amp.shadows_for_update(p)
+                        if sh and not (pd.dtype == np.float32 and all(_kernel_shadow(s) for s in sh)):
+                            late.append(p)
+                            sh = []
+                        b = batches.setdefault((gi, state["step"]), ([], [], [], [], []))
+                        for lst, a in zip(b, (pd, g, state["exp_avg"], state["exp_avg_sq"], sh)):
                             lst.append(a)
                     else:
                         with device_scope(pd):
                             self._apply(pd, g, state, group)
+                        amp.refresh_shadows(p)
                 i += 1
-        for (gi, t), (ps, gs, ms, vs) in batches.items():
+        for (gi, t), (ps, gs, ms, vs, shs) in batches.items():
             group = self.param_groups[gi]
             beta1, beta2 = group["betas"]
             wd = group["weight_decay"] if self.decoupled else 0.0
             kernel_for("adamw_step", ps[0])(ps, gs, ms, vs, float(group["lr"]), float(beta1), float(beta2),
-                                            float(group["eps"]), float(wd), int(t))
+                                            float(group["eps"]), float(wd), int(t), shadows=shs)
+        for p in late:
+            amp.refresh_shadows(p)
         self.step_count += 1
+
+    step.writes_shadows = True
 
     def _init_state(self, p, state: dict[str, Any]) -> None:
         xp, dt = xp_of(p), self._state_dtype(p)

@@ -4,6 +4,8 @@ A parameter is any object with ``.data`` (a NumPy or CuPy ndarray, updated IN PL
 the model, hooks or communicators stay valid), ``.grad`` (an autograd Tensor, a bare ndarray, or None: skipped)
 and ``.requires_grad``; ``.name`` is used in error messages when present. Update code asks
 ``autograd.backend.xp_of(p.data)`` for its array module, so the same optimizer runs on NumPy and CuPy.
+``step`` (marked ``writes_shadows``) also rewrites the parameters' low-precision shadows from their new values
+(``autograd.amp``: what ``F.linear`` reads under autocast); a subclass that replaces ``step`` keeps none.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from autograd import backend
+from autograd import amp, backend, dtypes
 
 __all__ = ["Optimizer", "grad_array", "split_state_dict", "merge_state_dict"]
 
@@ -92,6 +94,8 @@ class Optimizer:
             raise ValueError(f"{type(self).__name__}: unknown hyperparameters {sorted(unknown)} in a parameter group")
         self._check_hyper(group)
         self.param_groups.append(group)
+        if getattr(type(self).step, "writes_shadows", False):   # a step that keeps the shadows fresh (autograd.amp)
+            amp.track_shadows(group["params"])
 
     def _check_hyper(self, group: dict[str, Any]) -> None:
         if group["lr"] < 0:
@@ -133,16 +137,20 @@ class Optimizer:
                                          f"{_param_label(p, i)}")
                     with backend.device_scope(p.data):
                         self._update(p.data, g, self.state.setdefault(i, {}), group)
+                    amp.refresh_shadows(p)     # the low-precision copies of the new value: one cast each
                 i += 1
         self.step_count += 1
+
+    step.writes_shadows = True
 
     def _update(self, p, g, state: dict[str, Any], group: dict[str, Any]) -> None:
         raise NotImplementedError
 
     @staticmethod
     def _state_dtype(p):
-        """Optimizer state is kept in the parameter's dtype, but at least float32 (fp16 moments underflow)."""
-        return p.dtype if p.dtype.itemsize >= 4 else np.float32
+        """Optimizer state is kept in the parameter's dtype, but float32 for float16 (its moments underflow);
+        bfloat16 has float32's range and keeps bfloat16 state, as PyTorch's optimizers do."""
+        return p.dtype if p.dtype.itemsize >= 4 or dtypes.is_bfloat16(p.dtype) else np.float32
 
     # ------------------------------------------------------------------ save / restore
     def state_dict(self) -> dict[str, Any]:

@@ -231,7 +231,8 @@ class GraphTrainStep:
         if comm is not None and comm.world_size > 1:
             _all_reduce_avg(comm, [p.grad.data for p in params])
         grads = {id(p.data): p.grad.data for p in params}
-        self.device.step(lambda a: grads[id(a)])
+        shadows = {id(p.data): ag.amp.shadows_for_update(p) for p in params}   # written by the captured update
+        self.device.step(lambda a: grads[id(a)], lambda a: shadows[id(a)])
         self.optimizer.zero_grad()
 
     # ------------------------------------------------------------------------------------------ calls

@@ -4,16 +4,18 @@
 
 - ``linear_reference``: matmul, transpose and add (with the casts under autocast); ``F.linear(..., fused=False)``.
 - ``Linear``: one node whose leading axes are folded into one, so each product is a single 2-D GEMM (no batched
-  weight gradient to sum). ``compute_dtype`` (autocast, e.g. float16): x and w are cast inside the op and the
-  product runs in that dtype; backward hands each input its gradient in the input's own dtype straight from the
-  GEMM (cuBLAS writes float32 for float32 master weights: no float16 weight gradient, no cast node). Products go to
-  the ``matmul`` kernel on CuPy (``autograd/cuda/matmul.py``) and to NumPy's matmul on the CPU; the GPU bias
-  gradient is the ``colsum`` kernel (one cuBLAS product).
+  weight gradient to sum). ``compute_dtype`` (autocast, e.g. float16): x is cast inside the op, w comes as the
+  parameter's shadow (``amp.cast_weight``: cast once per optimizer step, not per call), the product runs in that
+  dtype and backward's GEMMs read the same low-precision w; backward hands each input its gradient in the input's
+  own dtype straight from the GEMM (cuBLAS writes float32 for float32 master weights: no float16 weight gradient,
+  no cast node). Products go to the ``matmul`` kernel on CuPy (``autograd/cuda/matmul.py``) and to NumPy's matmul
+  on the CPU; the GPU bias gradient is the ``colsum`` kernel (one cuBLAS product).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ... import amp as _amp
 from ... import backend, dtypes
 from ...cuda import kernel_for
 from ...tensor import Tensor
@@ -53,14 +55,24 @@ def _column_sum(g2, dtype):
 class Linear(FusedFunction):
     """y = linear(x, w, b) in one node; inputs x, w and, when given, b."""
     rule = "d(x W^T + b): gx = g @ W, gW = g^T @ x, gb = sum of g over rows"
-    params = ("compute_dtype",)
+    params = ("compute_dtype", "weight_cast")
     compute_dtype = None
+    weight_cast = None      # w as compute_dtype, made before the call (the parameter's shadow, ``amp.cast_weight``)
+
+    @classmethod
+    def apply(cls, x, w, *b, compute_dtype=None):
+        """Under autocast the weight's low-precision copy comes from ``amp.cast_weight``: the parameter's shadow,
+        written by the optimizer once per step, when it holds the current values; one cast otherwise."""
+        wc = None
+        if compute_dtype is not None and isinstance(w, Tensor) and w.dtype != compute_dtype:
+            wc = _amp.cast_weight(w, compute_dtype)
+        return super().apply(x, w, *b, compute_dtype=compute_dtype, weight_cast=wc)
 
     def forward(self, x, w, *b):
         cd = self.compute_dtype
         if cd is not None:
             x = x if x.dtype == cd else x.astype(cd)
-            w = w if w.dtype == cd else w.astype(cd)
+            w = self.weight_cast if self.weight_cast is not None else (w if w.dtype == cd else w.astype(cd))
             self.xc, self.wc = x, w           # what backward's GEMMs read (the cast copies, as astype nodes keep)
         y = matmul(x.reshape(-1, x.shape[-1]), w.T)
         if b:
