@@ -352,9 +352,13 @@ def test_kernel_sixteen_bit_parameter_groups_match_the_float32_formula(pdt):
         adamw_step(ps, [cp.asarray(g) for g in hg], ms, vs, 0.01, 0.9, 0.95, 1e-8, 0.1, t)
         for a, g, m, v in zip(hp, hg, hm, hv):
             adamw_update(a, g, m, v, lr=0.01, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, step=t)
+    # float32 arithmetic rounded once to 16 bits on both sides; FMA contraction in the kernel may round a value the
+    # other way at some step, which later steps carry: allow two 16-bit steps of each array's largest magnitude
     for d, h in ((ps, hp), (ms, hm), (vs, hv)):
         for a, b in zip(d, h):
-            np.testing.assert_allclose(a.get().astype(np.float32), b.astype(np.float32), rtol=1e-2, atol=1e-3)
+            b32 = b.astype(np.float32)
+            ulp = float(np.finfo(np.float16).eps if pdt == "float16" else 2.0 ** -7) * float(np.abs(b32).max())
+            np.testing.assert_allclose(a.get().astype(np.float32), b32, rtol=1e-2, atol=2 * ulp)
 
 
 @gpu

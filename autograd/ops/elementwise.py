@@ -337,7 +337,8 @@ class Where(_Binary):
     rule = 'd where(c,x,y)/dx = 1 where c, d where(c,x,y)/dy = 1 where not c'
     params = ("cond",)
     def compute(self, x, y):
-        return backend.xp_of(x, y).where(self.cond, x, y)
+        z = backend.xp_of(x, y).where(self.cond, x, y)
+        return z if z.dtype == x.dtype else z.astype(x.dtype)   # CuPy's where widens bfloat16 to float32
 
     def backward(self, gz):
         x, y = self.inputs
