@@ -137,7 +137,8 @@ def test_flash_reads_head_views_in_place(cp, rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", [(2, 3, 3, 67, 67, 64, True), (1, 4, 2, 33, 100, 32, True),
-                                  (1, 2, 2, 64, 64, 64, False), (1, 2, 2, 61, 61, 64, True)])
+                                  (1, 2, 2, 64, 64, 64, False), (1, 2, 2, 61, 61, 64, True),
+                                  (2, 2, 2, 128, 128, 64, True), (1, 2, 1, 40, 72, 128, True)])
 def test_flash_dropout_matches_the_mask_of_its_state(cp, rng, dtype, case):
     """Dropout inside the kernels: the mask is what PhiloxGenerator.keep_mask would draw from the same state."""
     from autograd.cuda.philox import PhiloxGenerator, keep_mask_at

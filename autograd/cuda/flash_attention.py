@@ -201,11 +201,13 @@ __global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, cons
         const b16* __restrict__ V, b16* __restrict__ O, float* __restrict__ L, int Tq, int Tk, int H, int rep,
         i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 o_sb, i64 o_sh, i64 o_st,
         float scale_log2, int causal, float drop_p, float drop_scale, const long long* __restrict__ drop_state) {
-    constexpr int ST = D <= 64 ? 2 : 1;   // K/V stages: the next tile loads while this one is used (<= 48 KB)
     // MT: 16-row query tiles per warp (each K/V fragment read from shared memory serves MT of them)
     constexpr int QB = 64 * MT;           // queries per block (4 warps)
-    __shared__ __align__(16) b16 Ksm[ST][64 * (D + 8)];
-    __shared__ __align__(16) b16 Vsm[ST][64 * (D + 8)];
+    constexpr int TILE = 64 * (D + 8);
+    // dynamic shared memory, two stages of K and V (the next tile loads while this one is used): 2 x 2 x TILE
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    b16* const Kst = reinterpret_cast<b16*>(fa_smem);
+    b16* const Vst = Kst + 2 * TILE;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const int bh = blockIdx.y, b = bh / H, h = bh % H, hk = h / rep;
     Q += b * q_sb + h * q_sh; O += b * o_sb + h * o_sh; L += (i64)bh * Tq;
@@ -237,33 +239,22 @@ __global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, cons
         kend = min(Tk, qlast + shift + 1);
     }
     const int ntiles = (kend + 63) / 64;
-    if constexpr (ST == 2) {
-        load_tile_async<D>(Ksm[0], K, kv_st, 0, Tk);
-        load_tile_async<D>(Vsm[0], V, kv_st, 0, Tk);
-        cp_async_commit();
-    }
+    load_tile_async<D>(Kst, K, kv_st, 0, Tk);
+    load_tile_async<D>(Vst, V, kv_st, 0, Tk);
+    cp_async_commit();
     for (int kt = 0; kt < ntiles; ++kt) {
         const int k0 = kt * 64;
-        const b16* Ks;
-        const b16* Vs;
-        if constexpr (ST == 2) {
-            const int buf = kt & 1;
-            if (kt + 1 < ntiles) {   // buffer buf ^ 1 was released by the barrier that ended the last tile
-                load_tile_async<D>(Ksm[buf ^ 1], K, kv_st, k0 + 64, Tk);
-                load_tile_async<D>(Vsm[buf ^ 1], V, kv_st, k0 + 64, Tk);
-                cp_async_commit();
-                cp_async_wait<1>();
-            } else {
-                cp_async_wait<0>();
-            }
-            Ks = Ksm[buf];
-            Vs = Vsm[buf];
+        const int buf = kt & 1;
+        if (kt + 1 < ntiles) {   // buffer buf ^ 1 was released by the barrier that ended the last tile
+            load_tile_async<D>(Kst + (buf ^ 1) * TILE, K, kv_st, k0 + 64, Tk);
+            load_tile_async<D>(Vst + (buf ^ 1) * TILE, V, kv_st, k0 + 64, Tk);
+            cp_async_commit();
+            cp_async_wait<1>();
         } else {
-            load_tile<D>(Ksm[0], K, kv_st, k0, Tk);
-            load_tile<D>(Vsm[0], V, kv_st, k0, Tk);
-            Ks = Ksm[0];
-            Vs = Vsm[0];
+            cp_async_wait<0>();
         }
+        const b16* Ks = Kst + buf * TILE;
+        const b16* Vs = Vst + buf * TILE;
         __syncthreads();
         // S = Q K^T for MT x 16 queries and 64 keys: one ldmatrix of K serves every query tile of the warp
         float s[MT][8][4];
@@ -323,18 +314,40 @@ __global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, cons
                 for (int nd = 0; nd < D / 8; ++nd) { o[mt][nd][2 * hh] *= alpha; o[mt][nd][2 * hh + 1] *= alpha; }
             }
         if constexpr (DROP) {   // the normaliser l counts every probability; only the kept ones reach O
+            const bool quad = (Tk & 3) == 0;   // then a Philox block (4 keys) starts at a key multiple of 4
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int nt = 0; nt < 8; ++nt)
+                for (int nt = 0; nt < 8; ++nt) {
+                    const int key = k0 + nt * 8 + tig * 2;
+                    bool kb[2][2];
+                    if (quad) {
+                        // lanes tig and tig ^ 1 need one block of 4 keys for rows gid and gid + 8: each draws it for
+                        // one row (mine) and hands its partner the two words the partner's keys need
+                        const int mine = tig & 1;
+                        const int row = q0 + 16 * mt + gid + mine * 8;
+                        u32 c[4];
+                        philox4(doff + (unsigned long long)((ebase + (long long)row * Tk + (key & ~3)) >> 2), dseed, c);
+                        const u32 ra = __shfl_xor_sync(0xffffffffu, mine ? c[0] : c[2], 1);
+                        const u32 rb = __shfl_xor_sync(0xffffffffu, mine ? c[1] : c[3], 1);
+                        const bool own0 = philox_word_keeps(mine ? c[2] : c[0], drop_p);
+                        const bool own1 = philox_word_keeps(mine ? c[3] : c[1], drop_p);
+                        const bool got0 = philox_word_keeps(ra, drop_p), got1 = philox_word_keeps(rb, drop_p);
+                        kb[0][0] = mine ? got0 : own0; kb[0][1] = mine ? got1 : own1;
+                        kb[1][0] = mine ? own0 : got0; kb[1][1] = mine ? own1 : got1;
+                    } else {
+#pragma unroll
+                        for (int hh = 0; hh < 2; ++hh) {
+                            const int row = q0 + 16 * mt + gid + hh * 8;
+                            keep_pair(ebase + (long long)row * Tk + key, doff, dseed, drop_p, kb[hh][0], kb[hh][1]);
+                        }
+                    }
 #pragma unroll
                     for (int hh = 0; hh < 2; ++hh) {
-                        const int row = q0 + 16 * mt + gid + hh * 8, key = k0 + nt * 8 + tig * 2;
-                        bool k0b, k1b;
-                        keep_pair(ebase + (long long)row * Tk + key, doff, dseed, drop_p, k0b, k1b);
-                        if (!k0b) s[mt][nt][2 * hh] = 0.f;
-                        if (!k1b) s[mt][nt][2 * hh + 1] = 0.f;
+                        if (!kb[hh][0]) s[mt][nt][2 * hh] = 0.f;
+                        if (!kb[hh][1]) s[mt][nt][2 * hh + 1] = 0.f;
                     }
+                }
         }
         // O += P V: P straight from the S accumulators (two 8-key tiles = one 16-key A fragment)
 #pragma unroll
@@ -418,16 +431,15 @@ __global__ void flash_dq_out(const float* __restrict__ acc, b16* __restrict__ dq
 // reads this key/value head (rep of them), so dK and dV are summed over the group in registers. D <= 64: K and V
 // fragments stay in registers, 64-query tiles; D = 128: K and V fragments are read from shared memory and the
 // query tiles are 32 rows (the dK and dV accumulators take 128 registers).
-template <int D, bool BF, bool DROP>
-__global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, const b16* __restrict__ K,
+template <int D, int QT, bool KREG, bool BF, bool DROP>
+__global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(const b16* __restrict__ Q, const b16* __restrict__ K,
         const b16* __restrict__ V, const b16* __restrict__ dO, const float* __restrict__ L,
         const float* __restrict__ Dl, float* __restrict__ dQ, b16* __restrict__ dK, b16* __restrict__ dV,
         int Tq, int Tk, int H, int rep,
         i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 do_sb, i64 do_sh, i64 do_st,
         i64 g_sb, i64 g_sh, i64 g_st,
         float scale, int causal, float drop_p, float drop_scale, const long long* __restrict__ drop_state) {
-    constexpr int QT = D <= 64 ? 64 : 32;      // queries per tile
-    constexpr bool KREG = D <= 64;             // K, V fragments in registers
+    // QT: queries per tile (64 or 32); KREG: K, V fragments kept in registers (else read from shared memory)
     constexpr int TQ = QT * (D + 8), TK = 64 * (D + 8), SLD = QT + 8;
     constexpr int NC = QT == 64 ? D : D / 2;   // dQ columns per warp (4 warps: 16 queries each; or 16 x D / 2)
     // dynamic shared memory: Q and dO tiles in two stages, K (and V), dS^T, lse and delta
@@ -529,8 +541,37 @@ __global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, cons
         }
         // P^T (dropped and rescaled, for dV) and dS^T (unscaled) in place
         const long long ebase = DROP ? bhq * Tq * Tk : 0;
+        const bool quad = (Tk & 3) == 0;   // then a Philox block (4 keys) starts at a key multiple of 4
 #pragma unroll
-        for (int nt = 0; nt < QT / 8; ++nt)
+        for (int nt = 0; nt < QT / 8; ++nt) {
+            bool kp[4] = {true, true, true, true};
+            if constexpr (DROP) {
+                if (quad) {
+                    // the lanes gid = 4m .. 4m + 3 (one tig) hold 4 consecutive keys: one Philox block per (query,
+                    // key group) serves all four. Lane r = gid & 3 draws combination r (query column r >> 1, key
+                    // group r & 1); in 4 rounds every lane fetches its word (r) of each combination's block
+                    const int r = gid & 3, m = gid >> 2;
+                    const int query = qt + nt * 8 + tig * 2 + (r >> 1);
+                    u32 w[4];
+                    philox4(doff + (unsigned long long)((ebase + (long long)query * Tk + kw0 + 8 * (r & 1) + 4 * m) >> 2),
+                            dseed, w);
+                    bool ks[4];
+#pragma unroll
+                    for (int t = 0; t < 4; ++t) {
+                        const int src = (r + t) & 3;   // this round: word r of combination src
+                        const u32 got = __shfl_sync(0xffffffffu, word_of(w, (r - t) & 3), (lane & ~12) | (src << 2));
+                        const bool kk = philox_word_keeps(got, drop_p);
+#pragma unroll
+                        for (int s2 = 0; s2 < 4; ++s2) if (src == s2) ks[s2] = kk;
+                    }
+                    kp[0] = ks[0]; kp[1] = ks[2]; kp[2] = ks[1]; kp[3] = ks[3];   // element c <-> combination
+                } else {
+#pragma unroll
+                    for (int c = 0; c < 4; ++c)
+                        kp[c] = keep_one(ebase + (long long)(qt + nt * 8 + tig * 2 + (c & 1)) * Tk + kw0 + gid
+                                         + (c >> 1) * 8, doff, dseed, drop_p);
+                }
+            }
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 const int ql = nt * 8 + tig * 2 + (c & 1);
@@ -540,13 +581,13 @@ __global__ void __launch_bounds__(128) flash_bwd(const b16* __restrict__ Q, cons
                 float g = dp[nt][c];
                 float pd = p;
                 if constexpr (DROP) {
-                    const bool kp = keep_one(ebase + (long long)(qt + ql) * Tk + key, doff, dseed, drop_p);
-                    pd = kp ? p * drop_scale : 0.f;
-                    g = kp ? g * drop_scale : 0.f;
+                    pd = kp[c] ? p * drop_scale : 0.f;
+                    g = kp[c] ? g * drop_scale : 0.f;
                 }
                 st[nt][c] = pd;
                 dp[nt][c] = p * (g - del_s[ql]);
             }
+        }
         // dV += P^T dO, dK += dS^T Q (B operands: rows of dOs / Qs)
 #pragma unroll
         for (int kc = 0; kc < QT / 16; ++kc) {
@@ -619,9 +660,16 @@ _BOOL = ("false", "true")
 # forward: query tiles of 16 rows per warp, by D (the first is used; 2 halves the shared-memory reads of K and V
 # per product, at 246 instead of 128 registers); with dropout 1 (the mask's registers would spill)
 _FWD_MT = {32: (2, 1), 64: (2, 1), 96: (1,), 128: (1,)}
+# backward: (queries per tile, K/V fragments in registers) by D, without and with dropout (measured best of the
+# four combinations for D 64; with dropout the 168-register variant runs 3 blocks per SM)
+_BWD_TILES = {32: (("64", "true"), ("32", "false")), 64: (("64", "true"), ("32", "false")),
+              96: (("32", "false"),), 128: (("32", "false"),)}
 _mod = LazyModule(_SRC, {
-    "flash_fwd": [f"{d},{mt},{bf},{dr}" for d in _FWD_D for mt in _FWD_MT[d] for bf in _BOOL for dr in _BOOL],
-    "flash_bwd": [f"{d},{bf},{dr}" for d in _BWD_D for bf in _BOOL for dr in _BOOL],
+    "flash_fwd": [f"{d},{mt},{bf},{dr}" for d in _FWD_D for mt in _FWD_MT[d] for bf in _BOOL for dr in _BOOL
+                  if mt == 1 or dr == "false"],
+    "flash_bwd": [f"{d},{qt},{kr},{bf},{dr}" for d in _BWD_D for i, (qt, kr) in enumerate(_BWD_TILES[d])
+                  for bf in _BOOL for dr in _BOOL
+                  if len(_BWD_TILES[d]) == 1 or (dr == "true") == (i == len(_BWD_TILES[d]) - 1)],
     "flash_bwd_delta": [f"{d},{bf}" for d in _FWD_D for bf in _BOOL],
     "flash_dq_out": [f"{d},{bf}" for d in _FWD_D for bf in _BOOL],
 })
@@ -704,17 +752,27 @@ def flash_forward(q, k, v, causal, scale, dropout_p: float = 0.0, drop_state=Non
     lse = cp.empty((B, H, Tq), np.float32)
     p, rinv, state, drop = _drop_args(dropout_p, drop_state)
     mt = 1 if drop == "true" else _FWD_MT[D][0]
-    _mod.kernel("flash_fwd", _targs(q.dtype, f"{D},{mt}", drop))(
-        ((Tq + 64 * mt - 1) // (64 * mt), B * H), (128,),
+    kern = _mod.kernel("flash_fwd", _targs(q.dtype, f"{D},{mt}", drop))
+    smem = 2 * 2 * 64 * (D + 8) * 2
+    _opt_in(kern, smem)
+    kern(((Tq + 64 * mt - 1) // (64 * mt), B * H), (128,),
         (q, k, v, o, lse, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // k.shape[1]), *sq, *skv, *so,
-         np.float32(scale * math.log2(math.e)), np.int32(bool(causal)), p, rinv, state))
+         np.float32(scale * math.log2(math.e)), np.int32(bool(causal)), p, rinv, state), shared_mem=smem)
     return o, lse
 
 
-def _bwd_smem(D: int) -> int:
-    """Dynamic shared memory of flash_bwd<D> in bytes (the layout at the top of the kernel)."""
-    qt = 64 if D <= 64 else 32
-    tiles = 4 * qt * (D + 8) + (1 if D <= 64 else 2) * 64 * (D + 8) + 64 * (qt + 8)
+def _opt_in(kern, smem: int) -> None:
+    """Allow ``kern`` ``smem`` bytes of dynamic shared memory (over 48 KB needs the opt-in, per function and GPU)."""
+    key = (id(kern), require_cupy().cuda.Device().id)   # the attribute belongs to the function loaded on this GPU
+    seen = _smem_set.get(key)
+    if seen is None or seen[0] != smem or seen[1] is not kern:
+        kern.max_dynamic_shared_size_bytes = smem
+        _smem_set[key] = (smem, kern)   # holding kern keeps its id from being reused
+
+
+def _bwd_smem(D: int, qt: int, kreg: bool) -> int:
+    """Dynamic shared memory of flash_bwd in bytes (the layout at the top of the kernel)."""
+    tiles = 4 * qt * (D + 8) + (1 if kreg else 2) * 64 * (D + 8) + 64 * (qt + 8)
     return tiles * 2 + 2 * qt * 4
 
 
@@ -743,12 +801,10 @@ def flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, d
     dv = cp.empty((B, Hk, Tk, D), q.dtype)
     _, sg = _strides(dk)
     p, rinv, state, drop = _drop_args(dropout_p, drop_state)
-    kern = _mod.kernel("flash_bwd", _targs(q.dtype, D, drop))
-    smem = _bwd_smem(D)
-    key = (id(kern), cp.cuda.Device().id)   # the attribute belongs to the function loaded on this GPU
-    if _smem_set.get(key) != smem:   # opt in to more than 48 KB of dynamic shared memory
-        kern.max_dynamic_shared_size_bytes = smem
-        _smem_set[key] = smem
+    qt, kreg = _BWD_TILES[D][-1 if drop == "true" else 0]
+    kern = _mod.kernel("flash_bwd", _targs(q.dtype, f"{D},{qt},{kreg}", drop))
+    smem = _bwd_smem(D, int(qt), kreg == "true")
+    _opt_in(kern, smem)
     kern(((Tk + 63) // 64, B * Hk), (128,),
          (q, k, v, do, lse, delta, dq_acc, dk, dv, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // Hk),
           *sq, *skv, *sdo, *sg, np.float32(scale), np.int32(bool(causal)), p, rinv, state),
