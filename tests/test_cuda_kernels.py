@@ -432,3 +432,23 @@ def test_flash_matches_matmul_version(cp, rng, dtype):
     check(l1, l2.get(), dtype, seed, "flash vs matmul lse", tol)
     for a, b, n in zip(g1, g2, ("dq", "dk", "dv")):
         check(a, b.get(), dtype, seed, f"flash vs matmul {n}", tol * 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, "bfloat16"])
+def test_matmul_accumulate_adds_the_product(cp, rng, dtype):
+    """out += a @ b in one GEMM (beta = 1), a a transposed view as the chunked head's dW = dz^T h takes it."""
+    from autograd.cuda.matmul import matmul_accumulate
+    from autograd.dtypes import as_dtype
+    r, seed = rng
+    dt = as_dtype(dtype)
+    a = draw(r, (67, 129), dt)            # used as a.T: (129, 67)
+    b = draw(r, (67, 33), dt)
+    out0 = r.standard_normal((129, 33)).astype(np.float32)
+    out = cp.asarray(out0)
+    matmul_accumulate(cp.asarray(a.astype(dt)).T, cp.asarray(b.astype(dt)), out)
+    tol = 2e-5 if dt == np.float32 and not gk.tf32_enabled() else 3e-3
+    e = rel(out, out0 + a.T @ b)
+    assert e < tol, f"matmul_accumulate {dt}: {e:.3g} (seed {seed})"
+    with pytest.raises(ValueError, match="matmul_accumulate"):
+        matmul_accumulate(cp.asarray(a.astype(dt)).T, cp.asarray(b.astype(dt)), out[:, :5])

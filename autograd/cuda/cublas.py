@@ -164,12 +164,14 @@ def _scalars(scalar_dtype):
 
 
 def gemm_ex(transa: int, transb: int, m: int, n: int, k: int, a_ptr: int, a_type: int, lda: int, b_ptr: int,
-            b_type: int, ldb: int, c_ptr: int, c_type: int, ldc: int, compute_type: int, scalar_dtype) -> None:
-    """cublasGemmEx, column-major: C (m, n) = op(A) (m, k) @ op(B) (k, n), alpha = 1, beta = 0, on CuPy's current
-    stream. ``scalar_dtype``: float32 (for 32F compute types) or float64 (64F)."""
+            b_type: int, ldb: int, c_ptr: int, c_type: int, ldc: int, compute_type: int, scalar_dtype,
+            accumulate: bool = False) -> None:
+    """cublasGemmEx, column-major: C (m, n) = op(A) (m, k) @ op(B) (k, n) (+ C when ``accumulate``: beta = 1), on
+    CuPy's current stream. ``scalar_dtype``: float32 (for 32F compute types) or float64 (64F)."""
     h = handle()
     one, zero = _scalars(scalar_dtype)
-    _check(_lib.cublasGemmEx(h, transa, transb, m, n, k, one, a_ptr, a_type, lda, b_ptr, b_type, ldb, zero, c_ptr,
+    _check(_lib.cublasGemmEx(h, transa, transb, m, n, k, one, a_ptr, a_type, lda, b_ptr, b_type, ldb,
+                             one if accumulate else zero, c_ptr,
                              c_type, ldc, compute_type, GEMM_DEFAULT),
            f"cublasGemmEx (m={m}, n={n}, k={k}, lda={lda}, ldb={ldb}, ldc={ldc}, types {a_type}/{b_type}/{c_type}, "
            f"compute {compute_type})")

@@ -113,6 +113,35 @@ def _types(dtype):
     return _R_OF[np.dtype(dtype)], _COMPUTE_32F, np.float32   # float16, bfloat16: float32 accumulation
 
 
+def matmul_accumulate(a, b, out) -> None:
+    """out += a @ b for 2-D CuPy arrays in one GEMM (beta = 1): a and b of one float dtype, out C-contiguous in that
+    dtype or float32 (for 16-bit operands). Accumulating a weight gradient over chunks needs no temporary."""
+    cp = require_cupy()
+    M, K = a.shape
+    N = b.shape[1]
+    if b.shape[0] != K or out.shape != (M, N) or a.dtype != b.dtype or a.dtype not in _R_OF \
+            or not out.flags.c_contiguous:
+        raise ValueError(f"matmul_accumulate: a {a.shape} {a.dtype} @ b {b.shape} {b.dtype} into out {out.shape} "
+                         f"{out.dtype} (need 2-D operands of one float dtype and a C-contiguous (M, N) out)")
+    dt = _R_OF[a.dtype]
+    if out.dtype == a.dtype:
+        dc = dt
+    elif out.dtype == np.float32 and a.dtype in _HALF:
+        dc = _R_32F
+    else:
+        raise ValueError(f"matmul_accumulate: out dtype {out.dtype} for {a.dtype} operands")
+    if M == 0 or N == 0 or K == 0:
+        return
+    la, lb = _layout(a), _layout(b)
+    if la is None:
+        a, la = cp.ascontiguousarray(a), (_OP_N, K)
+    if lb is None:
+        b, lb = cp.ascontiguousarray(b), (_OP_N, N)
+    _, ct, st = _types(a.dtype)
+    _cb.gemm_ex(lb[0], la[0], N, M, K, b.data.ptr, dt, lb[1], a.data.ptr, dt, la[1], out.data.ptr, dc, N, ct, st,
+                accumulate=True)
+
+
 def matmul(a, b, out=None, out_dtype=None):
     """a @ b for CuPy arrays (..., M, K) @ (..., K, N) -> (..., M, N), batch axes broadcast.
 
@@ -249,4 +278,5 @@ def colsum(x, out_dtype=None):
 
 
 register("matmul", matmul)
+register("matmul_accumulate", matmul_accumulate)
 register("colsum", colsum)

@@ -33,6 +33,7 @@ import math
 
 import numpy as np
 
+from ... import amp as _amp
 from ... import backend
 from ...cuda import kernel_for
 from ...tensor import Tensor
@@ -88,6 +89,15 @@ def default_chunk_rows(n: int, v: int) -> int:
     return max(1, min(n, -(-rows // 64) * 64))
 
 
+def _accumulate_product(out, a, b) -> None:
+    """out += a @ b: one GEMM with beta = 1 on the GPU (no temporary of the weight's size per chunk)."""
+    kernel = kernel_for("matmul_accumulate", a)
+    if kernel is not None and a.dtype == b.dtype:
+        kernel(a, b, out)
+    else:
+        out += matmul(a, b, out_dtype=out.dtype)
+
+
 def _operand(x, dtype):
     """x rounded to the product dtype, as the product takes it: that dtype on the GPU (tensor cores), widened to
     float32 on NumPy (exactly the same products, accumulated in float32 as cuBLAS does)."""
@@ -106,7 +116,17 @@ class LinearCrossEntropy(FusedFunction):
     compute_dtype (autocast's, or None); chunk_size (rows, or None for ``default_chunk_rows``); grads (which
     inputs get a gradient: forward computes them, see the module docstring)."""
     rule = "dh = s dz W, dW = s dz^T h, db = s sum dz; dz = softmax(z) - onehot(t) (times the soft cap's slope)"
-    params = ("targets", "ignore_index", "reduction", "softcap", "compute_dtype", "chunk_size", "grads")
+    params = ("targets", "ignore_index", "reduction", "softcap", "compute_dtype", "chunk_size", "grads", "weight_cast")
+    weight_cast = None      # W as compute_dtype, made before the call (the parameter's shadow, ``amp.cast_weight``)
+
+    @classmethod
+    def apply(cls, h, w, *b, compute_dtype=None, **params):
+        """Under autocast W's low-precision copy is the parameter's shadow (``amp.cast_weight``): written by the
+        optimizer once per step, not cast at every call."""
+        wc = None
+        if compute_dtype is not None and isinstance(w, Tensor) and w.dtype != compute_dtype:
+            wc = _amp.cast_weight(w, compute_dtype)
+        return super().apply(h, w, *b, compute_dtype=compute_dtype, weight_cast=wc, **params)
 
     def forward(self, h, w, *b):
         xp = backend.xp_of(h)
@@ -116,7 +136,7 @@ class LinearCrossEntropy(FusedFunction):
         cd = self.compute_dtype
         acc = np.dtype(backend.acc_dtype(cd if cd is not None else h.dtype))
         want = self.grads
-        wm = _operand(w, cd)
+        wm = _operand(w if self.weight_cast is None else self.weight_cast, cd)
         bias = b[0].astype(acc, copy=False) if b else None
         grad_dtype = np.dtype(cd if cd is not None else w.dtype) if any(want) else None
         scale = FLOAT16_GRAD_SCALE if grad_dtype == np.float16 else 1.0
@@ -139,12 +159,10 @@ class LinearCrossEntropy(FusedFunction):
             if want[0]:
                 dh[r0:r0 + step] = matmul(dz, wm, out_dtype=acc)
             if want[1]:
-                part = matmul(dz.T, hc, out_dtype=acc)
                 if dw is None:
-                    dw = part
+                    dw = matmul(dz.T, hc, out_dtype=acc)
                 else:
-                    dw += part
-                del part
+                    _accumulate_product(dw, dz.T, hc)
             if len(want) > 2 and want[2]:
                 part = _column_sum(dz, acc)
                 db = part if db is None else db + part
