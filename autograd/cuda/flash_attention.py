@@ -169,6 +169,25 @@ __device__ __forceinline__ void load_tile_async(b16* dst, const b16* src, i64 ld
     }
 }
 
+// 4-byte async copy (zero-filled when src_bytes is 0)
+__device__ __forceinline__ void cp_async4(float* dst, const float* src, int src_bytes) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"((u32)a), "l"(src), "r"(src_bytes) : "memory");
+}
+// lse and delta of the rows [row0, row0 + ROWS) of one head (row offset base) into shared memory; rows >= T read as
+// 0 (harmless: their Q and dO rows are zero-filled too, so they add nothing)
+template <int ROWS>
+__device__ __forceinline__ void load_rows_async(float* ls, float* ds, const float* L, const float* Dl, i64 base,
+                                                int row0, int T) {
+    for (int i = threadIdx.x; i < ROWS; i += blockDim.x) {
+        const bool ok = row0 + i < T;
+        const i64 off = base + (ok ? row0 + i : 0);
+        cp_async4(ls + i, L + off, ok ? 4 : 0);
+        cp_async4(ds + i, Dl + off, ok ? 4 : 0);
+    }
+}
+
 // A fragments (16 rows x 16 columns from c) of rows [r0, r0 + 16) of a shared-memory tile with row stride D + 8
 template <int D>
 __device__ __forceinline__ void ldsm_a(u32* a, const b16* tile, int r0, int c) {
@@ -449,8 +468,8 @@ __global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(
     b16* Ks = dOsm + 2 * TQ;
     b16* Vs = Ks + TK;
     b16* dSs = Vs + (KREG ? 0 : TK);
-    float* lse_s = reinterpret_cast<float*>(dSs + 64 * SLD);
-    float* del_s = lse_s + QT;
+    float* lse_s = reinterpret_cast<float*>(dSs + 64 * SLD);   // two stages of QT, like Q and dO
+    float* del_s = lse_s + 2 * QT;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const int Hk = H / rep, bk = blockIdx.y, b = bk / Hk, hk = bk % Hk;
     K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
@@ -486,6 +505,7 @@ __global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(
         const int h0 = hk * rep;
         load_tile_async<D, QT>(Qsm, Q + b * q_sb + h0 * q_sh, q_st, qstart, Tq);
         load_tile_async<D, QT>(dOsm, dO + b * do_sb + h0 * do_sh, do_st, qstart, Tq);
+        load_rows_async<QT>(lse_s, del_s, L, Dl, ((i64)b * H + h0) * Tq, qstart, Tq);
         cp_async_commit();
     }
     for (int it = 0; it < total; ++it) {
@@ -495,6 +515,7 @@ __global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(
             const int hn = hk * rep + (it + 1) / ntq, qn = qstart + ((it + 1) % ntq) * QT;
             load_tile_async<D, QT>(Qsm + (buf ^ 1) * TQ, Q + b * q_sb + hn * q_sh, q_st, qn, Tq);
             load_tile_async<D, QT>(dOsm + (buf ^ 1) * TQ, dO + b * do_sb + hn * do_sh, do_st, qn, Tq);
+            load_rows_async<QT>(lse_s + (buf ^ 1) * QT, del_s + (buf ^ 1) * QT, L, Dl, ((i64)b * H + hn) * Tq, qn, Tq);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -502,12 +523,9 @@ __global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(
         }
         const b16* Qs = Qsm + buf * TQ;
         const b16* dOs = dOsm + buf * TQ;
+        const float* lse_t = lse_s + buf * QT;
+        const float* del_t = del_s + buf * QT;
         const i64 bhq = (i64)b * H + h;
-        for (int i = threadIdx.x; i < QT; i += blockDim.x) {
-            const bool ok = qt + i < Tq;
-            lse_s[i] = ok ? L[bhq * Tq + qt + i] * LOG2E : pos_inf_f();
-            del_s[i] = ok ? Dl[bhq * Tq + qt + i] : 0.f;
-        }
         __syncthreads();
         // S^T = K Q^T and dP^T = V dO^T, 16 keys x QT queries per warp
         float st[QT / 8][4], dp[QT / 8][4];
@@ -576,7 +594,7 @@ __global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(
             for (int c = 0; c < 4; ++c) {
                 const int ql = nt * 8 + tig * 2 + (c & 1);
                 const int key = kw0 + gid + (c >> 1) * 8;
-                float p = ex2(fmaf(st[nt][c], scale_log2, -lse_s[ql]));
+                float p = ex2(fmaf(st[nt][c], scale_log2, -lse_t[ql] * LOG2E));
                 if (key >= Tk || (causal && key > qt + ql + shift)) p = 0.f;
                 float g = dp[nt][c];
                 float pd = p;
@@ -585,7 +603,7 @@ __global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(
                     g = kp[c] ? g * drop_scale : 0.f;
                 }
                 st[nt][c] = pd;
-                dp[nt][c] = p * (g - del_s[ql]);
+                dp[nt][c] = p * (g - del_t[ql]);
             }
         }
         // dV += P^T dO, dK += dS^T Q (B operands: rows of dOs / Qs)
@@ -773,7 +791,7 @@ def _opt_in(kern, smem: int) -> None:
 def _bwd_smem(D: int, qt: int, kreg: bool) -> int:
     """Dynamic shared memory of flash_bwd in bytes (the layout at the top of the kernel)."""
     tiles = 4 * qt * (D + 8) + (1 if kreg else 2) * 64 * (D + 8) + 64 * (qt + 8)
-    return tiles * 2 + 2 * qt * 4
+    return tiles * 2 + 4 * qt * 4
 
 
 def flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, drop_state=None):
