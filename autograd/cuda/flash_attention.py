@@ -76,7 +76,6 @@ __device__ __forceinline__ float to_f32(b16 h) {
 // 2^x in one MUFU instruction (flush-to-zero: exp2f's subnormal handling costs more instructions per element)
 __device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 __device__ __forceinline__ u32 ld32(const b16* p) { return *reinterpret_cast<const u32*>(p); }
-__device__ __forceinline__ float pos_inf_f() { return __int_as_float(0x7f800000); }
 __device__ __forceinline__ u32 word_of(const u32* c, int i) { return i == 0 ? c[0] : i == 1 ? c[1] : i == 2 ? c[2] : c[3]; }
 // keep bits of draw elements e and e + 1 (a pair of neighbouring keys of one query row)
 __device__ __forceinline__ void keep_pair(long long e, unsigned long long off, unsigned long long seed, float p,
