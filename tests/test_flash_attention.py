@@ -14,6 +14,7 @@ import pytest
 import autograd as ag
 import autograd.functional as F
 from autograd.dtypes import bfloat16
+from test_cuda_kernels import cp, rng  # noqa: F401  (fixtures: the NaN-poisoned pool, a seeded generator)
 
 pytestmark = pytest.mark.gpu
 
@@ -23,18 +24,6 @@ if bfloat16 is not None:
     TOL[np.dtype(bfloat16)] = 3e-2
 
 
-@pytest.fixture
-def cp():
-    import cupy
-    blocks = [cupy.full((n,), np.nan, np.float32) for n in (1 << 10, 1 << 14, 1 << 18, 1 << 21, 1 << 23)]
-    del blocks
-    return cupy
-
-
-@pytest.fixture
-def rng():
-    seed = np.random.SeedSequence().entropy % (2 ** 32)
-    return np.random.default_rng(seed), seed
 
 
 def draw(r, shape, dtype):

@@ -737,6 +737,19 @@ def _strides(x):
     return x, tuple(np.int64(s) for s in st)
 
 
+def _qkv_layouts(q, k, v):
+    """(q, q's strides, k, v, the strides k and v share): the kernels index k and v with one set of strides, so
+    when theirs differ both are made contiguous."""
+    q, sq = _strides(q)
+    k, skv = _strides(k)
+    v, sv = _strides(v)
+    if sv != skv:
+        cp = require_cupy()
+        k, skv = _strides(cp.ascontiguousarray(k))
+        v, _ = _strides(cp.ascontiguousarray(v))
+    return q, sq, k, v, skv
+
+
 def _targs(dtype, *rest) -> str:
     return ",".join([*map(str, rest[:1]), "true" if is_bfloat16(dtype) else "false", *map(str, rest[1:])])
 
@@ -758,12 +771,7 @@ def flash_forward(q, k, v, causal, scale, dropout_p: float = 0.0, drop_state=Non
         raise ValueError(f"attention: causal needs Tq <= Tk, got {q.shape[-2]} > {k.shape[-2]}")
     B, H, Tq, D = q.shape
     Tk = k.shape[2]
-    q, sq = _strides(q)
-    k, skv = _strides(k)
-    v, sv = _strides(v)
-    if sv != skv:
-        v, sv = _strides(cp.ascontiguousarray(v))
-        k, skv = _strides(cp.ascontiguousarray(k))
+    q, sq, k, v, skv = _qkv_layouts(q, k, v)
     o = cp.empty((B, Tq, H, D), q.dtype).transpose(0, 2, 1, 3)
     _, so = _strides(o)
     lse = cp.empty((B, H, Tq), np.float32)
@@ -799,12 +807,7 @@ def flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, d
     cp = require_cupy()
     B, H, Tq, D = q.shape
     Hk, Tk = k.shape[1], k.shape[2]
-    q, sq = _strides(q)
-    k, skv = _strides(k)
-    v, sv = _strides(v)
-    if sv != skv:
-        v, sv = _strides(cp.ascontiguousarray(v))
-        k, skv = _strides(cp.ascontiguousarray(k))
+    q, sq, k, v, skv = _qkv_layouts(q, k, v)
     do, sdo = _strides(do.astype(q.dtype, copy=False))
     o, so = _strides(o)
     lse = cp.ascontiguousarray(lse.astype(np.float32, copy=False))
