@@ -1,0 +1,177 @@
+"""CUDA device functions the flash-attention kernels share: tensor-core products (mma.sync m16n8k16 on float16 or
+bfloat16, chosen by ``BF``), ldmatrix loads, cp.async tile copies into padded shared-memory tiles, 16-bit packing,
+and the dropout keep bits of a Philox draw (``autograd/cuda/philox.py``'s ``PHILOX_DEVICE`` comes first)."""
+from __future__ import annotations
+
+from ..philox import PHILOX_DEVICE
+
+DEVICE_SRC = PHILOX_DEVICE + r"""
+typedef unsigned int u32;
+typedef unsigned short b16;   // the raw 16 bits of a float16 or bfloat16 value (BF selects which)
+#define LOG2E 1.4426950408889634f
+
+template <bool BF>
+__device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
+    if constexpr (BF)
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                     "{%0,%1,%2,%3};\n"
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// two floats -> one register of two 16-bit values (lo in the low half)
+template <bool BF>
+__device__ __forceinline__ u32 pack2(float lo, float hi) {
+    u32 r;
+    if constexpr (BF) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    else asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+template <bool BF>
+__device__ __forceinline__ float to_f32(b16 h) {
+    if constexpr (BF) return __uint_as_float(((u32)h) << 16);
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+// 2^x in one MUFU instruction (flush-to-zero: exp2f's subnormal handling costs more instructions per element)
+__device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+__device__ __forceinline__ u32 ld32(const b16* p) { return *reinterpret_cast<const u32*>(p); }
+__device__ __forceinline__ u32 word_of(const u32* c, int i) { return i == 0 ? c[0] : i == 1 ? c[1] : i == 2 ? c[2] : c[3]; }
+// keep bits of draw elements e and e + 1 (a pair of neighbouring keys of one query row)
+__device__ __forceinline__ void keep_pair(long long e, unsigned long long off, unsigned long long seed, float p,
+                                          bool& k0, bool& k1) {
+    u32 c[4];
+    philox4(off + (unsigned long long)(e >> 2), seed, c);
+    const int i = (int)(e & 3);
+    k0 = philox_word_keeps(word_of(c, i), p);
+    if (i == 3) {
+        philox4(off + (unsigned long long)((e + 1) >> 2), seed, c);
+        k1 = philox_word_keeps(c[0], p);
+    } else {
+        k1 = philox_word_keeps(word_of(c, i + 1), p);
+    }
+}
+__device__ __forceinline__ bool keep_one(long long e, unsigned long long off, unsigned long long seed, float p) {
+    u32 c[4];
+    philox4(off + (unsigned long long)(e >> 2), seed, c);
+    return philox_word_keeps(word_of(c, (int)(e & 3)), p);
+}
+__device__ __forceinline__ u32 smem_addr(const b16* p) {
+    unsigned long long a; asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p)); return (u32)a;
+}
+// four 8x8 half matrices from shared memory; lane l gives the address of row (l & 7) of matrix (l >> 3)
+__device__ __forceinline__ void ldsm4(u32* r, const b16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)) : "memory");
+}
+__device__ __forceinline__ void ldsm4t(u32* r, const b16* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)) : "memory");
+}
+// S[nt] (16 x 8) += A (16 x D, fragments a) . B^T where B rows are 8 rows of a (rows, D + 8) tile starting at row0
+template <int D, bool BF>
+__device__ __forceinline__ void mma_abt(float* c, const u32 (*a)[4], const b16* tile, int row0) {
+    const int lane = threadIdx.x & 31;
+    const b16* p = tile + (row0 + (lane & 7)) * (D + 8) + (lane >> 3) * 8;
+#pragma unroll
+    for (int kc = 0; kc < D / 16; kc += 2) {
+        u32 b[4];
+        ldsm4(b, p + kc * 16);
+        mma16816<BF>(c, a[kc], b[0], b[1]);
+        mma16816<BF>(c, a[kc + 1], b[2], b[3]);
+    }
+}
+// O[nd] (16 x 8 each, all D/8 of them) += P (16 x 16, fragment pa) . tile rows [k0, k0 + 16) (16 x D)
+// (NC columns from c0: o holds NC / 8 tiles)
+template <int D, bool BF, int NC = D>
+__device__ __forceinline__ void mma_pv(float (*o)[4], const u32* pa, const b16* tile, int k0, int c0 = 0) {
+    const int lane = threadIdx.x & 31, j = lane >> 3;
+    const b16* p = tile + (k0 + (j & 1) * 8 + (lane & 7)) * (D + 8) + c0 + (j >> 1) * 8;
+#pragma unroll
+    for (int nd = 0; nd < NC / 8; nd += 2) {
+        u32 b[4];
+        ldsm4t(b, p + nd * 8);
+        mma16816<BF>(o[nd], pa, b[0], b[1]);
+        mma16816<BF>(o[nd + 1], pa, b[2], b[3]);
+    }
+}
+
+// copy rows [row0, row0 + ROWS) of a (T, D) matrix with row stride ld into shared memory with row stride D + 8;
+// zero rows >= T
+template <int D, int ROWS = 64>
+__device__ __forceinline__ void load_tile(b16* dst, const b16* src, i64 ld, int row0, int T) {
+    constexpr int VPR = D / 8;                 // 16-byte vectors per row
+    for (int idx = threadIdx.x; idx < ROWS * VPR; idx += blockDim.x) {
+        const int r = idx / VPR, c = (idx % VPR) * 8;
+        uint4 val = make_uint4(0u, 0u, 0u, 0u);
+        if (row0 + r < T) val = *reinterpret_cast<const uint4*>(src + (i64)(row0 + r) * ld + c);
+        *reinterpret_cast<uint4*>(dst + r * (D + 8) + c) = val;
+    }
+}
+
+__device__ __forceinline__ void cp_async16(b16* dst, const b16* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(smem_addr(dst)), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
+}
+// load_tile through the async copy engine (rows >= T are zero-filled: source size 0)
+template <int D, int ROWS = 64>
+__device__ __forceinline__ void load_tile_async(b16* dst, const b16* src, i64 ld, int row0, int T) {
+    constexpr int VPR = D / 8;
+    for (int idx = threadIdx.x; idx < ROWS * VPR; idx += blockDim.x) {
+        const int r = idx / VPR, c = (idx % VPR) * 8;
+        const bool ok = row0 + r < T;
+        cp_async16(dst + r * (D + 8) + c, src + (i64)(ok ? row0 + r : 0) * ld + c, ok ? 16 : 0);
+    }
+}
+
+// 4-byte async copy (zero-filled when src_bytes is 0)
+__device__ __forceinline__ void cp_async4(float* dst, const float* src, int src_bytes) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" :: "r"((u32)a), "l"(src), "r"(src_bytes) : "memory");
+}
+// lse and delta of the rows [row0, row0 + ROWS) of one head (row offset base) into shared memory; rows >= T read as
+// 0 (harmless: their Q and dO rows are zero-filled too, so they add nothing)
+template <int ROWS>
+__device__ __forceinline__ void load_rows_async(float* ls, float* ds, const float* L, const float* Dl, i64 base,
+                                                int row0, int T) {
+    for (int i = threadIdx.x; i < ROWS; i += blockDim.x) {
+        const bool ok = row0 + i < T;
+        const i64 off = base + (ok ? row0 + i : 0);
+        cp_async4(ls + i, L + off, ok ? 4 : 0);
+        cp_async4(ds + i, Dl + off, ok ? 4 : 0);
+    }
+}
+
+// A fragments (16 rows x 16 columns from c) of rows [r0, r0 + 16) of a shared-memory tile with row stride D + 8
+template <int D>
+__device__ __forceinline__ void ldsm_a(u32* a, const b16* tile, int r0, int c) {
+    const int lane = threadIdx.x & 31;
+    ldsm4(a, tile + (r0 + (lane & 7) + ((lane >> 3) & 1) * 8) * (D + 8) + c + (lane >> 4) * 8);
+}
+
+// A fragments (16 rows x D) of rows [r0, r0 + 16) of a (T, D) matrix with row stride ld, from global memory
+template <int D>
+__device__ __forceinline__ void load_a_frags(u32 (*a)[4], const b16* src, i64 ld, int r0, int T) {
+    const int lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+    const int ra = r0 + gid, rb = r0 + gid + 8;
+#pragma unroll
+    for (int kc = 0; kc < D / 16; ++kc) {
+        const int c = kc * 16 + tig * 2;
+        a[kc][0] = ra < T ? ld32(src + (i64)ra * ld + c) : 0u;
+        a[kc][1] = rb < T ? ld32(src + (i64)rb * ld + c) : 0u;
+        a[kc][2] = ra < T ? ld32(src + (i64)ra * ld + c + 8) : 0u;
+        a[kc][3] = rb < T ? ld32(src + (i64)rb * ld + c + 8) : 0u;
+    }
+}
+
+"""

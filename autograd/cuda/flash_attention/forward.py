@@ -1,0 +1,210 @@
+"""The flash-attention forward kernel (CUDA source): S = Q K^T, online softmax, O = P V, lse per row; see the
+package's description for the tiling."""
+from __future__ import annotations
+
+FORWARD_SRC = r"""
+// Layout of the 4-D arrays: element (b, h, t, d) of X sits at X + b * sb + h * sh + t * st + d (strides in
+// elements). Query head h reads key/value head h / rep (grouped-query attention: H = Hk * rep).
+// Dropout (DROP): the probabilities of query i and key j of head (b, h) are dropped as element
+// ((b H + h) Tq + i) Tk + j of a Philox draw of shape (B, H, Tq, Tk) from drop_state = [seed, offset]
+// (autograd/cuda/philox.py): the same mask the composed path's dropout would draw from that state.
+template <int D, int MT, bool BF, bool DROP>
+__global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, const b16* __restrict__ K,
+        const b16* __restrict__ V, b16* __restrict__ O, float* __restrict__ L, int Tq, int Tk, int H, int rep,
+        i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 o_sb, i64 o_sh, i64 o_st,
+        float scale_log2, int causal, float drop_p, float drop_scale, const long long* __restrict__ drop_state) {
+    // MT: 16-row query tiles per warp (each K/V fragment read from shared memory serves MT of them)
+    constexpr int QB = 64 * MT;           // queries per block (4 warps)
+    constexpr int TILE = 64 * (D + 8);
+    // dynamic shared memory, two stages of K and V (the next tile loads while this one is used): 2 x 2 x TILE
+    extern __shared__ __align__(16) unsigned char fa_smem[];
+    b16* const Kst = reinterpret_cast<b16*>(fa_smem);
+    b16* const Vst = Kst + 2 * TILE;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hk = h / rep;
+    Q += b * q_sb + h * q_sh; O += b * o_sb + h * o_sh; L += (i64)bh * Tq;
+    K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
+    const int qblock = (gridDim.x - 1 - blockIdx.x) * QB;   // causal: the longest rows start first
+    const int q0 = qblock + warp * 16 * MT;
+    const int shift = Tk - Tq;
+    unsigned long long dseed = 0, doff = 0;
+    long long ebase = 0;
+    if constexpr (DROP) {
+        dseed = (unsigned long long)drop_state[0];
+        doff = (unsigned long long)drop_state[1];
+        ebase = (long long)bh * Tq * Tk;
+    }
+    u32 qa[MT][D / 16][4];
+    float o[MT][D / 8][4];
+    float m[MT][2], l[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        load_a_frags<D>(qa[mt], Q, q_st, q0 + 16 * mt, Tq);
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) { o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f; }
+        m[mt][0] = m[mt][1] = neg_inf_f();
+        l[mt][0] = l[mt][1] = 0.f;
+    }
+    int kend = Tk;
+    if (causal) {
+        const int qlast = min(qblock + QB - 1, Tq - 1);
+        kend = min(Tk, qlast + shift + 1);
+    }
+    const int ntiles = (kend + 63) / 64;
+    load_tile_async<D>(Kst, K, kv_st, 0, Tk);
+    load_tile_async<D>(Vst, V, kv_st, 0, Tk);
+    cp_async_commit();
+    for (int kt = 0; kt < ntiles; ++kt) {
+        const int k0 = kt * 64;
+        const int buf = kt & 1;
+        if (kt + 1 < ntiles) {   // buffer buf ^ 1 was released by the barrier that ended the last tile
+            load_tile_async<D>(Kst + (buf ^ 1) * TILE, K, kv_st, k0 + 64, Tk);
+            load_tile_async<D>(Vst + (buf ^ 1) * TILE, V, kv_st, k0 + 64, Tk);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        const b16* Ks = Kst + buf * TILE;
+        const b16* Vs = Vst + buf * TILE;
+        __syncthreads();
+        // S = Q K^T for MT x 16 queries and 64 keys: one ldmatrix of K serves every query tile of the warp
+        float s[MT][8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+            const b16* kp = Ks + (nt * 8 + (lane & 7)) * (D + 8) + (lane >> 3) * 8;
+#pragma unroll
+            for (int kc = 0; kc < D / 16; kc += 2) {
+                u32 bk[4];
+                ldsm4(bk, kp + kc * 16);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<BF>(s[mt][nt], qa[mt][kc], bk[0], bk[1]);
+                    mma16816<BF>(s[mt][nt], qa[mt][kc + 1], bk[2], bk[3]);
+                }
+            }
+        }
+        const bool need_mask = (k0 + 64 > Tk) || (causal && k0 + 63 > q0 + shift);
+        if (need_mask) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        const int key = k0 + nt * 8 + tig * 2 + (c & 1);
+                        const int row = q0 + 16 * mt + gid + (c >> 1) * 8;
+                        if (key >= Tk || (causal && key > row + shift)) s[mt][nt][c] = neg_inf_f();
+                    }
+        }
+        // running max m in raw score units; p = 2^(s scale_log2 - m scale_log2): one FMA and one ex2 per score
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                float mx = neg_inf_f();
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hh], s[mt][nt][2 * hh + 1]));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                const float mnew = fmaxf(m[mt][hh], mx);
+                const float base = mnew == neg_inf_f() ? 0.f : mnew * scale_log2;
+                const float alpha = ex2(m[mt][hh] * scale_log2 - base);
+                float sum = 0.f;
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) {
+                    const float p0 = ex2(fmaf(s[mt][nt][2 * hh], scale_log2, -base));
+                    const float p1 = ex2(fmaf(s[mt][nt][2 * hh + 1], scale_log2, -base));
+                    s[mt][nt][2 * hh] = p0; s[mt][nt][2 * hh + 1] = p1;
+                    sum += p0 + p1;
+                }
+                l[mt][hh] = l[mt][hh] * alpha + sum;
+                m[mt][hh] = mnew;
+#pragma unroll
+                for (int nd = 0; nd < D / 8; ++nd) { o[mt][nd][2 * hh] *= alpha; o[mt][nd][2 * hh + 1] *= alpha; }
+            }
+        if constexpr (DROP) {   // the normaliser l counts every probability; only the kept ones reach O
+            const bool quad = (Tk & 3) == 0;   // then a Philox block (4 keys) starts at a key multiple of 4
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nt = 0; nt < 8; ++nt) {
+                    const int key = k0 + nt * 8 + tig * 2;
+                    bool kb[2][2];
+                    if (quad) {
+                        // lanes tig and tig ^ 1 need one block of 4 keys for rows gid and gid + 8: each draws it for
+                        // one row (mine) and hands its partner the two words the partner's keys need
+                        const int mine = tig & 1;
+                        const int row = q0 + 16 * mt + gid + mine * 8;
+                        u32 c[4];
+                        philox4(doff + (unsigned long long)((ebase + (long long)row * Tk + (key & ~3)) >> 2), dseed, c);
+                        const u32 ra = __shfl_xor_sync(0xffffffffu, mine ? c[0] : c[2], 1);
+                        const u32 rb = __shfl_xor_sync(0xffffffffu, mine ? c[1] : c[3], 1);
+                        const bool own0 = philox_word_keeps(mine ? c[2] : c[0], drop_p);
+                        const bool own1 = philox_word_keeps(mine ? c[3] : c[1], drop_p);
+                        const bool got0 = philox_word_keeps(ra, drop_p), got1 = philox_word_keeps(rb, drop_p);
+                        kb[0][0] = mine ? got0 : own0; kb[0][1] = mine ? got1 : own1;
+                        kb[1][0] = mine ? own0 : got0; kb[1][1] = mine ? own1 : got1;
+                    } else {
+#pragma unroll
+                        for (int hh = 0; hh < 2; ++hh) {
+                            const int row = q0 + 16 * mt + gid + hh * 8;
+                            keep_pair(ebase + (long long)row * Tk + key, doff, dseed, drop_p, kb[hh][0], kb[hh][1]);
+                        }
+                    }
+#pragma unroll
+                    for (int hh = 0; hh < 2; ++hh) {
+                        if (!kb[hh][0]) s[mt][nt][2 * hh] = 0.f;
+                        if (!kb[hh][1]) s[mt][nt][2 * hh + 1] = 0.f;
+                    }
+                }
+        }
+        // O += P V: P straight from the S accumulators (two 8-key tiles = one 16-key A fragment)
+#pragma unroll
+        for (int kc = 0; kc < 4; ++kc) {
+            u32 pa[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                pa[mt][0] = pack2<BF>(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+                pa[mt][1] = pack2<BF>(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+                pa[mt][2] = pack2<BF>(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+                pa[mt][3] = pack2<BF>(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+            }
+            const int j = lane >> 3;
+            const b16* vp = Vs + (kc * 16 + (j & 1) * 8 + (lane & 7)) * (D + 8) + (j >> 1) * 8;
+#pragma unroll
+            for (int nd = 0; nd < D / 8; nd += 2) {
+                u32 bv[4];
+                ldsm4t(bv, vp + nd * 8);
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    mma16816<BF>(o[mt][nd], pa[mt], bv[0], bv[1]);
+                    mma16816<BF>(o[mt][nd + 1], pa[mt], bv[2], bv[3]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            float lt = l[mt][hh];
+            lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+            lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+            const int row = q0 + 16 * mt + gid + 8 * hh;
+            const float inv = lt > 0.f ? drop_scale / lt : 0.f;
+            if (row < Tq) {
+#pragma unroll
+                for (int nd = 0; nd < D / 8; ++nd)
+                    *reinterpret_cast<u32*>(O + (i64)row * o_st + nd * 8 + tig * 2) =
+                        pack2<BF>(o[mt][nd][2 * hh] * inv, o[mt][nd][2 * hh + 1] * inv);
+                if (tig == 0)
+                    L[row] = lt > 0.f ? (m[mt][hh] * scale_log2 + log2f(lt)) * 0.6931471805599453f : neg_inf_f();
+            }
+        }
+}
+
+"""
