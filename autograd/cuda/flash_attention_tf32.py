@@ -1,8 +1,8 @@
 """Flash attention for float32 on TF32 tensor cores (mma.sync m16n8k8, float32 accumulation): no T x T matrix.
 
 The float32 counterpart of the flash_attention package (same tiling, same API and semantics), used when TF32 is
-on. Operands are rounded to TF32 (cvt.rna) as they enter the mma; tiles sit in shared memory as float32 rows padded by 4 floats
-(so the fragment reads below hit 32 distinct banks) and stream in with 16-byte cp.async copies, two stages.
+on. Operands are rounded to TF32 (cvt.rna) as they enter the mma; tiles sit in shared memory as float32 rows padded
+by 4 floats (so the fragment reads below hit 32 distinct banks) and stream in with 16-byte cp.async copies, two stages.
 
 Fragment layouts (g = lane / 4, t = lane % 4): A 16x8 a0 (g, t), a1 (g+8, t), a2 (g, t+4), a3 (g+8, t+4); B 8x8 b0
 (k=t, n=g), b1 (k=t+4, n=g); C 16x8 c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1). A product whose A
