@@ -8,8 +8,8 @@ backward), but touches it as few times as possible:
   backward: S = q k^T -> P = exp(scale S - lse), masked (in place) -> dv = P^T do, dP = do v^T (GEMMs)
             -> one row kernel, in place: dS = scale P (dP - sum_j P dP)  (sum_j P dP = rowsum(do * o))
             -> dq = dS k, dk = dS^T q (GEMMs)
-The flash-attention kernels (the flash_attention package; flash_attention_tf32.py for float32 with TF32 on), when they handle
-the case, are checked against this one.
+The flash-attention kernels (the flash_attention package; flash_attention_tf32.py for float32 with TF32 on), when
+they handle the case, are checked against this one.
 """
 from __future__ import annotations
 

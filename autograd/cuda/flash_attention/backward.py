@@ -40,7 +40,8 @@ __global__ void flash_dq_out(const float* __restrict__ acc, b16* __restrict__ dq
 // fragments stay in registers, 64-query tiles; D = 128: K and V fragments are read from shared memory and the
 // query tiles are 32 rows (the dK and dV accumulators take 128 registers).
 template <int D, int QT, bool KREG, bool BF, bool DROP>
-__global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(const b16* __restrict__ Q, const b16* __restrict__ K,
+__global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(const b16* __restrict__ Q,
+        const b16* __restrict__ K,
         const b16* __restrict__ V, const b16* __restrict__ dO, const float* __restrict__ L,
         const float* __restrict__ Dl, float* __restrict__ dQ, b16* __restrict__ dK, b16* __restrict__ dV,
         int Tq, int Tk, int H, int rep,
@@ -127,7 +128,9 @@ __global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(
             u32 k0a[4], k1a[4], v0a[4], v1a[4];
             if constexpr (KREG) {
 #pragma unroll
-                for (int r = 0; r < 4; ++r) { k0a[r] = ka[kc][r]; k1a[r] = ka[kc + 1][r]; v0a[r] = va[kc][r]; v1a[r] = va[kc + 1][r]; }
+                for (int r = 0; r < 4; ++r) {
+                    k0a[r] = ka[kc][r]; k1a[r] = ka[kc + 1][r]; v0a[r] = va[kc][r]; v1a[r] = va[kc + 1][r];
+                }
             } else {
                 ldsm_a<D>(k0a, Ks, warp * 16, kc * 16);
                 ldsm_a<D>(k1a, Ks, warp * 16, kc * 16 + 16);
@@ -160,8 +163,8 @@ __global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(
                     const int r = gid & 3, m = gid >> 2;
                     const int query = qt + nt * 8 + tig * 2 + (r >> 1);
                     u32 w[4];
-                    philox4(doff + (unsigned long long)((ebase + (long long)query * Tk + kw0 + 8 * (r & 1) + 4 * m) >> 2),
-                            dseed, w);
+                    const long long eq = ebase + (long long)query * Tk + kw0 + 8 * (r & 1) + 4 * m;
+                    philox4(doff + (unsigned long long)(eq >> 2), dseed, w);
                     bool ks[4];
 #pragma unroll
                     for (int t = 0; t < 4; ++t) {
