@@ -352,21 +352,30 @@ def test_adamw_casts_an_odd_gradient_dtype(cp, rng):
 
 
 # ------------------------------------------------------------------------------------------------ attention
-def attn_ref(q, k, v, do, causal, scale):
+def attn_ref(q, k, v, do, causal, scale, keep=None, p=0.0):
+    """o, lse, dq, dk, dv in float64; k, v may have fewer heads (each serving H / Hk query heads); keep: the dropout
+    mask of the probabilities (dropped with probability p)."""
+    rep = q.shape[1] // k.shape[1]
+    kf, vf = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
     Tq, Tk = q.shape[-2], k.shape[-2]
-    s = np.einsum("bhid,bhjd->bhij", q, k) * scale
+    s = np.einsum("bhid,bhjd->bhij", q, kf) * scale
     if causal:
         s = np.where(np.triu(np.ones((Tq, Tk), bool), k=1 + Tk - Tq), -np.inf, s)
     m = s.max(-1, keepdims=True)
-    p = np.exp(s - m)
-    den = p.sum(-1, keepdims=True)
-    p /= den
+    P = np.exp(s - m)
+    den = P.sum(-1, keepdims=True)
+    P /= den
     lse = (np.log(den) + m)[..., 0]
-    o = p @ v
-    dv = p.swapaxes(-1, -2) @ do
-    dp = do @ v.swapaxes(-1, -2)
-    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) * scale
-    return o, lse, ds @ k, ds.swapaxes(-1, -2) @ q, dv
+    mask = np.ones_like(P) if keep is None else keep / (1.0 - p)
+    Pd = P * mask
+    o = Pd @ vf
+    dvf = Pd.swapaxes(-1, -2) @ do
+    dP = (do @ vf.swapaxes(-1, -2)) * mask
+    ds = P * (dP - (do * o).sum(-1, keepdims=True)) * scale
+    dkf = ds.swapaxes(-1, -2) @ q
+    b, h, t, d = dkf.shape
+    return (o, lse, ds @ kf, dkf.reshape(b, h // rep, rep, t, d).sum(2),
+            dvf.reshape(b, h // rep, rep, t, d).sum(2))
 
 
 ATTN_CASES = [(2, 3, 67, 67, 16, True), (2, 3, 67, 67, 64, False), (1, 2, 5, 67, 32, True),

@@ -14,6 +14,7 @@ import pytest
 import autograd as ag
 import autograd.functional as F
 from autograd.dtypes import bfloat16
+from test_cuda_kernels import attn_ref as reference
 from test_cuda_kernels import cp, rng  # noqa: F401  (fixtures: the NaN-poisoned pool, a seeded generator)
 
 pytestmark = pytest.mark.gpu
@@ -36,31 +37,6 @@ def rel(out, ref):
     assert out.shape == ref.shape, (out.shape, ref.shape)
     assert np.isfinite(out).all(), "non-finite output (unwritten element?)"
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
-def reference(q, k, v, do, causal, scale, keep=None, p=0.0):
-    """o, lse, dq, dk, dv in float64; k, v with Hk heads (each serving H / Hk query heads); keep: dropout mask."""
-    rep = q.shape[1] // k.shape[1]
-    kf, vf = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
-    tq, tk = q.shape[2], k.shape[2]
-    s = np.einsum("bhid,bhjd->bhij", q, kf) * scale
-    if causal:
-        s = np.where(np.triu(np.ones((tq, tk), bool), k=1 + tk - tq), -np.inf, s)
-    m = s.max(-1, keepdims=True)
-    e = np.exp(s - m)
-    den = e.sum(-1, keepdims=True)
-    P = e / den
-    lse = (np.log(den) + m)[..., 0]
-    mask = np.ones_like(P) if keep is None else keep / (1.0 - p)
-    Pd = P * mask
-    o = Pd @ vf
-    dvf = Pd.swapaxes(-1, -2) @ do
-    dP = (do @ vf.swapaxes(-1, -2)) * mask
-    ds = P * (dP - (do * o).sum(-1, keepdims=True)) * scale
-    dkf = ds.swapaxes(-1, -2) @ q
-    b, h, t, d = dkf.shape
-    return (o, lse, ds @ kf, dkf.reshape(b, h // rep, rep, t, d).sum(2),
-            dvf.reshape(b, h // rep, rep, t, d).sum(2))
 
 
 def _run(cp, q, k, v, do, causal, scale, dtype, p=0.0, state=None):

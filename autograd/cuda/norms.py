@@ -274,11 +274,15 @@ def _num_sms() -> int:
 
 
 def _check(op, x, *others):
-    """x's dtype has a kernel; weight/bias (C,) in x's dtype."""
+    """x's dtype has a kernel; weight/bias of shape (C,). Returns them in x's dtype, which the kernels read (a float32
+    gain on float16 activations, e.g. a q_norm under autocast, is cast; gradients go back in its own dtype)."""
     ctypes_of(x.dtype)
+    out = []
     for o in others:
-        if o is not None and (o.dtype != x.dtype or o.shape != (x.shape[-1],)):
-            raise ValueError(f"{op}: weight/bias must be ({x.shape[-1]},) {x.dtype}, got {o.shape} {o.dtype}")
+        if o is not None and o.shape != (x.shape[-1],):
+            raise ValueError(f"{op}: weight/bias must be ({x.shape[-1]},), got {o.shape} {o.dtype}")
+        out.append(o if o is None or o.dtype == x.dtype else o.astype(x.dtype))
+    return out
 
 
 def _check_residual(op, x, r):
@@ -385,57 +389,57 @@ def _cast(a, like):
 
 def layer_norm_forward(x, w, b, eps):
     """(y, mean, rstd): x (..., C), w, b (C,) or None; mean, rstd (...,) float32 (float64 for float64 x)."""
-    _check("layer_norm_forward", x, w, b)
-    return _forward(x, None, w, b, eps, rms=False)[1:]
+    wk, bk = _check("layer_norm_forward", x, w, b)
+    return _forward(x, None, wk, bk, eps, rms=False)[1:]
 
 
 def layer_norm_backward(gy, x, w, mean, rstd):
     """(gx, gw, gb); gw None when w is None; gb (sum of gy over rows) always returned (caller drops it)."""
-    _check("layer_norm_backward", x, w)
-    gx, _, gw, gb = _backward(gy, x, w, mean, rstd, rms=False, want_gb=True)
+    wk, = _check("layer_norm_backward", x, w)
+    gx, _, gw, gb = _backward(gy, x, wk, mean, rstd, rms=False, want_gb=True)
     return gx, _cast(gw, w), gb.astype(w.dtype if w is not None else x.dtype, copy=False)
 
 
 def rms_norm_forward(x, w, eps):
     """(y, rstd): y = x * rstd * w, rstd = 1/sqrt(mean(x^2) + eps) (...,) float32 (float64 for float64 x)."""
-    _check("rms_norm_forward", x, w)
-    _, y, _, rstd = _forward(x, None, w, None, eps, rms=True)
+    wk, = _check("rms_norm_forward", x, w)
+    _, y, _, rstd = _forward(x, None, wk, None, eps, rms=True)
     return y, rstd
 
 
 def rms_norm_backward(gy, x, w, rstd):
     """(gx, gw); gw None when w is None."""
-    _check("rms_norm_backward", x, w)
-    gx, _, gw, _ = _backward(gy, x, w, None, rstd, rms=True, want_gb=False)
+    wk, = _check("rms_norm_backward", x, w)
+    gx, _, gw, _ = _backward(gy, x, wk, None, rstd, rms=True, want_gb=False)
     return gx, _cast(gw, w)
 
 
 def add_layer_norm_forward(x, r, w, b, eps):
     """(s, y, mean, rstd): s = x + r (x's dtype), y = layer_norm(s); x, r (..., C) one shape; w, b (C,) or None."""
-    _check("add_layer_norm_forward", x, w, b)
+    wk, bk = _check("add_layer_norm_forward", x, w, b)
     _check_residual("add_layer_norm_forward", x, r)
-    return _forward(x, r, w, b, eps, rms=False)
+    return _forward(x, r, wk, bk, eps, rms=False)
 
 
 def add_layer_norm_backward(gs, gy, s, w, mean, rstd, r_dtype):
     """(gx, gr, gw, gb): gx = gs + layer_norm's gradient for s; gr the same values in r_dtype."""
-    _check("add_layer_norm_backward", s, w)
-    gx, gr, gw, gb = _backward(gy, s, w, mean, rstd, rms=False, want_gb=True, gs=gs, r_dtype=r_dtype)
+    wk, = _check("add_layer_norm_backward", s, w)
+    gx, gr, gw, gb = _backward(gy, s, wk, mean, rstd, rms=False, want_gb=True, gs=gs, r_dtype=r_dtype)
     return gx, (gx if gr is None else gr), _cast(gw, w), gb.astype(w.dtype if w is not None else s.dtype, copy=False)
 
 
 def add_rms_norm_forward(x, r, w, eps):
     """(s, y, rstd): s = x + r (x's dtype), y = rms_norm(s); x, r (..., C) one shape; w (C,) or None."""
-    _check("add_rms_norm_forward", x, w)
+    wk, = _check("add_rms_norm_forward", x, w)
     _check_residual("add_rms_norm_forward", x, r)
-    s, y, _, rstd = _forward(x, r, w, None, eps, rms=True)
+    s, y, _, rstd = _forward(x, r, wk, None, eps, rms=True)
     return s, y, rstd
 
 
 def add_rms_norm_backward(gs, gy, s, w, rstd, r_dtype):
     """(gx, gr, gw): gx = gs + rms_norm's gradient for s; gr the same values in r_dtype."""
-    _check("add_rms_norm_backward", s, w)
-    gx, gr, gw, _ = _backward(gy, s, w, None, rstd, rms=True, want_gb=False, gs=gs, r_dtype=r_dtype)
+    wk, = _check("add_rms_norm_backward", s, w)
+    gx, gr, gw, _ = _backward(gy, s, wk, None, rstd, rms=True, want_gb=False, gs=gs, r_dtype=r_dtype)
     return gx, (gx if gr is None else gr), _cast(gw, w)
 
 

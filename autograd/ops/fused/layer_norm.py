@@ -99,9 +99,7 @@ class LayerNorm(FusedFunction):
         w = wb[0] if self.has_w else None
         b = wb[-1] if self.has_b else None
         kernel = kernel_for("layer_norm_forward", x)
-        if kernel is not None:   # the kernels take w and b in x's dtype (a float32 gain on float16 activations)
-            w = w if w is None or w.dtype == x.dtype else w.astype(x.dtype)
-            b = b if b is None or b.dtype == x.dtype else b.astype(x.dtype)
+        if kernel is not None:
             y, self.mean, self.rstd = kernel(x, w, b, self.eps)
             self.xhat = None
             return y
@@ -112,16 +110,14 @@ class LayerNorm(FusedFunction):
         x = self.inputs[0]
         w = self.inputs[1].data if self.has_w else None
         if self.xhat is None:
-            wk = w if w is None or w.dtype == x.data.dtype else w.astype(x.data.dtype)
-            gx, gw, gb = kernel_for("layer_norm_backward", x.data)(gy.data, x.data, wk, self.mean, self.rstd)
+            gx, gw, gb = kernel_for("layer_norm_backward", x.data)(gy.data, x.data, w, self.mean, self.rstd)
         else:
             gx, gw, gb = layer_norm_backward(gy.data, self.xhat, w, self.rstd, self.has_b)
         out = [Tensor(gx)]
         if self.has_w:
-            out.append(Tensor(gw if gw.dtype == self.inputs[1].dtype else gw.astype(self.inputs[1].dtype)))
+            out.append(Tensor(gw))
         if self.has_b:
-            bt = self.inputs[-1].dtype
-            out.append(Tensor(gb if gb.dtype == bt else gb.astype(bt)))
+            out.append(Tensor(gb))
         return tuple(out)
 
     def reference(self, x, *wb):

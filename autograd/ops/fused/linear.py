@@ -33,6 +33,14 @@ def linear_reference(x: Tensor, weight: Tensor, bias: Tensor | None = None, comp
     return y if compute_dtype is None else y.astype(compute_dtype)
 
 
+def weight_cast(w, compute_dtype):
+    """The copy of the weight ``w`` that a product in ``compute_dtype`` (autocast's) reads: the parameter's shadow
+    (``amp.cast_weight``, cast once per optimizer step), or None when no cast is needed."""
+    if compute_dtype is not None and isinstance(w, Tensor) and w.dtype != compute_dtype:
+        return _amp.cast_weight(w, compute_dtype)
+    return None
+
+
 def matmul(a, b, out_dtype=None):
     """a @ b on arrays; ``out_dtype`` (float32 for float16/bfloat16 operands): the result in that dtype (the CUDA kernel
     writes it from the GEMM itself)."""
@@ -63,10 +71,7 @@ class Linear(FusedFunction):
     def apply(cls, x, w, *b, compute_dtype=None):
         """Under autocast the weight's low-precision copy comes from ``amp.cast_weight``: the parameter's shadow,
         written by the optimizer once per step, when it holds the current values; one cast otherwise."""
-        wc = None
-        if compute_dtype is not None and isinstance(w, Tensor) and w.dtype != compute_dtype:
-            wc = _amp.cast_weight(w, compute_dtype)
-        return super().apply(x, w, *b, compute_dtype=compute_dtype, weight_cast=wc)
+        return super().apply(x, w, *b, compute_dtype=compute_dtype, weight_cast=weight_cast(w, compute_dtype))
 
     def forward(self, x, w, *b):
         cd = self.compute_dtype

@@ -33,13 +33,12 @@ import math
 
 import numpy as np
 
-from ... import amp as _amp
 from ... import backend
 from ...cuda import kernel_for
 from ...tensor import Tensor
 from .base import FusedFunction
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward, cross_entropy_reference
-from .linear import _column_sum, linear_reference, matmul
+from .linear import _column_sum, linear_reference, matmul, weight_cast
 
 CHUNK_BYTES = 256 * 2 ** 20        # float32 logits of one chunk: about 1/6 of them at GPT-2 124M's B 8 x T 1024
 FLOAT16_GRAD_SCALE = 2.0 ** 14
@@ -123,10 +122,8 @@ class LinearCrossEntropy(FusedFunction):
     def apply(cls, h, w, *b, compute_dtype=None, **params):
         """Under autocast W's low-precision copy is the parameter's shadow (``amp.cast_weight``): written by the
         optimizer once per step, not cast at every call."""
-        wc = None
-        if compute_dtype is not None and isinstance(w, Tensor) and w.dtype != compute_dtype:
-            wc = _amp.cast_weight(w, compute_dtype)
-        return super().apply(h, w, *b, compute_dtype=compute_dtype, weight_cast=wc, **params)
+        return super().apply(h, w, *b, compute_dtype=compute_dtype, weight_cast=weight_cast(w, compute_dtype),
+                             **params)
 
     def forward(self, h, w, *b):
         xp = backend.xp_of(h)

@@ -65,21 +65,13 @@ class RMSNorm(FusedFunction):
     params = ("eps",)
 
     def forward(self, x, *w):
-        kernel = kernel_for("rms_norm_forward", x)
-        w = w[0] if w else None
-        if kernel is not None and w is not None and w.dtype != x.dtype:   # e.g. float16 q with a float32 q_norm gain
-            w = w.astype(x.dtype)
-        y, self.rstd = (kernel or rms_norm_forward)(x, w, self.eps)
+        y, self.rstd = (kernel_for("rms_norm_forward", x) or rms_norm_forward)(x, w[0] if w else None, self.eps)
         return y
 
     def backward_arrays(self, gy):
         x = self.inputs[0]
         w = self.inputs[1].data if len(self.inputs) > 1 else None
-        kernel = kernel_for("rms_norm_backward", x.data)
-        wk = w.astype(x.data.dtype) if kernel is not None and w is not None and w.dtype != x.data.dtype else w
-        gx, gw = (kernel or rms_norm_backward)(gy.data, x.data, wk, self.rstd)
-        if gw is not None and gw.dtype != w.dtype:
-            gw = gw.astype(w.dtype)
+        gx, gw = (kernel_for("rms_norm_backward", x.data) or rms_norm_backward)(gy.data, x.data, w, self.rstd)
         return (Tensor(gx), Tensor(gw)) if w is not None else Tensor(gx)
 
     def reference(self, x, *w):
