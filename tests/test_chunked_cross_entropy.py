@@ -268,7 +268,7 @@ def rows_ref(z, t, cap, scale):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("grad_dtype", ["float32", "float16", pytest.param("bfloat16", marks=needs_bf16), None])
-@pytest.mark.parametrize("V,cap", [(1000, None), (50304, 2.0), (129, 30.0)])
+@pytest.mark.parametrize("V,cap", [(1000, None), (50304, 2.0), (129, 30.0), (50257, None), (7, 2.0)])
 def test_cross_entropy_rows_kernel(cp, grad_dtype, V, cap):
     from autograd.cuda import get_kernel
     rng = np.random.default_rng(V)
@@ -292,7 +292,7 @@ def test_cross_entropy_rows_kernel(cp, grad_dtype, V, cap):
 
 @pytest.mark.gpu
 @needs_bf16
-@pytest.mark.parametrize("C", [300, 1000, 50304])
+@pytest.mark.parametrize("C", [300, 1000, 50304, 5001])
 def test_bfloat16_softmax_and_cross_entropy_kernels(cp, C):
     from autograd.cuda import get_kernel
     rng = np.random.default_rng(C)

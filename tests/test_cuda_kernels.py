@@ -68,6 +68,24 @@ def dev(cp, a, dtype):
     return cp.asarray(np.asarray(a).astype(dtype))
 
 
+def dev_at(cp, a, dtype, offset):
+    """dev(a) as a C-contiguous array whose data starts ``offset`` elements past an allocation's (16-byte aligned)
+    start: rows that the vector kernels must take with a scalar head, or element by element."""
+    if not offset:
+        return dev(cp, a, dtype)
+    a = np.asarray(a).astype(dtype)
+    out = cp.asarray(np.concatenate([np.zeros(offset, a.dtype), a.ravel()]))[offset:].reshape(a.shape)
+    assert out.flags.c_contiguous and out.data.ptr % 16
+    return out
+
+
+def bf16_or_skip():
+    from autograd.dtypes import bfloat16
+    if bfloat16 is None:
+        pytest.skip("needs ml_dtypes")
+    return bfloat16
+
+
 # ------------------------------------------------------------------------------------------------ matmul
 MM_CASES = [
     ((67, 129), (129, 33), None, None),
@@ -151,6 +169,29 @@ def test_gelu_and_bias_gelu(cp, rng, dtype):
     check(gx, gy * d, dtype, seed, "bias_gelu gx")
     check(gb, (gy * d).sum(axis=(0, 1)), dtype, seed, "bias_gelu gb", tol=TOL[dtype] * 4)
     assert gb.dtype == dtype and gb.shape == (129,)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES + ["bfloat16"])
+@pytest.mark.parametrize("shape,offset", [((3, 50, 264), 0), ((2, 8), 0), ((3, 50, 264), 1)])
+def test_gelu_vector_path(cp, rng, dtype, shape, offset):
+    """Sizes (and C, for the bias) that are multiples of the 16-byte vector take the vector kernel (a partial last
+    block for (3, 50, 264)); offset 1: x starts off a 16-byte boundary, so the element kernel serves."""
+    r, seed = rng
+    dt = bf16_or_skip() if dtype == "bfloat16" else dtype
+    tol = 1e-2 if dtype == "bfloat16" else None
+    x = draw(r, shape, dt, 2.0)
+    b = draw(r, shape[-1:], dt)
+    gy = draw(r, shape, dt)
+    X, B, GY = dev_at(cp, x, dt, offset), dev(cp, b, dt), dev(cp, gy, dt)
+    for name, out, ref in (("gelu", None, x), ("bias_gelu", B, x + b)):
+        y, d = gelu_ref(ref)
+        fk, bk = gk.get_kernel(name + "_forward"), gk.get_kernel(name + "_backward")
+        fwd = fk(X) if out is None else fk(X, B)
+        assert fwd.dtype == dt
+        check(fwd, y, dt, seed, f"{name} fwd {shape} offset {offset}", tol)
+        bwd = bk(X, GY) if out is None else bk(X, B, GY)[0]
+        check(bwd, gy * d, dt, seed, f"{name} bwd {shape} offset {offset}", tol)
 
 
 @pytest.mark.gpu
@@ -249,18 +290,21 @@ def softmax_ref(x):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(2, 67, 129), (5, 1000), (3, 5000)])
-def test_softmax(cp, rng, dtype, shape):
+@pytest.mark.parametrize("shape,offset", [((2, 67, 129), 0), ((5, 1000), 0), ((3, 5000), 0), ((4, 1037), 0),
+                                          ((3, 5001), 0), ((3, 5000), 1), ((4, 1037), 3)])
+def test_softmax(cp, rng, dtype, shape, offset):
+    """Rows over 1024 take the block kernel: odd lengths (a scalar head and tail on each row), and inputs off a
+    16-byte boundary (offset: x and gy, not y, so the rows go element by element)."""
     r, seed = rng
     x = draw(r, shape, dtype, 3.0)
     x[..., 1] = -np.inf   # masked entries
     gy = draw(r, shape, dtype)
     y = softmax_ref(x)
-    Y = gk.get_kernel("softmax_forward")(dev(cp, x, dtype))
+    Y = gk.get_kernel("softmax_forward")(dev_at(cp, x, dtype, offset))
     check(Y, y, dtype, seed, "softmax y")
     gx = y * (gy - (gy * y).sum(-1, keepdims=True))
     # the backward is checked on the reference y rounded to dtype (what the op saves)
-    GX = gk.get_kernel("softmax_backward")(dev(cp, y, dtype), dev(cp, gy, dtype))
+    GX = gk.get_kernel("softmax_backward")(dev(cp, y, dtype), dev_at(cp, gy, dtype, offset))
     yq = y.astype(dtype).astype(np.float64)
     check(GX, yq * (gy - (gy * yq).sum(-1, keepdims=True)), dtype, seed, "softmax gx", tol=TOL[dtype] * 4)
     assert rel(GX, gx) < max(TOL[dtype] * 4, 1e-2 if dtype == np.float16 else 0)
@@ -269,17 +313,22 @@ def test_softmax(cp, rng, dtype, shape):
 # ------------------------------------------------------------------------------------------------ cross-entropy
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("N,V", [(67, 1000), (5, 50304), (33, 129)])
+@pytest.mark.parametrize("N,V,offset", [(67, 1000, 0), (5, 50304, 0), (33, 129, 0), (9, 50257, 0), (13, 7, 0),
+                                        (5, 50304, 1), (9, 50257, 5)])
 @pytest.mark.parametrize("device_scale", [False, True])
-def test_cross_entropy(cp, rng, dtype, N, V, device_scale):
+def test_cross_entropy(cp, rng, dtype, N, V, offset, device_scale):
+    """Row lengths that are not multiples of the vector width (each row starts at another offset: scalar head and
+    tail), logits off a 16-byte boundary (offset: dlogits is a fresh array at another offset, so the backward goes
+    element by element), a target at the first and at the last column."""
     r, seed = rng
     x = draw(r, (N, V), dtype, 4.0)
     t = r.integers(0, V, N)
+    t[1], t[-1] = 0, V - 1
     t[::5] = -100
     valid = t != -100
     lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
     loss = ((lse - x[np.arange(N), np.where(valid, t, 0)]) * valid).sum()
-    X, T = dev(cp, x, dtype), cp.asarray(t)
+    X, T = dev_at(cp, x, dtype, offset), cp.asarray(t)
     L, LSE, count = gk.get_kernel("cross_entropy_forward")(X, T, -100)
     assert count == int(valid.sum()) and isinstance(count, int)
     assert L.shape == () and LSE.shape == (N,)
@@ -294,6 +343,34 @@ def test_cross_entropy(cp, rng, dtype, N, V, device_scale):
     assert D.dtype == dtype
     check(D, d, dtype, seed, "xent dlogits", tol=TOL[dtype] * 4)
     assert not cp.any(D[~cp.asarray(valid)]), "ignored rows must be zero"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES + ["bfloat16"])
+@pytest.mark.parametrize("V", [1003, 50304])
+def test_cross_entropy_bad_targets_and_nan_logits(cp, rng, dtype, V):
+    """A target outside [0, V) (not ignore_index) gives a NaN loss row, as does a NaN logit (its lse is NaN too); the
+    other rows are unchanged. Per-row losses through cross_entropy_rows (float32 logits), the sum through
+    cross_entropy_forward."""
+    r, seed = rng
+    dt = bf16_or_skip() if dtype == "bfloat16" else dtype
+    x = draw(r, (6, V), dt, 4.0)
+    x[5, 11] = np.nan
+    t = np.array([0, V, -5, V - 1, -100, 7])
+    good = np.array([True, False, False, True, True, False])
+    lse = np.log(np.exp(x - x.max(1, keepdims=True)).sum(1)) + x.max(1)
+    L, LSE, count = gk.get_kernel("cross_entropy_forward")(dev(cp, x, dt), cp.asarray(t), -100)
+    assert count == 5 and np.isnan(float(L)), f"loss {float(L)} (seed {seed})"
+    lse_k = LSE.get()
+    assert np.isnan(lse_k[5]) and np.isfinite(lse_k[:5]).all()
+    check(lse_k[:5], lse[:5], np.float64 if dt == np.float64 else np.float32, seed, "lse of the good rows",
+          tol=1e-10 if dt == np.float64 else 1e-6)
+    if dt in (np.float32, np.float64):
+        loss, _ = gk.get_kernel("cross_entropy_rows")(dev(cp, x, dt), cp.asarray(t), -100, None, 1.0, None)
+        loss = loss.get()
+        assert np.isnan(loss[~good]).all() and loss[4] == 0, f"{loss} (seed {seed})"
+        ref = lse[[0, 3]] - x[[0, 3], [0, V - 1]]
+        assert np.allclose(loss[[0, 3]], ref, rtol=1e-5), f"{loss[[0, 3]]} vs {ref} (seed {seed})"
 
 
 # ------------------------------------------------------------------------------------------------ AdamW

@@ -93,11 +93,62 @@ template <int V, typename U, typename A> __device__ __forceinline__ void ldv(con
 #pragma unroll
     for (int k = 0; k < V; ++k) out[k] = ld(pk.v, k);
 }
+// bfloat16 pairs: one shift or mask per element (the generic path extracts each 16 bits first)
+template <int V> __device__ __forceinline__ void ldv(const bf16_t* p, i64 i, float* out) {
+    const Pack<unsigned, V / 2> pk = *reinterpret_cast<const Pack<unsigned, V / 2>*>(p + i);
+#pragma unroll
+    for (int k = 0; k < V / 2; ++k) {
+        out[2 * k] = __uint_as_float(pk.v[k] << 16);
+        out[2 * k + 1] = __uint_as_float(pk.v[k] & 0xffff0000u);
+    }
+}
 template <int V, typename U, typename A> __device__ __forceinline__ void stv(U* p, i64 i, const A* in) {
     Pack<U, V> pk;
 #pragma unroll
     for (int k = 0; k < V; ++k) st(pk.v, k, in[k]);
     *reinterpret_cast<Pack<U, V>*>(p + i) = pk;
+}
+// 16-bit storage: a pair of floats rounded (to nearest even, as st) and packed by one cvt (sm_80+), not two cvts
+// and a permute
+__device__ __forceinline__ unsigned pack_pair(const half_t*, float lo, float hi) {
+    unsigned r;
+#if __CUDA_ARCH__ >= 800
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+    half_t h[2]; st(h, 0, lo); st(h, 1, hi); r = h[0] | ((unsigned)h[1] << 16);
+#endif
+    return r;
+}
+__device__ __forceinline__ unsigned pack_pair(const bf16_t*, float lo, float hi) {
+    unsigned r;
+#if __CUDA_ARCH__ >= 800
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+#else
+    bf16_t h[2]; st(h, 0, lo); st(h, 1, hi); r = h[0].x | ((unsigned)h[1].x << 16);
+#endif
+    return r;
+}
+template <int V> __device__ __forceinline__ void stv(half_t* p, i64 i, const float* in) {
+    Pack<unsigned, V / 2> pk;
+#pragma unroll
+    for (int k = 0; k < V / 2; ++k) pk.v[k] = pack_pair(p, in[2 * k], in[2 * k + 1]);
+    *reinterpret_cast<Pack<unsigned, V / 2>*>(p + i) = pk;
+}
+template <int V> __device__ __forceinline__ void stv(bf16_t* p, i64 i, const float* in) {
+    Pack<unsigned, V / 2> pk;
+#pragma unroll
+    for (int k = 0; k < V / 2; ++k) pk.v[k] = pack_pair(p, in[2 * k], in[2 * k + 1]);
+    *reinterpret_cast<Pack<unsigned, V / 2>*>(p + i) = pk;
+}
+"""
+
+# Fast float arithmetic shared by kernels (no dependence on PRELUDE, so ElementwiseKernel preambles can take it too).
+FAST_MATH = r"""
+// 2^x in one MUFU.EX2 (ex2.approx.ftz: ~2 ulp, results below 2^-126 flushed to 0); expf costs ~10 instructions
+__device__ __forceinline__ float exp2_fast(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
 }
 """
 

@@ -9,23 +9,30 @@ from __future__ import annotations
 import numpy as np
 
 from ..dtypes import is_bfloat16
-from ._common import FLOAT_DTYPES, VECTOR_IO, LazyModule, aligned16, contiguous, ctypes_of, require_cupy
+from ._common import FAST_MATH, FLOAT_DTYPES, VECTOR_IO, LazyModule, aligned16, contiguous, ctypes_of, require_cupy
 from .registry import register
 
 # GELU and its derivative, written once: shared by the raw kernels and the ElementwiseKernels below.
-# tanh(u) = 2 sigmoid(2u) - 1, so both come from s = sigmoid(2u): one exp (the float one a single MUFU.EX2).
-_GELU = r"""
+# tanh(u) = 2 sigmoid(2u) - 1, so both come from s = sigmoid(2u): one exp. float: exp(-2u) = 2^(h (a + b h^2)) with
+# a = -2k log2(e), b = c a (one EX2 after one multiply and one FMA) and an approximate reciprocal (1 ulp; an IEEE
+# division costs ~10 instructions and a branch: the 16-bit backward moves 6 bytes per element, too few to hide them).
+_GELU = FAST_MATH + r"""
 #define GELU_K 0.7978845608028654
 #define GELU_C 0.044715
-__device__ __forceinline__ float gelu_sig2(float u) { return 1.0f / (1.0f + __expf(-2.0f * u)); }
-__device__ __forceinline__ double gelu_sig2(double u) { return 1.0 / (1.0 + exp(-2.0 * u)); }
-// gelu(h) = h s,  s = sigmoid(2u),  u = k (h + c h^3)
-template <typename A> __device__ __forceinline__ A gelu_f(A h) {
-    return h * gelu_sig2((A)GELU_K * (h + (A)GELU_C * h * h * h));
+#define GELU_LOG2E 1.4426950408889634
+// s = sigmoid(2u),  u = k (h + c h^3)
+__device__ __forceinline__ float gelu_sig2(float h) {
+    const float a = (float)(-2 * GELU_K * GELU_LOG2E), b = (float)(-2 * GELU_K * GELU_C * GELU_LOG2E);
+    return __fdividef(1.0f, 1.0f + exp2_fast(h * fmaf(b, h * h, a)));
 }
+__device__ __forceinline__ double gelu_sig2(double h) {
+    return 1.0 / (1.0 + exp(-2.0 * GELU_K * (h + GELU_C * h * h * h)));
+}
+// gelu(h) = h s
+template <typename A> __device__ __forceinline__ A gelu_f(A h) { return h * gelu_sig2(h); }
 // gelu'(h) = s (1 + 2k h (1 - s) (1 + 3c h^2))
 template <typename A> __device__ __forceinline__ A gelu_d(A h) {
-    const A s = gelu_sig2((A)GELU_K * (h + (A)GELU_C * h * h * h));
+    const A s = gelu_sig2(h);
     return s * ((A)1 + (A)(2 * GELU_K) * h * ((A)1 - s) * ((A)1 + (A)(3 * GELU_C) * h * h));
 }
 """
@@ -35,34 +42,37 @@ template <typename A> __device__ __forceinline__ A gelu_d(A h) {
 # (n and C multiples of the vector width, aligned pointers); gelu_elem: one element at a time, 4 per thread.
 # Bytes per element: forward 2 x itemsize (read x, write y), backward 3 x itemsize (read x, gy; write gx).
 _RAW = _GELU + r"""
-// BWD = false: out = gelu(x [+ b]);  BWD = true: out = gy * gelu'(x [+ b])  (gy unused in the forward)
+// BWD = false: out = gelu(x [+ b]);  BWD = true: out = gy * gelu'(x [+ b])  (gy unused in the forward).
+// Each step of a thread covers U vectors blockDim.x apart; a grid smaller than nvec / (U blockDim.x) walks on.
 template <typename T, typename A, int U, bool BWD>
 __global__ void gelu_vec(const T* __restrict__ x, const T* __restrict__ b, const T* __restrict__ gy,
                          T* __restrict__ out, i64 nvec, int C, int has_b) {
     constexpr int V = 16 / sizeof(T);
-    const i64 base = (i64)blockIdx.x * blockDim.x * U + threadIdx.x;
-    A h[U][V], g[U][V];
+    const i64 stride = (i64)gridDim.x * blockDim.x * U;
+    for (i64 base = (i64)blockIdx.x * blockDim.x * U + threadIdx.x; base < nvec; base += stride) {
+        A h[U][V], g[U][V];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const i64 i = base + (i64)u * blockDim.x;
-        if (i < nvec) {
-            ldv<V>(x, i * V, h[u]);
-            if (BWD) ldv<V>(gy, i * V, g[u]);
-            if (has_b) {
-                A bv[V];
-                ldv<V>(b, (i * V) % C, bv);
+        for (int u = 0; u < U; ++u) {
+            const i64 i = base + (i64)u * blockDim.x;
+            if (i < nvec) {
+                ldv<V>(x, i * V, h[u]);
+                if (BWD) ldv<V>(gy, i * V, g[u]);
+                if (has_b) {
+                    A bv[V];
+                    ldv<V>(b, (i * V) % C, bv);
 #pragma unroll
-                for (int k = 0; k < V; ++k) h[u][k] += bv[k];
+                    for (int k = 0; k < V; ++k) h[u][k] += bv[k];
+                }
             }
         }
-    }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-        const i64 i = base + (i64)u * blockDim.x;
-        if (i < nvec) {
+        for (int u = 0; u < U; ++u) {
+            const i64 i = base + (i64)u * blockDim.x;
+            if (i < nvec) {
 #pragma unroll
-            for (int k = 0; k < V; ++k) h[u][k] = BWD ? g[u][k] * gelu_d(h[u][k]) : gelu_f(h[u][k]);
-            stv<V>(out, i * V, h[u]);
+                for (int k = 0; k < V; ++k) h[u][k] = BWD ? g[u][k] * gelu_d(h[u][k]) : gelu_f(h[u][k]);
+                stv<V>(out, i * V, h[u]);
+            }
         }
     }
 }
@@ -82,7 +92,7 @@ __global__ void gelu_elem(const T* __restrict__ x, const T* __restrict__ b, cons
 }
 """
 _TARGS = ["float,float", "half_t,float", "bf16_t,float", "double,double"]
-_U = 2   # 16-byte vectors per thread
+_U = 1   # 16-byte vectors per thread (more blocks in flight stream faster than more vectors per thread)
 _raw = LazyModule(VECTOR_IO + _RAW, {"gelu_vec": [f"{t},{_U},{d}" for t in _TARGS for d in ("false", "true")],
                                      "gelu_elem": [f"{t},{d}" for t in _TARGS for d in ("false", "true")]})
 _THREADS = 256
