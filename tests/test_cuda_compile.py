@@ -1,5 +1,5 @@
-"""Every CUDA kernel module compiles for Hopper (sm_90) without register spills, checked with nvcc on a machine that
-has the CUDA toolkit but no GPU (skipped without nvcc).
+"""Every CUDA kernel module compiles for Hopper (sm_90, or sm_90a for the warpgroup-product modules) without register
+spills, checked with nvcc on a machine that has the CUDA toolkit but no GPU (skipped without nvcc).
 
 The source and the template instantiations are the ones NVRTC compiles at run time (``LazyModule.source`` and
 ``.names``); a host array of the instantiated kernels' addresses makes nvcc emit each of them. ptxas's report
@@ -18,9 +18,11 @@ import pytest
 
 import autograd.cuda as cuda_pkg
 from autograd.cuda._common import LazyModule
+from autograd.cuda.wgmma import Sm90aModule
 
 NVCC = shutil.which("nvcc")
 ARCH = "-gencode=arch=compute_90,code=sm_90"
+ARCH_A = "-gencode=arch=compute_90a,code=sm_90a"
 
 
 def _toolchain_works() -> bool:
@@ -43,12 +45,12 @@ pytestmark = pytest.mark.skipif(not _toolchain_works(), reason="needs nvcc and a
 
 
 def _lazy_modules():
-    """(module name, attribute, LazyModule) for every LazyModule defined in autograd.cuda's modules."""
+    """(module name, attribute, module) for every LazyModule / Sm90aModule defined in autograd.cuda's modules."""
     found = []
     for info in pkgutil.iter_modules(cuda_pkg.__path__):
         mod = importlib.import_module(f"autograd.cuda.{info.name}")
         for attr, obj in vars(mod).items():
-            if isinstance(obj, LazyModule):
+            if isinstance(obj, (LazyModule, Sm90aModule)):
                 found.append((info.name, attr, obj))
     return found
 
@@ -59,14 +61,16 @@ MODULES = _lazy_modules()
 def test_the_kernel_modules_are_found():
     names = {m for m, _, _ in MODULES}
     assert {"flash_attention", "norms", "softmax", "adamw", "elementwise"} <= names
+    assert any(isinstance(m, Sm90aModule) for _, _, m in MODULES)
 
 
 @pytest.mark.parametrize("name,attr,lazy", MODULES, ids=[f"{m}.{a}" for m, a, _ in MODULES])
-def test_kernels_compile_for_sm90_without_spills(tmp_path, name, attr, lazy):
+def test_kernels_compile_for_hopper_without_spills(tmp_path, name, attr, lazy):
     src = lazy.source + "\nvoid* __instantiate[] = {" + ", ".join(f"(void*){n}" for n in lazy.names) + "};\n"
     cu = tmp_path / "k.cu"
     cu.write_text(src)
-    r = subprocess.run([NVCC, ARCH, "-cubin", "-std=c++17", "-Xptxas", "-v",
+    arch = ARCH_A if isinstance(lazy, Sm90aModule) else ARCH
+    r = subprocess.run([NVCC, arch, "-cubin", "-std=c++17", "-Xptxas", "-v",
                         "-o", str(tmp_path / "k.cubin"), str(cu)], capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, f"{name}.{attr} does not compile:\n{out[-3000:]}"

@@ -27,6 +27,16 @@ if bfloat16 is not None:
 
 
 
+@pytest.fixture(params=["wgmma", "mma"])
+def family(request, monkeypatch, cp):
+    """Runs a test on the Hopper warpgroup kernels and on the mma.sync kernels (the first only on sm_90)."""
+    from autograd.cuda import flash_attention as fa
+    monkeypatch.setenv("TINYGRAD_LLM_WGMMA", "1" if request.param == "wgmma" else "0")
+    if request.param == "wgmma" and not fa._hopper():
+        pytest.skip("the warpgroup kernels need a compute capability 9.0 GPU")
+    return request.param
+
+
 def draw(r, shape, dtype):
     """float64 values exactly representable in dtype."""
     return r.standard_normal(shape).astype(dtype).astype(np.float64)
@@ -56,12 +66,15 @@ CASES = [  # B, H, Hk, Tq, Tk, D, causal
     (1, 2, 2, 131, 131, 128, True),    # D 128: K/V fragments from shared memory, 32-query tiles
     (1, 4, 2, 45, 99, 96, True),       # D 96, grouped, Tq < Tk
     (2, 2, 2, 64, 64, 128, False),
+    (1, 2, 2, 300, 1000, 64, False),   # Tq < Tk, neither a multiple of a tile
+    (2, 4, 4, 130, 130, 64, False),
+    (1, 3, 3, 200, 200, 128, False),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", CASES)
-def test_flash_against_float64(cp, rng, dtype, case):
+def test_flash_against_float64(cp, rng, family, dtype, case):
     r, seed = rng
     B, H, Hk, Tq, Tk, D, causal = case
     q, k, v, do = draw(r, (B, H, Tq, D), dtype), draw(r, (B, Hk, Tk, D), dtype), \
@@ -76,8 +89,17 @@ def test_flash_against_float64(cp, rng, dtype, case):
     assert dK.shape == (B, Hk, Tk, D) and dQ.dtype == np.dtype(dtype)
 
 
+def test_hopper_takes_the_warpgroup_kernels(cp):
+    from autograd.cuda import flash_attention as fa
+    if not fa._hopper():
+        pytest.skip("the warpgroup kernels need a compute capability 9.0 GPU")
+    assert fa.kernel_family(64) == "wgmma" and fa.kernel_family(64, backward=True) == "wgmma"
+    assert fa.kernel_family(128) == "wgmma"
+    assert fa.kernel_family(64, dropout_p=0.1) == "mma" and fa.kernel_family(32) == "mma"
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_flash_reads_head_views_in_place(cp, rng, dtype):
+def test_flash_reads_head_views_in_place(cp, rng, family, dtype):
     """q, k, v as (B, H, T, D) views of one packed (B, T, 3, H, D) projection: the same results as copies."""
     from autograd.cuda import attention as at
     r, seed = rng

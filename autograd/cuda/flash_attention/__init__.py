@@ -38,9 +38,11 @@ import numpy as np
 
 from ...dtypes import is_bfloat16
 from .._common import LazyModule, require_cupy
+from ..wgmma import WGMMA_SRC, Sm90aModule
 from .backward import BACKWARD_SRC
 from .device import DEVICE_SRC
 from .forward import FORWARD_SRC
+from .hopper import HOPPER_SRC
 
 _SRC = DEVICE_SRC + FORWARD_SRC + BACKWARD_SRC
 
@@ -62,14 +64,44 @@ _mod = LazyModule(_SRC, {
                   for bf in _BOOL for dr in _BOOL
                   if len(_BWD_TILES[d]) == 1 or (dr == "true") == (i == len(_BWD_TILES[d]) - 1)],
     "flash_bwd_delta": [f"{d},{bf}" for d in _FWD_D for bf in _BOOL],
+    "flash_bwd_delta_vec": [f"{d},{bf}" for d in (32, 64, 128) for bf in _BOOL],
     "flash_dq_out": [f"{d},{bf}" for d in _FWD_D for bf in _BOOL],
 })
+# Hopper (sm_90a, warpgroup products) without dropout: forward D -> (keys per K/V tile, warpgroups per block);
+# backward D -> minimum blocks per SM (the register budget)
+_WG_FWD = {64: (64, 2), 128: (64, 2)}
+_WG_BWD = {64: 3}
+_WG_SRC = WGMMA_SRC + DEVICE_SRC + HOPPER_SRC
+_wg_mod = Sm90aModule(_WG_SRC, {
+    "flash_fwd_wg": [f"{d},{bn},{nw},{bf}" for d, (bn, nw) in _WG_FWD.items() for bf in _BOOL],
+    "flash_bwd_wg": [f"{d},{mb},{bf}" for d, mb in _WG_BWD.items() for bf in _BOOL],
+})
+_sm90: dict = {}
 _smem_set: dict = {}
 _NO_STATE = None
 
 
 def _enabled() -> bool:
     return os.environ.get("TINYGRAD_LLM_FLASH", "").strip().lower() not in ("0", "false", "off", "no")
+
+
+def _hopper() -> bool:
+    """Whether the current GPU takes the sm_90a kernels (compute capability 9.0; ``TINYGRAD_LLM_WGMMA=0`` turns
+    them off, leaving the mma.sync kernels)."""
+    if os.environ.get("TINYGRAD_LLM_WGMMA", "").strip().lower() in ("0", "false", "off", "no"):
+        return False
+    dev = require_cupy().cuda.Device()
+    ok = _sm90.get(dev.id)
+    if ok is None:
+        ok = _sm90[dev.id] = dev.compute_capability == "90"
+    return ok
+
+
+def kernel_family(D: int, dropout_p: float = 0.0, backward: bool = False) -> str:
+    """Which kernels flash attention of head size D runs on this GPU: "wgmma" (Hopper's warpgroup products) or
+    "mma" (mma.sync, every GPU from sm_80)."""
+    table = _WG_BWD if backward else _WG_FWD
+    return "wgmma" if dropout_p <= 0.0 and D in table and _hopper() else "mma"
 
 
 def _is16(dtype) -> bool:
@@ -150,6 +182,15 @@ def flash_forward(q, k, v, causal, scale, dropout_p: float = 0.0, drop_state=Non
     _, so = _strides(o)
     lse = cp.empty((B, H, Tq), np.float32)
     p, rinv, state, drop = _drop_args(dropout_p, drop_state)
+    if kernel_family(D, dropout_p) == "wgmma":
+        bn, nwg = _WG_FWD[D]
+        kern = _wg_mod.kernel("flash_fwd_wg", _targs(q.dtype, f"{D},{bn},{nwg}"))
+        smem = 1024 + (64 * nwg + 4 * bn) * D * 2   # alignment slack, Q, two stages of K and V
+        _opt_in(kern, smem)
+        kern(((Tq + 64 * nwg - 1) // (64 * nwg), B * H), (128 * nwg,),
+             (q, k, v, o, lse, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // k.shape[1]), *sq, *skv, *so,
+              np.float32(scale * math.log2(math.e)), np.int32(bool(causal))), shared_mem=smem)
+        return o, lse
     mt = 1 if drop == "true" else _FWD_MT[D][0]
     kern = _mod.kernel("flash_fwd", _targs(q.dtype, f"{D},{mt}", drop))
     smem = 2 * 2 * 64 * (D + 8) * 2
@@ -187,22 +228,30 @@ def flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, d
     lse = cp.ascontiguousarray(lse.astype(np.float32, copy=False))
     rows = B * H * Tq
     delta = cp.empty((B, H, Tq), np.float32)
-    _mod.kernel("flash_bwd_delta", _targs(q.dtype, D))(((rows + 7) // 8,), (256,),
-                                                      (o, do, delta, np.int32(Tq), np.int32(H), np.int64(rows),
-                                                       *so, *sdo))
+    delta_args = (o, do, delta, np.int32(Tq), np.int32(H), np.int64(rows), *so, *sdo)
+    if D in (32, 64, 128):   # a power of two: D / 8 threads a row, 16-byte loads
+        threads = rows * (D // 8)
+        _mod.kernel("flash_bwd_delta_vec", _targs(q.dtype, D))(((threads + 255) // 256,), (256,), delta_args)
+    else:
+        _mod.kernel("flash_bwd_delta", _targs(q.dtype, D))(((rows + 7) // 8,), (256,), delta_args)
     dq_acc = cp.zeros((B, H, Tq, D), np.float32)
     dk = cp.empty((B, Hk, Tk, D), q.dtype)
     dv = cp.empty((B, Hk, Tk, D), q.dtype)
     _, sg = _strides(dk)
     p, rinv, state, drop = _drop_args(dropout_p, drop_state)
-    qt, kreg = _BWD_TILES[D][-1 if drop == "true" else 0]
-    kern = _mod.kernel("flash_bwd", _targs(q.dtype, f"{D},{qt},{kreg}", drop))
-    smem = _bwd_smem(D, int(qt), kreg == "true")
-    _opt_in(kern, smem)
-    kern(((Tk + 63) // 64, B * Hk), (128,),
-         (q, k, v, do, lse, delta, dq_acc, dk, dv, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // Hk),
-          *sq, *skv, *sdo, *sg, np.float32(scale), np.int32(bool(causal)), p, rinv, state),
-         shared_mem=smem)
+    common = (q, k, v, do, lse, delta, dq_acc, dk, dv, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // Hk),
+              *sq, *skv, *sdo, *sg, np.float32(scale), np.int32(bool(causal)))
+    if kernel_family(D, dropout_p, backward=True) == "wgmma":
+        kern = _wg_mod.kernel("flash_bwd_wg", _targs(q.dtype, f"{D},{_WG_BWD[D]}"))
+        smem = 1024 + 7 * 64 * D * 2 + 4 * 64 * 4   # slack, K, V, 2 x (Q, dO), dS^T, 2 x (lse, delta)
+        _opt_in(kern, smem)
+        kern(((Tk + 63) // 64, B * Hk), (128,), common, shared_mem=smem)
+    else:
+        qt, kreg = _BWD_TILES[D][-1 if drop == "true" else 0]
+        kern = _mod.kernel("flash_bwd", _targs(q.dtype, f"{D},{qt},{kreg}", drop))
+        smem = _bwd_smem(D, int(qt), kreg == "true")
+        _opt_in(kern, smem)
+        kern(((Tk + 63) // 64, B * Hk), (128,), common + (p, rinv, state), shared_mem=smem)
     dq = cp.empty((B, H, Tq, D), q.dtype)
     _, sdq = _strides(dq)
     pairs = rows * D // 2

@@ -24,6 +24,31 @@ __global__ void flash_bwd_delta(const b16* __restrict__ O, const b16* __restrict
     if (lane == 0) Dl[r] = acc;
 }
 
+// the same with 16-byte loads: D / 8 threads a row (D a power of two, 16-byte aligned rows), their partial sums
+// combined by shuffles
+template <int D, bool BF>
+__global__ void flash_bwd_delta_vec(const b16* __restrict__ O, const b16* __restrict__ dO, float* __restrict__ Dl,
+        int Tq, int H, i64 rows, i64 o_sb, i64 o_sh, i64 o_st, i64 do_sb, i64 do_sh, i64 do_st) {
+    constexpr int TPR = D / 8;
+    const i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    const i64 r = t / TPR;
+    const int part = (int)(t % TPR);
+    float acc = 0.f;
+    if (r < rows) {
+        const i64 bh = r / Tq, i = r % Tq, b = bh / H, h = bh % H;
+        const uint4 ov = *reinterpret_cast<const uint4*>(O + b * o_sb + h * o_sh + i * o_st + part * 8);
+        const uint4 gv = *reinterpret_cast<const uint4*>(dO + b * do_sb + h * do_sh + i * do_st + part * 8);
+        const u32 ow[4] = {ov.x, ov.y, ov.z, ov.w}, gw[4] = {gv.x, gv.y, gv.z, gv.w};
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+            acc += to_f32<BF>((b16)(ow[c] & 0xffffu)) * to_f32<BF>((b16)(gw[c] & 0xffffu))
+                 + to_f32<BF>((b16)(ow[c] >> 16)) * to_f32<BF>((b16)(gw[c] >> 16));
+    }
+#pragma unroll
+    for (int o = TPR / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (r < rows && part == 0) Dl[r] = acc;
+}
+
 // dq (16-bit, strides) from the float32 accumulator (B, H, Tq, D), contiguous
 template <int D, bool BF>
 __global__ void flash_dq_out(const float* __restrict__ acc, b16* __restrict__ dq, int Tq, int H, i64 pairs,

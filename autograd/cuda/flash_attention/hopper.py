@@ -1,0 +1,327 @@
+"""The flash-attention kernels for Hopper (sm_90a; CUDA source): the same algorithm as forward.py / backward.py with
+the products on warpgroup tensor cores (``autograd/cuda/wgmma.py``): operands read by the tensor cores straight from
+128-byte-swizzled shared-memory tiles (no ldmatrix), 64 rows of a warpgroup per product.
+
+Forward: a block (one warpgroup, 128 threads) takes 64 queries of one (batch, head); the Q tile is loaded once, K/V
+tiles of BN keys stream through two shared-memory stages (cp.async). Per tile S = Q K^T (both operands from shared
+memory), the online softmax in registers (the accumulator rows are the mma.sync ones), O += P V with P from registers
+and V read transposed by the tensor cores.
+
+Backward: a block takes 64 keys of one key/value head and walks the 64-query tiles of every query head of its group
+(Q, dO, lse and delta in two cp.async stages). Per tile: S^T = K Q^T and dP^T = V dO^T from shared memory, P^T and
+dS^T = P^T (dP^T - delta) in registers, dV += P^T dO and dK += dS^T Q with P^T / dS^T as register operands, dS^T
+stored to shared memory, dQ = dS K with dS read transposed, added to the float32 dQ buffer with atomics.
+"""
+from __future__ import annotations
+
+HOPPER_SRC = r"""
+// rows [row0, row0 + ROWS) of a (T, D) matrix (row stride ld) into a 128-byte-swizzled tile: column blocks of 64
+// values (ROWS x 128 bytes each) one after the other; rows >= T zero-filled
+template <int D, int ROWS>
+__device__ __forceinline__ void load_sw_async(unsigned char* dst, const b16* src, i64 ld, int row0, int T) {
+    constexpr int CPR = D / 8;   // 16-byte chunks per row
+    for (int idx = threadIdx.x; idx < ROWS * CPR; idx += blockDim.x) {
+        const int r = idx / CPR, cc = idx % CPR;
+        const bool ok = row0 + r < T;
+        cp_async16(reinterpret_cast<b16*>(dst + (cc >> 3) * (ROWS * 128) + sw128(r, cc & 7)),
+                   src + (i64)(ok ? row0 + r : 0) * ld + cc * 8, ok ? 16 : 0);
+    }
+}
+// descriptor of k-step ks (16 columns) of a K-major swizzled tile of ROWS rows
+template <int ROWS>
+__device__ __forceinline__ unsigned long long kmajor(u32 base, int ks) {
+    return wg_desc(base + (ks >> 2) * (ROWS * 128) + (ks & 3) * 32, 16, 1024);
+}
+// descriptor of k-step kc (16 rows) of an MN-major swizzled tile of ROWS rows (column blocks ROWS x 128 bytes apart)
+template <int ROWS>
+__device__ __forceinline__ unsigned long long mnmajor(u32 base, int kc) {
+    return wg_desc(base + kc * 2048, ROWS * 128, 1024);
+}
+// p[0] += a, p[1] += b in one vector reduction (sm_90; p 8-byte aligned)
+__device__ __forceinline__ void red_add2(float* p, float a, float b) {
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(a), "f"(b) : "memory");
+}
+template <int N, bool BF, int TA, int TB>
+__device__ __forceinline__ void wg_ss(float* d, unsigned long long da, unsigned long long db, int acc) {
+    if constexpr (N == 64) wg_mma_ss_n64<BF, TA, TB>(d, da, db, acc);
+    else wg_mma_ss_n128<BF, TA, TB>(d, da, db, acc);
+}
+template <int N, bool BF, int TB>
+__device__ __forceinline__ void wg_rs(float* d, const u32* a, unsigned long long db, int acc) {
+    if constexpr (N == 64) wg_mma_rs_n64<BF, 0, TB>(d, a, db, acc);
+    else wg_mma_rs_n128<BF, 0, TB>(d, a, db, acc);
+}
+
+template <int D, int BN, int NWG, bool BF>
+__global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict__ Q, const b16* __restrict__ K,
+        const b16* __restrict__ V, b16* __restrict__ O, float* __restrict__ L, int Tq, int Tk, int H, int rep,
+        i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 o_sb, i64 o_sh, i64 o_st,
+        float scale_log2, int causal) {
+    // NWG warpgroups, 64 queries each, share the K/V tiles
+    constexpr int QB = 64 * D * 2, KB = BN * D * 2;   // tile bytes
+    extern __shared__ unsigned char fa_raw[];
+    // descriptors address swizzle atoms of 1024 bytes: align the tiles to that
+    unsigned char* const sm = reinterpret_cast<unsigned char*>((reinterpret_cast<unsigned long long>(fa_raw) + 1023)
+                                                               & ~1023ull);
+    unsigned char* const Qs = sm;                 // NWG tiles
+    unsigned char* const Ks = sm + NWG * QB;      // two stages
+    unsigned char* const Vs = Ks + 2 * KB;        // two stages
+    const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gid = lane >> 2,
+              tig = lane & 3;
+    const int bh = blockIdx.y, b = bh / H, h = bh % H, hk = h / rep;
+    Q += b * q_sb + h * q_sh; O += b * o_sb + h * o_sh; L += (i64)bh * Tq;
+    K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
+    const int qblock = (gridDim.x - 1 - blockIdx.x) * 64 * NWG;   // causal: the longest rows start first
+    const int qw = qblock + 64 * wg;                                // this warpgroup's first query
+    const int r0 = qw + warp * 16 + gid;                            // this thread's rows: r0 and r0 + 8
+    const int shift = Tk - Tq;
+    int kend = Tk;
+    if (causal) kend = min(Tk, min(qblock + 64 * NWG - 1, Tq - 1) + shift + 1);
+    const int ntiles = (kend + BN - 1) / BN;
+#pragma unroll
+    for (int w = 0; w < NWG; ++w) load_sw_async<D, 64>(Qs + w * QB, Q, q_st, qblock + 64 * w, Tq);
+    load_sw_async<D, BN>(Ks, K, kv_st, 0, Tk);
+    load_sw_async<D, BN>(Vs, V, kv_st, 0, Tk);
+    cp_async_commit();
+    float o[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    float m[2] = {neg_inf_f(), neg_inf_f()}, l[2] = {0.f, 0.f};
+    const u32 qs = smem_u32(Qs + wg * QB);
+    for (int kt = 0; kt < ntiles; ++kt) {
+        const int k0 = kt * BN, buf = kt & 1;
+        cp_async_wait<0>();
+        fence_async_smem();
+        __syncthreads();   // tile kt is in; every warpgroup product of tile kt - 1 has completed
+        if (kt + 1 < ntiles) {
+            load_sw_async<D, BN>(Ks + (buf ^ 1) * KB, K, kv_st, k0 + BN, Tk);
+            load_sw_async<D, BN>(Vs + (buf ^ 1) * KB, V, kv_st, k0 + BN, Tk);
+            cp_async_commit();
+        }
+        if (causal && k0 > qw + 63 + shift) continue;   // no key of this tile is seen by this warpgroup's rows
+        const u32 ks_ = smem_u32(Ks + buf * KB), vs_ = smem_u32(Vs + buf * KB);
+        float s[BN / 2];
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) wg_ss<BN, BF, 0, 0>(s, kmajor<64>(qs, ks), kmajor<BN>(ks_, ks), 1);
+        wg_commit();
+        wg_wait<0>();
+        if ((k0 + BN > Tk) || (causal && k0 + BN - 1 > qw + shift)) {
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j)
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    const int key = k0 + j * 8 + tig * 2 + (c & 1), row = r0 + (c >> 1) * 8;
+                    if (key >= Tk || (causal && key > row + shift)) s[4 * j + c] = neg_inf_f();
+                }
+        }
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            float mx = neg_inf_f();
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hh], s[4 * j + 2 * hh + 1]));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mnew = fmaxf(m[hh], mx);
+            const float base = mnew == neg_inf_f() ? 0.f : mnew * scale_log2;
+            const float alpha = ex2(m[hh] * scale_log2 - base);
+            float sum = 0.f;
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j) {
+                const float p0 = ex2(fmaf(s[4 * j + 2 * hh], scale_log2, -base));
+                const float p1 = ex2(fmaf(s[4 * j + 2 * hh + 1], scale_log2, -base));
+                s[4 * j + 2 * hh] = p0; s[4 * j + 2 * hh + 1] = p1;
+                sum += p0 + p1;
+            }
+            l[hh] = l[hh] * alpha + sum;
+            m[hh] = mnew;
+#pragma unroll
+            for (int j = 0; j < D / 8; ++j) { o[4 * j + 2 * hh] *= alpha; o[4 * j + 2 * hh + 1] *= alpha; }
+        }
+        u32 pa[BN / 16][4];
+#pragma unroll
+        for (int kc = 0; kc < BN / 16; ++kc) {
+            pa[kc][0] = pack2<BF>(s[8 * kc + 0], s[8 * kc + 1]);
+            pa[kc][1] = pack2<BF>(s[8 * kc + 2], s[8 * kc + 3]);
+            pa[kc][2] = pack2<BF>(s[8 * kc + 4], s[8 * kc + 5]);
+            pa[kc][3] = pack2<BF>(s[8 * kc + 6], s[8 * kc + 7]);
+        }
+        wg_fence();
+#pragma unroll
+        for (int kc = 0; kc < BN / 16; ++kc) wg_rs<D, BF, 1>(o, pa[kc], mnmajor<BN>(vs_, kc), 1);
+        wg_commit();
+        wg_wait<0>();
+    }
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+        float lt = l[hh];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        const int row = r0 + 8 * hh;
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        if (row < Tq) {
+#pragma unroll
+            for (int j = 0; j < D / 8; ++j)
+                *reinterpret_cast<u32*>(O + (i64)row * o_st + j * 8 + tig * 2) =
+                    pack2<BF>(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
+            if (tig == 0) L[row] = lt > 0.f ? (m[hh] * scale_log2 + log2f(lt)) * 0.6931471805599453f : neg_inf_f();
+        }
+    }
+}
+
+template <int D, int MINB, bool BF>
+__global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict__ Q, const b16* __restrict__ K,
+        const b16* __restrict__ V, const b16* __restrict__ dO, const float* __restrict__ L,
+        const float* __restrict__ Dl, float* __restrict__ dQ, b16* __restrict__ dK, b16* __restrict__ dV,
+        int Tq, int Tk, int H, int rep,
+        i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 do_sb, i64 do_sh, i64 do_st,
+        i64 g_sb, i64 g_sh, i64 g_st, float scale, int causal) {
+    constexpr int TB = 64 * D * 2;   // bytes of a 64-row tile
+    extern __shared__ unsigned char fa_raw[];
+    unsigned char* const sm = reinterpret_cast<unsigned char*>((reinterpret_cast<unsigned long long>(fa_raw) + 1023)
+                                                               & ~1023ull);
+    unsigned char* const Ks = sm;
+    unsigned char* const Vs = sm + TB;
+    unsigned char* const Qst = sm + 2 * TB;       // two stages
+    unsigned char* const dOst = sm + 4 * TB;      // two stages
+    unsigned char* const dSs = sm + 6 * TB;       // dS^T: 64 keys x 64 queries
+    float* const lse_s = reinterpret_cast<float*>(dSs + 64 * 128);   // two stages of 64
+    float* const del_s = lse_s + 128;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
+    const int Hk = H / rep, bk = blockIdx.y, b = bk / Hk, hk = bk % Hk;
+    K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
+    dK += b * g_sb + hk * g_sh; dV += b * g_sb + hk * g_sh;
+    const int kblock = blockIdx.x * 64;
+    const int kr0 = kblock + warp * 16 + gid;   // this thread's keys: kr0 and kr0 + 8
+    const int shift = Tk - Tq;
+    const float scale_log2 = scale * LOG2E;
+    load_sw_async<D, 64>(Ks, K, kv_st, kblock, Tk);
+    load_sw_async<D, 64>(Vs, V, kv_st, kblock, Tk);
+    float dv[D / 2], dk[D / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) { dv[i] = 0.f; dk[i] = 0.f; }
+    int qstart = 0;
+    if (causal) qstart = max(0, kblock - shift) / 64 * 64;
+    const int ntq = qstart < Tq ? (Tq - qstart + 63) / 64 : 0;
+    const int total = rep * ntq;   // tiles of every query head of the group, one after the other
+    if (total > 0) {
+        const int h0 = hk * rep;
+        load_sw_async<D, 64>(Qst, Q + b * q_sb + h0 * q_sh, q_st, qstart, Tq);
+        load_sw_async<D, 64>(dOst, dO + b * do_sb + h0 * do_sh, do_st, qstart, Tq);
+        load_rows_async<64>(lse_s, del_s, L, Dl, ((i64)b * H + h0) * Tq, qstart, Tq);
+    }
+    cp_async_commit();
+    const u32 ks_ = smem_u32(Ks), vs_ = smem_u32(Vs), ds_ = smem_u32(dSs);
+    for (int it = 0; it < total; ++it) {
+        const int buf = it & 1;
+        const int h = hk * rep + it / ntq, qt = qstart + (it % ntq) * 64;
+        cp_async_wait<0>();
+        fence_async_smem();
+        __syncthreads();   // tile it is in; every product of tile it - 1 has completed
+        if (it + 1 < total) {
+            const int hn = hk * rep + (it + 1) / ntq, qn = qstart + ((it + 1) % ntq) * 64;
+            load_sw_async<D, 64>(Qst + (buf ^ 1) * TB, Q + b * q_sb + hn * q_sh, q_st, qn, Tq);
+            load_sw_async<D, 64>(dOst + (buf ^ 1) * TB, dO + b * do_sb + hn * do_sh, do_st, qn, Tq);
+            load_rows_async<64>(lse_s + (buf ^ 1) * 64, del_s + (buf ^ 1) * 64, L, Dl, ((i64)b * H + hn) * Tq, qn, Tq);
+            cp_async_commit();
+        }
+        const u32 qs = smem_u32(Qst + buf * TB), dos = smem_u32(dOst + buf * TB);
+        const float* lse_t = lse_s + buf * 64;
+        const float* del_t = del_s + buf * 64;
+        // S^T = K Q^T and dP^T = V dO^T: 64 keys x 64 queries
+        float st[32], dp[32];
+#pragma unroll
+        for (int i = 0; i < 32; ++i) { st[i] = 0.f; dp[i] = 0.f; }
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+            wg_ss<64, BF, 0, 0>(st, kmajor<64>(ks_, ks), kmajor<64>(qs, ks), 1);
+            wg_ss<64, BF, 0, 0>(dp, kmajor<64>(vs_, ks), kmajor<64>(dos, ks), 1);
+        }
+        wg_commit();
+        wg_wait<0>();
+        // P^T and dS^T (unscaled) in place: element c of 8-query block j is key kr0 + 8 (c >> 1), query
+        // qt + 8 j + 2 tig + (c & 1)
+        const bool edge = kblock + 63 >= Tk || (causal && kblock + 63 > qt + shift);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const float2 lj = *reinterpret_cast<const float2*>(lse_t + 8 * j + 2 * tig);
+            const float2 dj = *reinterpret_cast<const float2*>(del_t + 8 * j + 2 * tig);
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int ql = 8 * j + 2 * tig + (c & 1), key = kr0 + (c >> 1) * 8;
+                float p = ex2(fmaf(st[4 * j + c], scale_log2, -((c & 1) ? lj.y : lj.x) * LOG2E));
+                if (edge && (key >= Tk || (causal && key > qt + ql + shift))) p = 0.f;
+                st[4 * j + c] = p;
+                dp[4 * j + c] = p * (dp[4 * j + c] - ((c & 1) ? dj.y : dj.x));
+            }
+        }
+        u32 pa[4][4], sa[4][4];
+#pragma unroll
+        for (int kc = 0; kc < 4; ++kc)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                pa[kc][r] = pack2<BF>(st[8 * kc + 2 * r], st[8 * kc + 2 * r + 1]);
+                sa[kc][r] = pack2<BF>(dp[8 * kc + 2 * r], dp[8 * kc + 2 * r + 1]);
+            }
+        // dS^T rows (keys) of this thread -> the swizzled shared tile [key][query]
+        {
+            const int kl = warp * 16 + gid;
+#pragma unroll
+            for (int kc = 0; kc < 4; ++kc) {
+                *reinterpret_cast<u32*>(dSs + sw128(kl, 2 * kc) + tig * 4) = sa[kc][0];
+                *reinterpret_cast<u32*>(dSs + sw128(kl + 8, 2 * kc) + tig * 4) = sa[kc][1];
+                *reinterpret_cast<u32*>(dSs + sw128(kl, 2 * kc + 1) + tig * 4) = sa[kc][2];
+                *reinterpret_cast<u32*>(dSs + sw128(kl + 8, 2 * kc + 1) + tig * 4) = sa[kc][3];
+            }
+        }
+        fence_async_smem();
+        // dV += P^T dO, dK += dS^T Q (the 64 queries are the reduction: dO and Q read transposed)
+        wg_fence();
+#pragma unroll
+        for (int kc = 0; kc < 4; ++kc) {
+            wg_rs<D, BF, 1>(dv, pa[kc], mnmajor<64>(dos, kc), 1);
+            wg_rs<D, BF, 1>(dk, sa[kc], mnmajor<64>(qs, kc), 1);
+        }
+        wg_commit();
+        __syncthreads();   // every warp's dS^T rows are in shared memory
+        // dQ (64 queries x D) = dS K over the block's 64 keys: dS read transposed from dS^T
+        float dq[D / 2];
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
+        wg_fence();
+#pragma unroll
+        for (int kc = 0; kc < 4; ++kc) wg_ss<D, BF, 1, 1>(dq, mnmajor<64>(ds_, kc), mnmajor<64>(ks_, kc), 1);
+        wg_commit();
+        wg_wait<0>();
+        float* dQh = dQ + ((i64)b * H + h) * Tq * D;
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            const int row = qt + warp * 16 + gid + 8 * hh;
+            if (row < Tq) {
+#pragma unroll
+                for (int j = 0; j < D / 8; ++j) {
+                    red_add2(dQh + (i64)row * D + j * 8 + tig * 2, dq[4 * j + 2 * hh] * scale,
+                             dq[4 * j + 2 * hh + 1] * scale);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+        const int key = kr0 + 8 * hh;
+        if (key < Tk) {
+#pragma unroll
+            for (int j = 0; j < D / 8; ++j) {
+                *reinterpret_cast<u32*>(dK + (i64)key * g_st + j * 8 + tig * 2) =
+                    pack2<BF>(dk[4 * j + 2 * hh] * scale, dk[4 * j + 2 * hh + 1] * scale);
+                *reinterpret_cast<u32*>(dV + (i64)key * g_st + j * 8 + tig * 2) =
+                    pack2<BF>(dv[4 * j + 2 * hh], dv[4 * j + 2 * hh + 1]);
+            }
+        }
+    }
+    cp_async_wait<0>();   // no copy may land after the block has gone (total = 0 leaves K and V in flight)
+}
+"""
