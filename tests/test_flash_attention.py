@@ -94,8 +94,10 @@ def test_hopper_takes_the_warpgroup_kernels(cp):
     if not fa._hopper():
         pytest.skip("the warpgroup kernels need a compute capability 9.0 GPU")
     assert fa.kernel_family(64) == "wgmma" and fa.kernel_family(64, backward=True) == "wgmma"
-    assert fa.kernel_family(128) == "wgmma"
-    assert fa.kernel_family(64, dropout_p=0.1) == "mma" and fa.kernel_family(32) == "mma"
+    assert fa.kernel_family(128) == "wgmma" and fa.kernel_family(128, backward=True) == "wgmma"
+    assert fa.kernel_family(64, backward=True, dropout=True) == "wgmma"
+    assert fa.kernel_family(32) == "mma" and fa.kernel_family(96, backward=True) == "mma"
+    assert fa.kernel_family(128, backward=True, dropout=True) == "mma"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -125,8 +127,9 @@ def test_flash_reads_head_views_in_place(cp, rng, family, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("case", [(2, 3, 3, 67, 67, 64, True), (1, 4, 2, 33, 100, 32, True),
                                   (1, 2, 2, 64, 64, 64, False), (1, 2, 2, 61, 61, 64, True),
-                                  (2, 2, 2, 128, 128, 64, True), (1, 2, 1, 40, 72, 128, True)])
-def test_flash_dropout_matches_the_mask_of_its_state(cp, rng, dtype, case):
+                                  (2, 2, 2, 128, 128, 64, True), (1, 2, 1, 40, 72, 128, True),
+                                  (1, 2, 2, 130, 130, 128, False)])
+def test_flash_dropout_matches_the_mask_of_its_state(cp, rng, family, dtype, case):
     """Dropout inside the kernels: the mask is what PhiloxGenerator.keep_mask would draw from the same state."""
     from autograd.cuda.philox import PhiloxGenerator, keep_mask_at
     r, seed = rng
@@ -148,7 +151,7 @@ def test_flash_dropout_matches_the_mask_of_its_state(cp, rng, dtype, case):
         assert e < (tol if name != "lse" else 1e-3), f"{name} {case} p={p}: {e:.3g} (seed {seed})"
 
 
-def test_sdpa_dropout_in_kernel_equals_composed_path(cp, rng):
+def test_sdpa_dropout_in_kernel_equals_composed_path(cp, rng, family):
     """F.scaled_dot_product_attention with dropout: the fused node (mask drawn in the kernels) and the composed
     path (mask drawn by F.dropout) give the same output and gradients from equally seeded generators."""
     r, seed = rng

@@ -67,14 +67,16 @@ _mod = LazyModule(_SRC, {
     "flash_bwd_delta_vec": [f"{d},{bf}" for d in (32, 64, 128) for bf in _BOOL],
     "flash_dq_out": [f"{d},{bf}" for d in _FWD_D for bf in _BOOL],
 })
-# Hopper (sm_90a, warpgroup products) without dropout: forward D -> (keys per K/V tile, warpgroups per block);
-# backward D -> minimum blocks per SM (the register budget)
+# Hopper (sm_90a, warpgroup products): forward D -> (keys per K/V tile, warpgroups per block); backward D ->
+# minimum blocks per SM (the register budget) without and with dropout (None: dropout takes the mma.sync kernel; the
+# D 128 backward with dropout would spill)
 _WG_FWD = {64: (64, 2), 128: (64, 2)}
-_WG_BWD = {64: 3}
+_WG_BWD = {64: (3, 2), 128: (2, None)}
 _WG_SRC = WGMMA_SRC + DEVICE_SRC + HOPPER_SRC
 _wg_mod = Sm90aModule(_WG_SRC, {
-    "flash_fwd_wg": [f"{d},{bn},{nw},{bf}" for d, (bn, nw) in _WG_FWD.items() for bf in _BOOL],
-    "flash_bwd_wg": [f"{d},{mb},{bf}" for d, mb in _WG_BWD.items() for bf in _BOOL],
+    "flash_fwd_wg": [f"{d},{bn},{nw},{bf},{dr}" for d, (bn, nw) in _WG_FWD.items() for bf in _BOOL for dr in _BOOL],
+    "flash_bwd_wg": [f"{d},{mb[i]},{bf},{dr}" for d, mb in _WG_BWD.items() for bf in _BOOL
+                     for i, dr in enumerate(_BOOL) if mb[i] is not None],
 })
 _sm90: dict = {}
 _smem_set: dict = {}
@@ -97,11 +99,11 @@ def _hopper() -> bool:
     return ok
 
 
-def kernel_family(D: int, dropout_p: float = 0.0, backward: bool = False) -> str:
+def kernel_family(D: int, backward: bool = False, dropout: bool = False) -> str:
     """Which kernels flash attention of head size D runs on this GPU: "wgmma" (Hopper's warpgroup products) or
     "mma" (mma.sync, every GPU from sm_80)."""
-    table = _WG_BWD if backward else _WG_FWD
-    return "wgmma" if dropout_p <= 0.0 and D in table and _hopper() else "mma"
+    ok = D in _WG_FWD if not backward else D in _WG_BWD and _WG_BWD[D][int(dropout)] is not None
+    return "wgmma" if ok and _hopper() else "mma"
 
 
 def _is16(dtype) -> bool:
@@ -182,14 +184,14 @@ def flash_forward(q, k, v, causal, scale, dropout_p: float = 0.0, drop_state=Non
     _, so = _strides(o)
     lse = cp.empty((B, H, Tq), np.float32)
     p, rinv, state, drop = _drop_args(dropout_p, drop_state)
-    if kernel_family(D, dropout_p) == "wgmma":
+    if kernel_family(D) == "wgmma":
         bn, nwg = _WG_FWD[D]
-        kern = _wg_mod.kernel("flash_fwd_wg", _targs(q.dtype, f"{D},{bn},{nwg}"))
+        kern = _wg_mod.kernel("flash_fwd_wg", _targs(q.dtype, f"{D},{bn},{nwg}", drop))
         smem = 1024 + (64 * nwg + 4 * bn) * D * 2   # alignment slack, Q, two stages of K and V
         _opt_in(kern, smem)
         kern(((Tq + 64 * nwg - 1) // (64 * nwg), B * H), (128 * nwg,),
              (q, k, v, o, lse, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // k.shape[1]), *sq, *skv, *so,
-              np.float32(scale * math.log2(math.e)), np.int32(bool(causal))), shared_mem=smem)
+              np.float32(scale * math.log2(math.e)), np.int32(bool(causal)), p, rinv, state), shared_mem=smem)
         return o, lse
     mt = 1 if drop == "true" else _FWD_MT[D][0]
     kern = _mod.kernel("flash_fwd", _targs(q.dtype, f"{D},{mt}", drop))
@@ -241,11 +243,12 @@ def flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, d
     p, rinv, state, drop = _drop_args(dropout_p, drop_state)
     common = (q, k, v, do, lse, delta, dq_acc, dk, dv, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // Hk),
               *sq, *skv, *sdo, *sg, np.float32(scale), np.int32(bool(causal)))
-    if kernel_family(D, dropout_p, backward=True) == "wgmma":
-        kern = _wg_mod.kernel("flash_bwd_wg", _targs(q.dtype, f"{D},{_WG_BWD[D]}"))
-        smem = 1024 + 7 * 64 * D * 2 + 4 * 64 * 4   # slack, K, V, 2 x (Q, dO), dS^T, 2 x (lse, delta)
+    if kernel_family(D, backward=True, dropout=drop == "true") == "wgmma":
+        minb = _WG_BWD[D][drop == "true"]
+        kern = _wg_mod.kernel("flash_bwd_wg", _targs(q.dtype, f"{D},{minb}", drop))
+        smem = 1024 + 6 * 64 * D * 2 + 64 * 128 + 4 * 64 * 4   # slack, K, V, 2 x (Q, dO), dS^T, 2 x (lse, delta)
         _opt_in(kern, smem)
-        kern(((Tk + 63) // 64, B * Hk), (128,), common, shared_mem=smem)
+        kern(((Tk + 63) // 64, B * Hk), (128,), common + (p, rinv, state), shared_mem=smem)
     else:
         qt, kreg = _BWD_TILES[D][-1 if drop == "true" else 0]
         kern = _mod.kernel("flash_bwd", _targs(q.dtype, f"{D},{qt},{kreg}", drop))

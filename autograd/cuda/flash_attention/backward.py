@@ -176,37 +176,10 @@ __global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(
         }
         // P^T (dropped and rescaled, for dV) and dS^T (unscaled) in place
         const long long ebase = DROP ? bhq * Tq * Tk : 0;
-        const bool quad = (Tk & 3) == 0;   // then a Philox block (4 keys) starts at a key multiple of 4
 #pragma unroll
         for (int nt = 0; nt < QT / 8; ++nt) {
             bool kp[4] = {true, true, true, true};
-            if constexpr (DROP) {
-                if (quad) {
-                    // the lanes gid = 4m .. 4m + 3 (one tig) hold 4 consecutive keys: one Philox block per (query,
-                    // key group) serves all four. Lane r = gid & 3 draws combination r (query column r >> 1, key
-                    // group r & 1); in 4 rounds every lane fetches its word (r) of each combination's block
-                    const int r = gid & 3, m = gid >> 2;
-                    const int query = qt + nt * 8 + tig * 2 + (r >> 1);
-                    u32 w[4];
-                    const long long eq = ebase + (long long)query * Tk + kw0 + 8 * (r & 1) + 4 * m;
-                    philox4(doff + (unsigned long long)(eq >> 2), dseed, w);
-                    bool ks[4];
-#pragma unroll
-                    for (int t = 0; t < 4; ++t) {
-                        const int src = (r + t) & 3;   // this round: word r of combination src
-                        const u32 got = __shfl_sync(0xffffffffu, word_of(w, (r - t) & 3), (lane & ~12) | (src << 2));
-                        const bool kk = philox_word_keeps(got, drop_p);
-#pragma unroll
-                        for (int s2 = 0; s2 < 4; ++s2) if (src == s2) ks[s2] = kk;
-                    }
-                    kp[0] = ks[0]; kp[1] = ks[2]; kp[2] = ks[1]; kp[3] = ks[3];   // element c <-> combination
-                } else {
-#pragma unroll
-                    for (int c = 0; c < 4; ++c)
-                        kp[c] = keep_one(ebase + (long long)(qt + nt * 8 + tig * 2 + (c & 1)) * Tk + kw0 + gid
-                                         + (c >> 1) * 8, doff, dseed, drop_p);
-                }
-            }
+            if constexpr (DROP) keep_col_block(kp, kw0, qt + nt * 8 + tig * 2, Tk, ebase, doff, dseed, drop_p);
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 const int ql = nt * 8 + tig * 2 + (c & 1);

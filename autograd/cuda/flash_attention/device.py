@@ -61,6 +61,65 @@ __device__ __forceinline__ bool keep_one(long long e, unsigned long long off, un
     philox4(off + (unsigned long long)(e >> 2), seed, c);
     return philox_word_keeps(word_of(c, (int)(e & 3)), p);
 }
+// Dropout of one 8-key block of accumulator rows (S, P: rows are queries): v[c] is query row0 + 8 (c >> 1), key
+// key0 + (c & 1), with key0 = the block's first key + 2 tig; a dropped value becomes 0. The draw element of (row, key)
+// is ebase + row Tk + key. When Tk is a multiple of 4 a Philox block (4 keys) starts at a key multiple of 4, and
+// lanes tig and tig ^ 1 need one block for rows row0 and row0 + 8: each draws it for one row and hands its partner the
+// two words the partner's keys need.
+__device__ __forceinline__ void drop_row_block(float* v, int row0, int key0, int Tk, long long ebase,
+                                               unsigned long long doff, unsigned long long dseed, float p) {
+    bool kb[2][2];
+    if ((Tk & 3) == 0) {
+        const int mine = (threadIdx.x & 3) & 1;
+        u32 c[4];
+        philox4(doff + (unsigned long long)((ebase + (long long)(row0 + mine * 8) * Tk + (key0 & ~3)) >> 2), dseed, c);
+        const u32 ra = __shfl_xor_sync(0xffffffffu, mine ? c[0] : c[2], 1);
+        const u32 rb = __shfl_xor_sync(0xffffffffu, mine ? c[1] : c[3], 1);
+        const bool own0 = philox_word_keeps(mine ? c[2] : c[0], p);
+        const bool own1 = philox_word_keeps(mine ? c[3] : c[1], p);
+        const bool got0 = philox_word_keeps(ra, p), got1 = philox_word_keeps(rb, p);
+        kb[0][0] = mine ? got0 : own0; kb[0][1] = mine ? got1 : own1;
+        kb[1][0] = mine ? own0 : got0; kb[1][1] = mine ? own1 : got1;
+    } else {
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh)
+            keep_pair(ebase + (long long)(row0 + hh * 8) * Tk + key0, doff, dseed, p, kb[hh][0], kb[hh][1]);
+    }
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+        if (!kb[hh][0]) v[2 * hh] = 0.f;
+        if (!kb[hh][1]) v[2 * hh + 1] = 0.f;
+    }
+}
+// Keep bits of one 8-query block of transposed accumulator rows (S^T, P^T: rows are keys): kp[c] for key
+// kw0 + gid + 8 (c >> 1) and query q0 + (c & 1), with kw0 = the warp's first key and q0 = the block's first query +
+// 2 tig. When Tk is a multiple of 4 the lanes gid = 4m .. 4m + 3 (one tig) hold 4 consecutive keys: one Philox block
+// per (query, key group) serves all four. Lane r = gid & 3 draws combination r (query column r >> 1, key group r & 1);
+// in 4 rounds every lane fetches its word (r) of each combination's block.
+__device__ __forceinline__ void keep_col_block(bool* kp, int kw0, int q0, int Tk, long long ebase,
+                                               unsigned long long doff, unsigned long long dseed, float p) {
+    const int lane = threadIdx.x & 31, gid = lane >> 2;
+    if ((Tk & 3) == 0) {
+        const int r = gid & 3, m = gid >> 2;
+        u32 w[4];
+        const long long eq = ebase + (long long)(q0 + (r >> 1)) * Tk + kw0 + 8 * (r & 1) + 4 * m;
+        philox4(doff + (unsigned long long)(eq >> 2), dseed, w);
+        bool ks[4];
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+            const int src = (r + t) & 3;   // this round: word r of combination src
+            const u32 got = __shfl_sync(0xffffffffu, word_of(w, (r - t) & 3), (lane & ~12) | (src << 2));
+            const bool kk = philox_word_keeps(got, p);
+#pragma unroll
+            for (int s2 = 0; s2 < 4; ++s2) if (src == s2) ks[s2] = kk;
+        }
+        kp[0] = ks[0]; kp[1] = ks[2]; kp[2] = ks[1]; kp[3] = ks[3];   // element c <-> combination
+    } else {
+#pragma unroll
+        for (int c = 0; c < 4; ++c)
+            kp[c] = keep_one(ebase + (long long)(q0 + (c & 1)) * Tk + kw0 + gid + (c >> 1) * 8, doff, dseed, p);
+    }
+}
 __device__ __forceinline__ u32 smem_addr(const b16* p) {
     unsigned long long a; asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p)); return (u32)a;
 }

@@ -126,40 +126,11 @@ __global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, cons
                 for (int nd = 0; nd < D / 8; ++nd) { o[mt][nd][2 * hh] *= alpha; o[mt][nd][2 * hh + 1] *= alpha; }
             }
         if constexpr (DROP) {   // the normaliser l counts every probability; only the kept ones reach O
-            const bool quad = (Tk & 3) == 0;   // then a Philox block (4 keys) starts at a key multiple of 4
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-                for (int nt = 0; nt < 8; ++nt) {
-                    const int key = k0 + nt * 8 + tig * 2;
-                    bool kb[2][2];
-                    if (quad) {
-                        // lanes tig and tig ^ 1 need one block of 4 keys for rows gid and gid + 8: each draws it for
-                        // one row (mine) and hands its partner the two words the partner's keys need
-                        const int mine = tig & 1;
-                        const int row = q0 + 16 * mt + gid + mine * 8;
-                        u32 c[4];
-                        philox4(doff + (unsigned long long)((ebase + (long long)row * Tk + (key & ~3)) >> 2), dseed, c);
-                        const u32 ra = __shfl_xor_sync(0xffffffffu, mine ? c[0] : c[2], 1);
-                        const u32 rb = __shfl_xor_sync(0xffffffffu, mine ? c[1] : c[3], 1);
-                        const bool own0 = philox_word_keeps(mine ? c[2] : c[0], drop_p);
-                        const bool own1 = philox_word_keeps(mine ? c[3] : c[1], drop_p);
-                        const bool got0 = philox_word_keeps(ra, drop_p), got1 = philox_word_keeps(rb, drop_p);
-                        kb[0][0] = mine ? got0 : own0; kb[0][1] = mine ? got1 : own1;
-                        kb[1][0] = mine ? own0 : got0; kb[1][1] = mine ? own1 : got1;
-                    } else {
-#pragma unroll
-                        for (int hh = 0; hh < 2; ++hh) {
-                            const int row = q0 + 16 * mt + gid + hh * 8;
-                            keep_pair(ebase + (long long)row * Tk + key, doff, dseed, drop_p, kb[hh][0], kb[hh][1]);
-                        }
-                    }
-#pragma unroll
-                    for (int hh = 0; hh < 2; ++hh) {
-                        if (!kb[hh][0]) s[mt][nt][2 * hh] = 0.f;
-                        if (!kb[hh][1]) s[mt][nt][2 * hh + 1] = 0.f;
-                    }
-                }
+                for (int nt = 0; nt < 8; ++nt)
+                    drop_row_block(s[mt][nt], q0 + 16 * mt + gid, k0 + nt * 8 + tig * 2, Tk, ebase, doff, dseed, drop_p);
         }
         // O += P V: P straight from the S accumulators (two 8-key tiles = one 16-key A fragment)
 #pragma unroll

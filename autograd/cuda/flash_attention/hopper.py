@@ -10,7 +10,10 @@ and V read transposed by the tensor cores.
 Backward: a block takes 64 keys of one key/value head and walks the 64-query tiles of every query head of its group
 (Q, dO, lse and delta in two cp.async stages). Per tile: S^T = K Q^T and dP^T = V dO^T from shared memory, P^T and
 dS^T = P^T (dP^T - delta) in registers, dV += P^T dO and dK += dS^T Q with P^T / dS^T as register operands, dS^T
-stored to shared memory, dQ = dS K with dS read transposed, added to the float32 dQ buffer with atomics.
+stored to shared memory, dQ = dS K with dS read transposed, added to the float32 dQ buffer with vector reductions.
+
+Dropout: the keep bits of the mma.sync kernels (``drop_row_block`` / ``keep_col_block`` in device.py: the accumulator
+rows are the same), so both families drop exactly what ``PhiloxGenerator.keep_mask`` would.
 """
 from __future__ import annotations
 
@@ -52,11 +55,11 @@ __device__ __forceinline__ void wg_rs(float* d, const u32* a, unsigned long long
     else wg_mma_rs_n128<BF, 0, TB>(d, a, db, acc);
 }
 
-template <int D, int BN, int NWG, bool BF>
+template <int D, int BN, int NWG, bool BF, bool DROP>
 __global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict__ Q, const b16* __restrict__ K,
         const b16* __restrict__ V, b16* __restrict__ O, float* __restrict__ L, int Tq, int Tk, int H, int rep,
         i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 o_sb, i64 o_sh, i64 o_st,
-        float scale_log2, int causal) {
+        float scale_log2, int causal, float drop_p, float drop_scale, const long long* __restrict__ drop_state) {
     // NWG warpgroups, 64 queries each, share the K/V tiles
     constexpr int QB = 64 * D * 2, KB = BN * D * 2;   // tile bytes
     extern __shared__ unsigned char fa_raw[];
@@ -78,6 +81,12 @@ __global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict_
     int kend = Tk;
     if (causal) kend = min(Tk, min(qblock + 64 * NWG - 1, Tq - 1) + shift + 1);
     const int ntiles = (kend + BN - 1) / BN;
+    unsigned long long dseed = 0, doff = 0;
+    const long long ebase = (long long)bh * Tq * Tk;   // dropout: the draw element of (row, key) is ebase + row Tk + key
+    if constexpr (DROP) {
+        dseed = (unsigned long long)drop_state[0];
+        doff = (unsigned long long)drop_state[1];
+    }
 #pragma unroll
     for (int w = 0; w < NWG; ++w) load_sw_async<D, 64>(Qs + w * QB, Q, q_st, qblock + 64 * w, Tq);
     load_sw_async<D, BN>(Ks, K, kv_st, 0, Tk);
@@ -140,6 +149,10 @@ __global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict_
 #pragma unroll
             for (int j = 0; j < D / 8; ++j) { o[4 * j + 2 * hh] *= alpha; o[4 * j + 2 * hh + 1] *= alpha; }
         }
+        if constexpr (DROP) {   // the normaliser l counts every probability; only the kept ones reach O
+#pragma unroll
+            for (int j = 0; j < BN / 8; ++j) drop_row_block(s + 4 * j, r0, k0 + 8 * j + 2 * tig, Tk, ebase, doff, dseed, drop_p);
+        }
         u32 pa[BN / 16][4];
 #pragma unroll
         for (int kc = 0; kc < BN / 16; ++kc) {
@@ -160,7 +173,7 @@ __global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict_
         lt += __shfl_xor_sync(0xffffffffu, lt, 1);
         lt += __shfl_xor_sync(0xffffffffu, lt, 2);
         const int row = r0 + 8 * hh;
-        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        const float inv = lt > 0.f ? drop_scale / lt : 0.f;
         if (row < Tq) {
 #pragma unroll
             for (int j = 0; j < D / 8; ++j)
@@ -171,13 +184,14 @@ __global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict_
     }
 }
 
-template <int D, int MINB, bool BF>
+template <int D, int MINB, bool BF, bool DROP>
 __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict__ Q, const b16* __restrict__ K,
         const b16* __restrict__ V, const b16* __restrict__ dO, const float* __restrict__ L,
         const float* __restrict__ Dl, float* __restrict__ dQ, b16* __restrict__ dK, b16* __restrict__ dV,
         int Tq, int Tk, int H, int rep,
         i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 do_sb, i64 do_sh, i64 do_st,
-        i64 g_sb, i64 g_sh, i64 g_st, float scale, int causal) {
+        i64 g_sb, i64 g_sh, i64 g_st, float scale, int causal, float drop_p, float drop_scale,
+        const long long* __restrict__ drop_state) {
     constexpr int TB = 64 * D * 2;   // bytes of a 64-row tile
     extern __shared__ unsigned char fa_raw[];
     unsigned char* const sm = reinterpret_cast<unsigned char*>((reinterpret_cast<unsigned long long>(fa_raw) + 1023)
@@ -197,6 +211,11 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
     const int kr0 = kblock + warp * 16 + gid;   // this thread's keys: kr0 and kr0 + 8
     const int shift = Tk - Tq;
     const float scale_log2 = scale * LOG2E;
+    unsigned long long dseed = 0, doff = 0;
+    if constexpr (DROP) {
+        dseed = (unsigned long long)drop_state[0];
+        doff = (unsigned long long)drop_state[1];
+    }
     load_sw_async<D, 64>(Ks, K, kv_st, kblock, Tk);
     load_sw_async<D, 64>(Vs, V, kv_st, kblock, Tk);
     float dv[D / 2], dk[D / 2];
@@ -242,20 +261,29 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
         }
         wg_commit();
         wg_wait<0>();
-        // P^T and dS^T (unscaled) in place: element c of 8-query block j is key kr0 + 8 (c >> 1), query
-        // qt + 8 j + 2 tig + (c & 1)
+        // P^T (dropped and rescaled, for dV) and dS^T (unscaled) in place: element c of 8-query block j is key
+        // kr0 + 8 (c >> 1), query qt + 8 j + 2 tig + (c & 1)
         const bool edge = kblock + 63 >= Tk || (causal && kblock + 63 > qt + shift);
+        const long long ebase = ((long long)b * H + h) * Tq * Tk;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const float2 lj = *reinterpret_cast<const float2*>(lse_t + 8 * j + 2 * tig);
             const float2 dj = *reinterpret_cast<const float2*>(del_t + 8 * j + 2 * tig);
+            bool kp[4] = {true, true, true, true};
+            if constexpr (DROP) keep_col_block(kp, kblock + warp * 16, qt + 8 * j + 2 * tig, Tk, ebase, doff, dseed, drop_p);
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 const int ql = 8 * j + 2 * tig + (c & 1), key = kr0 + (c >> 1) * 8;
                 float p = ex2(fmaf(st[4 * j + c], scale_log2, -((c & 1) ? lj.y : lj.x) * LOG2E));
                 if (edge && (key >= Tk || (causal && key > qt + ql + shift))) p = 0.f;
-                st[4 * j + c] = p;
-                dp[4 * j + c] = p * (dp[4 * j + c] - ((c & 1) ? dj.y : dj.x));
+                float g = dp[4 * j + c];
+                float pd = p;
+                if constexpr (DROP) {
+                    pd = kp[c] ? p * drop_scale : 0.f;
+                    g = kp[c] ? g * drop_scale : 0.f;
+                }
+                st[4 * j + c] = pd;
+                dp[4 * j + c] = p * (g - ((c & 1) ? dj.y : dj.x));
             }
         }
         u32 pa[4][4], sa[4][4];
