@@ -112,3 +112,23 @@ def test_tied_embedding_path_used_across_gpus_matches(monkeypatch):
     assert pipe.stages[-1].head_weight is None
     for (n, a), b in zip(ref.named_parameters(), model.parameters()):
         np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), atol=1e-10, err_msg=n)
+
+
+def test_last_stage_never_builds_the_logits(monkeypatch):
+    """The last stage's loss is the chunked head + cross-entropy (as GPT.loss): F.cross_entropy on (B, T, V) logits
+    is never called in a training step, and a LoRA head (which changes the product) still trains through them."""
+    import autograd.functional as F
+    from tinygrad_llm.finetune.lora import apply_lora
+    cfg = _cfg(tie_weights=False)
+    ref, model = tl.GPT(cfg, seed=5, dtype=np.float64), tl.GPT(cfg, seed=5, dtype=np.float64)
+    idx, tgt = _batch(seed=4)
+    ref_loss = ref.loss(idx, tgt)
+    real = F.cross_entropy
+    calls = []
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **k: calls.append(a[0].shape) or real(*a, **k))
+    loss = PipelineParallel(model, ["cpu", "cpu"], n_micro=2).train_step(idx, tgt)
+    assert calls == [] and abs(loss - ref_loss.item()) < 1e-10
+    apply_lora(model, rank=2, alpha=4.0, target="lm_head", freeze=False, seed=0)
+    loss = PipelineParallel(model, ["cpu", "cpu"], n_micro=2).train_step(idx, tgt)
+    assert len(calls) == 2 and calls[0][-1] == cfg.vocab_size   # one per micro-batch, on the logits
+    assert abs(loss - ref_loss.item()) < 1e-10                    # LoRA's B starts at zero: the same function

@@ -5,7 +5,8 @@
     opt.step(); opt.zero_grad()
 
 Stage s holds a contiguous run of blocks on ``devices[s]``; stage 0 also holds the embeddings, the last stage the
-final norm and the LM head. Each stage runs as its own piece of graph: its input is a leaf copy of the previous
+final norm and the LM head, whose product and cross-entropy run as one chunked op in training (as ``GPT.loss``: the
+(B, T, V) logits never exist whole). Each stage runs as its own piece of graph: its input is a leaf copy of the previous
 stage's output moved with the engine's differentiable device copy (``Tensor.to(device)``, ordered against both
 GPUs' streams with CUDA events in ``autograd.backend.to_device``), so the backward of stage s ends by copying the
 input gradient back to stage s-1's device, and stage s-1's backward starts from it. That makes every
@@ -33,6 +34,7 @@ from autograd import Tensor, backend
 from autograd import functional as F
 from autograd.grad_mode import no_grad
 
+from ..nn.layers import Linear
 from .data_parallel import unique_parameters
 
 
@@ -49,20 +51,42 @@ class Stage:
         self.head_weight: Tensor | None = None   # during a train step: this device's copy of a tied embedding
 
     def __call__(self, x, start: int = 0):
+        """This stage's forward: activations (B, T, C) between stages, logits (B, T, V) out of the last one."""
+        x = self._hidden(x, start)
+        if self.last:
+            m = self.model
+            w, tied_copy = self._head_weight()
+            x = F.linear(x, w, None) if tied_copy else m.lm_head(x)
+            x = m.soft_cap(x)
+        return x
+
+    def loss(self, x, targets, ignore_index: int = -100) -> Tensor:
+        """The last stage's forward to the mean cross-entropy against targets (B, T): the head and the loss are one
+        chunked op (``F.linear_cross_entropy``, as ``GPT.loss``), so the (B, T, V) logits never exist whole; a head
+        that changes the product (LoRA's) goes through the logits."""
+        m = self.model
+        if type(m.lm_head) is not Linear:
+            return F.cross_entropy(self(x), targets, ignore_index=ignore_index)
+        w, tied_copy = self._head_weight()
+        return F.linear_cross_entropy(self._hidden(x, 0), w, targets, None if tied_copy else m.lm_head.bias,
+                                      ignore_index=ignore_index, softcap=m.config.final_logit_softcap)
+
+    def _hidden(self, x, start: int):
+        """Embeddings (first stage), the blocks, and the final norm (last stage)."""
         m = self.model
         if self.first:                      # x: token ids (B, T) on this device
             x = m.embed(x, start)
         for i in range(self.lo, self.hi):
             x = m.blocks[i](x)
-        if self.last:
-            x = m.final_norm(x)
-            w = self.head_weight if self.head_weight is not None else m.lm_head.weight
-            if w is not m.lm_head.weight or backend.device_of(w.data) != backend.canonical_device(self.device):
-                x = F.linear(x, w.to(self.device), None)   # tied embedding living on stage 0
-            else:
-                x = m.lm_head(x)
-            x = m.soft_cap(x)
-        return x
+        return m.final_norm(x) if self.last else x
+
+    def _head_weight(self):
+        """(the LM head's weight on this device, whether it is a copy of a tied embedding living on stage 0)."""
+        m = self.model
+        w = self.head_weight if self.head_weight is not None else m.lm_head.weight
+        if w is not m.lm_head.weight or backend.device_of(w.data) != backend.canonical_device(self.device):
+            return w.to(self.device), True
+        return w, False
 
     def __repr__(self) -> str:
         extra = (" +embeddings" if self.first else "") + (" +head" if self.last else "")
@@ -255,11 +279,11 @@ class PipelineParallel:
                 leaf = Tensor(outputs[(s - 1, j)].data, requires_grad=True)   # the cut between stages
                 inputs[(s, j)] = leaf
                 x = leaf.to(st.device)                               # differentiable device copy
-            out = st(x)
             if s == p - 1:
-                loss = F.cross_entropy(out, self._micro(targets, j), ignore_index=self.ignore_index)
-                out = loss * (n_valid[j] / total)
+                out = st.loss(x, self._micro(targets, j), self.ignore_index) * (n_valid[j] / total)
                 losses.append(out.data)
+            else:
+                out = st(x)
             outputs[(s, j)] = out
             return
         out = outputs.pop((s, j))
