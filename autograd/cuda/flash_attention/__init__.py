@@ -24,6 +24,10 @@ Dropout: the probabilities are dropped inside both kernels from a Philox state i
 ((b H + h) Tq + i) Tk + j of the draw decides query i and key j of head (b, h), exactly as
 ``PhiloxGenerator.keep_mask`` of shape (B, H, Tq, Tk) would, so the composed path's dropout is the reference.
 
+On compute capability 9.0 (H100, H200) D 64 and 128 take ``hopper.py``'s kernels instead: the same algorithm with
+the products on warpgroup tensor cores (wgmma, sm_90a), operands read from swizzled shared-memory tiles; the choice
+is ``kernel_family`` (``TINYGRAD_LLM_WGMMA=0`` keeps the mma.sync kernels everywhere).
+
 Handles: float16 or bfloat16 q (B, H, Tq, D), k and v (B, Hk, Tk, D) with Hk dividing H, D in {32, 64, 96, 128};
 any strides with unit stride along D and 16-byte aligned rows (other arrays are copied). The output is stored
 (B, Tq, H, D), so merging the heads costs nothing. Everything else goes to the GEMM version in attention.py, which
