@@ -132,3 +132,21 @@ def test_last_stage_never_builds_the_logits(monkeypatch):
     loss = PipelineParallel(model, ["cpu", "cpu"], n_micro=2).train_step(idx, tgt)
     assert len(calls) == 2 and calls[0][-1] == cfg.vocab_size   # one per micro-batch, on the logits
     assert abs(loss - ref_loss.item()) < 1e-10                    # LoRA's B starts at zero: the same function
+
+
+def test_frozen_first_stage_trains_the_later_ones():
+    """LoRA on the head only (everything else frozen): stage 0 has nothing to differentiate, the head's LoRA
+    gradients equal single-device training's."""
+    from tinygrad_llm.finetune.lora import apply_lora
+    cfg = _cfg(tie_weights=False)
+    ref, model = tl.GPT(cfg, seed=6, dtype=np.float64), tl.GPT(cfg, seed=6, dtype=np.float64)
+    for m in (ref, model):
+        apply_lora(m, rank=2, alpha=4.0, target="lm_head", seed=1)
+        m.lm_head.lora_B.data[...] = np.random.default_rng(2).standard_normal(m.lm_head.lora_B.shape)
+    idx, tgt = _batch(seed=7)
+    ref.loss(idx, tgt).backward()
+    PipelineParallel(model, ["cpu", "cpu"], n_micro=2).train_step(idx, tgt)
+    for name in ("lm_head.lora_A", "lm_head.lora_B"):
+        a, b = dict(ref.named_parameters())[name], dict(model.named_parameters())[name]
+        np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), atol=1e-10, err_msg=name)
+    assert all(p.grad is None for n, p in model.named_parameters() if "lora" not in n)

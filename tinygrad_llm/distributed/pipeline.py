@@ -291,6 +291,8 @@ class PipelineParallel:
             out.backward()
             return
         nxt = inputs.pop((s + 1, j))
+        if not out.requires_grad:            # nothing trainable up to here (e.g. LoRA on later layers only)
+            return
         g = nxt.grad
         if g is None:                        # no gradient reached the cut (cannot happen for a GPT)
             g = Tensor(backend.xp_of(nxt.data).zeros_like(nxt.data))
