@@ -98,7 +98,8 @@ class Sm90aModule:
         cp = require_cupy()
         from cupy_backends.cuda.libs import nvrtc
 
-        key = hashlib.sha1((self.source + "|".join(self.names)).encode()).hexdigest()[:20]
+        # the cubin depends on the source, the instantiations and the compiler that built it
+        key = hashlib.sha1((self.source + "|".join(self.names) + repr(nvrtc.getVersion())).encode()).hexdigest()[:20]
         folder = os.path.join(tempfile.gettempdir(), f"tinygrad_llm_sm90a_{os.getuid()}")
         os.makedirs(folder, exist_ok=True)
         path, names_path = os.path.join(folder, key + ".cubin"), os.path.join(folder, key + ".names")
