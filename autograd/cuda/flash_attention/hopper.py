@@ -2,10 +2,11 @@
 the products on warpgroup tensor cores (``autograd/cuda/wgmma.py``): operands read by the tensor cores straight from
 128-byte-swizzled shared-memory tiles (no ldmatrix), 64 rows of a warpgroup per product.
 
-Forward: a block (one warpgroup, 128 threads) takes 64 queries of one (batch, head); the Q tile is loaded once, K/V
-tiles of BN keys stream through two shared-memory stages (cp.async). Per tile S = Q K^T (both operands from shared
-memory), the online softmax in registers (the accumulator rows are the mma.sync ones), O += P V with P from registers
-and V read transposed by the tensor cores.
+Forward: a block of NWG warpgroups (128 threads each) takes 64 queries per warpgroup of one (batch, head); the Q
+tiles are loaded once, K/V tiles of BN keys, shared by the warpgroups, stream through two shared-memory stages
+(cp.async). Per tile S = Q K^T (both operands from shared memory), the online softmax in registers (the accumulator
+rows are the mma.sync ones), O += P V with P from registers and V read transposed by the tensor cores. A warpgroup
+whose rows see no key of a causal tile skips it.
 
 Backward: a block takes 64 keys of one key/value head and walks the 64-query tiles of every query head of its group
 (Q, dO, lse and delta in two cp.async stages). Per tile: S^T = K Q^T and dP^T = V dO^T from shared memory, P^T and
