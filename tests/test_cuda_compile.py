@@ -50,7 +50,7 @@ def _lazy_modules():
     for info in pkgutil.iter_modules(cuda_pkg.__path__):
         mod = importlib.import_module(f"autograd.cuda.{info.name}")
         for attr, obj in vars(mod).items():
-            if isinstance(obj, (LazyModule, Sm90aModule)):
+            if isinstance(obj, LazyModule):   # Sm90aModule included
                 found.append((info.name, attr, obj))
     return found
 

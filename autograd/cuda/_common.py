@@ -204,16 +204,21 @@ class LazyModule:
         self.names = [f"{k}<{a}>" for k, args in templates.items() for a in args]
         self.options = ("--std=c++17",) + tuple(options)
         self._module = None
+        self._lowered: dict[str, str] | None = None
         self._kernels: dict[str, object] = {}
+
+    def _load(self):
+        """(the compiled module, a map from name expressions to the names to look up in it, or None for the same)."""
+        cp = require_cupy()
+        return cp.RawModule(code=self.source, options=self.options, name_expressions=self.names), None
 
     def kernel(self, name: str, targs: str):
         full = f"{name}<{targs}>"
         k = self._kernels.get(full)
         if k is None:
             if self._module is None:
-                cp = require_cupy()
-                self._module = cp.RawModule(code=self.source, options=self.options, name_expressions=self.names)
-            k = self._module.get_function(full)
+                self._module, self._lowered = self._load()
+            k = self._module.get_function(self._lowered[full] if self._lowered else full)
             self._kernels[full] = k
         return k
 

@@ -24,7 +24,7 @@ import hashlib
 import os
 import tempfile
 
-from ._common import PRELUDE, require_cupy
+from ._common import LazyModule, require_cupy
 
 
 def _mma_fn(n: int, a_regs: bool) -> str:
@@ -84,17 +84,10 @@ __device__ __forceinline__ u32 sw128(int r, int c) { return (u32)(r * 128 + ((c 
 """ + "".join(_mma_fn(n, a) for n in (64, 128) for a in (False, True))
 
 
-class Sm90aModule:
-    """Like ``LazyModule``, compiled by NVRTC for sm_90a into a cubin (cached on disk by source hash)."""
+class Sm90aModule(LazyModule):
+    """A ``LazyModule`` compiled by NVRTC for sm_90a into a cubin (cached on disk by source hash)."""
 
-    def __init__(self, source: str, templates: dict[str, list[str]]):
-        self.source = PRELUDE + source
-        self.names = [f"{k}<{a}>" for k, args in templates.items() for a in args]
-        self._module = None
-        self._lowered: dict[str, str] = {}
-        self._kernels: dict[str, object] = {}
-
-    def _compile(self):
+    def _load(self):
         cp = require_cupy()
         from cupy_backends.cuda.libs import nvrtc
 
@@ -124,15 +117,5 @@ class Sm90aModule:
             os.replace(names_path + f".{os.getpid()}.tmp", names_path)
             os.replace(tmp, path)
         with open(names_path) as f:
-            self._lowered = dict(zip(self.names, f.read().split("\n")))
-        self._module = cp.RawModule(path=path)
-
-    def kernel(self, name: str, targs: str):
-        full = f"{name}<{targs}>"
-        k = self._kernels.get(full)
-        if k is None:
-            if self._module is None:
-                self._compile()
-            k = self._module.get_function(self._lowered[full])
-            self._kernels[full] = k
-        return k
+            lowered = dict(zip(self.names, f.read().split("\n")))
+        return cp.RawModule(path=path), lowered

@@ -1,0 +1,65 @@
+"""The lazily compiled kernel modules on the CPU, with stand-ins for CuPy and NVRTC: what each compiles, which name
+it looks a kernel up by, and that kernels and cubins are cached."""
+from __future__ import annotations
+
+import sys
+import types
+
+import autograd.cuda._common as common
+import autograd.cuda.wgmma as wgmma
+
+
+class _FakeCupy:
+    def __init__(self):
+        self.modules = []
+        fake = self
+
+        class RawModule:
+            def __init__(self, **kw):
+                self.kw = kw
+                self.looked_up = []
+                fake.modules.append(self)
+
+            def get_function(self, name):
+                self.looked_up.append(name)
+                return ("kernel", name)
+        self.RawModule = RawModule
+
+
+def test_lazy_module_compiles_once_and_looks_up_name_expressions(monkeypatch):
+    cp = _FakeCupy()
+    monkeypatch.setattr(common, "require_cupy", lambda: cp)
+    mod = common.LazyModule("// src", {"k": ["float", "double"]})
+    assert cp.modules == []                                   # nothing compiled before the first kernel
+    assert mod.kernel("k", "float") == ("kernel", "k<float>")
+    assert mod.kernel("k", "float") is mod.kernel("k", "float")
+    mod.kernel("k", "double")
+    (m,) = cp.modules
+    assert m.kw["code"].endswith("// src") and m.kw["name_expressions"] == ["k<float>", "k<double>"]
+    assert m.looked_up == ["k<float>", "k<double>"]
+
+
+def test_sm90a_module_loads_a_cached_cubin_by_lowered_names(monkeypatch, tmp_path):
+    cp = _FakeCupy()
+    monkeypatch.setattr(wgmma, "require_cupy", lambda: cp)
+    monkeypatch.setattr(wgmma.tempfile, "gettempdir", lambda: str(tmp_path))
+    compiled = []
+    nvrtc = types.SimpleNamespace(
+        NVRTCError=RuntimeError, getVersion=lambda: (13, 0),
+        createProgram=lambda src, name, h, i: {"names": []},
+        addNameExpression=lambda prog, n: prog["names"].append(n),
+        compileProgram=lambda prog, opts: compiled.append(opts),
+        getLoweredName=lambda prog, n: "_Z" + n.replace("<", "I").replace(">", "E"),
+        getCUBIN=lambda prog: b"cubin", getProgramLog=lambda prog: "", destroyProgram=lambda prog: None)
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.nvrtc = nvrtc
+    for name, mod in (("cupy_backends", types.ModuleType("cupy_backends")),
+                      ("cupy_backends.cuda", types.ModuleType("cupy_backends.cuda")),
+                      ("cupy_backends.cuda.libs", libs), ("cupy_backends.cuda.libs.nvrtc", nvrtc)):
+        monkeypatch.setitem(sys.modules, name, mod)
+    for _ in range(2):   # the second module finds the first one's cubin on disk
+        mod = wgmma.Sm90aModule("// src", {"k": ["64,true"]})
+        assert mod.kernel("k", "64,true") == ("kernel", "_ZkI64,trueE")   # the lowered name, not the expression
+    assert len(compiled) == 1 and "-arch=sm_90a" in compiled[0]
+    assert [m.kw for m in cp.modules] == [{"path": cp.modules[0].kw["path"]}] * 2
+    assert cp.modules[0].kw["path"].endswith(".cubin")
