@@ -61,6 +61,70 @@ __device__ __forceinline__ bool keep_one(long long e, unsigned long long off, un
     philox4(off + (unsigned long long)(e >> 2), seed, c);
     return philox_word_keeps(word_of(c, (int)(e & 3)), p);
 }
+// Masks NB 8-key blocks of scores of a thread's rows row0 and row0 + 8 (block j: keys key0 + 8 j, + 1, with key0 =
+// the tile's first key + 2 tig): keys past Tk and, when causal, keys after the row's last visible one become -inf
+template <int NB>
+__device__ __forceinline__ void mask_tile(float* s, int row0, int key0, int Tk, int causal, int shift) {
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int key = key0 + j * 8 + (c & 1), row = row0 + (c >> 1) * 8;
+            if (key >= Tk || (causal && key > row + shift)) s[4 * j + c] = neg_inf_f();
+        }
+}
+// One tile of the online softmax for a thread's two accumulator rows (hh = 0: row gid, 1: row gid + 8): s holds NB
+// 8-key blocks of scores (4 values each: rows hh at 2 hh, 2 hh + 1), replaced by p = 2^(s scale_log2 - m scale_log2)
+// (one FMA and one ex2 per score, m the running max in raw score units); l gets the rescaled running sum, o (ND
+// 8-column blocks of the output rows) the rescale alpha. The row max and sum span the 4 lanes of a row.
+template <int NB, int ND>
+__device__ __forceinline__ void online_softmax_tile(float* s, float* o, float* m, float* l, float scale_log2) {
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+        float mx = neg_inf_f();
+#pragma unroll
+        for (int j = 0; j < NB; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hh], s[4 * j + 2 * hh + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mnew = fmaxf(m[hh], mx);
+        const float base = mnew == neg_inf_f() ? 0.f : mnew * scale_log2;
+        const float alpha = ex2(m[hh] * scale_log2 - base);
+        float sum = 0.f;
+#pragma unroll
+        for (int j = 0; j < NB; ++j) {
+            const float p0 = ex2(fmaf(s[4 * j + 2 * hh], scale_log2, -base));
+            const float p1 = ex2(fmaf(s[4 * j + 2 * hh + 1], scale_log2, -base));
+            s[4 * j + 2 * hh] = p0; s[4 * j + 2 * hh + 1] = p1;
+            sum += p0 + p1;
+        }
+        l[hh] = l[hh] * alpha + sum;
+        m[hh] = mnew;
+#pragma unroll
+        for (int j = 0; j < ND; ++j) { o[4 * j + 2 * hh] *= alpha; o[4 * j + 2 * hh + 1] *= alpha; }
+    }
+}
+// The forward's end for a thread's rows row0 and row0 + 8: O = o / l (times drop_scale) as 16-bit values at row
+// stride o_st, lse = (m scale_log2 + log2 l) ln 2 (float32, -inf for a row that saw no key)
+template <int D, bool BF>
+__device__ __forceinline__ void store_out_rows(b16* O, float* L, const float* o, const float* m, const float* l,
+                                               int row0, int Tq, i64 o_st, float scale_log2, float drop_scale) {
+    const int tig = threadIdx.x & 3;
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+        float lt = l[hh];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        const int row = row0 + 8 * hh;
+        const float inv = lt > 0.f ? drop_scale / lt : 0.f;
+        if (row < Tq) {
+#pragma unroll
+            for (int j = 0; j < D / 8; ++j)
+                *reinterpret_cast<u32*>(O + (i64)row * o_st + j * 8 + tig * 2) =
+                    pack2<BF>(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
+            if (tig == 0) L[row] = lt > 0.f ? (m[hh] * scale_log2 + log2f(lt)) * 0.6931471805599453f : neg_inf_f();
+        }
+    }
+}
 // Dropout of one 8-key block of accumulator rows (S, P: rows are queries): v[c] is query row0 + 8 (c >> 1), key
 // key0 + (c & 1), with key0 = the block's first key + 2 tig; a dropped value becomes 0. The draw element of (row, key)
 // is ebase + row Tk + key. When Tk is a multiple of 4 a Philox block (4 keys) starts at a key multiple of 4, and

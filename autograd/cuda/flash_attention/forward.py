@@ -89,42 +89,10 @@ __global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, cons
         const bool need_mask = (k0 + 64 > Tk) || (causal && k0 + 63 > q0 + shift);
         if (need_mask) {
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt)
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) {
-                        const int key = k0 + nt * 8 + tig * 2 + (c & 1);
-                        const int row = q0 + 16 * mt + gid + (c >> 1) * 8;
-                        if (key >= Tk || (causal && key > row + shift)) s[mt][nt][c] = neg_inf_f();
-                    }
+            for (int mt = 0; mt < MT; ++mt) mask_tile<8>(&s[mt][0][0], q0 + 16 * mt + gid, k0 + tig * 2, Tk, causal, shift);
         }
-        // running max m in raw score units; p = 2^(s scale_log2 - m scale_log2): one FMA and one ex2 per score
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                float mx = neg_inf_f();
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * hh], s[mt][nt][2 * hh + 1]));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                const float mnew = fmaxf(m[mt][hh], mx);
-                const float base = mnew == neg_inf_f() ? 0.f : mnew * scale_log2;
-                const float alpha = ex2(m[mt][hh] * scale_log2 - base);
-                float sum = 0.f;
-#pragma unroll
-                for (int nt = 0; nt < 8; ++nt) {
-                    const float p0 = ex2(fmaf(s[mt][nt][2 * hh], scale_log2, -base));
-                    const float p1 = ex2(fmaf(s[mt][nt][2 * hh + 1], scale_log2, -base));
-                    s[mt][nt][2 * hh] = p0; s[mt][nt][2 * hh + 1] = p1;
-                    sum += p0 + p1;
-                }
-                l[mt][hh] = l[mt][hh] * alpha + sum;
-                m[mt][hh] = mnew;
-#pragma unroll
-                for (int nd = 0; nd < D / 8; ++nd) { o[mt][nd][2 * hh] *= alpha; o[mt][nd][2 * hh + 1] *= alpha; }
-            }
+        for (int mt = 0; mt < MT; ++mt) online_softmax_tile<8, D / 8>(&s[mt][0][0], &o[mt][0][0], m[mt], l[mt], scale_log2);
         if constexpr (DROP) {   // the normaliser l counts every probability; only the kept ones reach O
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
@@ -160,22 +128,7 @@ __global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, cons
     }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            float lt = l[mt][hh];
-            lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-            lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-            const int row = q0 + 16 * mt + gid + 8 * hh;
-            const float inv = lt > 0.f ? drop_scale / lt : 0.f;
-            if (row < Tq) {
-#pragma unroll
-                for (int nd = 0; nd < D / 8; ++nd)
-                    *reinterpret_cast<u32*>(O + (i64)row * o_st + nd * 8 + tig * 2) =
-                        pack2<BF>(o[mt][nd][2 * hh] * inv, o[mt][nd][2 * hh + 1] * inv);
-                if (tig == 0)
-                    L[row] = lt > 0.f ? (m[mt][hh] * scale_log2 + log2f(lt)) * 0.6931471805599453f : neg_inf_f();
-            }
-        }
+        store_out_rows<D, BF>(O, L, &o[mt][0][0], m[mt], l[mt], q0 + 16 * mt + gid, Tq, o_st, scale_log2, drop_scale);
 }
 
 """

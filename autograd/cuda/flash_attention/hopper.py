@@ -118,38 +118,8 @@ __global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict_
         for (int ks = 0; ks < D / 16; ++ks) wg_ss<BN, BF, 0, 0>(s, kmajor<64>(qs, ks), kmajor<BN>(ks_, ks), 1);
         wg_commit();
         wg_wait<0>();
-        if ((k0 + BN > Tk) || (causal && k0 + BN - 1 > qw + shift)) {
-#pragma unroll
-            for (int j = 0; j < BN / 8; ++j)
-#pragma unroll
-                for (int c = 0; c < 4; ++c) {
-                    const int key = k0 + j * 8 + tig * 2 + (c & 1), row = r0 + (c >> 1) * 8;
-                    if (key >= Tk || (causal && key > row + shift)) s[4 * j + c] = neg_inf_f();
-                }
-        }
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            float mx = neg_inf_f();
-#pragma unroll
-            for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[4 * j + 2 * hh], s[4 * j + 2 * hh + 1]));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mnew = fmaxf(m[hh], mx);
-            const float base = mnew == neg_inf_f() ? 0.f : mnew * scale_log2;
-            const float alpha = ex2(m[hh] * scale_log2 - base);
-            float sum = 0.f;
-#pragma unroll
-            for (int j = 0; j < BN / 8; ++j) {
-                const float p0 = ex2(fmaf(s[4 * j + 2 * hh], scale_log2, -base));
-                const float p1 = ex2(fmaf(s[4 * j + 2 * hh + 1], scale_log2, -base));
-                s[4 * j + 2 * hh] = p0; s[4 * j + 2 * hh + 1] = p1;
-                sum += p0 + p1;
-            }
-            l[hh] = l[hh] * alpha + sum;
-            m[hh] = mnew;
-#pragma unroll
-            for (int j = 0; j < D / 8; ++j) { o[4 * j + 2 * hh] *= alpha; o[4 * j + 2 * hh + 1] *= alpha; }
-        }
+        if ((k0 + BN > Tk) || (causal && k0 + BN - 1 > qw + shift)) mask_tile<BN / 8>(s, r0, k0 + tig * 2, Tk, causal, shift);
+        online_softmax_tile<BN / 8, D / 8>(s, o, m, l, scale_log2);
         if constexpr (DROP) {   // the normaliser l counts every probability; only the kept ones reach O
 #pragma unroll
             for (int j = 0; j < BN / 8; ++j) drop_row_block(s + 4 * j, r0, k0 + 8 * j + 2 * tig, Tk, ebase, doff, dseed, drop_p);
@@ -168,21 +138,7 @@ __global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict_
         wg_commit();
         wg_wait<0>();
     }
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-        float lt = l[hh];
-        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-        const int row = r0 + 8 * hh;
-        const float inv = lt > 0.f ? drop_scale / lt : 0.f;
-        if (row < Tq) {
-#pragma unroll
-            for (int j = 0; j < D / 8; ++j)
-                *reinterpret_cast<u32*>(O + (i64)row * o_st + j * 8 + tig * 2) =
-                    pack2<BF>(o[4 * j + 2 * hh] * inv, o[4 * j + 2 * hh + 1] * inv);
-            if (tig == 0) L[row] = lt > 0.f ? (m[hh] * scale_log2 + log2f(lt)) * 0.6931471805599453f : neg_inf_f();
-        }
-    }
+    store_out_rows<D, BF>(O, L, o, m, l, r0, Tq, o_st, scale_log2, drop_scale);
 }
 
 template <int D, int MINB, bool BF, bool DROP>
