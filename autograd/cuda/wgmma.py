@@ -70,6 +70,9 @@ template <int N> __device__ __forceinline__ void wg_wait() {
 __device__ __forceinline__ void fence_async_smem() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 // keep the compiler from moving accumulator reads or writes across a product still in flight
 __device__ __forceinline__ void wg_pin(float& x) { asm volatile("" : "+f"(x) :: "memory"); }
+// give an accumulator that a product's first k-step overwrites (scale-d 0) a definition of its own, before the fence:
+// left undefined, the compiler copies one register into all of them between the products, which serialises them
+__device__ __forceinline__ void wg_undef(float& x) { asm volatile("" : "=f"(x)); }
 __device__ __forceinline__ u32 smem_u32(const void* p) {
     unsigned long long a; asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p)); return (u32)a;
 }

@@ -75,10 +75,10 @@ __device__ __forceinline__ void mask_tile(float* s, int row0, int key0, int Tk, 
 }
 // One tile of the online softmax for a thread's two accumulator rows (hh = 0: row gid, 1: row gid + 8): s holds NB
 // 8-key blocks of scores (4 values each: rows hh at 2 hh, 2 hh + 1), replaced by p = 2^(s scale_log2 - m scale_log2)
-// (one FMA and one ex2 per score, m the running max in raw score units); l gets the rescaled running sum, o (ND
-// 8-column blocks of the output rows) the rescale alpha. The row max and sum span the 4 lanes of a row.
-template <int NB, int ND>
-__device__ __forceinline__ void online_softmax_tile(float* s, float* o, float* m, float* l, float scale_log2) {
+// (one FMA and one ex2 per score, m the running max in raw score units); l gets the rescaled running sum, alpha the
+// factor the output rows must be rescaled by. The row max and sum span the 4 lanes of a row.
+template <int NB>
+__device__ __forceinline__ void online_softmax_p(float* s, float* m, float* l, float* alpha, float scale_log2) {
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
         float mx = neg_inf_f();
@@ -88,7 +88,7 @@ __device__ __forceinline__ void online_softmax_tile(float* s, float* o, float* m
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float mnew = fmaxf(m[hh], mx);
         const float base = mnew == neg_inf_f() ? 0.f : mnew * scale_log2;
-        const float alpha = ex2(m[hh] * scale_log2 - base);
+        alpha[hh] = ex2(m[hh] * scale_log2 - base);
         float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < NB; ++j) {
@@ -97,11 +97,25 @@ __device__ __forceinline__ void online_softmax_tile(float* s, float* o, float* m
             s[4 * j + 2 * hh] = p0; s[4 * j + 2 * hh + 1] = p1;
             sum += p0 + p1;
         }
-        l[hh] = l[hh] * alpha + sum;
+        l[hh] = l[hh] * alpha[hh] + sum;
         m[hh] = mnew;
-#pragma unroll
-        for (int j = 0; j < ND; ++j) { o[4 * j + 2 * hh] *= alpha; o[4 * j + 2 * hh + 1] *= alpha; }
     }
+}
+// ND 8-column blocks of a thread's two output rows times alpha[0] (row gid) and alpha[1] (row gid + 8)
+template <int ND>
+__device__ __forceinline__ void rescale_rows(float* o, const float* alpha) {
+#pragma unroll
+    for (int j = 0; j < ND; ++j) {
+        o[4 * j] *= alpha[0]; o[4 * j + 1] *= alpha[0];
+        o[4 * j + 2] *= alpha[1]; o[4 * j + 3] *= alpha[1];
+    }
+}
+// online_softmax_p and the output rows' rescale in one step
+template <int NB, int ND>
+__device__ __forceinline__ void online_softmax_tile(float* s, float* o, float* m, float* l, float scale_log2) {
+    float alpha[2];
+    online_softmax_p<NB>(s, m, l, alpha, scale_log2);
+    rescale_rows<ND>(o, alpha);
 }
 // The forward's end for a thread's rows row0 and row0 + 8: O = o / l (times drop_scale) as 16-bit values at row
 // stride o_st, lse = (m scale_log2 + log2 l) ln 2 (float32, -inf for a row that saw no key)
@@ -264,14 +278,22 @@ __device__ __forceinline__ void cp_async4(float* dst, const float* src, int src_
 }
 // lse and delta of the rows [row0, row0 + ROWS) of one head (row offset base) into shared memory; rows >= T read as
 // 0 (harmless: their Q and dO rows are zero-filled too, so they add nothing)
-template <int ROWS>
+template <int ROWS, int THREADS = 0>   // THREADS: the block's threads when known (>= 2 ROWS: one copy per thread)
 __device__ __forceinline__ void load_rows_async(float* ls, float* ds, const float* L, const float* Dl, i64 base,
                                                 int row0, int T) {
-    for (int i = threadIdx.x; i < ROWS; i += blockDim.x) {
+    if constexpr (THREADS >= 2 * ROWS) {
+        const int i = threadIdx.x % ROWS;
         const bool ok = row0 + i < T;
         const i64 off = base + (ok ? row0 + i : 0);
-        cp_async4(ls + i, L + off, ok ? 4 : 0);
-        cp_async4(ds + i, Dl + off, ok ? 4 : 0);
+        if (threadIdx.x < ROWS) cp_async4(ls + i, L + off, ok ? 4 : 0);
+        else if (threadIdx.x < 2 * ROWS) cp_async4(ds + i, Dl + off, ok ? 4 : 0);
+    } else {
+        for (int i = threadIdx.x; i < ROWS; i += blockDim.x) {
+            const bool ok = row0 + i < T;
+            const i64 off = base + (ok ? row0 + i : 0);
+            cp_async4(ls + i, L + off, ok ? 4 : 0);
+            cp_async4(ds + i, Dl + off, ok ? 4 : 0);
+        }
     }
 }
 

@@ -4,9 +4,12 @@ the products on warpgroup tensor cores (``autograd/cuda/wgmma.py``): operands re
 
 Forward: a block of NWG warpgroups (128 threads each) takes 64 queries per warpgroup of one (batch, head); the Q
 tiles are loaded once, K/V tiles of BN keys, shared by the warpgroups, stream through two shared-memory stages
-(cp.async). Per tile S = Q K^T (both operands from shared memory), the online softmax in registers (the accumulator
-rows are the mma.sync ones), O += P V with P from registers and V read transposed by the tensor cores. A warpgroup
-whose rows see no key of a causal tile skips it.
+(cp.async, V one tile behind K). Per tile S = Q K^T (both operands from shared memory), the online softmax in
+registers (the accumulator rows are the mma.sync ones), O += P V with P from registers and V read transposed by the
+tensor cores. The products overlap the softmax within a warpgroup (FlashAttention-3's intra-warpgroup pipelining):
+step kt issues S of tile kt, then P V of tile kt - 1, and runs tile kt's softmax while that product is in flight.
+Every warpgroup takes each of its block's tiles (the first one's last causal tile is all masked), so that no
+product sits on a branch that differs between warpgroups.
 
 Backward: a block takes 64 keys of one key/value head and walks the 64-query tiles of every query head of its group
 (Q, dO, lse and delta in two cp.async stages). Per tile: S^T = K Q^T and dP^T = V dO^T from shared memory, P^T and
@@ -19,28 +22,49 @@ rows are the same), so both families drop exactly what ``PhiloxGenerator.keep_ma
 from __future__ import annotations
 
 HOPPER_SRC = r"""
+template <bool B> struct bool_c { static constexpr bool value = B; };
 // rows [row0, row0 + ROWS) of a (T, D) matrix (row stride ld) into a 128-byte-swizzled tile: column blocks of 64
-// values (ROWS x 128 bytes each) one after the other; rows >= T zero-filled
-template <int D, int ROWS>
+// values (ROWS x 128 bytes each) one after the other; rows >= T zero-filled. With THREADS (the block's threads) thread
+// t copies 16-byte chunk t % CPR of rows t / CPR, + RS, + 2 RS, ...: RS is a multiple of 8, so the swizzle is the same
+// in each and the shared and global addresses step by constants (a few instructions a copy, and a few registers held
+// between tiles); THREADS = 0 goes chunk by chunk over blockDim.x threads (for kernels short of registers)
+template <int D, int ROWS, int THREADS = 0>
 __device__ __forceinline__ void load_sw_async(unsigned char* dst, const b16* src, i64 ld, int row0, int T) {
     constexpr int CPR = D / 8;   // 16-byte chunks per row
-    for (int idx = threadIdx.x; idx < ROWS * CPR; idx += blockDim.x) {
-        const int r = idx / CPR, cc = idx % CPR;
-        const bool ok = row0 + r < T;
-        cp_async16(reinterpret_cast<b16*>(dst + (cc >> 3) * (ROWS * 128) + sw128(r, cc & 7)),
-                   src + (i64)(ok ? row0 + r : 0) * ld + cc * 8, ok ? 16 : 0);
+    if constexpr (THREADS == 0) {
+        for (int idx = threadIdx.x; idx < ROWS * CPR; idx += blockDim.x) {
+            const int r = idx / CPR, cc = idx % CPR;
+            const bool ok = row0 + r < T;
+            cp_async16(reinterpret_cast<b16*>(dst + (cc >> 3) * (ROWS * 128) + sw128(r, cc & 7)),
+                       src + (i64)(ok ? row0 + r : 0) * ld + cc * 8, ok ? 16 : 0);
+        }
+    } else {
+        constexpr int RS = THREADS / CPR, N = ROWS * CPR / THREADS;
+        static_assert(THREADS % CPR == 0 && RS % 8 == 0 && ROWS % RS == 0, "load_sw_async: tile and threads must match");
+        const int t = threadIdx.x % THREADS, r = t / CPR, cc = t % CPR;
+        unsigned char* const d = dst + (cc >> 3) * (ROWS * 128) + sw128(r, cc & 7);
+        const b16* const p = src + ((i64)(row0 + r) * ld + cc * 8);
+        const i64 step = (i64)RS * ld;
+#pragma unroll
+        for (int i = 0; i < N; ++i)   // a row past T reads nothing (source size 0), so its address is never used
+            cp_async16(reinterpret_cast<b16*>(d + i * RS * 128), p + i * step, row0 + r + i * RS < T ? 16 : 0);
     }
 }
-// descriptor of k-step ks (16 columns) of a K-major swizzled tile of ROWS rows
+// the first 1024-byte boundary in the dynamic shared memory at raw (descriptors address 1024-byte swizzle atoms);
+// offsetting the __shared__ array itself keeps the pointer in the shared space (plain ld/st.shared, not generic)
+__device__ __forceinline__ unsigned char* align1024(unsigned char* raw) { return raw + ((1024u - (smem_u32(raw) & 1023u)) & 1023u); }
+// matrix descriptors: kdesc / mndesc of a K-major / MN-major swizzled tile of ROWS rows at shared address base (its
+// 64-value column blocks ROWS x 128 bytes apart), kstep / mnstep the descriptor of its k-step (16 columns / 16 rows):
+// the address field is the low 14 bits of address / 16 and shared addresses stay below 2^18, so a byte offset is
+// added to the descriptor as offset / 16
+__device__ __forceinline__ unsigned long long kdesc(u32 base) { return wg_desc(base, 16, 1024); }
 template <int ROWS>
-__device__ __forceinline__ unsigned long long kmajor(u32 base, int ks) {
-    return wg_desc(base + (ks >> 2) * (ROWS * 128) + (ks & 3) * 32, 16, 1024);
-}
-// descriptor of k-step kc (16 rows) of an MN-major swizzled tile of ROWS rows (column blocks ROWS x 128 bytes apart)
+__device__ __forceinline__ unsigned long long mndesc(u32 base) { return wg_desc(base, ROWS * 128, 1024); }
 template <int ROWS>
-__device__ __forceinline__ unsigned long long mnmajor(u32 base, int kc) {
-    return wg_desc(base + kc * 2048, ROWS * 128, 1024);
+__device__ __forceinline__ unsigned long long kstep(unsigned long long d, int ks) {
+    return d + (u32)(((ks >> 2) * (ROWS * 128) + (ks & 3) * 32) >> 4);
 }
+__device__ __forceinline__ unsigned long long mnstep(unsigned long long d, int kc) { return d + (u32)(kc * 2048 >> 4); }
 // p[0] += a, p[1] += b in one vector reduction (sm_90; p 8-byte aligned)
 __device__ __forceinline__ void red_add2(float* p, float a, float b) {
     asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(a), "f"(b) : "memory");
@@ -65,8 +89,7 @@ __global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict_
     constexpr int QB = 64 * D * 2, KB = BN * D * 2;   // tile bytes
     extern __shared__ unsigned char fa_raw[];
     // descriptors address swizzle atoms of 1024 bytes: align the tiles to that
-    unsigned char* const sm = reinterpret_cast<unsigned char*>((reinterpret_cast<unsigned long long>(fa_raw) + 1023)
-                                                               & ~1023ull);
+    unsigned char* const sm = align1024(fa_raw);
     unsigned char* const Qs = sm;                 // NWG tiles
     unsigned char* const Ks = sm + NWG * QB;      // two stages
     unsigned char* const Vs = Ks + 2 * KB;        // two stages
@@ -89,42 +112,62 @@ __global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict_
         doff = (unsigned long long)drop_state[1];
     }
 #pragma unroll
-    for (int w = 0; w < NWG; ++w) load_sw_async<D, 64>(Qs + w * QB, Q, q_st, qblock + 64 * w, Tq);
-    load_sw_async<D, BN>(Ks, K, kv_st, 0, Tk);
-    load_sw_async<D, BN>(Vs, V, kv_st, 0, Tk);
+    for (int w = 0; w < NWG; ++w) load_sw_async<D, 64, 128 * NWG>(Qs + w * QB, Q, q_st, qblock + 64 * w, Tq);
+    load_sw_async<D, BN, 128 * NWG>(Ks, K, kv_st, 0, Tk);
     cp_async_commit();
     float o[D / 2];
 #pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+    for (int i = 0; i < D / 2; ++i) { o[i] = 0.f; wg_pin(o[i]); }
     float m[2] = {neg_inf_f(), neg_inf_f()}, l[2] = {0.f, 0.f};
-    const u32 qs = smem_u32(Qs + wg * QB);
-    for (int kt = 0; kt < ntiles; ++kt) {
+    const unsigned long long qd = kdesc(smem_u32(Qs + wg * QB));
+    u32 pa[BN / 16][4];   // P of the previous tile (16-bit A fragments), multiplied by its V in this step
+    // Step kt: S of tile kt is issued, then P V of tile kt - 1, whose product runs on the tensor cores while this
+    // tile's softmax runs; o is rescaled once that product has completed. K runs one tile ahead of V: step kt reads
+    // K tile kt and V tile kt - 1 while K tile kt + 1 and V tile kt stream in.
+    // one step: FIRST has no previous tile (the loop's steps are unconditional, so that ptxas can tell which
+    // products are in flight at each read of their registers)
+    auto step = [&](int kt, auto first) {
+        constexpr bool FIRST = decltype(first)::value;
         const int k0 = kt * BN, buf = kt & 1;
         cp_async_wait<0>();
         fence_async_smem();
-        __syncthreads();   // tile kt is in; every warpgroup product of tile kt - 1 has completed
-        if (kt + 1 < ntiles) {
-            load_sw_async<D, BN>(Ks + (buf ^ 1) * KB, K, kv_st, k0 + BN, Tk);
-            load_sw_async<D, BN>(Vs + (buf ^ 1) * KB, V, kv_st, k0 + BN, Tk);
-            cp_async_commit();
-        }
-        if (causal && k0 > qw + 63 + shift) continue;   // no key of this tile is seen by this warpgroup's rows
-        const u32 ks_ = smem_u32(Ks + buf * KB), vs_ = smem_u32(Vs + buf * KB);
+        __syncthreads();   // K tile kt and V tile kt - 1 are in; every product of step kt - 1 has completed
+        if (kt + 1 < ntiles) load_sw_async<D, BN, 128 * NWG>(Ks + (buf ^ 1) * KB, K, kv_st, k0 + BN, Tk);
+        load_sw_async<D, BN, 128 * NWG>(Vs + buf * KB, V, kv_st, k0, Tk);
+        cp_async_commit();
+        // the first k-step overwrites s (clearing it would make ptxas wait for the product before)
         float s[BN / 2];
+        const unsigned long long kd = kdesc(smem_u32(Ks + buf * KB));
 #pragma unroll
-        for (int i = 0; i < BN / 2; ++i) s[i] = 0.f;
+        for (int i = 0; i < BN / 2; ++i) wg_undef(s[i]);
         wg_fence();
 #pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) wg_ss<BN, BF, 0, 0>(s, kmajor<64>(qs, ks), kmajor<BN>(ks_, ks), 1);
+        for (int ks = 0; ks < D / 16; ++ks) wg_ss<BN, BF, 0, 0>(s, kstep<64>(qd, ks), kstep<BN>(kd, ks), ks > 0);
         wg_commit();
-        wg_wait<0>();
+        if constexpr (!FIRST) {
+            const unsigned long long vd = mndesc<BN>(smem_u32(Vs + (buf ^ 1) * KB));
+#pragma unroll
+            for (int kc = 0; kc < BN / 16; ++kc) wg_rs<D, BF, 1>(o, pa[kc], mnstep(vd, kc), 1);
+            wg_commit();
+            wg_wait<1>();   // S is in; P V still runs
+        } else {
+            wg_wait<0>();
+        }
+#pragma unroll
+        for (int i = 0; i < BN / 2; ++i) wg_pin(s[i]);
         if ((k0 + BN > Tk) || (causal && k0 + BN - 1 > qw + shift)) mask_tile<BN / 8>(s, r0, k0 + tig * 2, Tk, causal, shift);
-        online_softmax_tile<BN / 8, D / 8>(s, o, m, l, scale_log2);
+        float alpha[2];
+        online_softmax_p<BN / 8>(s, m, l, alpha, scale_log2);
         if constexpr (DROP) {   // the normaliser l counts every probability; only the kept ones reach O
 #pragma unroll
             for (int j = 0; j < BN / 8; ++j) drop_row_block(s + 4 * j, r0, k0 + 8 * j + 2 * tig, Tk, ebase, doff, dseed, drop_p);
         }
-        u32 pa[BN / 16][4];
+        if constexpr (!FIRST) {
+            wg_wait<0>();   // P V of tile kt - 1 has completed: o and pa are free
+#pragma unroll
+            for (int i = 0; i < D / 2; ++i) wg_pin(o[i]);
+            rescale_rows<D / 8>(o, alpha);
+        }
 #pragma unroll
         for (int kc = 0; kc < BN / 16; ++kc) {
             pa[kc][0] = pack2<BF>(s[8 * kc + 0], s[8 * kc + 1]);
@@ -132,11 +175,21 @@ __global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict_
             pa[kc][2] = pack2<BF>(s[8 * kc + 4], s[8 * kc + 5]);
             pa[kc][3] = pack2<BF>(s[8 * kc + 6], s[8 * kc + 7]);
         }
+    };
+    step(0, bool_c<true>());
+    for (int kt = 1; kt < ntiles; ++kt) step(kt, bool_c<false>());
+    cp_async_wait<0>();
+    fence_async_smem();
+    __syncthreads();   // the last V tile is in (ntiles >= 1: a block's first row sees key 0)
+    {
+        const unsigned long long vd = mndesc<BN>(smem_u32(Vs + ((ntiles - 1) & 1) * KB));
         wg_fence();
 #pragma unroll
-        for (int kc = 0; kc < BN / 16; ++kc) wg_rs<D, BF, 1>(o, pa[kc], mnmajor<BN>(vs_, kc), 1);
+        for (int kc = 0; kc < BN / 16; ++kc) wg_rs<D, BF, 1>(o, pa[kc], mnstep(vd, kc), 1);
         wg_commit();
         wg_wait<0>();
+#pragma unroll
+        for (int i = 0; i < D / 2; ++i) wg_pin(o[i]);
     }
     store_out_rows<D, BF>(O, L, o, m, l, r0, Tq, o_st, scale_log2, drop_scale);
 }
@@ -151,8 +204,7 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
         const long long* __restrict__ drop_state) {
     constexpr int TB = 64 * D * 2;   // bytes of a 64-row tile
     extern __shared__ unsigned char fa_raw[];
-    unsigned char* const sm = reinterpret_cast<unsigned char*>((reinterpret_cast<unsigned long long>(fa_raw) + 1023)
-                                                               & ~1023ull);
+    unsigned char* const sm = align1024(fa_raw);
     unsigned char* const Ks = sm;
     unsigned char* const Vs = sm + TB;
     unsigned char* const Qst = sm + 2 * TB;       // two stages
@@ -186,10 +238,11 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
         const int h0 = hk * rep;
         load_sw_async<D, 64>(Qst, Q + b * q_sb + h0 * q_sh, q_st, qstart, Tq);
         load_sw_async<D, 64>(dOst, dO + b * do_sb + h0 * do_sh, do_st, qstart, Tq);
-        load_rows_async<64>(lse_s, del_s, L, Dl, ((i64)b * H + h0) * Tq, qstart, Tq);
+        load_rows_async<64, 128>(lse_s, del_s, L, Dl, ((i64)b * H + h0) * Tq, qstart, Tq);
     }
     cp_async_commit();
-    const u32 ks_ = smem_u32(Ks), vs_ = smem_u32(Vs), ds_ = smem_u32(dSs);
+    const unsigned long long kd = kdesc(smem_u32(Ks)), vd = kdesc(smem_u32(Vs)), kmn = mndesc<64>(smem_u32(Ks)),
+                             dsd = mndesc<64>(smem_u32(dSs));
     for (int it = 0; it < total; ++it) {
         const int buf = it & 1;
         const int h = hk * rep + it / ntq, qt = qstart + (it % ntq) * 64;
@@ -200,10 +253,11 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
             const int hn = hk * rep + (it + 1) / ntq, qn = qstart + ((it + 1) % ntq) * 64;
             load_sw_async<D, 64>(Qst + (buf ^ 1) * TB, Q + b * q_sb + hn * q_sh, q_st, qn, Tq);
             load_sw_async<D, 64>(dOst + (buf ^ 1) * TB, dO + b * do_sb + hn * do_sh, do_st, qn, Tq);
-            load_rows_async<64>(lse_s + (buf ^ 1) * 64, del_s + (buf ^ 1) * 64, L, Dl, ((i64)b * H + hn) * Tq, qn, Tq);
+            load_rows_async<64, 128>(lse_s + (buf ^ 1) * 64, del_s + (buf ^ 1) * 64, L, Dl, ((i64)b * H + hn) * Tq, qn, Tq);
             cp_async_commit();
         }
         const u32 qs = smem_u32(Qst + buf * TB), dos = smem_u32(dOst + buf * TB);
+        const unsigned long long qd = kdesc(qs), dod = kdesc(dos), qmn = mndesc<64>(qs), domn = mndesc<64>(dos);
         const float* lse_t = lse_s + buf * 64;
         const float* del_t = del_s + buf * 64;
         // S^T = K Q^T and dP^T = V dO^T: 64 keys x 64 queries
@@ -213,8 +267,8 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
         wg_fence();
 #pragma unroll
         for (int ks = 0; ks < D / 16; ++ks) {
-            wg_ss<64, BF, 0, 0>(st, kmajor<64>(ks_, ks), kmajor<64>(qs, ks), 1);
-            wg_ss<64, BF, 0, 0>(dp, kmajor<64>(vs_, ks), kmajor<64>(dos, ks), 1);
+            wg_ss<64, BF, 0, 0>(st, kstep<64>(kd, ks), kstep<64>(qd, ks), 1);
+            wg_ss<64, BF, 0, 0>(dp, kstep<64>(vd, ks), kstep<64>(dod, ks), 1);
         }
         wg_commit();
         wg_wait<0>();
@@ -267,8 +321,8 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
         wg_fence();
 #pragma unroll
         for (int kc = 0; kc < 4; ++kc) {
-            wg_rs<D, BF, 1>(dv, pa[kc], mnmajor<64>(dos, kc), 1);
-            wg_rs<D, BF, 1>(dk, sa[kc], mnmajor<64>(qs, kc), 1);
+            wg_rs<D, BF, 1>(dv, pa[kc], mnstep(domn, kc), 1);
+            wg_rs<D, BF, 1>(dk, sa[kc], mnstep(qmn, kc), 1);
         }
         wg_commit();
         __syncthreads();   // every warp's dS^T rows are in shared memory
@@ -278,7 +332,7 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
         for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
         wg_fence();
 #pragma unroll
-        for (int kc = 0; kc < 4; ++kc) wg_ss<D, BF, 1, 1>(dq, mnmajor<64>(ds_, kc), mnmajor<64>(ks_, kc), 1);
+        for (int kc = 0; kc < 4; ++kc) wg_ss<D, BF, 1, 1>(dq, mnstep(dsd, kc), mnstep(kmn, kc), 1);
         wg_commit();
         wg_wait<0>();
         float* dQh = dQ + ((i64)b * H + h) * Tq * D;
