@@ -22,13 +22,13 @@ def _rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def _linear_pair(xp, seed, bias=True, x16=False):
+def _linear_pair(xp, seed, bias=True, x16=False, k=12, n=7):
     """Gradients of sum(y * r) for the fused autocast linear and for the composed astype graph."""
     rng = np.random.default_rng(seed)
-    x0 = rng.standard_normal((2, 5, 12)).astype(np.float16 if x16 else np.float32)
-    w0 = (rng.standard_normal((7, 12)) * 0.3).astype(np.float32)
-    b0 = rng.standard_normal(7).astype(np.float32)
-    r = rng.standard_normal((2, 5, 7)).astype(np.float16)
+    x0 = rng.standard_normal((2, 5, k)).astype(np.float16 if x16 else np.float32)
+    w0 = (rng.standard_normal((n, k)) * 0.3).astype(np.float32)
+    b0 = rng.standard_normal(n).astype(np.float32)
+    r = rng.standard_normal((2, 5, n)).astype(np.float16)
     out = []
     for fused in (True, False):
         x = ag.Tensor(xp.asarray(x0), requires_grad=True)
@@ -78,9 +78,10 @@ def _cp():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("x16", [False, True])
-def test_autocast_linear_gpu_matches_composed(x16):
+@pytest.mark.parametrize("k,n", [(12, 7), (16, 24)])   # (16, 24): the bias goes into the GEMM's epilogue
+def test_autocast_linear_gpu_matches_composed(x16, k, n):
     cp = _cp()
-    (y1, x1, w1, b1), (y2, x2, w2, b2) = _linear_pair(cp, 3, True, x16)
+    (y1, x1, w1, b1), (y2, x2, w2, b2) = _linear_pair(cp, 3, True, x16, k, n)
     assert w1.grad.dtype == np.float32 and b1.grad.dtype == np.float32
     for a, b in ((y1, y2), (x1.grad, x2.grad), (w1.grad, w2.grad), (b1.grad, b2.grad)):
         assert _rel(a.numpy(), b.numpy()) < 2e-3
@@ -119,6 +120,34 @@ def test_cuda_matmul_f16_float32_out(shape):
     assert r.dtype == np.float32 and _rel(r.get(), ref) < 1e-5
     bt = cp.asarray(np.ascontiguousarray(b.T)).T          # a swapped view goes in with the transpose flag
     assert _rel(mm(cp.asarray(a), bt, out_dtype=np.float32).get(), ref) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("shape", [(64, 96, 80), (8192, 768, 2304), (5, 40, 24)])
+def test_cuda_linear_bias_epilogue(dtype, shape):
+    """The bias added inside the GEMM (cuBLASLt's epilogue) gives x @ w^T + b; a layout it does not take gives None
+    (the caller adds the bias itself)."""
+    cp = _cp()
+    from autograd.cuda import get_kernel
+    if dtype == "bfloat16" and ag.bfloat16 is None:
+        pytest.skip("needs ml_dtypes")
+    dt = ag.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
+    linear_bias = get_kernel("linear_bias")
+    M, K, N = shape
+    seed = int(np.random.default_rng().integers(1 << 30))
+    rng = np.random.default_rng(seed)
+    x = cp.asarray(rng.standard_normal((M, K)).astype(np.float32)).astype(dt)
+    w = cp.asarray((rng.standard_normal((N, K)) * 0.3).astype(np.float32)).astype(dt)
+    b = cp.asarray(rng.standard_normal(N).astype(np.float32))          # float32, cast to x's dtype inside
+    ref = x.astype(cp.float64) @ w.astype(cp.float64).T + b.astype(dt).astype(cp.float64)
+    y = linear_bias(x, w, b)
+    assert y is not None and y.dtype == dt and y.shape == (M, N)
+    tol = {"float16": 2e-3, "bfloat16": 1e-2, "float32": 2e-3}[dtype]   # float32: TF32 products
+    assert _rel(y.astype(cp.float64).get(), ref.get()) < tol, seed
+    ragged = cp.ascontiguousarray(x[:, : K - 1])                         # rows of K - 1 values: not 16-byte multiples
+    assert linear_bias(ragged, cp.ascontiguousarray(w[:, : K - 1]), b) is None
+    assert linear_bias(cp.asfortranarray(x), w, b) is None
 
 
 @pytest.mark.gpu

@@ -9,7 +9,8 @@
   dtype and backward's GEMMs read the same low-precision w; backward hands each input its gradient in the input's
   own dtype straight from the GEMM (cuBLAS writes float32 for float32 master weights: no float16 weight gradient,
   no cast node). Products go to the ``matmul`` kernel on CuPy (``autograd/cuda/matmul.py``) and to NumPy's matmul
-  on the CPU; the GPU bias gradient is the ``colsum`` kernel (one cuBLAS product).
+  on the CPU; on the GPU the bias is added inside the forward GEMM (``linear_bias``: cuBLASLt's BIAS epilogue, where
+  the layout allows it) and its gradient is the ``colsum`` kernel (one cuBLAS product).
 """
 from __future__ import annotations
 
@@ -79,7 +80,13 @@ class Linear(FusedFunction):
             x = x if x.dtype == cd else x.astype(cd)
             w = self.weight_cast if self.weight_cast is not None else (w if w.dtype == cd else w.astype(cd))
             self.xc, self.wc = x, w           # what backward's GEMMs read (the cast copies, as astype nodes keep)
-        y = matmul(x.reshape(-1, x.shape[-1]), w.T)
+        x2 = x.reshape(-1, x.shape[-1])
+        if b:
+            kernel = kernel_for("linear_bias", x2)   # the bias inside the GEMM (CUDA: cuBLASLt's epilogue)
+            y = kernel(x2, w, b[0]) if kernel is not None else None
+            if y is not None:
+                return y.reshape(x.shape[:-1] + (w.shape[0],))
+        y = matmul(x2, w.T)
         if b:
             y += b[0]                          # a float32 bias is added in float32 and rounded once into y
         return y.reshape(x.shape[:-1] + (w.shape[0],))
