@@ -1,21 +1,18 @@
 """A thin ctypes binding to cuBLASLt (the libcublasLt beside the libcublas CuPy loaded): matrix products whose
-epilogue does the elementwise work around them, so that work costs no pass of its own over the result.
+epilogue adds the bias, so the bias costs no pass of its own over the result.
 
     from autograd.cuda import cublaslt
-    cublaslt.matmul(transa, transb, m, n, k, a_ptr, lda, b_ptr, ldb, d_ptr, ldd, dtype, epilogue,
-                    bias_ptr=None, aux_ptr=None, aux_ld=0)     # column-major D (m, n) = op(A) op(B), then the epilogue
+    cublaslt.matmul(transa, transb, m, n, k, a_ptr, lda, b_ptr, ldb, d_ptr, ldd, dtype, cublaslt.EPILOGUE_BIAS,
+                    bias_ptr)      # column-major D (m, n) = op(A) op(B) + bias (length m, broadcast over the columns)
 
-Epilogues used (``cublasLt.h``'s values):
+A, B, D and the bias have one dtype (float16, bfloat16 or float32); products accumulate in float32 (TF32 for float32
+inputs when asked) and the bias is added to the accumulator before the one rounding. The descriptors and the
+algorithm the heuristic picks are made once per (shape, dtype, epilogue) and reused; the bias pointer is set on each
+call. Like ``cublas.py`` the calls can be recorded into a CUDA graph: the stream is an argument of ``cublasLtMatmul``
+and the workspace is allocated once per GPU (nothing is allocated inside a call).
 
-- ``BIAS``: D = op(A) op(B) + bias (bias of length m, broadcast over the n columns);
-- ``GELU_AUX_BIAS``: D = gelu(op(A) op(B) + bias), and aux (m, n) = the GELU's input, kept for the backward;
-- ``DGELU_BGRAD``: D = (op(A) op(B)) * gelu'(aux), and bias = D summed over its n columns (the bias gradient).
-
-cuBLASLt's GELU is the tanh form (GPT-2's); the GPU tests check it against ours. A, B, D, aux and bias have one dtype
-(float16, bfloat16 or float32); products accumulate in float32 (TF32 for float32 inputs when ``matmul.tf32`` allows
-it). The descriptors and the algorithm the heuristic picks are made once per (shape, dtype, epilogue) and reused;
-the pointers are set on each call. Like ``cublas.py`` the calls can be recorded into a CUDA graph: the stream is an
-argument of ``cublasLtMatmul`` and the workspace is allocated once per GPU (nothing is allocated inside a call).
+cuBLASLt's GELU epilogues (GELU_AUX_BIAS forward, DGELU_BGRAD backward: the tanh form, GPT-2's) were measured for the
+MLP and are not used: benchmarks/RESULTS.md.
 """
 from __future__ import annotations
 
@@ -28,11 +25,11 @@ from ..dtypes import is_bfloat16
 from ._common import require_cupy
 from .cublas import WORKSPACE_BYTES, CublasError, library_path
 
-__all__ = ["available", "matmul", "EPILOGUE_BIAS", "EPILOGUE_GELU_AUX_BIAS", "EPILOGUE_DGELU_BGRAD"]
+__all__ = ["available", "matmul", "EPILOGUE_BIAS"]
 
-EPILOGUE_BIAS, EPILOGUE_GELU_AUX_BIAS, EPILOGUE_DGELU_BGRAD = 4, 32 | 128 | 4, 64 | 128 | 16
+# cublasLt.h's values
+EPILOGUE_DEFAULT, EPILOGUE_BIAS = 1, 4
 _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
-_DESC_AUX_POINTER, _DESC_AUX_LD = 11, 12
 _PREF_MAX_WORKSPACE = 1
 _PREF_MIN_ALIGN = (5, 6, 7, 8)          # A, B, C, D
 _ALIGN = 16                             # bytes every operand must be aligned to (asked of the heuristic)
@@ -151,13 +148,8 @@ def _plan(lib, handle, workspace, dev, transa, transb, m, n, k, lda, ldb, ldd, d
     for attr in _PREF_MIN_ALIGN:
         a = ctypes.c_uint32(_ALIGN)
         _check(lib.cublasLtMatmulPreferenceSetAttribute(pref, attr, ctypes.byref(a), 4), "preference")
-    # the heuristic reads the epilogue pointers' alignment from the descriptor: give it aligned stand-ins
-    stand_in = ctypes.c_void_p(256)
-    if epilogue != 1:
-        _set(lib, desc, _DESC_BIAS_POINTER, stand_in)
-    if epilogue in (EPILOGUE_GELU_AUX_BIAS, EPILOGUE_DGELU_BGRAD):
-        _set(lib, desc, _DESC_AUX_POINTER, stand_in)
-        _set(lib, desc, _DESC_AUX_LD, ctypes.c_int64(ldd))
+    if epilogue != EPILOGUE_DEFAULT:   # the heuristic reads the bias pointer's alignment: an aligned stand-in
+        _set(lib, desc, _DESC_BIAS_POINTER, ctypes.c_void_p(256))
     result = _HeuristicResult()
     count = ctypes.c_int(0)
     status = lib.cublasLtMatmulAlgoGetHeuristic(handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], pref, 1,
@@ -170,15 +162,12 @@ def _plan(lib, handle, workspace, dev, transa, transb, m, n, k, lda, ldb, ldd, d
 
 
 def matmul(transa: int, transb: int, m: int, n: int, k: int, a_ptr: int, lda: int, b_ptr: int, ldb: int,
-           d_ptr: int, ldd: int, dtype, epilogue: int, bias_ptr: int | None = None, aux_ptr: int | None = None,
-           tf32: bool = True) -> None:
+           d_ptr: int, ldd: int, dtype, epilogue: int, bias_ptr: int | None = None, tf32: bool = True) -> None:
     """cublasLtMatmul, column-major: D (m, n) = op(A) op(B) then ``epilogue`` (C is D, beta 0), on CuPy's current
-    stream. ``bias_ptr``: the bias (length m) for BIAS / GELU_AUX_BIAS, the bias gradient's output for DGELU_BGRAD;
-    ``aux_ptr``: the (m, n) GELU input (written by GELU_AUX_BIAS, read by DGELU_BGRAD), leading dimension ldd.
-    Every pointer must be 16-byte aligned."""
+    stream; ``bias_ptr``: the bias (length m) for EPILOGUE_BIAS. Every pointer must be 16-byte aligned."""
     cp = require_cupy()
     lib = _load()
-    for name, p in (("A", a_ptr), ("B", b_ptr), ("D", d_ptr), ("bias", bias_ptr), ("aux", aux_ptr)):
+    for name, p in (("A", a_ptr), ("B", b_ptr), ("D", d_ptr), ("bias", bias_ptr)):
         if p is not None and p % _ALIGN:
             raise ValueError(f"cublaslt.matmul: {name} at {p:#x} is not {_ALIGN}-byte aligned")
     dev, (handle, workspace) = _handle(cp)
@@ -186,8 +175,6 @@ def matmul(transa: int, transb: int, m: int, n: int, k: int, a_ptr: int, lda: in
                                                  dtype, epilogue, tf32)
     if bias_ptr is not None:
         _set(lib, desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias_ptr))
-    if aux_ptr is not None:
-        _set(lib, desc, _DESC_AUX_POINTER, ctypes.c_void_p(aux_ptr))
     stream = cp.cuda.get_current_stream().ptr
     _check(lib.cublasLtMatmul(handle, desc, ctypes.byref(_ONE), ctypes.c_void_p(a_ptr), la, ctypes.c_void_p(b_ptr), lb,
                               ctypes.byref(_ZERO), ctypes.c_void_p(d_ptr), ld, ctypes.c_void_p(d_ptr), ld,
