@@ -1,9 +1,11 @@
 """The lazily compiled kernel modules on the CPU, with stand-ins for CuPy and NVRTC: what each compiles, which name
-it looks a kernel up by, and that kernels and cubins are cached."""
+it looks a kernel up by, and that kernels and cubins are cached; and the loader of the cuBLAS libraries."""
 from __future__ import annotations
 
 import sys
 import types
+
+import pytest
 
 import autograd.cuda._common as common
 import autograd.cuda.wgmma as wgmma
@@ -63,3 +65,11 @@ def test_sm90a_module_loads_a_cached_cubin_by_lowered_names(monkeypatch, tmp_pat
     assert len(compiled) == 1 and "-arch=sm_90a" in compiled[0]
     assert [m.kw for m in cp.modules] == [{"path": cp.modules[0].kw["path"]}] * 2
     assert cp.modules[0].kw["path"].endswith(".cubin")
+
+
+def test_library_loader_takes_the_first_that_loads_and_names_all_it_tried():
+    from autograd.cuda.cublas import CublasError, load_first
+    lib, name = load_first(["/nonexistent/libcublasLt.so.99", "libc.so.6"], "libc")
+    assert name == "libc.so.6" and lib is not None
+    with pytest.raises(CublasError, match=r"could not load libcublasLt \(tried .*/nonexistent/a\.so.*/nonexistent/b\.so"):
+        load_first(["/nonexistent/a.so", "/nonexistent/b.so"], "libcublasLt")

@@ -73,6 +73,17 @@ def library_path() -> str:
     return _path
 
 
+def load_first(candidates: list, what: str):
+    """(library, name): the first of ``candidates`` (paths or sonames) that ctypes loads; CublasError if none does."""
+    err = None
+    for c in candidates:
+        try:
+            return ctypes.CDLL(c), c
+        except OSError as e:
+            err = e
+    raise CublasError(f"could not load {what} (tried {candidates}): {err}")
+
+
 def _load():
     global _lib, _path
     if _lib is not None:
@@ -83,15 +94,7 @@ def _load():
     candidates = [path] if path else []
     candidates += [n for n in ("libcublas.so.13", "libcublas.so.12", "libcublas.so.11", ctypes.util.find_library("cublas"))
                    if n]
-    err = None
-    for c in candidates:
-        try:
-            lib = ctypes.CDLL(c)
-            break
-        except OSError as e:
-            err = e
-    else:
-        raise CublasError(f"could not load libcublas (tried {candidates}): {err}")
+    lib, c = load_first(candidates, "libcublas")
     vp, i, i64, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong, ctypes.c_size_t
     lib.cublasCreate_v2.argtypes = [ctypes.POINTER(vp)]
     lib.cublasSetStream_v2.argtypes = [vp, vp]

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..dtypes import is_bfloat16
 from ._common import require_cupy
-from .cublas import WORKSPACE_BYTES, CublasError, library_path
+from .cublas import WORKSPACE_BYTES, CublasError, library_path, load_first
 
 __all__ = ["available", "matmul", "EPILOGUE_BIAS"]
 
@@ -56,15 +56,7 @@ def _load():
     suffix = os.path.basename(cublas_path).replace("libcublas", "", 1)   # ".so.13" ...
     candidates = [os.path.join(folder, "libcublasLt" + suffix)] if folder else []
     candidates += ["libcublasLt" + suffix, "libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11"]
-    err = None
-    for c in candidates:
-        try:
-            lib = ctypes.CDLL(c)
-            break
-        except OSError as e:
-            err = e
-    else:
-        raise CublasError(f"could not load libcublasLt (tried {candidates}): {err}")
+    lib, _ = load_first(candidates, "libcublasLt")
     vp, i, u64, i64, sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64, ctypes.c_int64, ctypes.c_size_t
     lib.cublasLtCreate.argtypes = [ctypes.POINTER(vp)]
     lib.cublasLtMatmulDescCreate.argtypes = [ctypes.POINTER(vp), i, i]
