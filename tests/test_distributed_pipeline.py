@@ -150,3 +150,24 @@ def test_frozen_first_stage_trains_the_later_ones():
         a, b = dict(ref.named_parameters())[name], dict(model.named_parameters())[name]
         np.testing.assert_allclose(b.grad.numpy(), a.grad.numpy(), atol=1e-10, err_msg=name)
     assert all(p.grad is None for n, p in model.named_parameters() if "lora" not in n)
+
+
+@pytest.mark.parametrize("n_stages,schedule", [(2, "gpipe"), (3, "1f1b")])
+def test_pipeline_moe_adds_the_load_balancing_loss_of_every_stage(n_stages, schedule):
+    """A mixture of experts split over stages: each micro-batch's load-balancing loss spans the MoE layers of all
+    stages (their routing counts are summed before any stage's backward) and equals gradient accumulation over the
+    same micro-batches: the mean of the per-micro-batch losses."""
+    cfg = _cfg(family="qwen3", n_experts=4, n_experts_per_tok=2, moe_hidden=8, router_aux_loss_coef=0.5)
+    ref = tl.GPT(cfg, seed=5, dtype=np.float64)
+    model = tl.GPT(cfg, seed=5, dtype=np.float64)
+    idx, tgt = _batch(b=4)
+    m = 2
+    ref_loss = sum(ref.loss(idx[j * 2:(j + 1) * 2], tgt[j * 2:(j + 1) * 2]) * (1.0 / m) for j in range(m))
+    ref_loss.backward()
+    pipe = PipelineParallel(model, ["cpu"] * n_stages, n_micro=m, schedule=schedule)
+    loss = pipe.train_step(idx, tgt)
+    assert abs(loss - ref_loss.item()) < 1e-10
+    want, got = _grads(ref), _grads(model)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-10, err_msg=name)
+    assert np.abs(got["blocks.0.ffn.router.weight"]).max() > 0

@@ -22,6 +22,10 @@ efficiency (the bubble) for p stages and m micro-batches: m / (m + p - 1).
 
 The result equals single-device training: the loss of micro-batch j is weighted by its share of the batch's
 target tokens (those != ignore_index), so the summed gradients are exactly those of the whole batch's mean loss.
+A mixture of experts adds each micro-batch's load-balancing loss over the MoE layers of every stage: the routing
+counts of all stages are summed on the last device once the micro-batch's forward has reached it (before any stage's
+backward of it), each stage backpropagates its share with its output, and the micro-batches' losses are averaged,
+as gradient accumulation over the same micro-batches computes them.
 Weight tying across devices: when ``lm_head.weight`` is ``tok_emb.weight`` and the last stage lives elsewhere, the
 head uses a copy of the embedding matrix made once per step; its gradient is added to the embedding's at the end.
 Every stage operation runs with its GPU as CuPy's current device (``backend.device_scope``): CuPy computes only there.
@@ -32,8 +36,10 @@ import numpy as np
 
 from autograd import Tensor, backend
 from autograd import functional as F
+from autograd.backward import run_backward
 from autograd.grad_mode import no_grad
 
+from ..model.blocks import balancing_term, routing_counts
 from ..nn.layers import Linear
 from .data_parallel import unique_parameters
 
@@ -50,9 +56,10 @@ class Stage:
         self.device, self.first, self.last = device, first, last
         self.head_weight: Tensor | None = None   # during a train step: this device's copy of a tied embedding
 
-    def __call__(self, x, start: int = 0):
-        """This stage's forward: activations (B, T, C) between stages, logits (B, T, V) out of the last one."""
-        x = self._hidden(x, start)
+    def __call__(self, x, start: int = 0, router_log: list | None = None):
+        """This stage's forward: activations (B, T, C) between stages, logits (B, T, V) out of the last one.
+        ``router_log``: a list its mixture-of-experts layers append their routing to."""
+        x = self._hidden(x, start, router_log)
         if self.last:
             m = self.model
             w, tied_copy = self._head_weight()
@@ -60,24 +67,24 @@ class Stage:
             x = m.soft_cap(x)
         return x
 
-    def loss(self, x, targets, ignore_index: int = -100) -> Tensor:
+    def loss(self, x, targets, ignore_index: int = -100, router_log: list | None = None) -> Tensor:
         """The last stage's forward to the mean cross-entropy against targets (B, T): the head and the loss are one
         chunked op (``F.linear_cross_entropy``, as ``GPT.loss``), so the (B, T, V) logits never exist whole; a head
         that changes the product (LoRA's) goes through the logits."""
         m = self.model
         if type(m.lm_head) is not Linear:
-            return F.cross_entropy(self(x), targets, ignore_index=ignore_index)
+            return F.cross_entropy(self(x, 0, router_log), targets, ignore_index=ignore_index)
         w, tied_copy = self._head_weight()
-        return F.linear_cross_entropy(self._hidden(x, 0), w, targets, None if tied_copy else m.lm_head.bias,
+        return F.linear_cross_entropy(self._hidden(x, 0, router_log), w, targets, None if tied_copy else m.lm_head.bias,
                                       ignore_index=ignore_index, softcap=m.config.final_logit_softcap)
 
-    def _hidden(self, x, start: int):
+    def _hidden(self, x, start: int, router_log: list | None = None):
         """Embeddings (first stage), the blocks, and the final norm (last stage)."""
         m = self.model
         if self.first:                      # x: token ids (B, T) on this device
             x = m.embed(x, start)
         for i in range(self.lo, self.hi):
-            x = m.blocks[i](x)
+            x = m.blocks[i](x, None, router_log)
         return m.final_norm(x) if self.last else x
 
     def _head_weight(self):
@@ -196,6 +203,19 @@ def schedule_ops(p: int, m: int, kind: str = "gpipe") -> list[list[tuple[str, in
     return ticks
 
 
+class _Step:
+    """One train step's state: the batch, the valid-token counts, the cut inputs and stage outputs by (stage, micro),
+    the losses to report, and (mixture of experts) the routing logs and each stage's load-balancing share."""
+
+    def __init__(self, idx, targets, n_valid: list, total: int, balance: bool):
+        self.idx, self.targets, self.n_valid, self.total, self.balance = idx, targets, n_valid, total, balance
+        self.inputs: dict[tuple[int, int], Tensor] = {}    # (stage, micro) -> leaf input of stage (s > 0)
+        self.outputs: dict[tuple[int, int], Tensor] = {}   # (stage, micro) -> stage output (loss for the last)
+        self.routing: dict[tuple[int, int], list] = {}     # (stage, micro) -> its MoE layers' router log
+        self.aux: dict[tuple[int, int], Tensor] = {}       # (stage, micro) -> its share of the balancing loss
+        self.losses: list = []
+
+
 class PipelineParallel:
     """Train a GPT split over ``devices`` with ``n_micro`` micro-batches per step (see the module doc)."""
 
@@ -241,9 +261,9 @@ class PipelineParallel:
         # to go idle, which would stall the pipeline if done per micro-batch
         idx = backend.to_device(idx, self.stages[0].device)
         targets = backend.to_device(targets, self.stages[-1].device)
-        inputs: dict[tuple[int, int], Tensor] = {}    # (stage, micro) -> leaf input of stage (s > 0)
-        outputs: dict[tuple[int, int], Tensor] = {}   # (stage, micro) -> stage output (loss for the last)
-        losses = []
+        cfg = self.model.config
+        step = _Step(idx, targets, n_valid, total,
+                     balance=bool(cfg.n_experts) and cfg.router_aux_loss_coef > 0 and self.model.training)
         last, w = self.stages[-1], self.model.lm_head.weight
         tied = self._tied_across_devices()
         if tied:
@@ -255,14 +275,14 @@ class PipelineParallel:
                 for op, s, j in tick:
                     st = self.stages[s]
                     with backend.device_scope(st.device):
-                        self._run(op, s, j, st, p, idx, targets, n_valid, total, inputs, outputs, losses)
+                        self._run(op, s, j, st, p, step)
             if tied and last.head_weight.grad is not None:
                 g = backend.to_device(last.head_weight.grad.data, self.stages[0].device)
                 with backend.device_scope(self.stages[0].device):
                     w.grad = Tensor(g) if w.grad is None else Tensor(w.grad.data + g)
         finally:
             last.head_weight = None
-        return float(sum(backend.to_numpy(l) for l in losses))
+        return float(sum(backend.to_numpy(l) for l in step.losses))
 
     def _tied_across_devices(self) -> bool:
         """True when the LM head reuses the token embedding and the two live on different devices."""
@@ -270,27 +290,34 @@ class PipelineParallel:
         return w is self.model.tok_emb.weight and \
             backend.device_of(w.data) != backend.canonical_device(self.stages[-1].device)
 
-    def _run(self, op, s, j, st, p, idx, targets, n_valid, total, inputs, outputs, losses) -> None:
+    def _run(self, op, s, j, st, p, step: "_Step") -> None:
         """One scheduled operation: forward ('F') or backward ('B') of micro-batch j on stage s."""
         if op == "F":
             if s == 0:
-                x = self._micro(idx, j)
+                x = self._micro(step.idx, j)
             else:
-                leaf = Tensor(outputs[(s - 1, j)].data, requires_grad=True)   # the cut between stages
-                inputs[(s, j)] = leaf
+                leaf = Tensor(step.outputs[(s - 1, j)].data, requires_grad=True)   # the cut between stages
+                step.inputs[(s, j)] = leaf
                 x = leaf.to(st.device)                               # differentiable device copy
+            log = [] if step.balance else None
             if s == p - 1:
-                out = st.loss(x, self._micro(targets, j), self.ignore_index) * (n_valid[j] / total)
-                losses.append(out.data)
+                out = st.loss(x, self._micro(step.targets, j), self.ignore_index, log) * (step.n_valid[j] / step.total)
+                step.losses.append(out.data)
             else:
-                out = st(x)
-            outputs[(s, j)] = out
+                out = st(x, 0, log)
+            step.outputs[(s, j)] = out
+            if log:
+                step.routing[(s, j)] = log
+            if s == p - 1 and step.balance:
+                self._balancing_terms(j, step)
             return
-        out = outputs.pop((s, j))
+        out = step.outputs.pop((s, j))
+        term = step.aux.pop((s, j), None)
+        extra = [term] if term is not None and term.requires_grad else []
         if s == p - 1:
-            out.backward()
+            run_backward([out] + extra, [None] * (1 + len(extra)))
             return
-        nxt = inputs.pop((s + 1, j))
+        nxt = step.inputs.pop((s + 1, j))
         if not out.requires_grad:            # nothing trainable up to here (e.g. LoRA on later layers only)
             return
         g = nxt.grad
@@ -298,7 +325,31 @@ class PipelineParallel:
             g = Tensor(backend.xp_of(nxt.data).zeros_like(nxt.data))
         elif g.device != st.device:          # keep it on this stage's device whatever the engine did
             g = Tensor(backend.to_device(g.data, st.device))
-        out.backward(g)
+        run_backward([out] + extra, [g] + [None] * len(extra))
+
+    def _balancing_terms(self, j: int, step: "_Step") -> None:
+        """Micro-batch j's load-balancing loss (every stage's forward of j has run): the routing counts of all
+        stages' MoE layers are summed on the last device, and each stage gets its share of the loss
+        (``balancing_term``, on its device) to backpropagate with its output. Weighted 1 / n_micro: the mean of the
+        micro-batches' losses, as gradient accumulation over them computes it."""
+        cfg, last = self.model.config, self.stages[-1].device
+        logs = {s: step.routing.pop((s, j)) for s in range(len(self.stages)) if (s, j) in step.routing}
+        if not logs:
+            return
+        counts, rows = None, 0
+        for s, log in logs.items():
+            with backend.device_scope(self.stages[s].device):
+                c, r = routing_counts(log, cfg.n_experts)
+            c = backend.to_device(c, last)
+            counts, rows = (c if counts is None else counts + c), rows + r
+        frac = counts / rows
+        for s, log in logs.items():
+            dev = self.stages[s].device
+            with backend.device_scope(dev):
+                term = balancing_term(log, backend.to_device(frac, dev), rows, cfg.n_experts) * \
+                    (cfg.router_aux_loss_coef / self.n_micro)
+            step.aux[(s, j)] = term
+            step.losses.append(term.data)
 
     def __call__(self, idx):
         """Inference forward of the whole batch through every stage: logits (B, T, V) on the last device."""

@@ -20,7 +20,8 @@ from ..nn.rope import RotaryEmbedding, apply_rope
 from .config import SLIDING, GPTConfig
 from .kv_cache import LayerKVCache
 
-__all__ = ["Attention", "MLP", "MoE", "Block", "make_norm", "add_norm", "window_keys", "load_balancing_loss"]
+__all__ = ["Attention", "MLP", "MoE", "Block", "make_norm", "add_norm", "window_keys", "load_balancing_loss",
+           "routing_counts", "balancing_term"]
 
 
 def make_norm(cfg: GPTConfig, width: int, dtype=np.float32) -> Module:
@@ -225,14 +226,27 @@ def load_balancing_loss(router_log: list, n_experts: int) -> Tensor:
 
     It is E * k / E = k when routing is uniform and grows as it concentrates. Gradients flow through P only.
     """
-    total = sum(p.shape[0] for p, _ in router_log)
-    xp = backend.xp_of(router_log[0][0].data)
+    counts, rows = routing_counts(router_log, n_experts)
+    return balancing_term(router_log, counts / rows, rows, n_experts)
+
+
+def routing_counts(router_log: list, n_experts: int):
+    """(counts, rows): how many (token, slot) choices of the logged MoE layers picked each expert (an (E,) array on
+    their device) and the number of router rows (tokens) over those layers."""
+    xp = backend.xp_of(router_log[0][1])
+    counts = sum(xp.bincount(chosen.reshape(-1), minlength=n_experts) for _, chosen in router_log)
+    return counts, sum(p.shape[0] for p, _ in router_log)
+
+
+def balancing_term(router_log: list, frac, rows: int, n_experts: int) -> Tensor:
+    """E / rows * sum_e frac_e S_e, with S_e the logged layers' router probabilities of expert e summed over their
+    rows, frac (E,) the choice fractions and rows the router rows of *all* layers: the logged layers' share of the
+    load-balancing loss. The loss is linear in the probabilities, so the shares of layers that live on different
+    devices (pipeline stages) add up to it."""
     prob_sum = router_log[0][0].sum(axis=0)
     for p, _ in router_log[1:]:
         prob_sum = prob_sum + p.sum(axis=0)
-    counts = sum(xp.bincount(chosen.reshape(-1), minlength=n_experts) for _, chosen in router_log)
-    frac = Tensor((counts / total).astype(prob_sum.dtype))
-    return (prob_sum * frac).sum() * (n_experts / total)
+    return (prob_sum * Tensor(frac.astype(prob_sum.dtype))).sum() * (n_experts / rows)
 
 
 class Block(Module):
