@@ -128,6 +128,8 @@ def test_single_process_communicator_is_identity():
     assert dist.all_reduce_mean(6.0, 3.0, c) == 2.0
     with pytest.raises(ValueError, match="unknown reduction op"):
         c.all_reduce(a, "prod")
+    with pytest.raises(TypeError, match="reduce_scatter op 'avg' needs a floating-point array, got int64"):
+        c.reduce_scatter(np.arange(4), "avg")
 
 
 def test_init_distributed_without_launcher_is_single_process(monkeypatch):
@@ -263,6 +265,29 @@ def test_tcp_hung_peer_times_out_and_mismatched_ops_are_named():
                                                          "all_reduce with 24 bytes"):
             c0.all_reduce(np.ones(3))
         t.join()
+    finally:
+        c0.close()
+        c1.close()
+
+
+def test_tcp_avg_of_bfloat16_and_integer_arrays_refused():
+    """'avg' takes every floating dtype, ml_dtypes' bfloat16 included (NumPy calls its kind 'V'), and refuses integers
+    with the dtype named, on every rank."""
+    import threading
+    if ag.bfloat16 is None:
+        pytest.skip("needs ml_dtypes")
+    c0, c1 = _tcp_pair(timeout=5)
+    out = {}
+    try:
+        t = threading.Thread(target=lambda: out.setdefault(1, c1.all_reduce(np.array([3.0, 5.0], ag.bfloat16), "avg")))
+        t.start()
+        out[0] = c0.all_reduce(np.array([1.0, -1.0], ag.bfloat16), "avg")
+        t.join()
+        for r in (0, 1):
+            assert out[r].dtype == ag.bfloat16
+            np.testing.assert_array_equal(out[r].astype(np.float32), [2.0, 2.0])
+        with pytest.raises(TypeError, match="all_reduce op 'avg' needs a floating-point array, got int64"):
+            c0.all_reduce(np.arange(3), "avg")
     finally:
         c0.close()
         c1.close()

@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from autograd.dtypes import is_float
+
 OPS = ("sum", "avg", "max", "min")
 #: default seconds before a collective gives up (override per communicator or with TINYGRAD_LLM_DIST_TIMEOUT)
 DEFAULT_TIMEOUT = float(os.environ.get("TINYGRAD_LLM_DIST_TIMEOUT", "600"))
@@ -41,9 +43,12 @@ def timeout_error(op: str, rank: int, world_size: int, timeout: float, backend: 
     )
 
 
-def check_op(op: str) -> str:
+def check_op(op: str, dtype=None, name: str = "all_reduce") -> str:
+    """``op`` when it is a known reduction; with ``dtype``, 'avg' also needs a floating dtype (bfloat16 included)."""
     if op not in OPS:
         raise ValueError(f"unknown reduction op {op!r}: expected one of {OPS}")
+    if dtype is not None and op == "avg" and not is_float(dtype):
+        raise TypeError(f"{name} op 'avg' needs a floating-point array, got {np.dtype(dtype)}")
     return op
 
 
@@ -168,7 +173,7 @@ class SingleProcess(Communicator):
         super().__init__(0, 1, timeout)
 
     def all_reduce(self, array, op: str = "sum"):
-        check_op(op)
+        check_op(op, array.dtype)
         return array
 
     def broadcast(self, array, root: int = 0):
@@ -180,7 +185,7 @@ class SingleProcess(Communicator):
         return array[None].copy()
 
     def reduce_scatter(self, array, op: str = "sum"):
-        check_op(op)
+        check_op(op, array.dtype, "reduce_scatter")
         return array.copy()
 
     def barrier(self) -> None:

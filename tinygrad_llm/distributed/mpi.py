@@ -77,9 +77,7 @@ class MPICommunicator(Communicator):
 
     # ------------------------------------------------------------------ collectives
     def all_reduce_async(self, array, op: str = "sum") -> Work:
-        check_op(op)
-        if op == "avg" and array.dtype.kind != "f":
-            raise TypeError(f"all_reduce op 'avg' needs a floating-point array, got {array.dtype}")
+        check_op(op, array.dtype)
         buf = self._host(array, "all_reduce")
         req = self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self._ops[op])
 
@@ -113,7 +111,7 @@ class MPICommunicator(Communicator):
         return _to_like(out, array) if buf is not array else out
 
     def reduce_scatter(self, array, op: str = "sum"):
-        check_op(op)
+        check_op(op, array.dtype, "reduce_scatter")
         buf = self._host(array, "reduce_scatter")
         if buf.ndim == 0 or buf.shape[0] % self.world_size:
             raise ValueError(f"reduce_scatter needs a leading axis divisible by the world size {self.world_size}, "

@@ -137,10 +137,8 @@ class NCCLCommunicator(Communicator):
 
     # ------------------------------------------------------------------ collectives
     def all_reduce_async(self, array, op: str = "sum") -> Work:
-        check_op(op)
+        check_op(op, array.dtype)
         dt = self._check(array, "all_reduce")
-        if op == "avg" and array.dtype.kind != "f":
-            raise TypeError(f"all_reduce op 'avg' needs a floating-point array, got {array.dtype}")
         native = op != "avg" or self._avg_native
         nccl_op = _OPS[op] if native else _OPS["sum"]
 
@@ -170,7 +168,7 @@ class NCCLCommunicator(Communicator):
                              (array, out), out).wait()
 
     def reduce_scatter(self, array, op: str = "sum"):
-        check_op(op)
+        check_op(op, array.dtype, "reduce_scatter")
         dt = self._check(array, "reduce_scatter")
         if array.ndim == 0 or array.shape[0] % self.world_size:
             raise ValueError(f"reduce_scatter needs a leading axis divisible by the world size {self.world_size}, "

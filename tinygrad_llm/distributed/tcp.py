@@ -100,7 +100,7 @@ class TCPCommunicator(Communicator):
         data = np.ascontiguousarray(array)
         try:
             self.peers[peer].sendall(_HEADER.pack(op.encode()[:16], data.nbytes))
-            self.peers[peer].sendall(memoryview(data).cast("B"))
+            self.peers[peer].sendall(data.view(np.uint8).reshape(-1))   # bytes of any dtype (bfloat16 has no buffer code)
         except OSError as e:
             raise DistributedPeerError(f"tcp {op} on rank {self.rank}: sending to rank {peer} failed ({e}); "
                                        "that rank probably died") from None
@@ -135,10 +135,8 @@ class TCPCommunicator(Communicator):
             self.all_reduce(host, op)
             array[...] = _like(host, array)
             return array
-        check_op(op)
         a = self._host(array, "all_reduce")
-        if op == "avg" and a.dtype.kind != "f":
-            raise TypeError(f"all_reduce op 'avg' needs a floating-point array, got {a.dtype}")
+        check_op(op, a.dtype)
         if self.world_size == 1:
             return array
         deadline = self._deadline()
