@@ -1,6 +1,8 @@
 """Every CUDA kernel module compiles for Hopper (sm_90, or sm_90a for the warpgroup-product modules) without register
 spills, checked with nvcc on a machine that has the CUDA toolkit but no GPU (skipped without nvcc).
 
+The warpgroup forward is also checked for ptxas's serialisation warnings (its overlapped products depend on none).
+
 The source and the template instantiations are the ones NVRTC compiles at run time (``LazyModule.source`` and
 ``.names``); a host array of the instantiated kernels' addresses makes nvcc emit each of them. ptxas's report
 (``-Xptxas -v``) gives registers and spill bytes per kernel: a spill moves registers to local memory inside the
@@ -85,3 +87,20 @@ def test_kernels_compile_for_hopper_without_spills(tmp_path, name, attr, lazy):
     assert not spills, f"{name}.{attr}: kernels spill registers:\n" + "\n".join(spills)
     compiled = len(re.findall(r"Compiling entry function", out))
     assert compiled >= len(lazy.names), f"{name}.{attr}: {compiled} kernels compiled of {len(lazy.names)}"
+
+
+def test_hopper_forward_products_are_not_serialised(tmp_path):
+    """ptxas keeps the warpgroup forward's products asynchronous: no wait or arrive of its own (C7517 / C7519) and no
+    serialisation warning (C751x). The forward's overlap of P V with the next tile's softmax depends on it: a product
+    on a branch, or an accumulator read while its product is in flight, makes ptxas serialise them silently."""
+    from autograd.cuda import flash_attention as fa
+    names = [n for n in fa._wg_mod.names if n.startswith("flash_fwd_wg")]
+    assert names
+    cu = tmp_path / "k.cu"
+    cu.write_text(fa._wg_mod.source + "\nvoid* __instantiate[] = {" + ", ".join(f"(void*){n}" for n in names) + "};\n")
+    r = subprocess.run([NVCC, ARCH_A, "-cubin", "-std=c++17", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
+                        str(cu)], capture_output=True, text=True, timeout=600)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    warnings = [line.strip() for line in out.splitlines() if re.search(r"\(C751\d\)", line)]
+    assert not warnings, "\n".join(warnings)
