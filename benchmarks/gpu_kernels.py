@@ -1,5 +1,5 @@
-"""Device time of our CUDA kernels against PyTorch's, side by side in one run, each op in float32, float16 and bfloat16.
-cross-entropy (and one matmul for reference), each in float32, float16 and bfloat16.
+"""Device time of our CUDA kernels against PyTorch's, side by side in one run: attention, LayerNorm, GELU, bias-GELU and
+cross-entropy (and one matmul and one Linear with its bias for reference), each in float32, float16 and bfloat16.
 
     python3 benchmarks/gpu_kernels.py                    # full shapes (GPT-2 124M / 355M, T 1024 and 4096, ...)
     python3 benchmarks/gpu_kernels.py --small            # small shapes, a quick check that every row runs
@@ -254,10 +254,15 @@ def row_families(inp, small: bool, dtype: str) -> list:
 
 
 def _matmul_rows(inp, sizes, dtype, K, itemsize):
+    import torch.nn.functional as tF
     N, C = sizes["ln"]
     (a, ta), (w, tw) = inp.normal((N, C), dtype), inp.normal((C, 4 * C), dtype, 1 / math.sqrt(C))
     yield (f"matmul ({N}, {C}) @ ({C}, {4 * C})", (lambda: K("matmul")(a, w)) if a is not None else None,
            lambda: ta @ tw, 2 * N * C * 4 * C, "TFLOP/s", None, _SAME)
+    # Linear's forward with its bias (ours: inside the GEMM's epilogue; PyTorch: F.linear), weight (out, in)
+    (wl, twl), (b, tb) = inp.normal((4 * C, C), dtype, 1 / math.sqrt(C)), inp.normal((4 * C,), dtype)
+    yield (f"linear+bias ({N}, {C}) -> {4 * C}", (lambda: K("linear_bias")(a, wl, b)) if a is not None else None,
+           lambda: tF.linear(ta, twl, tb), 2 * N * C * 4 * C, "TFLOP/s", None, _SAME)
 
 
 def _layer_norm_rows(inp, sizes, dtype, K, itemsize):
