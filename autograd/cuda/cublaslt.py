@@ -2,13 +2,13 @@
 epilogue adds the bias, so the bias costs no pass of its own over the result.
 
     from autograd.cuda import cublaslt
-    cublaslt.matmul(transa, transb, m, n, k, a_ptr, lda, b_ptr, ldb, d_ptr, ldd, dtype, cublaslt.EPILOGUE_BIAS,
+    cublaslt.matmul(transa, transb, m, n, k, a_ptr, lda, b_ptr, ldb, d_ptr, ldd, data_type, cublaslt.EPILOGUE_BIAS,
                     bias_ptr)      # column-major D (m, n) = op(A) op(B) + bias (length m, broadcast over the columns)
 
-A, B, D and the bias have one dtype (float16, bfloat16 or float32); products accumulate in float32 (TF32 for float32
-inputs when asked) and the bias is added to the accumulator before the one rounding. The descriptors and the
-algorithm the heuristic picks are made once per (shape, dtype, epilogue) and reused; the bias pointer is set on each
-call. Like ``cublas.py`` the calls can be recorded into a CUDA graph: the stream is an argument of ``cublasLtMatmul``
+A, B, D and the bias have one data type (cuBLAS's ``R_16F``, ``R_16BF`` or ``R_32F``); products accumulate in
+float32 (TF32 for float32 inputs when asked) and the bias is added to the accumulator before the one rounding. The
+descriptors and the algorithm the heuristic picks are made once per (shape, type, epilogue) and reused (a shape the
+heuristic has no algorithm for is asked once); the bias pointer is set on each call. Like ``cublas.py`` the calls can be recorded into a CUDA graph: the stream is an argument of ``cublasLtMatmul``
 and the workspace is allocated once per GPU (nothing is allocated inside a call).
 
 cuBLASLt's GELU epilogues (GELU_AUX_BIAS forward, DGELU_BGRAD backward: the tanh form, GPT-2's) were measured for the
@@ -19,11 +19,8 @@ from __future__ import annotations
 import ctypes
 import os
 
-import numpy as np
-
-from ..dtypes import is_bfloat16
 from ._common import require_cupy
-from .cublas import WORKSPACE_BYTES, CublasError, library_path, load_first
+from .cublas import COMPUTE_32F, COMPUTE_32F_FAST_TF32, R_32F, WORKSPACE_BYTES, CublasError, library_path, load_first
 
 __all__ = ["available", "matmul", "EPILOGUE_BIAS"]
 
@@ -33,7 +30,6 @@ _DESC_TRANSA, _DESC_TRANSB, _DESC_EPILOGUE, _DESC_BIAS_POINTER = 3, 4, 7, 8
 _PREF_MAX_WORKSPACE = 1
 _PREF_MIN_ALIGN = (5, 6, 7, 8)          # A, B, C, D
 _ALIGN = 16                             # bytes every operand must be aligned to (asked of the heuristic)
-_COMPUTE_32F, _COMPUTE_32F_FAST_TF32, _R_32F = 68, 77, 0
 
 
 class _HeuristicResult(ctypes.Structure):
@@ -42,8 +38,10 @@ class _HeuristicResult(ctypes.Structure):
 
 
 _lib = None
+_available: bool | None = None
 _handles: dict[int, tuple] = {}        # device -> (handle, workspace)
-_plans: dict[tuple, tuple] = {}        # (device, shape, dtype, epilogue) -> (desc, layouts, algo, workspace bytes)
+_plans: dict[tuple, tuple | None] = {}  # (device, shape, type, epilogue) -> (desc, layouts, algo, workspace bytes);
+                                         # None: the heuristic had no algorithm (asked once)
 _ONE, _ZERO = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
 
@@ -76,12 +74,15 @@ def _load():
 
 
 def available() -> bool:
-    """Whether cuBLASLt can be loaded here (CuPy, a GPU and the library)."""
-    try:
-        _load()
-        return True
-    except Exception:
-        return False
+    """Whether cuBLASLt can be loaded here (CuPy, a GPU and the library); decided once."""
+    global _available
+    if _available is None:
+        try:
+            _load()
+            _available = True
+        except Exception:
+            _available = False
+    return _available
 
 
 def _check(status: int, what: str) -> None:
@@ -100,31 +101,21 @@ def _handle(cp):
     return dev, h
 
 
-def _cuda_type(dtype) -> int:
-    if is_bfloat16(dtype):
-        return 14
-    dt = np.dtype(dtype)
-    if dt == np.float16:
-        return 2
-    if dt == np.float32:
-        return 0
-    raise TypeError(f"cublaslt.matmul: dtype {dt} is not float16, bfloat16 or float32")
-
-
 def _set(lib, desc, attr: int, value) -> None:
     _check(lib.cublasLtMatmulDescSetAttribute(desc, attr, ctypes.byref(value), ctypes.sizeof(value)),
            f"cublasLtMatmulDescSetAttribute({attr})")
 
 
-def _plan(lib, handle, workspace, dev, transa, transb, m, n, k, lda, ldb, ldd, dtype, epilogue, tf32):
-    key = (dev, transa, transb, m, n, k, lda, ldb, ldd, str(np.dtype(dtype)), epilogue, tf32)
-    plan = _plans.get(key)
-    if plan is not None:
+def _plan(lib, handle, workspace, dev, transa, transb, m, n, k, lda, ldb, ldd, t, epilogue, tf32):
+    key = (dev, transa, transb, m, n, k, lda, ldb, ldd, t, epilogue, tf32)
+    if key in _plans:
+        plan = _plans[key]
+        if plan is None:
+            raise CublasError(f"cublasLt has no algorithm for m={m} n={n} k={k} type {t} epilogue {epilogue}")
         return plan
-    t = _cuda_type(dtype)
     desc = ctypes.c_void_p()
-    compute = _COMPUTE_32F_FAST_TF32 if (t == 0 and tf32) else _COMPUTE_32F
-    _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), compute, _R_32F), "cublasLtMatmulDescCreate")
+    compute = COMPUTE_32F_FAST_TF32 if (t == R_32F and tf32) else COMPUTE_32F
+    _check(lib.cublasLtMatmulDescCreate(ctypes.byref(desc), compute, R_32F), "cublasLtMatmulDescCreate")
     _set(lib, desc, _DESC_TRANSA, ctypes.c_int32(transa))
     _set(lib, desc, _DESC_TRANSB, ctypes.c_int32(transb))
     _set(lib, desc, _DESC_EPILOGUE, ctypes.c_uint32(epilogue))
@@ -147,16 +138,19 @@ def _plan(lib, handle, workspace, dev, transa, transb, m, n, k, lda, ldb, ldd, d
     status = lib.cublasLtMatmulAlgoGetHeuristic(handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], pref, 1,
                                                 ctypes.byref(result), ctypes.byref(count))
     if status != 0 or count.value < 1:
-        raise CublasError(f"cublasLt has no algorithm for m={m} n={n} k={k} {np.dtype(dtype)} epilogue {epilogue} "
+        _plans[key] = None
+        raise CublasError(f"cublasLt has no algorithm for m={m} n={n} k={k} type {t} epilogue {epilogue} "
                           f"(status {status})")
     plan = _plans[key] = (desc, layouts, result, result.workspaceSize)
     return plan
 
 
 def matmul(transa: int, transb: int, m: int, n: int, k: int, a_ptr: int, lda: int, b_ptr: int, ldb: int,
-           d_ptr: int, ldd: int, dtype, epilogue: int, bias_ptr: int | None = None, tf32: bool = True) -> None:
+           d_ptr: int, ldd: int, data_type: int, epilogue: int, bias_ptr: int | None = None,
+           tf32: bool = True) -> None:
     """cublasLtMatmul, column-major: D (m, n) = op(A) op(B) then ``epilogue`` (C is D, beta 0), on CuPy's current
-    stream; ``bias_ptr``: the bias (length m) for EPILOGUE_BIAS. Every pointer must be 16-byte aligned."""
+    stream; ``data_type``: cuBLAS's R_* of every operand; ``bias_ptr``: the bias (length m) for EPILOGUE_BIAS. Every
+    pointer must be 16-byte aligned."""
     cp = require_cupy()
     lib = _load()
     for name, p in (("A", a_ptr), ("B", b_ptr), ("D", d_ptr), ("bias", bias_ptr)):
@@ -164,12 +158,13 @@ def matmul(transa: int, transb: int, m: int, n: int, k: int, a_ptr: int, lda: in
             raise ValueError(f"cublaslt.matmul: {name} at {p:#x} is not {_ALIGN}-byte aligned")
     dev, (handle, workspace) = _handle(cp)
     desc, (la, lb, ld), result, ws_bytes = _plan(lib, handle, workspace, dev, transa, transb, m, n, k, lda, ldb, ldd,
-                                                 dtype, epilogue, tf32)
+                                                 data_type, epilogue, tf32)
     if bias_ptr is not None:
         _set(lib, desc, _DESC_BIAS_POINTER, ctypes.c_void_p(bias_ptr))
     stream = cp.cuda.get_current_stream().ptr
     _check(lib.cublasLtMatmul(handle, desc, ctypes.byref(_ONE), ctypes.c_void_p(a_ptr), la, ctypes.c_void_p(b_ptr), lb,
                               ctypes.byref(_ZERO), ctypes.c_void_p(d_ptr), ld, ctypes.c_void_p(d_ptr), ld,
-                              ctypes.byref(result.algo), ctypes.c_void_p(workspace.ptr if workspace is not None else None), ws_bytes,
+                              ctypes.byref(result.algo),
+                              ctypes.c_void_p(workspace.ptr if workspace is not None else None), ws_bytes,
                               ctypes.c_void_p(stream)),
            f"cublasLtMatmul (m={m}, n={n}, k={k}, epilogue {epilogue})")

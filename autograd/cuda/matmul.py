@@ -281,15 +281,13 @@ def colsum(x, out_dtype=None):
 def linear_bias(x, w, b):
     """x @ w^T + b with the bias added inside the GEMM (cuBLASLt's BIAS epilogue: added to the float32 accumulator,
     then one rounding to the output dtype), for x (M, K) and the weight w (N, K) C-contiguous of one dtype (float16,
-    bfloat16 or float32; b is cast to it), -> (M, N); None where that does not apply (the caller adds the bias).
-    Measured at GPT-2 355M's MLP projection (8192 x 4096 @ 4096 x 1024, bfloat16): 0.089 ms against 0.130 for the
-    product and a separate add (benchmarks/RESULTS.md)."""
+    bfloat16 or float32; b is cast to it), -> (M, N); None where that does not apply (the caller adds the bias)."""
     cp = require_cupy()
     M, K = x.shape
     N = w.shape[0]
     dt = x.dtype
     step = 8 if dt in _HALF else 4          # leading dimensions of 16-byte multiples
-    if (w.dtype != dt or dt not in _LT_DTYPES or w.shape[1] != K or b.shape != (N,) or M == 0 or K % step
+    if (w.dtype != dt or dt not in _R_OF or dt == np.float64 or w.shape[1] != K or b.shape != (N,) or M == 0 or K % step
             or N % step or not (x.flags.c_contiguous and w.flags.c_contiguous) or (x.data.ptr | w.data.ptr) % 16
             or not _cublaslt.available()):
         return None
@@ -298,14 +296,11 @@ def linear_bias(x, w, b):
         return None
     y = cp.empty((M, N), dt)
     try:   # column-major: y^T (N, M) = w (N, K) x^T (K, M)
-        _cublaslt.matmul(1, 0, N, M, K, w.data.ptr, K, x.data.ptr, K, y.data.ptr, N, dt, _cublaslt.EPILOGUE_BIAS,
+        _cublaslt.matmul(1, 0, N, M, K, w.data.ptr, K, x.data.ptr, K, y.data.ptr, N, _R_OF[dt], _cublaslt.EPILOGUE_BIAS,
                          bias_ptr=bias.data.ptr, tf32=tf32_enabled())
     except _cb.CublasError:
         return None
     return y
-
-
-_LT_DTYPES = {np.dtype(np.float32)} | _HALF
 
 
 register("matmul", matmul)
