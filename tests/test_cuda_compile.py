@@ -89,12 +89,10 @@ def test_kernels_compile_for_hopper_without_spills(tmp_path, name, attr, lazy):
     assert compiled >= len(lazy.names), f"{name}.{attr}: {compiled} kernels compiled of {len(lazy.names)}"
 
 
-def test_hopper_forward_products_are_not_serialised(tmp_path):
-    """ptxas keeps the warpgroup forward's products asynchronous: no wait or arrive of its own (C7517 / C7519) and no
-    serialisation warning (C751x). The forward's overlap of P V with the next tile's softmax depends on it: a product
-    on a branch, or an accumulator read while its product is in flight, makes ptxas serialise them silently."""
+def _ptxas_report(tmp_path, prefix: str) -> str:
+    """ptxas's verbose report on the sm_90a flash kernels whose names start with prefix."""
     from autograd.cuda import flash_attention as fa
-    names = [n for n in fa._wg_mod.names if n.startswith("flash_fwd_wg")]
+    names = [n for n in fa._wg_mod.names if n.startswith(prefix)]
     assert names
     cu = tmp_path / "k.cu"
     cu.write_text(fa._wg_mod.source + "\nvoid* __instantiate[] = {" + ", ".join(f"(void*){n}" for n in names) + "};\n")
@@ -102,5 +100,23 @@ def test_hopper_forward_products_are_not_serialised(tmp_path):
                         str(cu)], capture_output=True, text=True, timeout=600)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
+    return out
+
+
+def test_hopper_forward_products_are_not_serialised(tmp_path):
+    """ptxas keeps the warpgroup forward's products asynchronous: no wait or arrive of its own (C7517 / C7519) and no
+    serialisation warning (C751x). The forward's overlap of P V with the next tile's softmax depends on it: a product
+    on a branch, or an accumulator read while its product is in flight, makes ptxas serialise them silently."""
+    out = _ptxas_report(tmp_path, "flash_fwd_wg")
     warnings = [line.strip() for line in out.splitlines() if re.search(r"\(C751\d\)", line)]
     assert not warnings, "\n".join(warnings)
+
+
+def test_hopper_backward_products_are_not_serialised(tmp_path):
+    """The warpgroup backward's dV/dK product runs on while dQ is added: ptxas must not serialise its products
+    (C7515: an accumulator written by other instructions while a product is open, e.g. the next tile's cleared
+    accumulators before that product has been waited for). The wait it adds after the first S^T product (C7517 /
+    C7519) is known and allowed."""
+    out = _ptxas_report(tmp_path, "flash_bwd_wg")
+    serialised = [line.strip() for line in out.splitlines() if re.search(r"\(C751[0-6]\)", line)]
+    assert not serialised, "\n".join(serialised)

@@ -44,6 +44,15 @@ __device__ __forceinline__ void st(bf16_t* p, i64 i, float v) {
 
 __device__ __forceinline__ float neg_inf_f() { return __int_as_float(0xff800000); }
 
+// (y, x) of this block with the grid walked y fastest. Blocks start in the order of their linear index, so a grid of
+// (tiles per head, heads) starts every head's tile 0, then every head's tile 1, ...: the attention kernels number a
+// head's tiles longest first (causal), and no long tile is left to start in the last wave
+struct GridYX { int y, x; };
+__device__ __forceinline__ GridYX grid_y_fastest() {
+    const int lin = blockIdx.y * gridDim.x + blockIdx.x;
+    return {lin % (int)gridDim.y, lin / (int)gridDim.y};
+}
+
 template <typename A> __device__ __forceinline__ A warp_sum(A v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

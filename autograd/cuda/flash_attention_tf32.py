@@ -125,10 +125,11 @@ __global__ void __launch_bounds__(128) flash_tf32_fwd(const float* __restrict__ 
     float* Ksm = reinterpret_cast<float*>(ft_smem);   // [2][TILE], then V [2][TILE]
     float* Vsm = Ksm + 2 * TILE;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const i64 bh = blockIdx.y;
+    const GridYX blk = grid_y_fastest();
+    const i64 bh = blk.y;
     Q += bh * Tq * D; O += bh * Tq * D; L += bh * Tq;
     K += bh * Tk * D; V += bh * Tk * D;
-    const int qblock = (gridDim.x - 1 - blockIdx.x) * 64;   // causal: the longest rows start first
+    const int qblock = (gridDim.x - 1 - blk.x) * 64;   // causal: the longest rows start first
     const int q0 = qblock + warp * 16;
     const int shift = Tk - Tq;
     u32 qa[D / 8][4];
@@ -232,10 +233,11 @@ __global__ void __launch_bounds__(128) flash_tf32_bwd(const float* __restrict__ 
     float* lse_s = dSs + 64 * SL;
     float* del_s = lse_s + BQ;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const i64 bh = blockIdx.y;
+    const GridYX blk = grid_y_fastest();   // causal: a head's first key block is its longest
+    const i64 bh = blk.y;
     Q += bh * Tq * D; dO += bh * Tq * D; dQ += bh * Tq * D; L += bh * Tq; Dl += bh * Tq;
     K += bh * Tk * D; V += bh * Tk * D; dK += bh * Tk * D; dV += bh * Tk * D;
-    const int kblock = blockIdx.x * 64, kwl = warp * 16, kw0 = kblock + kwl;
+    const int kblock = blk.x * 64, kwl = warp * 16, kw0 = kblock + kwl;
     const int shift = Tk - Tq;
     const float scale_log2 = scale * LOG2E;
     float dv[D / 8][4], dk[D / 8][4];

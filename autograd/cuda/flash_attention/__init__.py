@@ -69,7 +69,7 @@ _mod = LazyModule(_SRC, {
                   if len(_BWD_TILES[d]) == 1 or (dr == "true") == (i == len(_BWD_TILES[d]) - 1)],
     "flash_bwd_delta": [f"{d},{bf}" for d in _FWD_D for bf in _BOOL],
     "flash_bwd_delta_vec": [f"{d},{bf}" for d in (32, 64, 128) for bf in _BOOL],
-    "flash_dq_out": [f"{d},{bf}" for d in _FWD_D for bf in _BOOL],
+    "flash_dq_out": list(_BOOL),
 })
 # Hopper (sm_90a, warpgroup products): forward D -> (keys per K/V tile, warpgroups per block); backward D ->
 # minimum blocks per SM (the register budget) without and with dropout (None: dropout takes the mma.sync kernel; the
@@ -216,6 +216,12 @@ def _opt_in(kern, smem: int) -> None:
         _smem_set[key] = (smem, kern)   # holding kern keeps its id from being reused
 
 
+def _wg_bwd_smem(D: int) -> int:
+    """Dynamic shared memory of the sm_90a backward: alignment slack, K, V, two stages of (Q, dO), dS^T, two stages
+    of (lse, delta), and for D <= 64 dQ's float32 tile."""
+    return 1024 + 6 * 64 * D * 2 + 64 * 128 + 4 * 64 * 4 + (64 * D * 4 if D <= 64 else 0)
+
+
 def _bwd_smem(D: int, qt: int, kreg: bool) -> int:
     """Dynamic shared memory of flash_bwd in bytes (the layout at the top of the kernel)."""
     tiles = 4 * qt * (D + 8) + (1 if kreg else 2) * 64 * (D + 8) + 64 * (qt + 8)
@@ -250,7 +256,7 @@ def flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, d
     if kernel_family(D, backward=True, dropout=drop == "true") == "wgmma":
         minb = _WG_BWD[D][drop == "true"]
         kern = _wg_mod.kernel("flash_bwd_wg", _targs(q.dtype, f"{D},{minb}", drop))
-        smem = 1024 + 6 * 64 * D * 2 + 64 * 128 + 4 * 64 * 4   # slack, K, V, 2 x (Q, dO), dS^T, 2 x (lse, delta)
+        smem = _wg_bwd_smem(D)
         _opt_in(kern, smem)
         kern(((Tk + 63) // 64, B * Hk), (128,), common + (p, rinv, state), shared_mem=smem)
     else:
@@ -260,8 +266,6 @@ def flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, d
         _opt_in(kern, smem)
         kern(((Tk + 63) // 64, B * Hk), (128,), common + (p, rinv, state), shared_mem=smem)
     dq = cp.empty((B, H, Tq, D), q.dtype)
-    _, sdq = _strides(dq)
-    pairs = rows * D // 2
-    _mod.kernel("flash_dq_out", _targs(q.dtype, D))(((pairs + 255) // 256,), (256,),
-                                                   (dq_acc, dq, np.int32(Tq), np.int32(H), np.int64(pairs), *sdq))
+    n8 = rows * D // 8   # D is a multiple of 8
+    _mod.kernel("flash_dq_out", _targs(q.dtype))(((n8 + 255) // 256,), (256,), (dq_acc, dq, np.int64(n8)))
     return dq, dk, dv

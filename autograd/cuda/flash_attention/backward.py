@@ -49,15 +49,14 @@ __global__ void flash_bwd_delta_vec(const b16* __restrict__ O, const b16* __rest
     if (r < rows && part == 0) Dl[r] = acc;
 }
 
-// dq (16-bit, strides) from the float32 accumulator (B, H, Tq, D), contiguous
-template <int D, bool BF>
-__global__ void flash_dq_out(const float* __restrict__ acc, b16* __restrict__ dq, int Tq, int H, i64 pairs,
-                             i64 sb, i64 sh, i64 st) {
+// dq (16-bit) from the float32 accumulator, both contiguous: 8 values a thread (16-byte stores), n8 = size / 8
+template <bool BF>
+__global__ void flash_dq_out(const float* __restrict__ acc, b16* __restrict__ dq, i64 n8) {
     const i64 k = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (k >= pairs) return;
-    const i64 e = 2 * k, row = e / D, d = e % D, bh = row / Tq, i = row % Tq, b = bh / H, h = bh % H;
-    const float2 v = *reinterpret_cast<const float2*>(acc + e);
-    *reinterpret_cast<u32*>(dq + b * sb + h * sh + i * st + d) = pack2<BF>(v.x, v.y);
+    if (k >= n8) return;
+    const float4 a = reinterpret_cast<const float4*>(acc)[2 * k], c = reinterpret_cast<const float4*>(acc)[2 * k + 1];
+    reinterpret_cast<uint4*>(dq)[k] = make_uint4(pack2<BF>(a.x, a.y), pack2<BF>(a.z, a.w), pack2<BF>(c.x, c.y),
+                                                 pack2<BF>(c.z, c.w));
 }
 
 // Backward: one block per 64 keys of one key/value head; it walks the query tiles of every query head that
@@ -86,10 +85,11 @@ __global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(
     float* lse_s = reinterpret_cast<float*>(dSs + 64 * SLD);   // two stages of QT, like Q and dO
     float* del_s = lse_s + 2 * QT;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-    const int Hk = H / rep, bk = blockIdx.y, b = bk / Hk, hk = bk % Hk;
+    const GridYX blk = grid_y_fastest();   // causal: a head's first key block is its longest
+    const int Hk = H / rep, bk = blk.y, b = bk / Hk, hk = bk % Hk;
     K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
     dK += b * g_sb + hk * g_sh; dV += b * g_sb + hk * g_sh;
-    const int kblock = blockIdx.x * 64;
+    const int kblock = blk.x * 64;
     const int kw0 = kblock + warp * 16;
     const int shift = Tk - Tq;
     const float scale_log2 = scale * LOG2E;

@@ -21,10 +21,11 @@ __global__ void __launch_bounds__(128) flash_fwd(const b16* __restrict__ Q, cons
     b16* const Kst = reinterpret_cast<b16*>(fa_smem);
     b16* const Vst = Kst + 2 * TILE;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hk = h / rep;
+    const GridYX blk = grid_y_fastest();
+    const int bh = blk.y, b = bh / H, h = bh % H, hk = h / rep;
     Q += b * q_sb + h * q_sh; O += b * o_sb + h * o_sh; L += (i64)bh * Tq;
     K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
-    const int qblock = (gridDim.x - 1 - blockIdx.x) * QB;   // causal: the longest rows start first
+    const int qblock = (gridDim.x - 1 - blk.x) * QB;   // causal: the longest rows start first
     const int q0 = qblock + warp * 16 * MT;
     const int shift = Tk - Tq;
     unsigned long long dseed = 0, doff = 0;

@@ -69,6 +69,15 @@ __device__ __forceinline__ unsigned long long mnstep(unsigned long long d, int k
 __device__ __forceinline__ void red_add2(float* p, float a, float b) {
     asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(a), "f"(b) : "memory");
 }
+// dst[0, bytes / 4) += src[...] (float32) by the bulk-copy engine, from shared memory (16-byte aligned, bytes a multiple
+// of 16); the copy joins the thread's bulk group, waited for with bulk_wait_read (src may be reused) or bulk_wait (done)
+__device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, u32 bytes) {
+    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;"
+                 :: "l"(dst), "r"(smem_u32(src)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 template <int N, bool BF, int TA, int TB>
 __device__ __forceinline__ void wg_ss(float* d, unsigned long long da, unsigned long long db, int acc) {
     if constexpr (N == 64) wg_mma_ss_n64<BF, TA, TB>(d, da, db, acc);
@@ -95,10 +104,11 @@ __global__ void __launch_bounds__(128 * NWG) flash_fwd_wg(const b16* __restrict_
     unsigned char* const Vs = Ks + 2 * KB;        // two stages
     const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31, gid = lane >> 2,
               tig = lane & 3;
-    const int bh = blockIdx.y, b = bh / H, h = bh % H, hk = h / rep;
+    const GridYX blk = grid_y_fastest();
+    const int bh = blk.y, b = bh / H, h = bh % H, hk = h / rep;
     Q += b * q_sb + h * q_sh; O += b * o_sb + h * o_sh; L += (i64)bh * Tq;
     K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
-    const int qblock = (gridDim.x - 1 - blockIdx.x) * 64 * NWG;   // causal: the longest rows start first
+    const int qblock = (gridDim.x - 1 - blk.x) * 64 * NWG;   // causal: the longest rows start first
     const int qw = qblock + 64 * wg;                                // this warpgroup's first query
     const int r0 = qw + warp * 16 + gid;                            // this thread's rows: r0 and r0 + 8
     const int shift = Tk - Tq;
@@ -203,6 +213,9 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
         i64 g_sb, i64 g_sh, i64 g_st, float scale, int causal, float drop_p, float drop_scale,
         const long long* __restrict__ drop_state) {
     constexpr int TB = 64 * D * 2;   // bytes of a 64-row tile
+    // D <= 64: dQ goes through a float32 shared tile added to global memory by the bulk-copy engine (16 KB more
+    // shared memory, still 3 blocks per SM); D = 128 would fit one block per SM, so it adds from registers
+    constexpr bool BULK_DQ = D <= 64;
     extern __shared__ unsigned char fa_raw[];
     unsigned char* const sm = align1024(fa_raw);
     unsigned char* const Ks = sm;
@@ -212,11 +225,13 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
     unsigned char* const dSs = sm + 6 * TB;       // dS^T: 64 keys x 64 queries
     float* const lse_s = reinterpret_cast<float*>(dSs + 64 * 128);   // two stages of 64
     float* const del_s = lse_s + 128;
+    float* const dq_s = lse_s + 256;   // BULK_DQ: dQ's float32 tile, 64 queries x D
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
-    const int Hk = H / rep, bk = blockIdx.y, b = bk / Hk, hk = bk % Hk;
+    const GridYX blk = grid_y_fastest();   // causal: a head's first key block is its longest
+    const int Hk = H / rep, bk = blk.y, b = bk / Hk, hk = bk % Hk;
     K += b * kv_sb + hk * kv_sh; V += b * kv_sb + hk * kv_sh;
     dK += b * g_sb + hk * g_sh; dV += b * g_sb + hk * g_sh;
-    const int kblock = blockIdx.x * 64;
+    const int kblock = blk.x * 64;
     const int kr0 = kblock + warp * 16 + gid;   // this thread's keys: kr0 and kr0 + 8
     const int shift = Tk - Tq;
     const float scale_log2 = scale * LOG2E;
@@ -317,16 +332,10 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
             }
         }
         fence_async_smem();
-        // dV += P^T dO, dK += dS^T Q (the 64 queries are the reduction: dO and Q read transposed)
-        wg_fence();
-#pragma unroll
-        for (int kc = 0; kc < 4; ++kc) {
-            wg_rs<D, BF, 1>(dv, pa[kc], mnstep(domn, kc), 1);
-            wg_rs<D, BF, 1>(dk, sa[kc], mnstep(qmn, kc), 1);
-        }
-        wg_commit();
+        if (BULK_DQ && lane == 0) bulk_wait_read();   // this warp's dQ rows of the last tile have left dq_s
         __syncthreads();   // every warp's dS^T rows are in shared memory
-        // dQ (64 queries x D) = dS K over the block's 64 keys: dS read transposed from dS^T
+        // dQ (64 queries x D) = dS K over the block's 64 keys (dS read transposed from dS^T), then dV += P^T dO and
+        // dK += dS^T Q (the 64 queries are the reduction: dO and Q read transposed), which run while dQ is added
         float dq[D / 2];
 #pragma unroll
         for (int i = 0; i < D / 2; ++i) dq[i] = 0.f;
@@ -334,19 +343,44 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
 #pragma unroll
         for (int kc = 0; kc < 4; ++kc) wg_ss<D, BF, 1, 1>(dq, mnstep(dsd, kc), mnstep(kmn, kc), 1);
         wg_commit();
-        wg_wait<0>();
-        float* dQh = dQ + ((i64)b * H + h) * Tq * D;
 #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            const int row = qt + warp * 16 + gid + 8 * hh;
-            if (row < Tq) {
+        for (int kc = 0; kc < 4; ++kc) {
+            wg_rs<D, BF, 1>(dv, pa[kc], mnstep(domn, kc), 1);
+            wg_rs<D, BF, 1>(dk, sa[kc], mnstep(qmn, kc), 1);
+        }
+        wg_commit();
+        wg_wait<1>();   // dQ's product is in; dV's and dK's run on
+        if constexpr (BULK_DQ) {
+            // each warp stores its 16 rows (contiguous in dq_s as in dQ) and adds them with one bulk reduction
 #pragma unroll
-                for (int j = 0; j < D / 8; ++j) {
-                    red_add2(dQh + (i64)row * D + j * 8 + tig * 2, dq[4 * j + 2 * hh] * scale,
-                             dq[4 * j + 2 * hh + 1] * scale);
+            for (int hh = 0; hh < 2; ++hh) {
+                const int rl = warp * 16 + gid + 8 * hh;
+#pragma unroll
+                for (int j = 0; j < D / 8; ++j)
+                    *reinterpret_cast<float2*>(dq_s + rl * D + j * 8 + tig * 2) =
+                        make_float2(dq[4 * j + 2 * hh] * scale, dq[4 * j + 2 * hh + 1] * scale);
+            }
+            fence_async_smem();
+            __syncwarp();
+            const int wrows = min(16, Tq - qt - warp * 16);
+            if (lane == 0 && wrows > 0) {   // the tile's rows are contiguous in dQ
+                bulk_reduce_add(dQ + (((i64)b * H + h) * Tq + qt + warp * 16) * D, dq_s + warp * 16 * D, wrows * D * 4);
+                bulk_commit();
+            }
+        } else {
+            float* dQh = dQ + ((i64)b * H + h) * Tq * D;
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh) {
+                const int row = qt + warp * 16 + gid + 8 * hh;
+                if (row < Tq) {
+#pragma unroll
+                    for (int j = 0; j < D / 8; ++j)
+                        red_add2(dQh + (i64)row * D + j * 8 + tig * 2, dq[4 * j + 2 * hh] * scale,
+                                 dq[4 * j + 2 * hh + 1] * scale);
                 }
             }
         }
+        wg_wait<0>();   // before the next tile's accumulators are cleared (an open product would serialise them)
     }
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
@@ -361,6 +395,7 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
             }
         }
     }
+    if (BULK_DQ && lane == 0) bulk_wait();
     cp_async_wait<0>();   // no copy may land after the block has gone (total = 0 leaves K and V in flight)
 }
 """
