@@ -69,11 +69,13 @@ __device__ __forceinline__ unsigned long long mnstep(unsigned long long d, int k
 __device__ __forceinline__ void red_add2(float* p, float a, float b) {
     asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(a), "f"(b) : "memory");
 }
-// dst[0, bytes / 4) += src[...] (float32) by the bulk-copy engine, from shared memory (16-byte aligned, bytes a multiple
-// of 16); the copy joins the thread's bulk group, waited for with bulk_wait_read (src may be reused) or bulk_wait (done)
-__device__ __forceinline__ void bulk_reduce_add(float* dst, const float* src, u32 bytes) {
-    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;"
-                 :: "l"(dst), "r"(smem_u32(src)), "r"(bytes) : "memory");
+// the box of map at coordinates (c0 innermost, c1, c2) += its image at src (shared memory, in the map's swizzle) by the
+// tensor memory accelerator; joins the thread's bulk group, waited for with bulk_wait_read (src may be overwritten)
+// or bulk_wait (the global memory is written)
+__device__ __forceinline__ void tma_reduce_add_3d(const TensorMap* map, const void* src, int c0, int c1, int c2) {
+    asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];"
+                 :: "l"(reinterpret_cast<unsigned long long>(map)), "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
+                 : "memory");
 }
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
@@ -211,11 +213,12 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
         int Tq, int Tk, int H, int rep,
         i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 do_sb, i64 do_sh, i64 do_st,
         i64 g_sb, i64 g_sh, i64 g_st, float scale, int causal, float drop_p, float drop_scale,
-        const long long* __restrict__ drop_state) {
+        const long long* __restrict__ drop_state, const __grid_constant__ TensorMap dq_map) {
     constexpr int TB = 64 * D * 2;   // bytes of a 64-row tile
-    // D <= 64: dQ goes through a float32 shared tile added to global memory by the bulk-copy engine (16 KB more
-    // shared memory, still 3 blocks per SM); D = 128 would fit one block per SM, so it adds from registers
-    constexpr bool BULK_DQ = D <= 64;
+    // D 64: dQ goes through a float32 shared tile added to global memory by the TMA (dq_map: dQ as (B H, Tq, D) in
+    // boxes of 16 rows x 32 columns; 16 KB more shared memory, still 3 blocks per SM); D 128 would fit one block per
+    // SM, so it adds from registers
+    constexpr bool BULK_DQ = D == 64;
     extern __shared__ unsigned char fa_raw[];
     unsigned char* const sm = align1024(fa_raw);
     unsigned char* const Ks = sm;
@@ -225,7 +228,9 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
     unsigned char* const dSs = sm + 6 * TB;       // dS^T: 64 keys x 64 queries
     float* const lse_s = reinterpret_cast<float*>(dSs + 64 * 128);   // two stages of 64
     float* const del_s = lse_s + 128;
-    float* const dq_s = lse_s + 256;   // BULK_DQ: dQ's float32 tile, 64 queries x D
+    // BULK_DQ: dQ's float32 tile, 4 KB a warp (its 16 rows): the images of two boxes (columns 0-31, 32-63) of 16 rows
+    // x 128 bytes in the 128-byte swizzle (1024-byte aligned: 6 TB + 9 KB from sm)
+    unsigned char* const dq_s = reinterpret_cast<unsigned char*>(lse_s + 256);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const GridYX blk = grid_y_fastest();   // causal: a head's first key block is its longest
     const int Hk = H / rep, bk = blk.y, b = bk / Hk, hk = bk % Hk;
@@ -351,20 +356,25 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
         wg_commit();
         wg_wait<1>();   // dQ's product is in; dV's and dK's run on
         if constexpr (BULK_DQ) {
-            // each warp stores its 16 rows (contiguous in dq_s as in dQ) and adds them with one bulk reduction
+            // each warp stores its 16 rows into its two box images (row r's 16-byte chunk c at c ^ (r % 8): the 8
+            // rows of a store fall in different banks) and adds them with two TMA reductions; rows past Tq are
+            // outside the map and skipped
+            unsigned char* const img = dq_s + warp * 4096;
 #pragma unroll
             for (int hh = 0; hh < 2; ++hh) {
-                const int rl = warp * 16 + gid + 8 * hh;
+                const int r = gid + 8 * hh;
 #pragma unroll
-                for (int j = 0; j < D / 8; ++j)
-                    *reinterpret_cast<float2*>(dq_s + rl * D + j * 8 + tig * 2) =
+                for (int j = 0; j < D / 8; ++j) {
+                    const int chunk = ((j & 3) << 1) | (tig >> 1);
+                    *reinterpret_cast<float2*>(img + (j >> 2) * 2048 + r * 128 + ((chunk ^ gid) << 4) + (tig & 1) * 8) =
                         make_float2(dq[4 * j + 2 * hh] * scale, dq[4 * j + 2 * hh + 1] * scale);
+                }
             }
             fence_async_smem();
             __syncwarp();
-            const int wrows = min(16, Tq - qt - warp * 16);
-            if (lane == 0 && wrows > 0) {   // the tile's rows are contiguous in dQ
-                bulk_reduce_add(dQ + (((i64)b * H + h) * Tq + qt + warp * 16) * D, dq_s + warp * 16 * D, wrows * D * 4);
+            if (lane == 0 && qt + warp * 16 < Tq) {
+                tma_reduce_add_3d(&dq_map, img, 0, qt + warp * 16, b * H + h);
+                tma_reduce_add_3d(&dq_map, img + 2048, 32, qt + warp * 16, b * H + h);
                 bulk_commit();
             }
         } else {
