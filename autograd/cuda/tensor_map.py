@@ -13,6 +13,7 @@ import ctypes
 
 import numpy as np
 
+from ..dtypes import is_bfloat16
 from ._common import require_cupy
 
 TENSOR_MAP_SRC = r"""
@@ -21,7 +22,6 @@ struct __align__(64) TensorMap { unsigned long long w[16]; };
 """
 
 SWIZZLE_NONE, SWIZZLE_128B = 0, 3
-_FLOAT32 = 7        # CU_TENSOR_MAP_DATA_TYPE_FLOAT32
 _INTERLEAVE_NONE = 0
 _L2_PROMOTION_128B = 2
 _OOB_FILL_NONE = 0
@@ -60,25 +60,46 @@ def empty_map():
     return np.zeros((), map_dtype())[()]
 
 
-def float32_tiles(array, box: tuple[int, ...], swizzle: int = SWIZZLE_128B):
-    """The tensor map of ``array`` (a C-contiguous float32 CuPy array, 1 to 5 axes) in boxes of ``box`` elements per
-    axis (the array's axis order; the last axis innermost, box[-1] * 4 bytes at most 128 with the 128-byte swizzle).
-    Coordinates past the array's extent are skipped by reductions and stores, read as zeros by loads."""
-    if array.dtype != np.float32 or not array.flags.c_contiguous or not 1 <= array.ndim <= 5 or len(box) != array.ndim:
-        raise TensorMapError(f"tensor map: needs a C-contiguous float32 array of 1-5 axes and a box per axis, got "
-                             f"{array.dtype} {array.shape} (contiguous {array.flags.c_contiguous}), box {box}")
+def _data_type(dtype) -> int | None:
+    """The driver's CUtensorMapDataType of a NumPy dtype, None for one it has no tiles of here."""
+    if is_bfloat16(dtype):
+        return 9
+    return {np.dtype(np.float16): 6, np.dtype(np.float32): 7}.get(np.dtype(dtype))
+
+
+def tiles(array, box: tuple[int, ...], swizzle: int = SWIZZLE_128B):
+    """The tensor map of ``array`` (a float16, bfloat16 or float32 CuPy array of 1 to 5 axes, unit stride along the
+    last, the others multiples of 16 bytes) in boxes of ``box`` elements per axis (the array's axis order; the last
+    axis innermost, at most 128 bytes of it with the 128-byte swizzle). Coordinates past the array's extent are read
+    as zeros by loads and skipped by reductions and stores."""
+    code = _data_type(array.dtype)
+    item = np.dtype(array.dtype).itemsize
     rank = array.ndim
+    strides = list(array.strides)
+    ptr = array.data.ptr if hasattr(array.data, "ptr") else array.ctypes.data   # CuPy, or NumPy (refused below)
+    ok = code is not None and 1 <= rank <= 5 and len(box) == rank and ptr % 16 == 0
+    ok = ok and (array.shape[-1] == 1 or strides[-1] == item)
+    inner = item * array.shape[-1]
+    for ax in range(rank - 2, -1, -1):   # an axis of length 1 takes any valid stride (its coordinate stays 0)
+        if array.shape[ax] == 1:
+            strides[ax] = -(-inner // 16) * 16
+        ok = ok and strides[ax] > 0 and strides[ax] % 16 == 0
+        inner = strides[ax] * array.shape[ax]
+    if not ok:
+        raise TensorMapError(f"tensor map: needs a float16/bfloat16/float32 array of 1-5 axes with unit stride along "
+                             f"the last and 16-byte multiples elsewhere, and a box per axis; got {array.dtype} "
+                             f"{array.shape} strides {array.strides}, box {box}")
     dims = (ctypes.c_uint64 * rank)(*reversed(array.shape))
-    strides = (ctypes.c_uint64 * max(1, rank - 1))(*reversed(array.strides[:-1])) if rank > 1 else (ctypes.c_uint64 * 1)(0)
+    gstrides = (ctypes.c_uint64 * max(1, rank - 1))(*(reversed(strides[:-1]) if rank > 1 else [0]))
     boxes = (ctypes.c_uint32 * rank)(*reversed(box))
     steps = (ctypes.c_uint32 * rank)(*([1] * rank))
     raw = np.zeros(128 + 64, np.uint8)   # the driver writes a 64-byte aligned CUtensorMap
     at = -raw.ctypes.data % 64
-    rc = _driver()(raw.ctypes.data + at, _FLOAT32, rank, ctypes.c_void_p(array.data.ptr), dims, strides, boxes, steps,
+    rc = _driver()(raw.ctypes.data + at, code, rank, ctypes.c_void_p(ptr), dims, gstrides, boxes, steps,
                    _INTERLEAVE_NONE, swizzle, _L2_PROMOTION_128B, _OOB_FILL_NONE)
     if rc != 0:
-        raise TensorMapError(f"cuTensorMapEncodeTiled failed (CUresult {rc}) for a float32 array {array.shape}, "
-                             f"box {box}, swizzle {swizzle}")
+        raise TensorMapError(f"cuTensorMapEncodeTiled failed (CUresult {rc}) for a {array.dtype} array "
+                             f"{array.shape} strides {array.strides}, box {box}, swizzle {swizzle}")
     out = np.zeros((), map_dtype())
     out["w"] = raw[at:at + 128].view(np.uint64)
     return out[()]

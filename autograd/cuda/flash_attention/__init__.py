@@ -42,7 +42,7 @@ import numpy as np
 
 from ...dtypes import is_bfloat16
 from .._common import LazyModule, require_cupy
-from ..tensor_map import TENSOR_MAP_SRC, empty_map, float32_tiles
+from .. import tensor_map
 from ..wgmma import WGMMA_SRC, Sm90aModule
 from .backward import BACKWARD_SRC
 from .device import DEVICE_SRC
@@ -77,7 +77,7 @@ _mod = LazyModule(_SRC, {
 # D 128 backward with dropout would spill)
 _WG_FWD = {64: (64, 2), 128: (64, 2)}
 _WG_BWD = {64: (3, 2), 128: (2, None)}
-_WG_SRC = WGMMA_SRC + TENSOR_MAP_SRC + DEVICE_SRC + HOPPER_SRC
+_WG_SRC = WGMMA_SRC + tensor_map.TENSOR_MAP_SRC + DEVICE_SRC + HOPPER_SRC
 _wg_mod = Sm90aModule(_WG_SRC, {
     "flash_fwd_wg": [f"{d},{bn},{nw},{bf},{dr}" for d, (bn, nw) in _WG_FWD.items() for bf in _BOOL for dr in _BOOL],
     "flash_bwd_wg": [f"{d},{mb[i]},{bf},{dr}" for d, mb in _WG_BWD.items() for bf in _BOOL
@@ -217,10 +217,19 @@ def _opt_in(kern, smem: int) -> None:
         _smem_set[key] = (smem, kern)   # holding kern keeps its id from being reused
 
 
+def _tile_map(x):
+    """The tensor map of a (B, H, T, D) 16-bit array in the sm_90a kernels' tiles of 64 rows x 64 columns (128-byte
+    swizzle); a layout the driver does not map is copied to a contiguous one first."""
+    try:
+        return tensor_map.tiles(x, (1, 1, 64, 64))
+    except tensor_map.TensorMapError:
+        return tensor_map.tiles(require_cupy().ascontiguousarray(x), (1, 1, 64, 64))
+
+
 def _wg_bwd_smem(D: int) -> int:
     """Dynamic shared memory of the sm_90a backward: alignment slack, K, V, two stages of (Q, dO), dS^T, two stages
-    of (lse, delta), and for D <= 64 dQ's float32 tile."""
-    return 1024 + 6 * 64 * D * 2 + 64 * 128 + 4 * 64 * 4 + (64 * D * 4 if D <= 64 else 0)
+    of (lse, delta), for D 64 dQ's float32 tile, two mbarriers."""
+    return 1024 + 6 * 64 * D * 2 + 64 * 128 + 4 * 64 * 4 + (64 * D * 4 if D == 64 else 0) + 16
 
 
 def _bwd_smem(D: int, qt: int, kreg: bool) -> int:
@@ -259,8 +268,9 @@ def flash_backward(q, k, v, o, lse, do, causal, scale, dropout_p: float = 0.0, d
         kern = _wg_mod.kernel("flash_bwd_wg", _targs(q.dtype, f"{D},{minb}", drop))
         smem = _wg_bwd_smem(D)
         _opt_in(kern, smem)
-        dq_map = float32_tiles(dq_acc.reshape(B * H, Tq, D), (1, 16, 32)) if D == 64 else empty_map()
-        kern(((Tk + 63) // 64, B * Hk), (128,), common + (p, rinv, state, dq_map), shared_mem=smem)
+        dq_map = tensor_map.tiles(dq_acc.reshape(B * H, Tq, D), (1, 16, 32)) if D == 64 else tensor_map.empty_map()
+        kern(((Tk + 63) // 64, B * Hk), (128,), common + (p, rinv, state, dq_map, _tile_map(q), _tile_map(do)),
+             shared_mem=smem)
     else:
         qt, kreg = _BWD_TILES[D][-1 if drop == "true" else 0]
         kern = _mod.kernel("flash_bwd", _targs(q.dtype, f"{D},{qt},{kreg}", drop))

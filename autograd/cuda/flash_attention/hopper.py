@@ -77,6 +77,30 @@ __device__ __forceinline__ void tma_reduce_add_3d(const TensorMap* map, const vo
                  :: "l"(reinterpret_cast<unsigned long long>(map)), "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
                  : "memory");
 }
+// mbarriers (shared, 8 bytes): a TMA copy completes its bytes on one; a phase ends when the arrival of mbar_expect_tx
+// and all the bytes it announced are in
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_u32(bar)), "r"(count) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned long long* bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, int parity) {
+    asm volatile("{\n.reg .pred done;\nWAIT:\nmbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n@!done bra WAIT;\n}"
+                 :: "r"(smem_u32(bar)), "r"(parity) : "memory");
+}
+// rows [row, row + 64) of head (head, batch) of a (B, H, T, D) 16-bit tensor into the swizzled tile at dst (the
+// layout of load_sw_async: D / 64 boxes of 64 rows x 128 bytes, rows past T zero-filled), by the TMA; completes on bar
+template <int D>
+__device__ __forceinline__ void tma_tile(unsigned char* dst, const TensorMap* map, int row, int head, int batch,
+                                         unsigned long long* bar) {
+#pragma unroll
+    for (int cb = 0; cb < D / 64; ++cb)
+        asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];"
+                     :: "r"(smem_u32(dst + cb * 64 * 128)), "l"(reinterpret_cast<unsigned long long>(map)), "r"(cb * 64),
+                        "r"(row), "r"(head), "r"(batch), "r"(smem_u32(bar)) : "memory");
+}
 __device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
 __device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 __device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
@@ -213,7 +237,9 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
         int Tq, int Tk, int H, int rep,
         i64 q_sb, i64 q_sh, i64 q_st, i64 kv_sb, i64 kv_sh, i64 kv_st, i64 do_sb, i64 do_sh, i64 do_st,
         i64 g_sb, i64 g_sh, i64 g_st, float scale, int causal, float drop_p, float drop_scale,
-        const long long* __restrict__ drop_state, const __grid_constant__ TensorMap dq_map) {
+        const long long* __restrict__ drop_state, const __grid_constant__ TensorMap dq_map,
+        const __grid_constant__ TensorMap q_map, const __grid_constant__ TensorMap do_map) {
+    // Q and dO are read through q_map / do_map (their tiles copied by the TMA; Q, dO and their strides are unused)
     constexpr int TB = 64 * D * 2;   // bytes of a 64-row tile
     // D 64: dQ goes through a float32 shared tile added to global memory by the TMA (dq_map: dQ as (B H, Tq, D) in
     // boxes of 16 rows x 32 columns; 16 KB more shared memory, still 3 blocks per SM); D 128 would fit one block per
@@ -231,6 +257,8 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
     // BULK_DQ: dQ's float32 tile, 4 KB a warp (its 16 rows): the images of two boxes (columns 0-31, 32-63) of 16 rows
     // x 128 bytes in the 128-byte swizzle (1024-byte aligned: 6 TB + 9 KB from sm)
     unsigned char* const dq_s = reinterpret_cast<unsigned char*>(lse_s + 256);
+    // the two stages' mbarriers, after dq_s
+    unsigned long long* const bars = reinterpret_cast<unsigned long long*>(dq_s + (BULK_DQ ? 64 * D * 4 : 0));
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gid = lane >> 2, tig = lane & 3;
     const GridYX blk = grid_y_fastest();   // causal: a head's first key block is its longest
     const int Hk = H / rep, bk = blk.y, b = bk / Hk, hk = bk % Hk;
@@ -256,23 +284,33 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
     const int total = rep * ntq;   // tiles of every query head of the group, one after the other
     if (total > 0) {
         const int h0 = hk * rep;
-        load_sw_async<D, 64>(Qst, Q + b * q_sb + h0 * q_sh, q_st, qstart, Tq);
-        load_sw_async<D, 64>(dOst, dO + b * do_sb + h0 * do_sh, do_st, qstart, Tq);
+        if (threadIdx.x == 0) {
+            mbar_init(bars, 1);
+            mbar_init(bars + 1, 1);
+            mbar_expect_tx(bars, 2 * TB);
+            tma_tile<D>(Qst, &q_map, qstart, h0, b, bars);
+            tma_tile<D>(dOst, &do_map, qstart, h0, b, bars);
+        }
         load_rows_async<64, 128>(lse_s, del_s, L, Dl, ((i64)b * H + h0) * Tq, qstart, Tq);
     }
     cp_async_commit();
+    __syncthreads();   // the mbarriers are initialised before any thread waits on them
     const unsigned long long kd = kdesc(smem_u32(Ks)), vd = kdesc(smem_u32(Vs)), kmn = mndesc<64>(smem_u32(Ks)),
                              dsd = mndesc<64>(smem_u32(dSs));
     for (int it = 0; it < total; ++it) {
         const int buf = it & 1;
         const int h = hk * rep + it / ntq, qt = qstart + (it % ntq) * 64;
+        mbar_wait(bars + buf, (it >> 1) & 1);   // Q and dO of tile it are in (stage buf's (it / 2)-th phase)
         cp_async_wait<0>();
         fence_async_smem();
         __syncthreads();   // tile it is in; every product of tile it - 1 has completed
         if (it + 1 < total) {
             const int hn = hk * rep + (it + 1) / ntq, qn = qstart + ((it + 1) % ntq) * 64;
-            load_sw_async<D, 64>(Qst + (buf ^ 1) * TB, Q + b * q_sb + hn * q_sh, q_st, qn, Tq);
-            load_sw_async<D, 64>(dOst + (buf ^ 1) * TB, dO + b * do_sb + hn * do_sh, do_st, qn, Tq);
+            if (threadIdx.x == 0) {
+                mbar_expect_tx(bars + (buf ^ 1), 2 * TB);
+                tma_tile<D>(Qst + (buf ^ 1) * TB, &q_map, qn, hn, b, bars + (buf ^ 1));
+                tma_tile<D>(dOst + (buf ^ 1) * TB, &do_map, qn, hn, b, bars + (buf ^ 1));
+            }
             load_rows_async<64, 128>(lse_s + (buf ^ 1) * 64, del_s + (buf ^ 1) * 64, L, Dl, ((i64)b * H + hn) * Tq, qn, Tq);
             cp_async_commit();
         }
