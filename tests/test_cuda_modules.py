@@ -73,3 +73,17 @@ def test_library_loader_takes_the_first_that_loads_and_names_all_it_tried():
     assert name == "libc.so.6" and lib is not None
     with pytest.raises(CublasError, match=r"could not load libcublasLt \(tried .*/nonexistent/a\.so.*/nonexistent/b\.so"):
         load_first(["/nonexistent/a.so", "/nonexistent/b.so"], "libcublasLt")
+
+
+def test_warpgroup_launches_fit_the_blocks_per_sm_they_are_built_for():
+    """The sm_90a backward is compiled for MINB blocks per SM (its register budget); its shared memory (plus the 1 KB
+    the driver reserves per block) must let that many in, or the register budget buys nothing (H100/H200: 228 KB an
+    SM, 227 KB a block)."""
+    from autograd.cuda import flash_attention as fa
+    for D, minbs in fa._WG_BWD.items():
+        for minb in minbs:
+            if minb is not None:
+                assert minb * (fa._wg_bwd_smem(D) + 1024) <= 228 * 1024, (D, minb, fa._wg_bwd_smem(D))
+    for D, (bn, nwg) in fa._WG_FWD.items():
+        assert fa._wg_fwd_smem(D, bn, nwg) <= 227 * 1024
+    assert fa._wg_bwd_smem(64) % 16 == 0   # the mbarriers after dQ's tile stay 8-byte aligned

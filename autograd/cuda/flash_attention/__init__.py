@@ -192,7 +192,7 @@ def flash_forward(q, k, v, causal, scale, dropout_p: float = 0.0, drop_state=Non
     if kernel_family(D) == "wgmma":
         bn, nwg = _WG_FWD[D]
         kern = _wg_mod.kernel("flash_fwd_wg", _targs(q.dtype, f"{D},{bn},{nwg}", drop))
-        smem = 1024 + (64 * nwg + 4 * bn) * D * 2   # alignment slack, Q, two stages of K and V
+        smem = _wg_fwd_smem(D, bn, nwg)
         _opt_in(kern, smem)
         kern(((Tq + 64 * nwg - 1) // (64 * nwg), B * H), (128 * nwg,),
              (q, k, v, o, lse, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // k.shape[1]), *sq, *skv, *so,
@@ -200,7 +200,7 @@ def flash_forward(q, k, v, causal, scale, dropout_p: float = 0.0, drop_state=Non
         return o, lse
     mt = 1 if drop == "true" else _FWD_MT[D][0]
     kern = _mod.kernel("flash_fwd", _targs(q.dtype, f"{D},{mt}", drop))
-    smem = 2 * 2 * 64 * (D + 8) * 2
+    smem = _fwd_smem(D)
     _opt_in(kern, smem)
     kern(((Tq + 64 * mt - 1) // (64 * mt), B * H), (128,),
         (q, k, v, o, lse, np.int32(Tq), np.int32(Tk), np.int32(H), np.int32(H // k.shape[1]), *sq, *skv, *so,
@@ -215,6 +215,17 @@ def _opt_in(kern, smem: int) -> None:
     if seen is None or seen[0] != smem or seen[1] is not kern:
         kern.max_dynamic_shared_size_bytes = smem
         _smem_set[key] = (smem, kern)   # holding kern keeps its id from being reused
+
+
+def _fwd_smem(D: int) -> int:
+    """Dynamic shared memory of flash_fwd: two stages of K and of V, 64 rows of D + 8 (padded) 16-bit values each."""
+    return 2 * 2 * 64 * (D + 8) * 2
+
+
+def _wg_fwd_smem(D: int, bn: int, nwg: int) -> int:
+    """Dynamic shared memory of the sm_90a forward: alignment slack, the Q tiles of nwg warpgroups, two stages of K and
+    of V (bn keys)."""
+    return 1024 + (64 * nwg + 4 * bn) * D * 2
 
 
 def _tile_map(x):
