@@ -12,9 +12,17 @@ Every warpgroup takes each of its block's tiles (the first one's last causal til
 product sits on a branch that differs between warpgroups.
 
 Backward: a block takes 64 keys of one key/value head and walks the 64-query tiles of every query head of its group
-(Q, dO, lse and delta in two cp.async stages). Per tile: S^T = K Q^T and dP^T = V dO^T from shared memory, P^T and
-dS^T = P^T (dP^T - delta) in registers, dV += P^T dO and dK += dS^T Q with P^T / dS^T as register operands, dS^T
-stored to shared memory, dQ = dS K with dS read transposed, added to the float32 dQ buffer with vector reductions.
+in two shared-memory stages: Q and dO copied by the tensor memory accelerator (``tensor_map.py``: the maps' 128-byte
+swizzle is the tiles' layout; one thread issues them, each stage's mbarrier says when they are in), lse and delta by
+cp.async. Per tile: S^T = K Q^T and dP^T = V dO^T from shared memory, P^T and dS^T = P^T (dP^T - delta) in
+registers, dS^T stored to shared memory, dQ = dS K with dS read transposed, then dV += P^T dO and dK += dS^T Q with
+P^T / dS^T as register operands, which run while dQ is added to the float32 dQ buffer: for D 64 each warp writes its
+16 rows into a swizzled float32 image (conflict-free stores) that the TMA adds to global memory
+(``cp.reduce.async.bulk.tensor``); for D 128 (whose shared memory would then admit one block per SM) by vector
+reductions from registers.
+
+Both kernels number a head's tiles longest first (causal) and walk the grid heads fastest (``grid_y_fastest``), so
+that the long tiles of every head start in the first waves.
 
 Dropout: the keep bits of the mma.sync kernels (``drop_row_block`` / ``keep_col_block`` in device.py: the accumulator
 rows are the same), so both families drop exactly what ``PhiloxGenerator.keep_mask`` would.
