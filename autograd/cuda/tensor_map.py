@@ -16,9 +16,35 @@ import numpy as np
 from ..dtypes import is_bfloat16
 from ._common import require_cupy
 
+# device side (sm_90a; after wgmma.py's source, whose smem_u32 it uses): the map, the TMA reduction a kernel adds a
+# shared tile with, the bulk group it joins, and the mbarriers TMA copies complete on
 TENSOR_MAP_SRC = r"""
 // the driver's CUtensorMap, opaque: 128 bytes, 64-byte aligned
 struct __align__(64) TensorMap { unsigned long long w[16]; };
+// the box of map at coordinates (c0 innermost, c1, c2) += its image at src (shared memory, in the map's swizzle) by the
+// tensor memory accelerator; joins the thread's bulk group, waited for with bulk_wait_read (src may be overwritten)
+// or bulk_wait (the global memory is written)
+__device__ __forceinline__ void tma_reduce_add_3d(const TensorMap* map, const void* src, int c0, int c1, int c2) {
+    asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];"
+                 :: "l"(reinterpret_cast<unsigned long long>(map)), "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
+                 : "memory");
+}
+// mbarriers (shared, 8 bytes): a TMA copy completes its bytes on one; a phase ends when the arrival of mbar_expect_tx
+// and all the bytes it announced are in
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_u32(bar)), "r"(count) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned long long* bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(smem_u32(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(unsigned long long* bar, int parity) {
+    asm volatile("{\n.reg .pred done;\nWAIT:\nmbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n@!done bra WAIT;\n}"
+                 :: "r"(smem_u32(bar)), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 """
 
 SWIZZLE_NONE, SWIZZLE_128B = 0, 3

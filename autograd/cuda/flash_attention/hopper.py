@@ -77,27 +77,6 @@ __device__ __forceinline__ unsigned long long mnstep(unsigned long long d, int k
 __device__ __forceinline__ void red_add2(float* p, float a, float b) {
     asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" :: "l"(p), "f"(a), "f"(b) : "memory");
 }
-// the box of map at coordinates (c0 innermost, c1, c2) += its image at src (shared memory, in the map's swizzle) by the
-// tensor memory accelerator; joins the thread's bulk group, waited for with bulk_wait_read (src may be overwritten)
-// or bulk_wait (the global memory is written)
-__device__ __forceinline__ void tma_reduce_add_3d(const TensorMap* map, const void* src, int c0, int c1, int c2) {
-    asm volatile("cp.reduce.async.bulk.tensor.3d.global.shared::cta.add.tile.bulk_group [%0, {%2, %3, %4}], [%1];"
-                 :: "l"(reinterpret_cast<unsigned long long>(map)), "r"(smem_u32(src)), "r"(c0), "r"(c1), "r"(c2)
-                 : "memory");
-}
-// mbarriers (shared, 8 bytes): a TMA copy completes its bytes on one; a phase ends when the arrival of mbar_expect_tx
-// and all the bytes it announced are in
-__device__ __forceinline__ void mbar_init(unsigned long long* bar, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_u32(bar)), "r"(count) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(unsigned long long* bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(smem_u32(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(unsigned long long* bar, int parity) {
-    asm volatile("{\n.reg .pred done;\nWAIT:\nmbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n@!done bra WAIT;\n}"
-                 :: "r"(smem_u32(bar)), "r"(parity) : "memory");
-}
 // rows [row, row + 64) of head (head, batch) of a (B, H, T, D) 16-bit tensor into the swizzled tile at dst (the
 // layout of load_sw_async: D / 64 boxes of 64 rows x 128 bytes, rows past T zero-filled), by the TMA; completes on bar
 template <int D>
@@ -109,9 +88,6 @@ __device__ __forceinline__ void tma_tile(unsigned char* dst, const TensorMap* ma
                      :: "r"(smem_u32(dst + cb * 64 * 128)), "l"(reinterpret_cast<unsigned long long>(map)), "r"(cb * 64),
                         "r"(row), "r"(head), "r"(batch), "r"(smem_u32(bar)) : "memory");
 }
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
-__device__ __forceinline__ void bulk_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
 template <int N, bool BF, int TA, int TB>
 __device__ __forceinline__ void wg_ss(float* d, unsigned long long da, unsigned long long db, int acc) {
     if constexpr (N == 64) wg_mma_ss_n64<BF, TA, TB>(d, da, db, acc);
