@@ -1,7 +1,8 @@
 """Every CUDA kernel module compiles for Hopper (sm_90, or sm_90a for the warpgroup-product modules) without register
 spills, checked with nvcc on a machine that has the CUDA toolkit but no GPU (skipped without nvcc).
 
-The warpgroup forward is also checked for ptxas's serialisation warnings (its overlapped products depend on none).
+The warpgroup forward and backward are also checked for ptxas's serialisation warnings (their overlapped products
+depend on none).
 
 The source and the template instantiations are the ones NVRTC compiles at run time (``LazyModule.source`` and
 ``.names``); a host array of the instantiated kernels' addresses makes nvcc emit each of them. ptxas's report
@@ -66,16 +67,19 @@ def test_the_kernel_modules_are_found():
     assert any(isinstance(m, Sm90aModule) for _, _, m in MODULES)
 
 
+def _compile(tmp_path, source: str, names: list, arch: str) -> tuple[int, str]:
+    """(nvcc's exit status, ptxas's verbose report) for ``source`` with the template instantiations ``names``."""
+    cu = tmp_path / "k.cu"
+    cu.write_text(source + "\nvoid* __instantiate[] = {" + ", ".join(f"(void*){n}" for n in names) + "};\n")
+    r = subprocess.run([NVCC, arch, "-cubin", "-std=c++17", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
+                        str(cu)], capture_output=True, text=True, timeout=600)
+    return r.returncode, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize("name,attr,lazy", MODULES, ids=[f"{m}.{a}" for m, a, _ in MODULES])
 def test_kernels_compile_for_hopper_without_spills(tmp_path, name, attr, lazy):
-    src = lazy.source + "\nvoid* __instantiate[] = {" + ", ".join(f"(void*){n}" for n in lazy.names) + "};\n"
-    cu = tmp_path / "k.cu"
-    cu.write_text(src)
-    arch = ARCH_A if isinstance(lazy, Sm90aModule) else ARCH
-    r = subprocess.run([NVCC, arch, "-cubin", "-std=c++17", "-Xptxas", "-v",
-                        "-o", str(tmp_path / "k.cubin"), str(cu)], capture_output=True, text=True, timeout=600)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, f"{name}.{attr} does not compile:\n{out[-3000:]}"
+    rc, out = _compile(tmp_path, lazy.source, lazy.names, ARCH_A if isinstance(lazy, Sm90aModule) else ARCH)
+    assert rc == 0, f"{name}.{attr} does not compile:\n{out[-3000:]}"
     spills, fn = [], None
     for line in out.splitlines():
         m = re.search(r"Function properties for (\S+)", line)
@@ -94,12 +98,8 @@ def _ptxas_report(tmp_path, prefix: str) -> str:
     from autograd.cuda import flash_attention as fa
     names = [n for n in fa._wg_mod.names if n.startswith(prefix)]
     assert names
-    cu = tmp_path / "k.cu"
-    cu.write_text(fa._wg_mod.source + "\nvoid* __instantiate[] = {" + ", ".join(f"(void*){n}" for n in names) + "};\n")
-    r = subprocess.run([NVCC, ARCH_A, "-cubin", "-std=c++17", "-Xptxas", "-v", "-o", str(tmp_path / "k.cubin"),
-                        str(cu)], capture_output=True, text=True, timeout=600)
-    out = r.stdout + r.stderr
-    assert r.returncode == 0, out[-3000:]
+    rc, out = _compile(tmp_path, fa._wg_mod.source, names, ARCH_A)
+    assert rc == 0, out[-3000:]
     return out
 
 
