@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(128, (QT == 32 && D <= 64) ? 3 : 1) flash_bwd(
             for (int c = 0; c < 4; ++c) {
                 const int ql = nt * 8 + tig * 2 + (c & 1);
                 const int key = kw0 + gid + (c >> 1) * 8;
-                float p = ex2(fmaf(st[nt][c], scale_log2, -lse_t[ql] * LOG2E));
+                float p = exp2_fast(fmaf(st[nt][c], scale_log2, -lse_t[ql] * LOG2E));
                 if (key >= Tk || (causal && key > qt + ql + shift)) p = 0.f;
                 float g = dp[nt][c];
                 float pd = p;

@@ -1,11 +1,12 @@
 """CUDA device functions the flash-attention kernels share: tensor-core products (mma.sync m16n8k16 on float16 or
 bfloat16, chosen by ``BF``), ldmatrix loads, cp.async tile copies into padded shared-memory tiles, 16-bit packing,
-and the dropout keep bits of a Philox draw (``autograd/cuda/philox.py``'s ``PHILOX_DEVICE`` comes first)."""
+and the dropout keep bits of a Philox draw (``autograd/cuda/philox.py``'s ``PHILOX_DEVICE`` comes first, then ``FAST_MATH``'s exp2_fast)."""
 from __future__ import annotations
 
+from .._common import FAST_MATH
 from ..philox import PHILOX_DEVICE
 
-DEVICE_SRC = PHILOX_DEVICE + r"""
+DEVICE_SRC = PHILOX_DEVICE + FAST_MATH + r"""
 typedef unsigned int u32;
 typedef unsigned short b16;   // the raw 16 bits of a float16 or bfloat16 value (BF selects which)
 #define LOG2E 1.4426950408889634f
@@ -38,8 +39,6 @@ __device__ __forceinline__ float to_f32(b16 h) {
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
 }
-// 2^x in one MUFU instruction (flush-to-zero: exp2f's subnormal handling costs more instructions per element)
-__device__ __forceinline__ float ex2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 __device__ __forceinline__ u32 ld32(const b16* p) { return *reinterpret_cast<const u32*>(p); }
 __device__ __forceinline__ u32 word_of(const u32* c, int i) { return i == 0 ? c[0] : i == 1 ? c[1] : i == 2 ? c[2] : c[3]; }
 // keep bits of draw elements e and e + 1 (a pair of neighbouring keys of one query row)
@@ -88,12 +87,12 @@ __device__ __forceinline__ void online_softmax_p(float* s, float* m, float* l, f
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float mnew = fmaxf(m[hh], mx);
         const float base = mnew == neg_inf_f() ? 0.f : mnew * scale_log2;
-        alpha[hh] = ex2(m[hh] * scale_log2 - base);
+        alpha[hh] = exp2_fast(m[hh] * scale_log2 - base);
         float sum = 0.f;
 #pragma unroll
         for (int j = 0; j < NB; ++j) {
-            const float p0 = ex2(fmaf(s[4 * j + 2 * hh], scale_log2, -base));
-            const float p1 = ex2(fmaf(s[4 * j + 2 * hh + 1], scale_log2, -base));
+            const float p0 = exp2_fast(fmaf(s[4 * j + 2 * hh], scale_log2, -base));
+            const float p1 = exp2_fast(fmaf(s[4 * j + 2 * hh + 1], scale_log2, -base));
             s[4 * j + 2 * hh] = p0; s[4 * j + 2 * hh + 1] = p1;
             sum += p0 + p1;
         }

@@ -327,7 +327,7 @@ __global__ void __launch_bounds__(128, MINB) flash_bwd_wg(const b16* __restrict_
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 const int ql = 8 * j + 2 * tig + (c & 1), key = kr0 + (c >> 1) * 8;
-                float p = ex2(fmaf(st[4 * j + c], scale_log2, -((c & 1) ? lj.y : lj.x) * LOG2E));
+                float p = exp2_fast(fmaf(st[4 * j + c], scale_log2, -((c & 1) ? lj.y : lj.x) * LOG2E));
                 if (edge && (key >= Tk || (causal && key > qt + ql + shift))) p = 0.f;
                 float g = dp[4 * j + c];
                 float pd = p;
